@@ -1,0 +1,171 @@
+"""One validated configuration schema, shared by the CLI, the Tune spaces and the MLflow params.
+
+A bad value raises ``ConfigError`` naming the field (``train.lr: Input should be greater than 0``).
+``flatten()`` turns a config into the dotted ``section.field`` keys that MLflow params and Tune
+search spaces use; ``with_overrides()`` applies such dotted keys back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "credential")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Strict):
+    people: int = Field(40, ge=4, le=2000)
+    images_per_person: int = Field(6, ge=1, le=200)
+    unseen_per_person: int = Field(2, ge=1, le=50)
+    forget_pct: float = Field(10.0, gt=0, lt=100)
+    utility_people: int = Field(8, ge=0, le=2000)
+    image_size: int = Field(64, ge=16, le=1024)
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    spec: str = "tiny-llava"  # HF id, local folder, "tiny-llava", or models:/NAME@ALIAS
+    lora: bool = False
+    lora_r: int = Field(16, ge=1, le=1024)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    train_vision: bool = True  # vision tower + projector trainable (LoRA or full)
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    seed: int = 0
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+    deepspeed_stage: Literal[0, 2, 3] = 0  # 0 = plain DDP
+    bf16: bool = True  # only used on GPU
+    checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
+    eval_every: int = Field(0, ge=0)  # 0 = only at the end
+    eval_max_samples: int = Field(64, ge=1)
+    max_failures: int = Field(0, ge=-1)
+    torch_threads: int = Field(0, ge=0)  # 0 = leave torch's default
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
+    experiment: str = "lvlm-unlearn"
+    registered_model_name: str | None = None
+    log_model: bool = True
+
+
+class MethodConfig(_Strict):
+    name: str = "pubg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.strip().lower()
+
+
+class RunConfig(_Strict):
+    workdir: str = "workdir"
+    records: str | None = None
+    shards: str | None = None
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _format_errors(err: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"{prefix}{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def validate(model_cls: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:
+    """Validate ``data`` against ``model_cls``; raise ConfigError naming every bad field."""
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config: {_format_errors(err, prefix)}") from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    cfg = validate(RunConfig, data)
+    return with_overrides(cfg, overrides or {})
+
+
+def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> values (``train.lr``, ``method.params.w_bg``); lists stay lists."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.model_dump().items():
+        _flatten_into(out, f"{prefix}{key}", value)
+    return out
+
+
+def _flatten_into(out: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        if not value:
+            out[key] = {}
+        for k, v in value.items():
+            _flatten_into(out, f"{key}.{k}", v)
+    else:
+        out[key] = value
+
+
+def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply dotted-key overrides (from the CLI or a Tune trial) and re-validate the whole config."""
+    data = cfg.model_dump()
+    for dotted, value in overrides.items():
+        node = data
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            if k not in node or not isinstance(node[k], dict):
+                if node is data or k not in node:
+                    if node is data and k not in data:
+                        raise ConfigError(f"unknown config field: {dotted}")
+                node[k] = node.get(k) or {}
+            node = node[k]
+        node[keys[-1]] = value
+    return validate(RunConfig, data)
+
+
+def mlflow_params(cfg: BaseModel) -> dict[str, str]:
+    """Flattened params for MLflow with secrets removed (never log tokens or keys)."""
+    params = {}
+    for k, v in flatten(cfg).items():
+        if any(m in k.lower() for m in SECRET_MARKERS):
+            continue
+        params[k] = str(v)[:500]
+    return params
