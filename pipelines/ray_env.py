@@ -1,0 +1,18 @@
+"""Connect to Ray: the cluster in RAY_ADDRESS (or `ray job submit`'s), else a local one."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process; quiet logs, local by default."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
