@@ -1,0 +1,184 @@
+"""Ray Train (V2) runner: a TorchTrainer whose per-worker loop lives in ``unlearn_core``.
+
+The worker reads its shard of the tokenized Parquet data through ``get_dataset_shard``, runs
+``unlearn_core.training`` and reports metrics + checkpoints through ``ray.train.report``. The
+controller-side MLflow callback logs every report live.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from unlearn_core.config import RunConfig as UnlearnRunConfig
+from unlearn_core.data.encode import collate
+from unlearn_core.training.loop import WorkerContext, cycle, load_checkpoint, run_loop, seed_everything, to_device
+from unlearn_core.training.worker import build_worker_model, make_step_fn
+
+SHARD_ROW_COLUMNS = ("input_ids", "labels", "image_u8", "image_hw", "sample_id", "task", "split")
+
+
+def rows_from_numpy(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Ray Data numpy batch -> list of row dicts with decoded uint8 images (zero-copy views)."""
+    n = len(batch["input_ids"])
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {k: batch[k][i] for k in batch}
+        raw, hw = row.pop("image_u8", None), row.pop("image_hw", None)
+        row["image"] = (
+            np.frombuffer(raw, dtype=np.uint8).reshape(int(hw[0]), int(hw[1]), 3) if raw is not None else None
+        )
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class TrainJob:
+    """Everything a worker needs, passed as ``train_loop_config`` (plain picklable data)."""
+
+    cfg: dict[str, Any]  # RunConfig.model_dump()
+    mode: str  # "finetune" | "unlearn"
+    processor_dir: str
+    init_model: str  # "tiny-llava" or a local HF folder
+    image_size: int
+    eval_records: list[dict[str, Any]] | None = None
+    ref_model: str | None = None
+    mask_path: str | None = None
+
+
+def _iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str, ...], seed: int):
+    shard = ray.train.get_dataset_shard(name)
+
+    def make_iter(epoch: int):
+        return shard.iter_torch_batches(
+            batch_size=batch_size,
+            collate_fn=lambda b: collate(rows_from_numpy(b), processor, prefixes=prefixes),
+            local_shuffle_buffer_size=max(4 * batch_size, 256),
+            local_shuffle_seed=seed + epoch,
+            drop_last=False,
+        )
+
+    return cycle(make_iter)
+
+
+def train_worker(job_dict: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: build the model, restore a checkpoint if any, loop, finalize."""
+    job = TrainJob(**job_dict)
+    cfg = UnlearnRunConfig.model_validate(job.cfg)
+    tc = ray.train.get_context()
+    ctx = WorkerContext(
+        rank=tc.get_world_rank(), world_size=tc.get_world_size(), device=ray.train.torch.get_device()
+    )
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    seed_everything(cfg.train.seed + ctx.rank)
+    built = build_worker_model(cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.ref_model, job.mask_path)
+    model = built.model
+    optimizer = built.make_optimizer(model)
+
+    start_step = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            start_step = load_checkpoint(Path(d), model, optimizer)
+    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None)
+
+    streams = {
+        name: _iter_shard(name, cfg.train.batch_size, built.processor, prefixes, cfg.train.seed + 1000 * ctx.rank)
+        for name, prefixes in built.streams.items()
+    }
+    batches = {name: (to_device(b, ctx.device) for b in it) for name, it in streams.items()}
+    step_fn = make_step_fn(built, model, optimizer, batches, cfg.train)
+
+    def report(metrics: dict[str, float], folder: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    evaluate = None
+    if job.eval_records and ctx.is_rank0:
+        from unlearn_core.eval.runner import evaluate_model
+
+        def evaluate() -> dict[str, float]:
+            return evaluate_model(built.unwrapped(model), built.processor, job.eval_records, image_size=job.image_size)
+
+    def finalize(folder: Path) -> None:
+        built.save_final(model, folder)
+
+    run_loop(
+        cfg=cfg.train,
+        ctx=ctx,
+        model=model,
+        optimizer=optimizer,
+        step_fn=step_fn,
+        report=report,
+        start_step=start_step,
+        evaluate=evaluate if job.eval_records else None,
+        finalize=finalize,
+    )
+
+
+def fit(
+    job: TrainJob,
+    datasets: dict[str, ray.data.Dataset],
+    *,
+    name: str,
+    storage_path: str,
+    callbacks: list[Any] | None = None,
+    resume_from: str | None = None,
+) -> ray.train.Result:
+    """Build and fit the TorchTrainer; returns the Result (its checkpoint holds ``model/``)."""
+    cfg = UnlearnRunConfig.model_validate(job.cfg)
+    t = cfg.train
+    scaling = ScalingConfig(
+        num_workers=t.num_workers,
+        use_gpu=t.use_gpu,
+        resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
+    )
+    run_config = RunConfig(
+        name=name,
+        storage_path=storage_path,
+        failure_config=FailureConfig(max_failures=t.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks or [],
+    )
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=job.__dict__,
+        scaling_config=scaling,
+        run_config=run_config,
+        datasets=datasets,
+        resume_from_checkpoint=ray.train.Checkpoint(resume_from) if resume_from else None,
+    )
+    return trainer.fit()
+
+
+def export_final_model(result: ray.train.Result, out_dir: str | Path) -> Path:
+    """Copy the final HF model folder out of the run's last checkpoint."""
+    if result.checkpoint is None:
+        raise RuntimeError("the training run produced no checkpoint")
+    out = Path(out_dir)
+    with result.checkpoint.as_directory() as d:
+        src = Path(d) / "model"
+        if not src.is_dir():
+            raise RuntimeError(f"last checkpoint {result.checkpoint.path} holds no model/ folder")
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(src, out)
+    return out
+
+
+def storage_dir(workdir: str | Path) -> str:
+    path = Path(os.environ.get("UNLEARN_STORAGE_PATH", Path(workdir) / "ray_results")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
