@@ -72,6 +72,79 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace):
+    from unlearn_core.config import load_run_config
+
+    overrides = dict(_parse_set(x) for x in (getattr(args, "set", None) or []))
+    if getattr(args, "workdir", None):
+        overrides["workdir"] = args.workdir
+    for field, attr in (("model.spec", "model"), ("train.steps", "steps"), ("train.num_workers", "workers")):
+        if getattr(args, attr, None) is not None:
+            overrides[field] = getattr(args, attr)
+    return load_run_config(getattr(args, "config", None), overrides)
+
+
+def _parse_set(item: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from pipelines.finetune import run_finetune
+    from pipelines.ray_env import ensure_ray
+
+    cfg = _run_config(args)
+    ensure_ray()
+    run_finetune(cfg, out_name=args.name)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from unlearn_core.eval.report import format_table
+
+    from pipelines import tracking
+    from pipelines.evaluate import evaluate
+    from pipelines.ray_env import ensure_ray
+    from unlearn_core.config import TrackingConfig
+
+    ensure_ray()
+    model = args.model
+    if model.startswith("models:/"):
+        uri = tracking.resolve_tracking_uri(TrackingConfig(), args.workdir)
+        model = str(tracking.pull(model, Path(args.workdir) / "pulled" / "eval-model", tracking_uri=uri))
+    report = evaluate(model, args.records, max_per_group=args.max_per_group)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(format_table({Path(args.model).name or args.model: report["metrics"]}))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from pipelines import tracking
+    from unlearn_core.config import TrackingConfig
+
+    uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri), args.workdir)
+    out = tracking.pull(args.uri, args.out, tracking_uri=uri)
+    print(f"pulled {args.uri} -> {out} (weights sha256 verified)")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (see README: config reference)")
+    p.add_argument("--workdir", default=None, help="working folder for records, shards, models, mlflow.db")
+    p.add_argument("--model", default=None, help="model SPEC (overrides model.spec)")
+    p.add_argument("--steps", type=int, default=None, help="overrides train.steps")
+    p.add_argument("--workers", type=int, default=None, help="overrides train.num_workers")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (train.lr=1e-4)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearn",
@@ -111,6 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if the fingerprint is unchanged")
     p.set_defaults(handler=_cmd_data_shard)
+
+    p = sub.add_parser("finetune", help="fine-tune the vanilla model on the forget + retain splits (Ray Train)")
+    _add_run_options(p)
+    p.add_argument("--name", default="vanilla", help="model name under WORKDIR/models (default vanilla)")
+    p.set_defaults(handler=_cmd_finetune)
+
+    p = sub.add_parser("eval", help="evaluate a model on shards: every DESIGN 1.3 metric, table + JSON")
+    p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
+    p.add_argument("--records", required=True, help="shards folder (built by `unlearn data shard`)")
+    p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
+    p.add_argument("--max-per-group", type=int, default=64, help="rows per (split, task) evaluated (default 64)")
+    p.add_argument("--workdir", default="workdir")
+    p.set_defaults(handler=_cmd_eval)
+
+    p = sub.add_parser("pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked")
+    p.add_argument("uri", help="models:/NAME@champion or models:/NAME/3")
+    p.add_argument("--out", required=True, help="folder to write the HF model into")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)")
+    p.add_argument("--workdir", default="workdir")
+    p.set_defaults(handler=_cmd_pull)
 
     return parser
 

@@ -20,10 +20,17 @@ import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from unlearn_core.data.encode import collate
 
 from unlearn_core.config import RunConfig as UnlearnRunConfig
-from unlearn_core.data.encode import collate
-from unlearn_core.training.loop import WorkerContext, cycle, load_checkpoint, run_loop, seed_everything, to_device
+from unlearn_core.training.loop import (
+    WorkerContext,
+    cycle,
+    load_checkpoint,
+    run_loop,
+    seed_everything,
+    to_device,
+)
 from unlearn_core.training.worker import build_worker_model, make_step_fn
 
 SHARD_ROW_COLUMNS = ("input_ids", "labels", "image_u8", "image_hw", "sample_id", "task", "split")

@@ -150,13 +150,12 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     for dotted, value in overrides.items():
         node = data
         keys = dotted.split(".")
+        if keys[0] not in data:
+            raise ConfigError(f"unknown config field: {dotted}")
         for k in keys[:-1]:
-            if k not in node or not isinstance(node[k], dict):
-                if node is data or k not in node:
-                    if node is data and k not in data:
-                        raise ConfigError(f"unknown config field: {dotted}")
-                node[k] = node.get(k) or {}
-            node = node[k]
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {k!r} is a value, not a section")
         node[keys[-1]] = value
     return validate(RunConfig, data)
 

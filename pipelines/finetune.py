@@ -1,0 +1,72 @@
+"""`unlearn finetune`: the vanilla model that knows the people (the one later unlearned)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import ray
+from unlearn_core.eval.report import format_table
+
+from pipelines import tracking
+from pipelines.evaluate import evaluate, load_shard_rows
+from pipelines.preprocess import load_manifest
+from pipelines.train import TrainJob, export_final_model, fit, storage_dir
+from pipelines.workspace import Workspace, ensure_shards
+from unlearn_core.config import RunConfig, mlflow_params
+from unlearn_core.eval.runner import select_eval_rows
+
+TRAIN_SPLITS = ("forget", "retain")
+
+
+def train_dataset(shards: Path, splits: tuple[str, ...] = TRAIN_SPLITS) -> ray.data.Dataset:
+    paths = [str(shards / s) for s in splits if (shards / s).is_dir()]
+    if not paths:
+        raise FileNotFoundError(f"{shards}: none of the splits {splits} has shards")
+    return ray.data.read_parquet(paths)
+
+
+def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dict[str, Any]:
+    ws = Workspace(Path(cfg.workdir))
+    shards = ensure_shards(cfg, ws, log)
+    manifest = load_manifest(shards)
+    image_size = int(manifest["config"]["image_size"])
+    uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
+    exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
+
+    eval_rows = select_eval_rows(load_shard_rows(shards), max_per_group=max(4, cfg.train.eval_max_samples // 4))
+    job = TrainJob(
+        cfg=cfg.model_dump(),
+        mode="finetune",
+        processor_dir=str(shards / "processor"),
+        init_model="tiny-llava" if manifest["model_spec"] == "tiny-llava" else manifest["model_spec"],
+        image_size=image_size,
+        eval_records=eval_rows if cfg.train.eval_every else None,
+    )
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"finetune-{out_name}") as run:
+        mlflow.set_tag("job", "finetune")
+        mlflow.log_params(mlflow_params(cfg))
+        mlflow.log_dict(manifest, "shards_manifest.json")
+        run_id = run.info.run_id
+    callback = tracking.MlflowReportCallback(uri, run_id)
+    log(f"fine-tuning {job.init_model} on {TRAIN_SPLITS} for {cfg.train.steps} steps "
+        f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}")
+    result = fit(job, {"train": train_dataset(shards)}, name=f"finetune-{out_name}-{run_id[:8]}",
+                 storage_path=storage_dir(ws.root), callbacks=[callback])
+    callback.flush()
+    model_dir = export_final_model(result, ws.models / out_name)
+    log(f"saved {model_dir}; evaluating")
+    report = evaluate(model_dir, shards, max_per_group=cfg.train.eval_max_samples)
+    (ws.results).mkdir(parents=True, exist_ok=True)
+    eval_path = ws.results / f"eval-{out_name}.json"
+    eval_path.write_text(json.dumps(report, indent=1))
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(report["metrics"])
+        mlflow.log_artifact(str(eval_path))
+    logged = tracking.log_model(run_id, model_dir, cfg.tracking.registered_model_name, tracking_uri=uri) \
+        if cfg.tracking.log_model else {}
+    log(format_table({out_name: report["metrics"]}))
+    return {"run_id": run_id, "model_dir": str(model_dir), "metrics": report["metrics"], **logged}

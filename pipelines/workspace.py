@@ -1,0 +1,57 @@
+"""Where a run's inputs and outputs live, and the cached steps that produce them (records, shards)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlearn_core.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+
+def ensure_records(cfg: RunConfig, ws: Workspace, log=print) -> Path:
+    """The records folder named in the config, else the synthetic benchmark (generated once)."""
+    if cfg.records:
+        return Path(cfg.records)
+    meta = ws.records / "records_meta.json"
+    if meta.exists():
+        log(f"[cached] synthetic benchmark records in {ws.records}")
+        return ws.records
+    from unlearn_core.data.records_io import write_records
+    from unlearn_core.data.synth import generate_benchmark
+
+    log(f"generating the synthetic benchmark ({cfg.synth.people} people) -> {ws.records}")
+    write_records(generate_benchmark(cfg.synth), ws.records, source="synthetic")
+    return ws.records
+
+
+def ensure_shards(cfg: RunConfig, ws: Workspace, log=print) -> Path:
+    from pipelines.preprocess import shard_records
+
+    if cfg.shards:
+        return Path(cfg.shards)
+    records = ensure_records(cfg, ws, log)
+    spec = cfg.model.spec if not cfg.model.spec.startswith("models:/") else "tiny-llava"
+    report = shard_records(records, ws.shards, model_spec=spec, model_cfg=cfg.model, image_size=cfg.synth.image_size)
+    log(report.summary())
+    return ws.shards

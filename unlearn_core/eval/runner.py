@@ -1,0 +1,92 @@
+"""Run a model over evaluation rows: greedy generations for open tasks, option scores for MC tasks.
+
+Rows are shard rows (``question``, ``options``, ``image_u8`` + ``image_hw`` or a decoded ``image``
+array, ``task``, ...). The metrics themselves live in :mod:`unlearn_core.eval.metrics`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from unlearn_core.data.schema import MC_TASKS
+
+EVAL_TASKS: dict[str, tuple[str, ...]] = {
+    "forget": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
+    "forget_unseen": ("identity_vqa", "open_vqa", "mc_vqa", "guided"),
+    "retain": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
+    "retain_unseen": ("identity_vqa", "mc_vqa"),
+    "utility": ("caption",),
+    # Real benchmarks: their own task families, wherever they appear.
+    "*": ("cloze", "generation"),
+}
+
+
+def row_image(row: dict[str, Any]) -> np.ndarray | None:
+    if row.get("image") is not None:
+        return np.asarray(row["image"], dtype=np.uint8)
+    raw = row.get("image_u8")
+    if raw is None:
+        return None
+    h, w = (int(x) for x in row["image_hw"])
+    return np.frombuffer(bytes(raw), dtype=np.uint8).reshape(h, w, 3)
+
+
+def select_eval_rows(rows: list[dict[str, Any]], max_per_group: int, seed: int = 0) -> list[dict[str, Any]]:
+    """A fixed, seeded subsample of at most ``max_per_group`` rows per (split, task) that is evaluated."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        wanted = EVAL_TASKS.get(r["split"], ()) + EVAL_TASKS["*"]
+        if r["task"] in wanted:
+            groups[(r["split"], r["task"])].append(r)
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for key in sorted(groups):
+        g = sorted(groups[key], key=lambda r: r["sample_id"])
+        out.extend(g if len(g) <= max_per_group else rng.sample(g, max_per_group))
+    return out
+
+
+@torch.no_grad()
+def model_outputs(
+    model: torch.nn.Module,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    *,
+    max_new_tokens: int = 40,
+    batch_size: int = 32,
+) -> dict[str, dict[str, Any]]:
+    """sample_id -> {"generation": str} or {"option_scores": [...]} for every row."""
+    from unlearn_core.models.generate import generate, score_options
+
+    outputs: dict[str, dict[str, Any]] = {}
+    gen_rows = [r for r in rows if r["task"] not in MC_TASKS]
+    if gen_rows:
+        prompts = [{"question": r["question"], "image": row_image(r)} for r in gen_rows]
+        texts = generate(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        for r, t in zip(gen_rows, texts, strict=True):
+            outputs[r["sample_id"]] = {"generation": t}
+    for r in rows:
+        if r["task"] in MC_TASKS:
+            scores = score_options(model, processor, r["question"], row_image(r), list(r["options"]))
+            outputs[r["sample_id"]] = {"option_scores": [float(s) for s in scores]}
+    return outputs
+
+
+def evaluate_model(
+    model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], *, image_size: int = 64
+) -> dict[str, float]:
+    """Outputs + metrics for already-selected rows (used for in-training evaluation on rank 0)."""
+    from unlearn_core.eval.metrics import compute_metrics
+
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model_outputs(model, processor, rows)
+    finally:
+        model.train(was_training)
+    return compute_metrics(rows, outputs)
