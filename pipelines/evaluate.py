@@ -63,11 +63,11 @@ def evaluate(
     model_dir: str | Path, shards_dir: str | Path, *, max_per_group: int = 64, seed: int = 0, actors: int = 1
 ) -> dict[str, Any]:
     """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``."""
-    from unlearn_core.eval.metrics import compute_metrics, per_sample_details
+    from unlearn_core.eval.metrics import evaluate_outputs
 
     rows = select_eval_rows(load_shard_rows(shards_dir), max_per_group, seed)
     if not rows:
         raise ValueError(f"{shards_dir}: no evaluation rows (splits {EVAL_SPLITS})")
     outputs = generate_outputs(model_dir, rows, actors=actors)
-    metrics = compute_metrics(rows, outputs)
-    return {"metrics": metrics, "per_sample": per_sample_details(rows, outputs), "n_rows": len(rows)}
+    result = evaluate_outputs(rows, outputs)
+    return {"metrics": result.metrics, "per_sample": result.per_sample, "n_rows": len(rows)}

@@ -192,9 +192,9 @@ def _canon(attr: str, value: Any) -> tuple[str, tuple[str, ...]] | None:
     key = norm_value(value)
     if key in ABSENT_VALUES:
         return None
-    if key in PRESENT_VALUES:
-        phrase = tuple(w for w in words(attr) if w not in _GENERIC_ATTR_WORDS)
-        return ("yes", phrase) if phrase else None
+    if key in PRESENT_VALUES:  # stated by the attribute's noun: "has_glasses" -> "glasses"
+        nouns = [w for w in words(attr) if w not in _GENERIC_ATTR_WORDS]
+        return ("yes", (nouns[-1],)) if nouns else None
     return key, tuple(key.split())
 
 
