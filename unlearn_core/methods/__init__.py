@@ -1,0 +1,73 @@
+"""Unlearning methods: one module per method over ``base.UnlearnMethod``, one registry.
+
+``get_method("npo", {"beta": 0.2})`` validates the params against the method's pydantic ``Params``
+model and returns the method; a bad name or value raises ``ConfigError`` naming the field and its
+valid range (``method.params.beta: Input should be greater than 0 (valid: > 0, <= 10)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from unlearn_core.config import ConfigError
+from unlearn_core.methods.base import UnlearnMethod, model_inputs
+from unlearn_core.methods.ga import GradientAscent
+from unlearn_core.methods.grad_diff import GradDiff
+from unlearn_core.methods.kl import KLMin
+from unlearn_core.methods.mmunlearner import MMUnlearner
+from unlearn_core.methods.npo import NPO
+from unlearn_core.methods.pubg import PUBG
+from unlearn_core.methods.random_label import RandomLabel
+from unlearn_core.methods.reject import Reject
+
+METHODS: dict[str, type[UnlearnMethod]] = {
+    cls.name: cls for cls in (GradientAscent, GradDiff, KLMin, NPO, Reject, RandomLabel, MMUnlearner, PUBG)
+}
+
+_BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def field_range(params_cls: type[BaseModel], name: str) -> str:
+    """Human-readable constraints of one Params field, e.g. ``> 0, <= 10`` (empty if none)."""
+    info = params_cls.model_fields.get(name)
+    if info is None:
+        return ""
+    parts = []
+    for meta in info.metadata:
+        for attr, sym in _BOUND_TEXT.items():
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(f"{sym} {value}")
+    return ", ".join(parts)
+
+
+def validate_params(method: str, params_cls: type[BaseModel], params: Mapping[str, Any]) -> BaseModel:
+    try:
+        return params_cls.model_validate(dict(params))
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            fname = str(e["loc"][0]) if e["loc"] else ""
+            loc = ".".join(["method.params", *(str(x) for x in e["loc"])])
+            msg = f"{loc}: {e['msg']}"
+            if e["type"] == "extra_forbidden":
+                msg += f" (valid fields of {method!r}: {', '.join(params_cls.model_fields) or 'none'})"
+            elif rng := field_range(params_cls, fname):
+                msg += f" (valid: {rng})"
+            msgs.append(msg)
+        raise ConfigError(f"invalid params for method {method!r}: " + "; ".join(msgs)) from None
+
+
+def get_method(name: str, params: Mapping[str, Any] | None = None) -> UnlearnMethod:
+    """Build a registered method from its name and a params dict (validated)."""
+    key = name.strip().lower()
+    if key not in METHODS:
+        raise ConfigError(f"method.name: unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+    cls = METHODS[key]
+    return cls(validate_params(key, cls.Params, params or {}))
+
+
+__all__ = ["METHODS", "UnlearnMethod", "field_range", "get_method", "model_inputs", "validate_params"]

@@ -136,6 +136,7 @@ class UnlearnMethod:
     views: tuple[str, ...] = ("",)
     extra_keys: tuple[str, ...] = ()
     custom_step: bool = False
+    params: BaseModel
 
     def __init__(self, params: BaseModel | None = None) -> None:
         self.params = params if params is not None else self.Params()

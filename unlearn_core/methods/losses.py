@@ -126,10 +126,12 @@ def kl_topk(
         return _plogp_minus(t_logp.exp(), t_logp, s_topk)
     if mode != "tail":
         raise ValueError(f"unknown top-k mode {mode!r}; valid: renorm, tail")
+    hidden = torch.zeros_like(s_logp, dtype=torch.bool).scatter(-1, topk_ids, True)
     tail_mass = (1.0 - lp.exp().sum(-1)).clamp_min(0.0)
+    # no token outside the top-k (k = V): the tail is empty, whatever rounding left in 1 - sum
+    tail_mass = torch.where(hidden.all(-1), torch.zeros_like(tail_mass), tail_mass)
     t_buckets = torch.cat([lp, torch.log(tail_mass).unsqueeze(-1)], dim=-1)
     t_logp = torch.log_softmax(t_buckets / temperature, dim=-1)
-    hidden = torch.zeros_like(s_logp, dtype=torch.bool).scatter(-1, topk_ids, True)
     s_tail = torch.logsumexp(s_logp.masked_fill(hidden, _NEG_LARGE), dim=-1, keepdim=True)
     s_buckets = torch.cat([s_topk, s_tail], dim=-1)
     return _plogp_minus(t_logp.exp(), t_logp, s_buckets)

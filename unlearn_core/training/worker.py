@@ -79,7 +79,7 @@ def build_worker_model(
     from unlearn_core.methods import get_method
 
     params = dict(cfg.method.params)
-    if mask_path is not None:
+    if mask_path is not None and params.get("mask", "both" if cfg.method.name == "mmunlearner" else "none") != "none":
         params["mask_path"] = mask_path
     method = get_method(cfg.method.name, params)
     ref = None
@@ -95,9 +95,9 @@ def build_worker_model(
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Mean cross-entropy over answer tokens (labels are -100 elsewhere)."""
-    from unlearn_core.methods.losses import answer_nll
+    from unlearn_core.methods.base import nll
 
-    return answer_nll(model, batch, prefix="")
+    return nll(model, batch, "")
 
 
 def make_step_fn(

@@ -1,0 +1,30 @@
+"""Gradient ascent: L = -NLL_f (maximise the forget answers' NLL)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from unlearn_core.methods.base import StrictParams, UnlearnMethod, nll
+
+
+class GAParams(StrictParams):
+    """Plain gradient ascent has no hyper-parameters (lr and steps belong to the trainer)."""
+
+
+class GradientAscent(UnlearnMethod):
+    name = "ga"
+    Params = GAParams
+    params: GAParams
+
+    def loss(
+        self,
+        model: nn.Module,
+        forget: Mapping[str, Any],
+        retain: Mapping[str, Any] | None,
+        ref: nn.Module | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        nll_f = nll(model, forget)
+        return -nll_f, {"forget_nll": float(nll_f.detach())}

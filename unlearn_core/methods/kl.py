@@ -1,0 +1,60 @@
+"""KL minimisation: L = -gamma * NLL_f + alpha * KL(p_ref || p_theta) on the retain answer tokens.
+
+The KL is the full-vocabulary forward KL at every retain answer position (the distribution over the
+next token given the same prefix), averaged over the answer tokens of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from unlearn_core.methods.base import StrictParams, UnlearnMethod, forward_logits, nll, ref_logits
+from unlearn_core.methods.losses import answer_mask, kl_full
+
+
+def retain_kl(model: nn.Module, ref: nn.Module | None, retain: Mapping[str, Any]) -> Tensor:
+    """Mean over retain answer tokens of KL(p_ref(.|prefix) || p_theta(.|prefix))."""
+    logits, labels = forward_logits(model, retain)
+    r_logits, _ = ref_logits(ref, retain)
+    mask = answer_mask(labels)
+    if not mask.any():
+        return logits.sum() * 0.0
+    return kl_full(r_logits[:, :-1][mask], logits[:, :-1][mask]).mean()
+
+
+class KLParams(StrictParams):
+    gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain KL term")
+
+
+class KLMin(UnlearnMethod):
+    name = "kl"
+    Params = KLParams
+    params: KLParams
+    needs_ref = True
+    needs_retain = True
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        super().__init__(params)
+        self.needs_retain = self.needs_ref = self.params.alpha > 0
+
+    def loss(
+        self,
+        model: nn.Module,
+        forget: Mapping[str, Any],
+        retain: Mapping[str, Any] | None,
+        ref: nn.Module | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        p = self.params
+        nll_f = nll(model, forget)
+        stats = {"forget_nll": float(nll_f.detach())}
+        loss = -p.gamma * nll_f
+        if p.alpha > 0:
+            kl = retain_kl(model, ref, self._require_retain(retain))
+            stats["retain_kl"] = float(kl.detach())
+            loss = loss + p.alpha * kl
+        return loss, stats

@@ -1,0 +1,50 @@
+"""Negative Preference Optimization (Zhang et al. 2024).
+
+L = -(2/beta) * mean_b log sigmoid(-beta * (log p_theta(y_b|x_b) - log p_ref(y_b|x_b)))  [+ alpha * NLL_r]
+
+with the sequence log-prob = sum of the answer-token log-probs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from unlearn_core.methods.base import StrictParams, UnlearnMethod, add_retain_nll, forward_logits, ref_logits
+from unlearn_core.methods.losses import npo_loss, sequence_logprob
+
+
+class NPOParams(StrictParams):
+    beta: float = Field(0.1, gt=0, le=10, description="inverse temperature of the NPO loss")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure NPO)")
+
+
+class NPO(UnlearnMethod):
+    name = "npo"
+    Params = NPOParams
+    params: NPOParams
+    needs_ref = True
+    needs_retain = True
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        super().__init__(params)
+        self.needs_retain = self.params.alpha > 0
+
+    def loss(
+        self,
+        model: nn.Module,
+        forget: Mapping[str, Any],
+        retain: Mapping[str, Any] | None,
+        ref: nn.Module | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        p = self.params
+        logits, labels = forward_logits(model, forget)
+        r_logits, _ = ref_logits(ref, forget)
+        lp = sequence_logprob(logits, labels)
+        lp_ref = sequence_logprob(r_logits, labels)
+        loss = npo_loss(lp, lp_ref, p.beta)
+        stats = {"npo": float(loss.detach()), "forget_logratio": float((lp - lp_ref).mean().detach())}
+        return add_retain_nll(loss, model, retain, p.alpha, stats), stats

@@ -1,0 +1,41 @@
+"""Refusal (IDK) tuning, a PUBG baseline: NLL of a refusal answer on the forget prompts (the
+``idk_`` view) [+ alpha * NLL_r]."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from unlearn_core.methods.base import StrictParams, UnlearnMethod, add_retain_nll, nll
+
+
+class RejectParams(StrictParams):
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
+
+
+class Reject(UnlearnMethod):
+    name = "reject"
+    Params = RejectParams
+    params: RejectParams
+    views = ("idk_",)
+    needs_retain = True
+    prefix = "idk_"
+    stat = "idk_nll"
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        super().__init__(params)
+        self.needs_retain = self.params.alpha > 0
+
+    def loss(
+        self,
+        model: nn.Module,
+        forget: Mapping[str, Any],
+        retain: Mapping[str, Any] | None,
+        ref: nn.Module | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        value = nll(model, forget, self.prefix)
+        stats = {self.stat: float(value.detach())}
+        return add_retain_nll(value, model, retain, self.params.alpha, stats), stats
