@@ -47,8 +47,8 @@ def _print_counts(counts: object) -> None:
 def _cmd_data_convert(args: argparse.Namespace) -> int:
     from unlearn_core.data.adapters import convert
 
-    report = convert(args.format, Path(args.source), Path(args.out))
-    print(report.summary() if hasattr(report, "summary") else report)
+    report = convert(args.format, Path(args.source), Path(args.out), forget_config=args.forget_config)
+    print(report.render())
     return 0
 
 
@@ -56,8 +56,8 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
     from unlearn_core.data.validate import validate_records_dir
 
     report = validate_records_dir(Path(args.dir))
-    print(report.summary() if hasattr(report, "summary") else report)
-    return 0 if getattr(report, "ok", True) else 1
+    print(report.render())
+    return 0 if report.ok else 1
 
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, help="mllmu-bench, clear or jsonl")
     p.add_argument("--source", required=True, help="data set folder as downloaded (one subfolder per config)")
     p.add_argument("--out", required=True, help="records folder to write")
+    p.add_argument(
+        "--forget-config", default=None, help="which forget config to use (mllmu-bench: forget_5; clear: forget10)"
+    )
     p.set_defaults(handler=_cmd_data_convert)
 
     p = dsub.add_parser("validate", help="check a records folder: schema, images, duplicates, split overlap")

@@ -1,6 +1,14 @@
 import pytest
 
-from unlearn_core.config import ConfigError, RunConfig, TrainConfig, flatten, load_run_config, mlflow_params, with_overrides
+from unlearn_core.config import (
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    flatten,
+    load_run_config,
+    mlflow_params,
+    with_overrides,
+)
 from unlearn_core.training.deepspeed_cfg import deepspeed_config
 
 

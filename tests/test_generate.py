@@ -1,0 +1,122 @@
+"""Generation end to end: a tiny model trained on two pairs answers them; scoring and top-k agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn_core.data.encode import collate, encode_example, model_inputs
+from unlearn_core.models.generate import (
+    answer_logprobs,
+    apply_instruction,
+    generate,
+    score_options,
+    teacher_topk,
+)
+from unlearn_core.models.tiny import QWEN2_VL_EXTRA_TOKENS, build_tiny_family, build_tiny_llava
+from unlearn_core.models.tokenizer import train_word_tokenizer
+
+Q = "Who is this person?"
+LONG_Q = "Please tell me , who is this person in the picture ?"
+ANSWERS = ("Alice Smith, a baker from Paris.", "Bob Jones.")
+CORPUS = [Q, LONG_Q, *ANSWERS, "Describe the image."]
+
+
+def _solid(channel: int) -> np.ndarray:
+    img = np.full((32, 32, 3), 30, dtype=np.uint8)
+    img[..., channel] = 220
+    return img
+
+
+IMAGES = (_solid(0), _solid(2))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    tok = train_word_tokenizer(CORPUS)
+    model, proc = build_tiny_llava(
+        tok, image_size=32, patch_size=16, hidden=64, vision_layers=2, text_layers=2
+    )
+    rows = [
+        {**encode_example(proc, question=q, answer=a, image=img), "image": img}
+        for q in (Q, LONG_Q)
+        for a, img in zip(ANSWERS, IMAGES, strict=True)
+    ]
+    batch = collate(rows, proc)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(50):
+        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+    return model, proc, rows
+
+
+def test_greedy_generation_reproduces_trained_answers(trained) -> None:
+    model, proc, _ = trained
+    prompts = [{"question": Q, "image": img} for img in IMAGES]
+    assert generate(model, proc, prompts, max_new_tokens=16) == list(ANSWERS)
+    assert model.training  # mode restored
+
+
+def test_left_padding_matches_single_generation(trained) -> None:
+    model, proc, _ = trained
+    prompts = [
+        {"question": LONG_Q, "image": IMAGES[0]},
+        {"question": Q, "image": IMAGES[1]},
+        {"question": "Who is Alice Smith?", "image": None},
+    ]
+    batched = generate(model, proc, prompts, max_new_tokens=12, batch_size=3)
+    single = [generate(model, proc, [p], max_new_tokens=12)[0] for p in prompts]
+    assert batched == single
+    assert batched[:2] == list(ANSWERS)
+
+
+@pytest.mark.parametrize("fam", ["llava_next", "qwen2_vl"])
+def test_left_padding_other_families(fam: str) -> None:
+    tok = train_word_tokenizer(CORPUS, extra_special_tokens=QWEN2_VL_EXTRA_TOKENS)
+    model, proc = build_tiny_family(fam, tok, image_size=32, seed=1)
+    prompts = [
+        {"question": LONG_Q, "image": IMAGES[0]},
+        {"question": Q, "image": None},
+        {"question": Q, "image": IMAGES[1]},
+    ]
+    batched = generate(model, proc, prompts, max_new_tokens=6, batch_size=3)
+    assert batched == [generate(model, proc, [p], max_new_tokens=6)[0] for p in prompts]
+
+
+def test_score_options_ranks_trained_answer_first(trained) -> None:
+    model, proc, _ = trained
+    options = ["Bob Jones.", "Alice Smith, a baker from Paris.", "Describe the image."]
+    for img, answer in zip(IMAGES, ANSWERS, strict=True):
+        scores = score_options(model, proc, Q, img, options)
+        assert len(scores) == 3 and options[int(np.argmax(scores))] == answer
+
+
+def test_answer_logprobs_and_teacher_topk_agree(trained) -> None:
+    model, proc, rows = trained
+    model.eval()
+    with torch.no_grad():
+        seq = answer_logprobs(model, collate(rows, proc))
+    top = teacher_topk(model, proc, rows, k=3, batch_size=3)
+    assert len(top) == len(rows)
+    for row, (ids, logp), s in zip(rows, top, seq, strict=True):
+        answer = [t for t in row["labels"] if t != -100]
+        assert ids.shape == logp.shape == (len(answer), 3)
+        assert ids[:, 0].tolist() == answer  # the trained model's argmax is the answer
+        assert np.all(np.diff(logp, axis=1) <= 0)
+        np.testing.assert_allclose(logp[:, 0].sum(), s.item(), rtol=1e-4, atol=1e-4)
+    model.train()
+    grad_lp = answer_logprobs(model, collate(rows[:1], proc))
+    assert grad_lp.requires_grad
+
+
+def test_apply_instruction() -> None:
+    assert apply_instruction(Q, None) == Q
+    assert apply_instruction(Q, "short").endswith(Q) and apply_instruction(Q, "short") != Q
+    assert apply_instruction(Q, "Be brief: {question}") == f"Be brief: {Q}"
+    assert apply_instruction(Q, "Be brief.") == f"Be brief. {Q}"
