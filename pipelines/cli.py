@@ -31,17 +31,11 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     )
     records = generate_benchmark(cfg)
     counts = write_records(records, Path(args.out), source="synthetic")
-    print(f"wrote {len(records)} records to {args.out}")
-    _print_counts(counts)
+    print(f"wrote {counts['total']} records to {args.out} (quarantined {counts['quarantined']})")
+    for split, info in counts["splits"].items():
+        tasks = ", ".join(f"{t} {n}" for t, n in info["tasks"].items())
+        print(f"  {split:<14} {info['total']:>6}  ({tasks})")
     return 0
-
-
-def _print_counts(counts: object) -> None:
-    if isinstance(counts, dict):
-        for k, v in counts.items():
-            print(f"  {k}: {v}")
-    else:
-        print(f"  {counts}")
 
 
 def _cmd_data_convert(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pyarrow as pa
 import ray
 from unlearn_core.eval.report import format_table
 
@@ -16,16 +17,30 @@ from pipelines.preprocess import load_manifest
 from pipelines.train import TrainJob, export_final_model, fit, storage_dir
 from pipelines.workspace import Workspace, ensure_shards
 from unlearn_core.config import RunConfig, mlflow_params
+from unlearn_core.data.selection import in_stream
 from unlearn_core.eval.runner import select_eval_rows
 
 TRAIN_SPLITS = ("forget", "retain")
 
 
-def train_dataset(shards: Path, splits: tuple[str, ...] = TRAIN_SPLITS) -> ray.data.Dataset:
-    paths = [str(shards / s) for s in splits if (shards / s).is_dir()]
+def stream_dataset(shards: Path, stream: str, *, forget_dir: Path | None = None) -> ray.data.Dataset:
+    """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
+
+    ``forget_dir`` replaces the forget split's shards (PUBG: the teacher-annotated copy).
+    """
+    dirs = {s: shards / s for s in TRAIN_SPLITS}
+    if forget_dir is not None:
+        dirs["forget"] = forget_dir
+    paths = [str(d) for d in dirs.values() if d.is_dir()]
     if not paths:
-        raise FileNotFoundError(f"{shards}: none of the splits {splits} has shards")
-    return ray.data.read_parquet(paths)
+        raise FileNotFoundError(f"{shards}: none of the splits {TRAIN_SPLITS} has shards")
+    ds = ray.data.read_parquet(paths)
+
+    def keep(batch: pa.Table) -> pa.Table:
+        mask = [in_stream(stream, s, t) for s, t in zip(batch["split"].to_pylist(), batch["task"].to_pylist(), strict=True)]
+        return batch.filter(pa.array(mask, type=pa.bool_()))
+
+    return ds.map_batches(keep, batch_format="pyarrow")
 
 
 def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dict[str, Any]:
@@ -54,7 +69,7 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dic
     callback = tracking.MlflowReportCallback(uri, run_id)
     log(f"fine-tuning {job.init_model} on {TRAIN_SPLITS} for {cfg.train.steps} steps "
         f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}")
-    result = fit(job, {"train": train_dataset(shards)}, name=f"finetune-{out_name}-{run_id[:8]}",
+    result = fit(job, {"train": stream_dataset(shards, "train")}, name=f"finetune-{out_name}-{run_id[:8]}",
                  storage_path=storage_dir(ws.root), callbacks=[callback])
     callback.flush()
     model_dir = export_final_model(result, ws.models / out_name)

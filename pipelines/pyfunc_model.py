@@ -23,7 +23,8 @@ class VisionLanguagePyfunc(mlflow.pyfunc.PythonModel):
         folder = context.artifacts["hf_model"]
         self.model, self.processor = load_model_and_processor(folder, ModelConfig(spec=folder))
         self.model.eval()
-        self.image_size = int(getattr(self.processor, "unlearn_image_size", 0) or 64)
+        size = getattr(self.processor.image_processor, "size", None) or {}
+        self.image_size = int(size.get("height") or size.get("shortest_edge") or 64)
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
         from unlearn_core.data.encode import prepare_image

@@ -66,12 +66,10 @@ def build_worker_model(
     mask_path: str | None = None,
 ) -> BuiltModel:
     model, processor = _load(cfg, processor_dir, init_model, image_size)
-    if cfg.model.lora:
-        from unlearn_core.models.lora import apply_lora
+    from unlearn_core.models.lora import prepare_for_training
 
-        model = apply_lora(model, cfg.model)
-    if cfg.model.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+    # LoRA or full fine-tuning; also freezes what never gets a gradient (DDP would fail on it).
+    model = prepare_for_training(model, cfg.model)
     model.train()
     if mode == "finetune":
         return BuiltModel(model=model, processor=processor, cfg=cfg, streams={"train": ("",)})

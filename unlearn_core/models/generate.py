@@ -1,0 +1,160 @@
+"""Greedy batched generation, option scoring and answer log-probs (evaluator, NPO, PUBG's teacher)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig
+
+from unlearn_core.data.encode import (
+    IGNORE_INDEX,
+    collate,
+    encode_example,
+    encode_prompt,
+    model_inputs,
+    pad_id,
+    to_image_array,
+    tokenizer_of,
+)
+from unlearn_core.prompts import GUIDANCE_TEMPLATES, guided_question
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` and no autograd inside; the previous train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def apply_instruction(question: str, instruction: str | None) -> str:
+    """A guidance-template name, a ``{question}`` format string, or a prefix; None: unchanged."""
+    if not instruction:
+        return question
+    if instruction in GUIDANCE_TEMPLATES:
+        return guided_question(question, instruction)
+    if "{question}" in instruction:
+        return instruction.format(question=question)
+    return f"{instruction} {question}"
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    device, dtype = _device(model), next(model.parameters()).dtype
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device)
+        out[k] = v.to(dtype) if v.is_floating_point() else v
+    return out
+
+
+def _greedy_config(model: nn.Module, processor: Any, max_new_tokens: int) -> GenerationConfig:
+    tok = tokenizer_of(processor)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_id(processor),
+        eos_token_id=eos if eos is not None else tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+
+
+def generate(
+    model: nn.Module,
+    processor: Any,
+    prompts: Sequence[dict[str, Any]],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    instruction: str | None = None,
+    image_size: int | None = None,
+) -> list[str]:
+    """Greedy answers to ``prompts`` (``{"question", "image": uint8 array | None}``), in order.
+
+    Left-padded batches; only the new tokens are decoded, special tokens skipped.
+    """
+    gen_cfg = _greedy_config(model, processor, max_new_tokens)
+    tok = tokenizer_of(processor)
+    answers: list[str] = []
+    with eval_mode(model):
+        for start in range(0, len(prompts), batch_size):
+            rows = []
+            for p in prompts[start : start + batch_size]:
+                image = to_image_array(p.get("image"), image_size)
+                q = apply_instruction(p["question"], instruction)
+                rows.append({**encode_prompt(processor, question=q, image=image), "image": image})
+            inputs = _to(model_inputs(collate(rows, processor, padding_side="left")), model)
+            out = model.generate(**inputs, generation_config=gen_cfg)
+            new = out[:, inputs["input_ids"].shape[1] :]
+            answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    return answers
+
+
+def answer_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
+    """[B] sum of log p(answer token) over the answer tokens (labels != -100); differentiable."""
+    batch = _to(batch, model)
+    logits = model(**model_inputs(batch, prefix)).logits[:, :-1].float()
+    labels = batch[f"{prefix}labels"][:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return -nll.sum(dim=-1)
+
+
+def score_options(
+    model: nn.Module,
+    processor: Any,
+    question: str,
+    image: Any,
+    options: Sequence[str],
+    *,
+    image_size: int | None = None,
+) -> list[float]:
+    """Sum log-prob of each option as the answer (its EOS included), one batch for all options."""
+    arr = to_image_array(image, image_size)
+    rows = [
+        {**encode_example(processor, question=question, answer=o, image=arr), "image": arr} for o in options
+    ]
+    with eval_mode(model):
+        return answer_logprobs(model, collate(rows, processor)).tolist()
+
+
+def teacher_topk(
+    model: nn.Module,
+    processor: Any,
+    rows: Sequence[dict[str, Any]],
+    k: int,
+    *,
+    batch_size: int = 16,
+    temperature: float = 1.0,
+    prefix: str = "",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row: top-k token ids (int64) and log-probs (float32), both [T_ans, k].
+
+    Rows are encoded prompt+answer rows (``input_ids``, ``labels``, ``image``); position t is the
+    distribution that predicts the t-th answer token. Log-probs are of softmax(logits / temperature).
+    """
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    with eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            batch = _to(collate(list(rows[start : start + batch_size]), processor, prefixes=(prefix,)), model)
+            logits = model(**model_inputs(batch, prefix)).logits[:, :-1].float() / temperature
+            answer_pos = batch[f"{prefix}labels"][:, 1:] != IGNORE_INDEX
+            for i in range(logits.shape[0]):
+                logp = torch.log_softmax(logits[i][answer_pos[i]], dim=-1)
+                vals, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+                out.append((ids.cpu().numpy().astype(np.int64), vals.cpu().numpy().astype(np.float32)))
+    return out
