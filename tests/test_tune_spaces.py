@@ -1,0 +1,317 @@
+"""tune_spaces/*.yaml: loading, validation against the config schema, sampling, and Ray Tune conversion."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from unlearn_core.config import ConfigError, RunConfig, flatten
+from unlearn_core.methods import METHODS, get_method
+from unlearn_core.search_space import (
+    SPACES_DIR,
+    Dim,
+    SearchSpace,
+    default_space_path,
+    load_space,
+    objective_value,
+    parse_space,
+    sample,
+    trial_config,
+    trial_overrides,
+)
+
+SPACE_FILES = sorted(SPACES_DIR.glob("*.yaml"))
+
+
+def _pubg() -> dict[str, Any]:
+    return yaml.safe_load(default_space_path("pubg").read_text())
+
+
+def _with_dim(data: dict[str, Any], key: str, spec: Any) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    out["space"][key] = spec
+    return out
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _in_bounds(dim: Dim, value: Any) -> bool:
+    if dim.kind in ("uniform", "loguniform"):
+        return dim.args[0] <= value <= dim.args[1]
+    if dim.kind == "randint":
+        return isinstance(value, int) and dim.args[0] <= value < dim.args[1]
+    return value in dim.args
+
+
+# --------------------------------------------------------------------------- the shipped files
+
+
+def test_one_space_per_registered_method():
+    assert {p.stem for p in SPACE_FILES} == set(METHODS)
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
+def test_every_space_loads_and_validates(path: Path):
+    space = load_space(path)
+    assert space.method == path.stem
+    assert "train.lr" in space.dims and "train.steps" in space.dims
+    assert space.objective.mode in ("min", "max") and space.num_samples >= 1
+    params = METHODS[space.method].Params.model_fields
+    for key in space.dims:
+        assert not key.startswith("method.params.") or key.split(".")[2] in params
+
+
+def test_pubg_space_searches_the_guidance_knobs():
+    dims = load_space(default_space_path("pubg")).dims
+    for w in ("w_ga", "w_bg", "w_ret"):
+        assert dims[f"method.params.{w}"].kind == "loguniform"
+    assert set(dims["method.params.mask"].args) == {"none", "vision", "language", "both"}
+    assert set(dims["method.params.instruction"].args) == {"default", "short", "strict"}
+    assert None in dims["method.params.top_k"].args
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
+def test_samples_are_in_bounds_and_valid_configs(path: Path):
+    space = load_space(path)
+    rng = random.Random(0)
+    for _ in range(25):
+        point = sample(space, rng)
+        assert set(point) == set(space.dims)
+        for key, value in point.items():
+            assert _in_bounds(space.dims[key], value), (key, value)
+        cfg = trial_config(space, point)
+        assert cfg.method.name == space.method
+        get_method(cfg.method.name, cfg.method.params)
+        flat = flatten(cfg)
+        assert all(flat[k] == v for k, v in {**space.base, **point}.items())
+
+
+# --------------------------------------------------------------------------- validation errors
+
+
+def test_typo_key_is_an_error_naming_the_key(tmp_path: Path):
+    data = _with_dim(_pubg(), "method.params.w_bgg", {"loguniform": [0.1, 1.0]})
+    with pytest.raises(ConfigError, match=r"bad\.yaml: space\.method\.params\.w_bgg: unknown field") as err:
+        load_space(_write(tmp_path, data))
+    assert "method.params.w_bg" in str(err.value)  # lists the valid fields
+    with pytest.raises(ConfigError, match=r"space\.train\.lrr: unknown config field"):
+        parse_space(_with_dim(_pubg(), "train.lrr", {"choice": [1.0e-4]}))
+    with pytest.raises(ConfigError, match=r"space\.train: is a section"):
+        parse_space(_with_dim(_pubg(), "train", {"choice": [1]}))
+    with pytest.raises(ConfigError, match=r"space\.method\.name: set the top-level"):
+        parse_space(_with_dim(_pubg(), "method.name", {"choice": ["npo"]}))
+    bad_base = copy.deepcopy(_pubg())
+    bad_base["base"]["train.eval_evry"] = 3
+    with pytest.raises(ConfigError, match=r"base\.train\.eval_evry"):
+        parse_space(bad_base)
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "spec", "pattern"),
+    [
+        (
+            "pubg",
+            "method.params.w_bg",
+            {"uniform": [-1, 1.0]},
+            r"space\.method\.params\.w_bg: bound -1 invalid: .*>= 0",
+        ),
+        (
+            "npo",
+            "method.params.beta",
+            {"uniform": [0, 0.5]},
+            r"space\.method\.params\.beta: bound 0 invalid: .*> 0",
+        ),
+        (
+            "ga",
+            "train.lr",
+            {"loguniform": [1.0e-4, 2.0]},
+            r"space\.train\.lr: bound 2\.0 invalid: .*train\.lr",
+        ),
+        (
+            "pubg",
+            "method.params.instruction",
+            {"choice": ["default", "nope"]},
+            r"instruction: value 'nope' invalid",
+        ),
+        ("kl", "train.steps", {"randint": [0, 10]}, r"space\.train\.steps: bound 0 invalid"),
+    ],
+)
+def test_out_of_range_bound_names_the_key(tmp_path: Path, method: str, key: str, spec: Any, pattern: str):
+    data = yaml.safe_load(default_space_path(method).read_text())
+    with pytest.raises(ConfigError, match=pattern) as err:
+        load_space(_write(tmp_path, _with_dim(data, key, spec)))
+    assert str(err.value).startswith(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        (
+            {"lognormal": [1, 2]},
+            r"unknown distribution 'lognormal'; valid: uniform, loguniform, randint, choice, grid",
+        ),
+        ({"loguniform": [0.0, 1.0]}, r"loguniform needs 0 < low"),
+        ({"uniform": [1.0, 0.5]}, r"uniform needs low < high"),
+        ({"uniform": [1.0]}, r"needs \[low, high\]"),
+        ({"choice": []}, r"non-empty list"),
+        ({"uniform": [0.1, 1.0], "choice": [1]}, r"expected one distribution"),
+        (0.5, r"expected one distribution"),
+    ],
+)
+def test_malformed_distributions(spec: Any, pattern: str):
+    with pytest.raises(ConfigError, match=r"space\.method\.params\.w_bg: .*" + pattern):
+        parse_space(_with_dim(_pubg(), "method.params.w_bg", spec))
+
+
+def test_integer_fields_and_randint_upper_bound_is_exclusive():
+    with pytest.raises(ConfigError, match=r"train\.steps: uniform samples floats .* integer"):
+        parse_space(_with_dim(_pubg(), "train.steps", {"uniform": [10, 20]}))
+    with pytest.raises(ConfigError, match=r"randint needs integer bounds"):
+        parse_space(_with_dim(_pubg(), "train.steps", {"randint": [10, 20.5]}))
+    # top_k <= 1_000_000: high = 1_000_001 is fine because the upper bound is never sampled
+    space = parse_space(_with_dim(_pubg(), "method.params.top_k", {"randint": [1, 1_000_001]}))
+    assert space.dims["method.params.top_k"] == Dim("randint", (1, 1_000_001))
+    with pytest.raises(ConfigError, match=r"top_k: bound 1000001 invalid"):
+        parse_space(_with_dim(_pubg(), "method.params.top_k", {"randint": [1, 1_000_002]}))
+
+
+def test_top_level_errors():
+    with pytest.raises(ConfigError, match=r"method: unknown method 'nope'; valid: .*pubg"):
+        parse_space({**_pubg(), "method": "nope"})
+    with pytest.raises(ConfigError, match=r"unknown top-level keys \['spaces'\]"):
+        parse_space({**_pubg(), "spaces": {}})
+    with pytest.raises(ConfigError, match=r"num_samples"):
+        parse_space({**_pubg(), "num_samples": 0})
+    with pytest.raises(ConfigError, match=r"space: missing"):
+        parse_space({k: v for k, v in _pubg().items() if k != "space"})
+    with pytest.raises(ConfigError, match=r"objective\.metric: required"):
+        parse_space({**_pubg(), "objective": {"mode": "min"}})
+    with pytest.raises(ConfigError, match=r"search space file not found"):
+        load_space("tune_spaces/nope.yaml")
+
+
+def test_objective_signs_are_checked_and_value_computed():
+    bad = {**_pubg(), "objective": {"metric": "score", "mode": "min", "terms": {"retain.vqa_acc": 1.0}}}
+    with pytest.raises(ConfigError, match=r"objective\.terms\.retain\.vqa_acc: higher is better"):
+        parse_space(bad)
+    with pytest.raises(ConfigError, match=r"objective\.metric: lower is better"):
+        parse_space({**_pubg(), "objective": {"metric": "forget.leak_rate", "mode": "max"}})
+    single = parse_space({**_pubg(), "objective": {"metric": "forget.leak_rate", "mode": "min"}}).objective
+    assert objective_value(single, {"forget.leak_rate": 0.25}) == 0.25
+    terms = load_space(default_space_path("pubg")).objective
+    metrics = {"forget.leak_rate": 0.5, "retain.vqa_acc": 0.75}  # the others: no samples, skipped
+    assert math.isclose(objective_value(terms, metrics), 0.5 - 0.75)
+    with pytest.raises(ConfigError, match="none of"):
+        objective_value(terms, {"other": 1.0})
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path: Path):
+    text = (
+        "method: ga\n"
+        "space:\n"
+        "  train.lr: {loguniform: [1e-5, 1e-3]}\n"
+        "  train.steps: {choice: [10, 20]}\n"
+        "objective: {metric: forget.leak_rate, mode: min}\n"
+    )
+    assert yaml.safe_load(text)["space"]["train.lr"]["loguniform"] == ["1e-5", "1e-3"]  # PyYAML 1.1
+    p = tmp_path / "ga.yaml"
+    p.write_text(text)
+    space = load_space(p)
+    assert space.dims["train.lr"] == Dim("loguniform", (1e-5, 1e-3))
+    assert space.base == {} and space.num_samples == 8
+
+
+def test_trial_overrides_merge_base_and_sampled():
+    space = load_space(default_space_path("npo"))
+    point = sample(space, random.Random(1))
+    over = trial_overrides(space, {**point, "unrelated": 1})
+    assert over["method.name"] == "npo" and over["train.eval_every"] == space.base["train.eval_every"]
+    assert {k: over[k] for k in point} == point and "unrelated" not in over
+    with pytest.raises(ConfigError, match=r"lacks the sampled keys \['train\.lr'\]"):
+        trial_overrides(space, {k: v for k, v in point.items() if k != "train.lr"})
+    pubg_cfg = RunConfig(method={"name": "pubg", "params": {"w_bg": 2.0}})
+    assert trial_config(space, point, pubg_cfg).method.params == {
+        k.split(".")[2]: v for k, v in point.items() if k.startswith("method.params.")
+    }
+
+
+# --------------------------------------------------------------------------- Ray Tune
+
+
+def _space_with_grid() -> SearchSpace:
+    return parse_space(_with_dim(_pubg(), "method.params.bg_norm", {"grid": ["sequence", "token"]}))
+
+
+def test_optuna_converts_every_space():
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pipelines.tune_space import has_grid, to_tune
+
+    for path in SPACE_FILES:
+        space = load_space(path)
+        converted = OptunaSearch.convert_search_space(to_tune(space))
+        assert set(converted) == set(space.dims)
+    pubg = OptunaSearch.convert_search_space(to_tune(load_space(default_space_path("pubg"))))
+    assert list(pubg["method.params.top_k"].choices) == [None, 4, 16]
+    assert "none" in pubg["method.params.mask"].choices
+    grid = _space_with_grid()
+    assert has_grid(grid)
+    with pytest.raises(ValueError, match="[Gg]rid"):
+        OptunaSearch.convert_search_space(to_tune(grid))
+    converted = OptunaSearch.convert_search_space(to_tune(grid, grid_as_choice=True))
+    assert list(converted["method.params.bg_norm"].choices) == ["sequence", "token"]
+
+
+def _run_tuner(
+    space: SearchSpace, tmp_path: Path, search_alg: Any = None, grid_as_choice: bool = False
+) -> Any:
+    from ray import tune
+
+    from pipelines.tune_space import to_tune
+
+    def trainable(config: dict[str, Any]) -> None:
+        cfg = trial_config(space, config)  # the dotted keys arrive as they are
+        tune.report({"score": cfg.train.lr * cfg.train.steps, "n_keys": len(config)})
+
+    metric = {} if search_alg is not None else {"metric": "score", "mode": "min"}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=to_tune(space, grid_as_choice=grid_as_choice),
+        tune_config=tune.TuneConfig(num_samples=3, search_alg=search_alg, **metric),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    )
+    return tuner.fit()
+
+
+def _check_results(results: Any, space: SearchSpace, n_trials: int) -> None:
+    assert not results.errors
+    assert len(results) == n_trials
+    for res in results:
+        assert set(res.config) == set(space.dims)
+        for key, value in res.config.items():
+            assert _in_bounds(space.dims[key], value), (key, value)
+        assert res.metrics["n_keys"] == len(space.dims)
+    assert "config/method.params.w_bg" in results.get_dataframe().columns
+
+
+def test_tuner_runs_the_space(ray_local, tmp_path: Path):
+    space = _space_with_grid()
+    _check_results(_run_tuner(space, tmp_path), space, n_trials=6)  # 3 samples x 2 grid points
+
+
+def test_tuner_with_optuna(ray_local, tmp_path: Path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_space(default_space_path("pubg"))
+    results = _run_tuner(space, tmp_path, OptunaSearch(metric="score", mode="min", seed=0))
+    _check_results(results, space, n_trials=3)
