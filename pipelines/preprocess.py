@@ -120,7 +120,7 @@ class _Encoder:
         self.image_size = image_size
         self.rand_answers = rand_answers
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
         n = len(batch["sample_id"])
         out: dict[str, list[Any]] = {k: [] for k in _OUT_COLUMNS}
         for i in range(n):
@@ -131,7 +131,7 @@ class _Encoder:
                 enc = _quarantine_row(row, f"{type(exc).__name__}: {exc}")
             for k in _OUT_COLUMNS:
                 out[k].append(enc.get(k))
-        return out
+        return pa.Table.from_pydict(out, schema=SHARD_SCHEMA)
 
     def _encode_row(self, row: dict[str, Any]) -> dict[str, Any]:
         image = None
@@ -200,10 +200,6 @@ def _quarantine_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
     return {**keep, "quarantine_reason": reason}
 
 
-def _to_table(batch: dict[str, Any]) -> pa.Table:
-    return pa.Table.from_pydict({k: list(batch[k]) for k in _OUT_COLUMNS}, schema=SHARD_SCHEMA)
-
-
 def build_processor(model_spec: str, records: pa.Table, out_dir: Path, model_cfg: ModelConfig, image_size: int) -> None:
     """Save the processor the shards are encoded with (a tiny-llava one is trained on the records' text)."""
     corpus = None
@@ -270,7 +266,7 @@ def shard_records(
         num_cpus=num_cpus_per_actor,
         batch_format="numpy",
     )
-    result = pa.concat_tables([_to_table(b) for b in encoded.iter_batches(batch_size=None, batch_format="numpy")])
+    result = pa.concat_tables(list(encoded.iter_batches(batch_size=None, batch_format="pyarrow")))
     report = _write(result, staging, table.num_rows)
     manifest = {
         "format_version": SHARD_FORMAT_VERSION,
