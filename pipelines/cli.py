@@ -100,12 +100,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from unlearn_core.eval.report import format_table
-
     from pipelines import tracking
     from pipelines.evaluate import evaluate
     from pipelines.ray_env import ensure_ray
     from unlearn_core.config import TrackingConfig
+    from unlearn_core.eval.report import format_table
 
     ensure_ray()
     model = args.model

@@ -9,7 +9,6 @@ from typing import Any
 import mlflow
 import pyarrow as pa
 import ray
-from unlearn_core.eval.report import format_table
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate, load_shard_rows
@@ -18,6 +17,7 @@ from pipelines.train import TrainJob, export_final_model, fit, storage_dir
 from pipelines.workspace import Workspace, ensure_shards
 from unlearn_core.config import RunConfig, mlflow_params
 from unlearn_core.data.selection import in_stream
+from unlearn_core.eval.report import format_table
 from unlearn_core.eval.runner import select_eval_rows
 
 TRAIN_SPLITS = ("forget", "retain")
@@ -26,21 +26,20 @@ TRAIN_SPLITS = ("forget", "retain")
 def stream_dataset(shards: Path, stream: str, *, forget_dir: Path | None = None) -> ray.data.Dataset:
     """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
 
-    ``forget_dir`` replaces the forget split's shards (PUBG: the teacher-annotated copy).
+    ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
     """
-    dirs = {s: shards / s for s in TRAIN_SPLITS}
-    if forget_dir is not None:
-        dirs["forget"] = forget_dir
-    paths = [str(d) for d in dirs.values() if d.is_dir()]
+    if stream == "forget" and forget_dir is not None:
+        paths = [str(forget_dir / "forget")]
+    else:
+        paths = [str(shards / s) for s in TRAIN_SPLITS if (shards / s).is_dir()]
     if not paths:
         raise FileNotFoundError(f"{shards}: none of the splits {TRAIN_SPLITS} has shards")
-    ds = ray.data.read_parquet(paths)
 
     def keep(batch: pa.Table) -> pa.Table:
-        mask = [in_stream(stream, s, t) for s, t in zip(batch["split"].to_pylist(), batch["task"].to_pylist(), strict=True)]
-        return batch.filter(pa.array(mask, type=pa.bool_()))
+        pairs = zip(batch["split"].to_pylist(), batch["task"].to_pylist(), strict=True)
+        return batch.filter(pa.array([in_stream(stream, s, t) for s, t in pairs], type=pa.bool_()))
 
-    return ds.map_batches(keep, batch_format="pyarrow")
+    return ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
 
 
 def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dict[str, Any]:

@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from ray.data.datasource import FilenameProvider
-from unlearn_core.data.encode import encode_example, prepare_image
-from unlearn_core.data.records_io import read_records
-from unlearn_core.models.loading import load_model_and_processor
 
 from unlearn_core.config import ModelConfig
+from unlearn_core.data.encode import encode_example, prepare_image
+from unlearn_core.data.records_io import read_records
 from unlearn_core.data.schema import SPLITS, RecordError
+from unlearn_core.models.loading import load_model_and_processor
 from unlearn_core.prompts import REFUSAL_ANSWERS
 
 SHARD_FORMAT_VERSION = 1

@@ -16,9 +16,8 @@ class VisionLanguagePyfunc(mlflow.pyfunc.PythonModel):
     """predict(DataFrame[question, image?]) -> list of greedy answers. ``image`` is PNG/JPEG bytes or base64."""
 
     def load_context(self, context: Any) -> None:
-        from unlearn_core.models.loading import load_model_and_processor
-
         from unlearn_core.config import ModelConfig
+        from unlearn_core.models.loading import load_model_and_processor
 
         folder = context.artifacts["hf_model"]
         self.model, self.processor = load_model_and_processor(folder, ModelConfig(spec=folder))

@@ -20,9 +20,10 @@ import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from unlearn_core.data.encode import collate
 
 from unlearn_core.config import RunConfig as UnlearnRunConfig
+from unlearn_core.data.encode import collate
+from unlearn_core.data.teacher_cache import TOPK_IDS, attach_teacher_topk
 from unlearn_core.training.loop import (
     WorkerContext,
     cycle,
@@ -33,21 +34,28 @@ from unlearn_core.training.loop import (
 )
 from unlearn_core.training.worker import build_worker_model, make_step_fn
 
-SHARD_ROW_COLUMNS = ("input_ids", "labels", "image_u8", "image_hw", "sample_id", "task", "split")
 
-
-def rows_from_numpy(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Ray Data numpy batch -> list of row dicts with decoded uint8 images (zero-copy views)."""
-    n = len(batch["input_ids"])
-    rows = []
-    for i in range(n):
-        row: dict[str, Any] = {k: batch[k][i] for k in batch}
+def rows_with_images(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shard rows -> rows whose ``image`` is the decoded uint8 [H, W, 3] array (a zero-copy view)."""
+    out = []
+    for row in rows:
+        row = dict(row)
         raw, hw = row.pop("image_u8", None), row.pop("image_hw", None)
         row["image"] = (
             np.frombuffer(raw, dtype=np.uint8).reshape(int(hw[0]), int(hw[1]), 3) if raw is not None else None
         )
-        rows.append(row)
-    return rows
+        out.append(row)
+    return out
+
+
+def collate_shard_batch(batch: dict[str, np.ndarray], processor: Any, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """Ray Data numpy batch -> padded tensors for every view (+ PUBG's cached teacher top-k)."""
+    keys = list(batch)
+    rows = rows_with_images([{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))])
+    out = collate(rows, processor, prefixes=prefixes)
+    if TOPK_IDS in batch and "guide_" in prefixes:
+        attach_teacher_topk(out, rows)
+    return out
 
 
 @dataclass
@@ -70,7 +78,7 @@ def _iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str,
     def make_iter(epoch: int):
         return shard.iter_torch_batches(
             batch_size=batch_size,
-            collate_fn=lambda b: collate(rows_from_numpy(b), processor, prefixes=prefixes),
+            collate_fn=lambda b: collate_shard_batch(b, processor, prefixes),
             local_shuffle_buffer_size=max(4 * batch_size, 256),
             local_shuffle_seed=seed + epoch,
             drop_last=False,

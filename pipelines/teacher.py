@@ -1,0 +1,136 @@
+"""PUBG's teacher, computed once: Ray Data batch inference with the frozen original model.
+
+For each row of the forget stream the teacher sees the guidance instruction + question + image and
+answers greedily (o). We store the student view (plain question + o, ``guide_``), the teacher view
+(instruction + question + o, ``teacher_``, for a live teacher) and the teacher's top-k log-probs
+over o's tokens. The result is a copy of the forget shards keyed by (model weights, forget shards,
+instruction, k, max_new_tokens): a sweep over the other PUBG weights reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from unlearn_core.config import ModelConfig
+from unlearn_core.data.selection import in_stream
+from unlearn_core.data.teacher_cache import TOPK_IDS, TOPK_K, TOPK_LOGPROBS
+from unlearn_core.eval.runner import row_image
+from unlearn_core.prompts import guided_question
+
+TEACHER_COLUMNS = [
+    ("teacher_answer", pa.string()),
+    ("guide_input_ids", pa.list_(pa.int32())),
+    ("guide_labels", pa.list_(pa.int32())),
+    ("teacher_input_ids", pa.list_(pa.int32())),
+    ("teacher_labels", pa.list_(pa.int32())),
+    (TOPK_IDS, pa.list_(pa.int32())),
+    (TOPK_LOGPROBS, pa.list_(pa.float32())),
+    (TOPK_K, pa.int32()),
+]
+
+
+class _Teacher:
+    def __init__(self, model_dir: str, instruction: str, k: int, max_new_tokens: int) -> None:
+        from unlearn_core.models.loading import load_model_and_processor
+
+        self.model, self.processor = load_model_and_processor(model_dir, ModelConfig(spec=model_dir))
+        self.model.eval()
+        self.instruction, self.k, self.max_new_tokens = instruction, k, max_new_tokens
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from unlearn_core.data.encode import encode_example
+        from unlearn_core.models.generate import generate, teacher_topk
+
+        rows = batch.to_pylist()
+        images = [row_image(r) for r in rows]
+        guided = [guided_question(r["question"], self.instruction) for r in rows]
+        answers = generate(
+            self.model,
+            self.processor,
+            [{"question": q, "image": im} for q, im in zip(guided, images, strict=True)],
+            max_new_tokens=self.max_new_tokens,
+        )
+        guide = [encode_example(self.processor, question=r["question"], answer=o, image=im)
+                 for r, o, im in zip(rows, answers, images, strict=True)]
+        teach = [encode_example(self.processor, question=q, answer=o, image=im)
+                 for q, o, im in zip(guided, answers, images, strict=True)]
+        topk = teacher_topk(
+            self.model, self.processor,
+            [{"input_ids": t["input_ids"], "labels": t["labels"], "image": im} for t, im in zip(teach, images, strict=True)],
+            self.k,
+        )
+        extra = {
+            "teacher_answer": answers,
+            "guide_input_ids": [g["input_ids"] for g in guide],
+            "guide_labels": [g["labels"] for g in guide],
+            "teacher_input_ids": [t["input_ids"] for t in teach],
+            "teacher_labels": [t["labels"] for t in teach],
+            TOPK_IDS: [ids.reshape(-1).tolist() for ids, _ in topk],
+            TOPK_LOGPROBS: [lps.reshape(-1).tolist() for _, lps in topk],
+            TOPK_K: [self.k] * len(rows),
+        }
+        for name, typ in TEACHER_COLUMNS:
+            batch = batch.append_column(pa.field(name, typ), pa.array(extra[name], type=typ))
+        return batch
+
+
+def cache_key(model_sha: str, shards_fingerprint: str, instruction: str, k: int, max_new_tokens: int) -> str:
+    raw = json.dumps([model_sha, shards_fingerprint, instruction, k, max_new_tokens])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def build_teacher_cache(
+    model_dir: str | Path,
+    shards_dir: str | Path,
+    out_root: str | Path,
+    *,
+    instruction: str = "default",
+    k: int = 16,
+    max_new_tokens: int = 40,
+    actors: int = 1,
+    log=print,
+) -> Path:
+    """The forget-stream shards annotated with the teacher (built once per key); returns its folder."""
+    from pipelines.preprocess import load_manifest
+    from pipelines.tracking import weights_sha256
+
+    shards_dir = Path(shards_dir)
+    key = cache_key(weights_sha256(model_dir), load_manifest(shards_dir)["fingerprint"], instruction, k, max_new_tokens)
+    out = Path(out_root) / key
+    if (out / "teacher.json").exists():
+        log(f"[cached] PUBG teacher answers {out}")
+        return out
+    table = pq.read_table(shards_dir / "forget")
+    mask = [in_stream("forget", s, t) for s, t in zip(table["split"].to_pylist(), table["task"].to_pylist(), strict=True)]
+    table = table.filter(pa.array(mask))
+    log(f"PUBG teacher: {table.num_rows} forget prompts, instruction={instruction!r}, top-k={k}")
+    ds = ray.data.from_arrow(table).repartition(max(1, actors * 2))
+    annotated = ds.map_batches(
+        _Teacher,
+        fn_constructor_args=(str(model_dir), instruction, k, max_new_tokens),
+        batch_size=32,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_cpus=1,
+    )
+    result = pa.concat_tables(list(annotated.iter_batches(batch_size=None, batch_format="pyarrow")))
+    if result.num_rows != table.num_rows:
+        raise RuntimeError(f"teacher annotated {result.num_rows} of {table.num_rows} rows")
+    staging = out.with_suffix(".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "forget").mkdir(parents=True)
+    pq.write_table(result.sort_by("sample_id"), staging / "forget" / "part-00000.parquet", compression="zstd")
+    examples = result.select(["sample_id", "question", "teacher_answer"]).slice(0, 5).to_pylist()
+    (staging / "teacher.json").write_text(
+        json.dumps({"key": key, "instruction": instruction, "k": k, "rows": result.num_rows, "examples": examples}, indent=1)
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
