@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from pipelines.preprocess import SHARD_SCHEMA
 from unlearn_core.config import ModelConfig
 from unlearn_core.eval.runner import model_outputs, select_eval_rows
 
@@ -33,9 +35,8 @@ class _Generator:
         self.model, self.processor = load_model_and_processor(model_dir, ModelConfig(spec=model_dir))
         self.model.eval()
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        keys = list(batch)
-        rows = [{k: batch[k][i] for k in keys} for i in range(len(batch["sample_id"]))]
+    def __call__(self, batch: pa.Table) -> dict[str, Any]:
+        rows = batch.to_pylist()
         outs = model_outputs(self.model, self.processor, rows)
         return {"sample_id": [r["sample_id"] for r in rows], "output": [json.dumps(outs[r["sample_id"]]) for r in rows]}
 
@@ -43,15 +44,16 @@ class _Generator:
 def generate_outputs(model_dir: str | Path, rows: list[dict[str, Any]], *, actors: int = 1) -> dict[str, dict]:
     """Ray Data batch inference over ``rows``; returns sample_id -> output."""
     columns = ["sample_id", "split", "task", "question", "options", "image_u8", "image_hw"]
-    slim = [{k: r.get(k) for k in columns} for r in rows]
-    ds = ray.data.from_items(slim)
+    schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows], schema=schema)
+    ds = ray.data.from_arrow(table).repartition(max(1, actors))
     out = ds.map_batches(
         _Generator,
         fn_constructor_args=(str(model_dir),),
         batch_size=64,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=1,
-        batch_format="numpy",
+        batch_format="pyarrow",
     )
     result: dict[str, dict] = {}
     for row in out.iter_rows():
