@@ -97,6 +97,34 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.ray_env import ensure_ray
+    from pipelines.unlearn import run_unlearn
+
+    if args.method:
+        args.set = [*(args.set or []), f"method.name={args.method}"]
+    cfg = _run_config(args)
+    ensure_ray()
+    run_unlearn(cfg)
+    return 0
+
+
+def _cmd_mask(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.mask import compute_mask_remote
+    from pipelines.ray_env import ensure_ray
+    from unlearn_core.config import RunConfig
+
+    ensure_ray()
+    cfg = RunConfig(model={"spec": args.model, "lora": args.lora})
+    stats = compute_mask_remote(
+        cfg.model_dump(), args.model, args.records, args.out, modules=args.modules, gamma=args.gamma
+    )
+    print(json.dumps(stats, indent=1))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -136,6 +164,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="overrides train.steps")
     p.add_argument("--workers", type=int, default=None, help="overrides train.num_workers")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (train.lr=1e-4)")
+
+
+def _method_names() -> str:
+    from unlearn_core.methods import METHODS
+
+    return ", ".join(sorted(METHODS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--name", default="vanilla", help="model name under WORKDIR/models (default vanilla)")
     p.set_defaults(handler=_cmd_finetune)
+
+    p = sub.add_parser("run", help="one unlearning job (Ray Train): eval before/after, MLflow, registry")
+    _add_run_options(p)
+    p.add_argument("--method", default=None, help="method name (overrides method.name): " + _method_names())
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("mask", help="MMUnlearner's Fisher-ratio saliency mask (a Ray task), saved as safetensors")
+    p.add_argument("--model", required=True, help="model folder (the one to unlearn)")
+    p.add_argument("--records", required=True, help="shards folder (built by `unlearn data shard`)")
+    p.add_argument("--modules", choices=["vision", "language", "both"], default="both")
+    p.add_argument("--gamma", type=float, default=1.0, help="ratio threshold (default 1.0)")
+    p.add_argument("--lora", action="store_true", help="compute it on LoRA adapters (train with model.lora=true)")
+    p.add_argument("--out", required=True, help="mask file (.safetensors); sparsity goes beside it as .json")
+    p.set_defaults(handler=_cmd_mask)
 
     p = sub.add_parser("eval", help="evaluate a model on shards: every DESIGN 1.3 metric, table + JSON")
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")

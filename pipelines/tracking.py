@@ -160,9 +160,7 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str) -> Path:
     if staging.exists():
         shutil.rmtree(staging)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(staging)))
-    hf = local / "artifacts" / "hf_model"
-    if not hf.is_dir():
-        raise FileNotFoundError(f"{model_uri}: the logged model holds no artifacts/hf_model folder")
+    hf = _hf_folder(local, model_uri)
     got = weights_sha256(hf)
     if expected and got != expected:
         raise ValueError(f"{model_uri}: weights sha256 {got} differs from the one recorded at logging {expected}")
@@ -174,6 +172,18 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str) -> Path:
         json.dumps({"uri": model_uri, "name": name, "version": mv.version, SHA_TAG: got}, indent=2)
     )
     return out
+
+
+def _hf_folder(local: Path, model_uri: str) -> Path:
+    """The ``hf_model`` artifact of a downloaded pyfunc model, as recorded in its MLmodel file."""
+    import yaml
+
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    arts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    rel = (arts.get("hf_model") or {}).get("path")
+    if not rel or not (local / rel).is_dir():
+        raise FileNotFoundError(f"{model_uri}: the logged model holds no hf_model artifact")
+    return local / rel
 
 
 def _parse_models_uri(uri: str) -> tuple[str, str]:

@@ -70,6 +70,9 @@ class TrainJob:
     eval_records: list[dict[str, Any]] | None = None
     ref_model: str | None = None
     mask_path: str | None = None
+    # A checkpoint folder to start from when the run itself has none (Train V2 deprecates the
+    # trainer's resume_from_checkpoint; a run restarted under the same name resumes by itself).
+    resume_from: str | None = None
 
 
 def _iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str, ...], seed: int):
@@ -107,6 +110,8 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             start_step = load_checkpoint(Path(d), model, optimizer)
+    elif job.resume_from:
+        start_step = load_checkpoint(Path(job.resume_from), model, optimizer)
     model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None)
 
     streams = {
@@ -150,7 +155,6 @@ def fit(
     name: str,
     storage_path: str,
     callbacks: list[Any] | None = None,
-    resume_from: str | None = None,
 ) -> ray.train.Result:
     """Build and fit the TorchTrainer; returns the Result (its checkpoint holds ``model/``)."""
     cfg = UnlearnRunConfig.model_validate(job.cfg)
@@ -173,7 +177,6 @@ def fit(
         scaling_config=scaling,
         run_config=run_config,
         datasets=datasets,
-        resume_from_checkpoint=ray.train.Checkpoint(resume_from) if resume_from else None,
     )
     return trainer.fit()
 

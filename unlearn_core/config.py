@@ -58,7 +58,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
     deepspeed_stage: Literal[0, 2, 3] = 0  # 0 = plain DDP
     bf16: bool = True  # only used on GPU
     checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
