@@ -23,7 +23,9 @@ from unlearn_core.eval.runner import select_eval_rows
 TRAIN_SPLITS = ("forget", "retain")
 
 
-def stream_dataset(shards: Path, stream: str, *, forget_dir: Path | None = None) -> ray.data.Dataset:
+def stream_dataset(
+    shards: Path, stream: str, *, forget_dir: Path | None = None, task_weights: dict[str, int] | None = None
+) -> ray.data.Dataset:
     """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
 
     ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
@@ -35,9 +37,13 @@ def stream_dataset(shards: Path, stream: str, *, forget_dir: Path | None = None)
     if not paths:
         raise FileNotFoundError(f"{shards}: none of the splits {TRAIN_SPLITS} has shards")
 
+    weights = task_weights or {}
+
     def keep(batch: pa.Table) -> pa.Table:
+        """Rows of this stream, each repeated by its task weight (default 1)."""
         pairs = zip(batch["split"].to_pylist(), batch["task"].to_pylist(), strict=True)
-        return batch.filter(pa.array([in_stream(stream, s, t) for s, t in pairs], type=pa.bool_()))
+        idx = [i for i, (s, t) in enumerate(pairs) if in_stream(stream, s, t) for _ in range(weights.get(t, 1))]
+        return batch.take(pa.array(idx, type=pa.int64()))
 
     return ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
 
@@ -68,7 +74,7 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dic
     callback = tracking.MlflowReportCallback(uri, run_id)
     log(f"fine-tuning {job.init_model} on {TRAIN_SPLITS} for {cfg.train.steps} steps "
         f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}")
-    result = fit(job, {"train": stream_dataset(shards, "train")}, name=f"finetune-{out_name}-{run_id[:8]}",
+    result = fit(job, {"train": stream_dataset(shards, "train", task_weights=cfg.train.task_weights)}, name=f"finetune-{out_name}-{run_id[:8]}",
                  storage_path=storage_dir(ws.root), callbacks=[callback])
     callback.flush()
     model_dir = export_final_model(result, ws.models / out_name)

@@ -66,6 +66,22 @@ class TrainConfig(_Strict):
     eval_max_samples: int = Field(64, ge=1)
     max_failures: int = Field(0, ge=-1)
     torch_threads: int = Field(0, ge=0)  # 0 = leave torch's default
+    # Vanilla fine-tune only: how many times each task's rows appear per epoch. Recognising a face
+    # is learned from identity/open questions; at 1x they are 1/9 of the mix and 40 identities
+    # take ~9x more steps to learn.
+    task_weights: dict[str, int] = Field(default_factory=lambda: {"identity_vqa": 6, "open_vqa": 3})
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, int]) -> dict[str, int]:
+        from unlearn_core.data.schema import TASKS
+
+        bad = [k for k in v if k not in TASKS]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; valid: {list(TASKS)}")
+        if any(not isinstance(n, int) or n < 0 or n > 100 for n in v.values()):
+            raise ValueError("weights must be integers in [0, 100]")
+        return v
 
 
 class TrackingConfig(_Strict):

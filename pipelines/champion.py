@@ -1,0 +1,201 @@
+"""The registry champion of a sweep: a documented, configurable selection rule, and its registration.
+
+Default rule (``ChampionRule()``), applied to the trials that finished (their exported model was
+evaluated; trials stopped early by ASHA or failed are never candidates):
+
+1. A trial qualifies if ``forget.leak_rate`` == 0 and ``forget_unseen.leak_rate`` == 0 (``<= max_leak``,
+   default 0) and ``retain.vqa_acc`` >= 0.95 x the vanilla (before-unlearning) model's
+   ``retain.vqa_acc`` (``min_retain_ratio``). A trial lacking one of these metrics does not qualify; a
+   leak metric that no trial reports (the benchmark has no such split) is skipped, and so is the
+   retain bound when the vanilla model has no ``retain.vqa_acc``. Both skips are named in the rationale.
+2. Among qualifying trials the highest ``quality.informativeness`` wins; ties go to the better sweep
+   objective (lower for ``mode: min``), then to the trial name.
+3. If none qualifies, this is said clearly; ``fallback="objective"`` (default) then takes the trial
+   with the best objective (the rationale says it is a fallback), ``fallback="none"`` registers nothing.
+
+The champion's model is logged on its trial's MLflow run, registered (``tracking.registered_model_name``
+or ``lvlm-unlearn-<method>``) and the alias ``champion`` is moved to that version; the rationale is
+set as the model-version tag and the sweep's parent-run tag ``champion_rationale``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mlflow.tracking import MlflowClient
+
+from pipelines import tracking
+
+CHAMPION_ALIAS = "champion"
+RATIONALE_TAG = "champion_rationale"
+MAX_TAG_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class ChampionRule:
+    leak_metrics: tuple[str, ...] = ("forget.leak_rate", "forget_unseen.leak_rate")
+    max_leak: float = 0.0
+    retain_metric: str = "retain.vqa_acc"
+    min_retain_ratio: float = 0.95
+    rank_metric: str = "quality.informativeness"  # higher is better
+    fallback: Literal["objective", "none"] = "objective"
+
+    def __post_init__(self) -> None:
+        if self.fallback not in ("objective", "none"):
+            raise ValueError(f"champion fallback must be 'objective' or 'none', got {self.fallback!r}")
+        if self.max_leak < 0 or self.min_retain_ratio < 0:
+            raise ValueError("champion max_leak and min_retain_ratio must be >= 0")
+
+    def describe(self) -> str:
+        leaks = " and ".join(f"{m} <= {self.max_leak:g}" for m in self.leak_metrics)
+        return (
+            f"qualify: {leaks} and {self.retain_metric} >= {self.min_retain_ratio:g} x vanilla; "
+            f"pick: highest {self.rank_metric} (ties: better objective); "
+            f"none qualifies: {'best objective' if self.fallback == 'objective' else 'register nothing'}"
+        )
+
+
+@dataclass
+class ChampionChoice:
+    trial: str | None
+    qualifying: list[str]
+    fallback_used: bool
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def rationale(self, rule: ChampionRule) -> str:
+        """Compact JSON for tags: the rule, the qualifying trials, the choice and its metrics."""
+        data = {"rule": rule.describe(), "chosen": self.trial, "fallback": self.fallback_used,
+                "reason": self.reason, "qualifying": self.qualifying, "metrics": self.metrics, "notes": self.notes}
+        text = json.dumps(data, sort_keys=True)
+        while len(text) > MAX_TAG_CHARS and data["qualifying"]:
+            data["qualifying"] = data["qualifying"][: len(data["qualifying"]) // 2] + ["..."]
+            text = json.dumps(data, sort_keys=True)
+        return text[:MAX_TAG_CHARS]
+
+
+def _num(metrics: Mapping[str, Any], name: str) -> float | None:
+    v = metrics.get(name)
+    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(float(v)):
+        return None
+    return float(v)
+
+
+def _objective_key(mode: str):
+    sign = 1.0 if mode == "min" else -1.0
+
+    def key(item: tuple[str, Mapping[str, Any]], objective: str) -> float:
+        v = _num(item[1], objective)
+        return sign * v if v is not None else math.inf
+
+    return key
+
+
+def select_champion(
+    trials: Mapping[str, Mapping[str, Any]],
+    vanilla: Mapping[str, Any],
+    *,
+    rule: ChampionRule | None = None,
+    objective: str = "objective",
+    objective_mode: str = "min",
+) -> ChampionChoice:
+    """Apply ``rule`` to finished trials (name -> final metrics) against the vanilla model's metrics."""
+    rule = rule or ChampionRule()
+    notes: list[str] = []
+    leaks = [m for m in rule.leak_metrics if any(_num(t, m) is not None for t in trials.values())]
+    notes += [f"{m}: reported by no trial, skipped" for m in rule.leak_metrics if m not in leaks]
+    vanilla_retain = _num(vanilla, rule.retain_metric)
+    bound = None if vanilla_retain is None else rule.min_retain_ratio * vanilla_retain
+    if bound is None:
+        notes.append(f"vanilla has no {rule.retain_metric}: retain bound skipped")
+    else:
+        notes.append(f"{rule.retain_metric} bound {bound:.4g} (vanilla {vanilla_retain:.4g})")
+
+    def qualifies(m: Mapping[str, Any]) -> bool:
+        for name in leaks:
+            v = _num(m, name)
+            if v is None or v > rule.max_leak + 1e-12:
+                return False
+        if bound is not None:
+            v = _num(m, rule.retain_metric)
+            if v is None or v < bound - 1e-12:
+                return False
+        return True
+
+    qualifying = sorted(n for n, m in trials.items() if qualifies(m))
+    by_objective = _objective_key(objective_mode)
+    if qualifying:
+        def rank(name: str) -> tuple[float, float, str]:
+            inf = _num(trials[name], rule.rank_metric)
+            return (-(inf if inf is not None else -math.inf), by_objective((name, trials[name]), objective), name)
+
+        best = min(qualifying, key=rank)
+        reason = f"highest {rule.rank_metric} among {len(qualifying)} qualifying trial(s)"
+        return ChampionChoice(best, qualifying, False, reason, _chosen_metrics(trials[best], rule, objective), notes)
+    if rule.fallback == "none" or not trials:
+        reason = "no trial qualifies" + (": nothing registered" if trials else " (no finished trials)")
+        return ChampionChoice(None, [], False, reason, {}, notes)
+    ranked = sorted(trials.items(), key=lambda it: (by_objective(it, objective), it[0]))
+    name, metrics = ranked[0]
+    if _num(metrics, objective) is None:
+        return ChampionChoice(None, [], False, f"no trial qualifies and none reports {objective!r}", {}, notes)
+    reason = f"no trial qualifies; fallback: best {objective} ({objective_mode})"
+    return ChampionChoice(name, [], True, reason, _chosen_metrics(metrics, rule, objective), notes)
+
+
+def _chosen_metrics(metrics: Mapping[str, Any], rule: ChampionRule, objective: str) -> dict[str, float]:
+    names = [*rule.leak_metrics, rule.retain_metric, rule.rank_metric, objective]
+    return {n: v for n in names if (v := _num(metrics, n)) is not None}
+
+
+def register_champion(
+    choice: ChampionChoice,
+    rule: ChampionRule,
+    *,
+    run_id: str,
+    model_dir: str | Path,
+    registered_name: str,
+    tracking_uri: str,
+    parent_run_id: str,
+) -> dict[str, Any]:
+    """Log + register the chosen trial's model (once per run), move ``@champion`` to it, tag the rationale."""
+    client = MlflowClient(tracking_uri)
+    rationale = choice.rationale(rule)
+    existing = client.search_model_versions(f"name='{registered_name}' and run_id='{run_id}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+        sha = (client.get_model_version(registered_name, version).tags or {}).get(tracking.SHA_TAG)
+    else:
+        logged = tracking.log_model(run_id, model_dir, registered_name, tracking_uri=tracking_uri)
+        version, sha = str(logged["version"]), logged[tracking.SHA_TAG]
+    tracking.set_alias(registered_name, CHAMPION_ALIAS, version, tracking_uri=tracking_uri)
+    client.set_model_version_tag(registered_name, version, RATIONALE_TAG, rationale)
+    client.set_model_version_tag(registered_name, version, "sweep_parent_run_id", parent_run_id)
+    for key, value in {RATIONALE_TAG: rationale, "champion_trial": choice.trial or "", "champion_run_id": run_id,
+                       "champion_model": f"models:/{registered_name}/{version}"}.items():
+        client.set_tag(parent_run_id, key, value)
+    return {"name": registered_name, "version": version, "uri": f"models:/{registered_name}@{CHAMPION_ALIAS}",
+            tracking.SHA_TAG: sha, "rationale": rationale}
+
+
+def record_no_champion(choice: ChampionChoice, rule: ChampionRule, *, tracking_uri: str, parent_run_id: str) -> None:
+    client = MlflowClient(tracking_uri)
+    client.set_tag(parent_run_id, RATIONALE_TAG, choice.rationale(rule))
+    client.set_tag(parent_run_id, "champion_trial", "")
+
+
+def rule_from_dict(data: Mapping[str, Any] | None) -> ChampionRule:
+    """A ``ChampionRule`` from plain values (CLI / config); unknown keys are errors."""
+    data = dict(data or {})
+    known = set(asdict(ChampionRule()))
+    if unknown := sorted(set(data) - known):
+        raise ValueError(f"unknown champion rule keys {unknown}; valid: {', '.join(sorted(known))}")
+    if "leak_metrics" in data:
+        data["leak_metrics"] = tuple(data["leak_metrics"])
+    return ChampionRule(**data)
