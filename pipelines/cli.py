@@ -66,16 +66,21 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(args: argparse.Namespace):
+def _run_config(args: argparse.Namespace, command: str | None = None):
+    """Config file (or the command's default), then method defaults, then flags and --set."""
+    from pipelines.defaults import default_config, method_defaults
     from unlearn_core.config import load_run_config
 
-    overrides = dict(_parse_set(x) for x in (getattr(args, "set", None) or []))
+    user = dict(_parse_set(x) for x in (getattr(args, "set", None) or []))
+    method = user.get("method.name")
+    overrides = {**(method_defaults(str(method)) if method and not args.config else {}), **user}
     if getattr(args, "workdir", None):
         overrides["workdir"] = args.workdir
     for field, attr in (("model.spec", "model"), ("train.steps", "steps"), ("train.num_workers", "workers")):
         if getattr(args, attr, None) is not None:
             overrides[field] = getattr(args, attr)
-    return load_run_config(getattr(args, "config", None), overrides)
+    path = getattr(args, "config", None) or (default_config(command) if command else None)
+    return load_run_config(path, overrides)
 
 
 def _parse_set(item: str) -> tuple[str, object]:
@@ -91,7 +96,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from pipelines.finetune import run_finetune
     from pipelines.ray_env import ensure_ray
 
-    cfg = _run_config(args)
+    cfg = _run_config(args, "finetune")
     ensure_ray()
     run_finetune(cfg, out_name=args.name)
     return 0
@@ -103,7 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.method:
         args.set = [*(args.set or []), f"method.name={args.method}"]
-    cfg = _run_config(args)
+    cfg = _run_config(args, "unlearn")
     ensure_ray()
     run_unlearn(cfg)
     return 0

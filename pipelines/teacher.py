@@ -81,6 +81,16 @@ class _Teacher:
         return batch
 
 
+def _drop_leaking(result: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Split off rows whose teacher answer names the person or states a private fact."""
+    from unlearn_core.eval.text_checks import leaks
+
+    facts = [json.loads(f or "{}") for f in result["private_facts"].to_pylist()]
+    bad = [bool(leaks(a, f)) for a, f in zip(result["teacher_answer"].to_pylist(), facts, strict=True)]
+    mask = pa.array(bad, type=pa.bool_())
+    return result.filter(pa.compute.invert(mask)), result.filter(mask)
+
+
 def cache_key(model_sha: str, shards_fingerprint: str, instruction: str, k: int, max_new_tokens: int) -> str:
     raw = json.dumps([model_sha, shards_fingerprint, instruction, k, max_new_tokens])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
@@ -123,14 +133,19 @@ def build_teacher_cache(
     result = pa.concat_tables(list(annotated.iter_batches(batch_size=None, batch_format="pyarrow")))
     if result.num_rows != table.num_rows:
         raise RuntimeError(f"teacher annotated {result.num_rows} of {table.num_rows} rows")
+    result, leaking = _drop_leaking(result)
+    log(f"PUBG teacher answers: {table.num_rows} = {result.num_rows} kept + {leaking.num_rows} that leak "
+        "(the teacher did not follow the instruction: dropped, listed in teacher.json)")
     staging = out.with_suffix(".staging")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "forget").mkdir(parents=True)
     pq.write_table(result.sort_by("sample_id"), staging / "forget" / "part-00000.parquet", compression="zstd")
     examples = result.select(["sample_id", "question", "teacher_answer"]).slice(0, 5).to_pylist()
-    (staging / "teacher.json").write_text(
-        json.dumps({"key": key, "instruction": instruction, "k": k, "rows": result.num_rows, "examples": examples}, indent=1)
-    )
+    meta = {
+        "key": key, "instruction": instruction, "k": k, "rows": result.num_rows, "examples": examples,
+        "dropped_leaking": leaking.select(["sample_id", "teacher_answer"]).to_pylist(),
+    }
+    (staging / "teacher.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out

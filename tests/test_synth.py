@@ -114,12 +114,13 @@ def test_default_config_counts():
     counts: dict[str, int] = defaultdict(int)
     for r in recs:
         counts[r.split] += 1
-    per_image, per_person_text = 16, 10
+    guided = 2 + 5  # identity + open + one per fact, under the guidance instruction
+    per_image, per_person_text = 14 + guided, 10
     assert counts["forget"] == 4 * (6 * per_image + per_person_text)
     assert counts["retain"] == 36 * (6 * per_image + per_person_text)
     assert counts["forget_unseen"] == 4 * 2 * per_image
     assert counts["retain_unseen"] == 36 * 2 * per_image
-    assert counts["utility"] == 8 * 6 * 3
+    assert counts["utility"] == 8 * 6 * (1 + guided)
 
 
 def test_answers_and_questions_follow_the_formats(small: list[Record]):

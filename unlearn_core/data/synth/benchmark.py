@@ -11,7 +11,7 @@ from unlearn_core.data.schema import Record
 from unlearn_core.data.synth.faces import encode_png, render_face, sample_jitter
 from unlearn_core.data.synth.people import Person, make_people, rng_for
 from unlearn_core.data.synth.vocab import ABSENT, FACT_KEYS, FACT_VOCAB, VISIBLE_ATTRIBUTES
-from unlearn_core.prompts import OPEN_QUESTIONS, guided_question
+from unlearn_core.prompts import GUIDANCE_TEMPLATES, OPEN_QUESTIONS, guided_question
 
 SOURCE = "synthetic"
 STREAM_SPLIT, STREAM_ATTRS, STREAM_JITTER, STREAM_MC = 10, 11, 12, 13
@@ -170,9 +170,16 @@ class _Builder:
                 opts = self.mc_options(person, key, idx + 1)
                 self.add(person, split, at, "mc_vqa", key, q, correct, png, attrs, options=opts)
         self.add(person, split, at, "caption", "0", CAPTION_QUESTION, caption(attrs), png, attrs)
-        for kind in GUIDED_LEADS:
-            q = guided_question(OPEN_QUESTIONS[kind], "default")
-            self.add(person, split, at, "guided", kind, q, guided_answer(kind, attrs), png, attrs)
+        # Every question a forget prompt can ask (identity, open, each fact), under every guidance
+        # template in turn: the model must follow the instruction whatever it is asked, as PUBG's
+        # teacher (and the sweep's `instruction` dimension) needs.
+        guided = [(k, OPEN_QUESTIONS[k], k) for k in GUIDED_LEADS]
+        guided += [(key, FACT_QUESTIONS[key], "open_vqa") for key in FACT_KEYS]
+        templates = sorted(GUIDANCE_TEMPLATES)
+        for n, (tag, question, lead) in enumerate(guided):
+            template = templates[(n + idx) % len(templates)]
+            q = guided_question(question, template)
+            self.add(person, split, at, "guided", tag, q, guided_answer(lead, attrs), png, attrs)
 
     def text_records(self, person: Person, split: str) -> None:
         """Text-only questions by name (no image), once per person."""
