@@ -32,7 +32,7 @@ from unlearn_core.training.loop import (
     seed_everything,
     to_device,
 )
-from unlearn_core.training.worker import build_worker_model, make_step_fn
+from unlearn_core.training.worker import build_worker_model, check_supported, make_step_fn
 
 
 def rows_with_images(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,6 +158,7 @@ def fit(
 ) -> ray.train.Result:
     """Build and fit the TorchTrainer; returns the Result (its checkpoint holds ``model/``)."""
     cfg = UnlearnRunConfig.model_validate(job.cfg)
+    check_supported(cfg)
     t = cfg.train
     scaling = ScalingConfig(
         num_workers=t.num_workers,
