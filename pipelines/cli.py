@@ -130,6 +130,16 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import BASELINES, run_demo
+    from pipelines.ray_env import ensure_ray
+
+    methods = tuple(m for m in args.methods.split(",") if m) if args.methods is not None else BASELINES
+    ensure_ray()
+    run_demo(args.workdir, methods=methods, method_steps=args.method_steps, sweep_samples=args.sweep_samples)
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -238,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true", help="compute it on LoRA adapters (train with model.lora=true)")
     p.add_argument("--out", required=True, help="mask file (.safetensors); sparsity goes beside it as .json")
     p.set_defaults(handler=_cmd_mask)
+
+    p = sub.add_parser("demo", help="everything on the embedded default (what `make run` runs), cached")
+    p.add_argument("--workdir", default="workdir")
+    p.add_argument("--methods", default=None, help="comma-separated baselines (default: all seven)")
+    p.add_argument("--method-steps", type=int, default=40, help="unlearning steps per baseline (default 40)")
+    p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
+    p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser("eval", help="evaluate a model on shards: every DESIGN 1.3 metric, table + JSON")
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")

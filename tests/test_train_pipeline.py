@@ -62,6 +62,18 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
     model, _ = load_model_and_processor(str(pulled), cfg.model)
     assert sum(p.numel() for p in model.parameters()) > 0
 
+    # The registered pyfunc answers (image, question) rows.
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from unlearn_core.data.records_io import read_records
+
+    row = next(r for r in read_records(shards.parent / "records").to_pylist() if r["task"] == "identity_vqa")
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny-vanilla@champion")
+    answers = pyfunc.predict(pd.DataFrame([{"question": row["question"], "image": row["image"]},
+                                           {"question": "Describe the image.", "image": row["image"]}]))
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
     # A tampered download is refused.
     # The embedded store keeps artifacts in mlartifacts/ beside the SQLite file.
     weights = next((mlflow_store["artifacts"].parent / "mlartifacts" / "models").rglob("*.safetensors"))

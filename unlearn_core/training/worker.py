@@ -116,7 +116,28 @@ def make_step_fn(
     batches: dict[str, Iterator[dict[str, Any]]],
     tc: TrainConfig,
 ) -> Callable[[int], dict[str, float]]:
-    """One optimisation step: vanilla SFT (with gradient accumulation) or the method's own step."""
+    """One optimisation step: vanilla SFT (with gradient accumulation) or the method's own step.
+
+    On GPUs with ``train.bf16`` the forward passes run under bf16 autocast (weights stay fp32).
+    """
+    step_fn = _sft_or_method_step(built, model, optimizer, batches, tc)
+    if not (tc.use_gpu and tc.bf16 and torch.cuda.is_available()):
+        return step_fn
+
+    def bf16_step(step: int) -> dict[str, float]:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return step_fn(step)
+
+    return bf16_step
+
+
+def _sft_or_method_step(
+    built: BuiltModel,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: dict[str, Iterator[dict[str, Any]]],
+    tc: TrainConfig,
+) -> Callable[[int], dict[str, float]]:
     if built.method is None:
 
         def sft_step(step: int) -> dict[str, float]:

@@ -1,0 +1,95 @@
+"""`unlearn demo` (= `make run`): the whole pipeline on the embedded default, cached where it can be.
+
+synthetic benchmark -> shards -> vanilla fine-tune -> each baseline -> a small PUBG sweep (ASHA)
+-> results table on the terminal, forget-vs-utility plot + champion in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from pipelines import tracking
+from pipelines.defaults import default_config, method_defaults
+from pipelines.finetune import run_finetune
+from pipelines.unlearn import evaluate_cached, run_unlearn
+from pipelines.workspace import Workspace, ensure_shards
+from unlearn_core.config import RunConfig, load_run_config
+from unlearn_core.eval.report import format_table
+
+BASELINES = ("ga", "grad_diff", "kl", "npo", "reject", "random", "mmunlearner")
+SPACES_DIR = Path(__file__).resolve().parent.parent / "tune_spaces"
+
+
+def _cfg(command: str, workdir: str, overrides: dict[str, Any]) -> RunConfig:
+    return load_run_config(default_config(command), {"workdir": workdir, **overrides})
+
+
+def run_demo(
+    workdir: str = "workdir",
+    *,
+    methods: tuple[str, ...] = BASELINES,
+    method_steps: int = 40,
+    sweep_samples: int = 2,
+    log=print,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ws = Workspace(Path(workdir))
+    base = _cfg("finetune", workdir, {})
+    log("== 1/5 data: synthetic benchmark and Ray Data shards")
+    shards = ensure_shards(base, ws, log)
+    log("== 2/5 vanilla model (Ray Train)")
+    vanilla = ws.models / "vanilla"
+    if (vanilla / "config.json").exists():
+        log(f"[cached] vanilla model {vanilla} (delete it to fine-tune again)")
+    else:
+        run_finetune(base, log=log)
+    results: dict[str, dict[str, float]] = {
+        "vanilla": evaluate_cached(vanilla, shards, ws, base.train.eval_max_samples)["metrics"]
+    }
+    log(f"== 3/5 unlearning baselines ({', '.join(methods)}), {method_steps} steps each")
+    for name in methods:
+        cfg = _cfg("unlearn", workdir, {"method.name": name, "train.steps": method_steps, **method_defaults(name)})
+        results[name] = run_unlearn(cfg, log=log)["metrics"]
+    sweep_out: dict[str, Any] = {}
+    if sweep_samples > 0:
+        from pipelines.sweep import run_sweep
+
+        log(f"== 4/5 PUBG sweep: {sweep_samples} trials, ASHA")
+        cfg = _cfg("unlearn", workdir, {"method.name": "pubg", **method_defaults("pubg")})
+        sweep_out = run_sweep(SPACES_DIR / "pubg.yaml", cfg, num_samples=sweep_samples, scheduler="asha", log=log)
+        best = sweep_out.get("champion") or {}
+        if best.get("metrics"):
+            results["pubg (champion)"] = best["metrics"]
+    log("== 5/5 results")
+    table = format_table(results)
+    log(table)
+    _log_summary(base, ws, results, table)
+    uri = tracking.resolve_tracking_uri(base.tracking, ws.root)
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+    log(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+    champion = (sweep_out.get("champion") or {}).get("registered_name")
+    if champion:
+        log(f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}")
+    return {"results": results, "sweep": sweep_out}
+
+
+def _log_summary(cfg: RunConfig, ws: Workspace, results: dict[str, dict[str, float]], table: str) -> None:
+    """A `demo` run in MLflow holding the comparison table and the forget-vs-utility plot."""
+    from pipelines.plots import plot_forget_utility
+
+    uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
+    exp = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
+    ws.results.mkdir(parents=True, exist_ok=True)
+    png = plot_forget_utility(results, ws.results / "forget_vs_utility.png")
+    (ws.results / "results.md").write_text(table + "\n")
+    (ws.results / "results.json").write_text(json.dumps(results, indent=1))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=exp, run_name="demo-summary"):
+        mlflow.set_tag("job", "demo")
+        for path in (png, ws.results / "results.md", ws.results / "results.json"):
+            mlflow.log_artifact(str(path))
