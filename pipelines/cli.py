@@ -114,6 +114,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.champion import ChampionRule
+    from pipelines.ray_env import ensure_ray
+    from pipelines.sweep import run_sweep
+
+    if not args.space and not args.resume:
+        raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
+    cfg = _run_config(args)
+    rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
+    ensure_ray()
+    out = run_sweep(
+        args.space or "", cfg, num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
+        max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial, resume_dir=args.resume,
+        champion_rule=rule,
+    )
+    champ = out["champion"]
+    print(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
+    print(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
+    print(f"champion: {champ['trial']} -> {champ['uri']}" if champ["trial"] else f"no champion: {champ['reason']}")
+    return 0
+
+
 def _cmd_mask(args: argparse.Namespace) -> int:
     import json
 
@@ -239,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--method", default=None, help="method name (overrides method.name): " + _method_names())
     p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("sweep", help="Ray Tune sweep over a search space (tune_spaces/*.yaml); registers the champion")
+    _add_run_options(p)
+    p.add_argument("--space", default=None, help="search space YAML, e.g. tune_spaces/pubg.yaml (not with --resume)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's num_samples)")
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha", help="ASHA early stopping (default) or none")
+    p.add_argument("--search", choices=["random", "optuna"], default="random", help="search algorithm (default random)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: what the cluster fits)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the sweep in this folder")
+    p.add_argument("--max-leak", type=float, default=0.0, help="champion rule: highest allowed leak rates (default 0)")
+    p.add_argument("--min-retain-ratio", type=float, default=0.95,
+                   help="champion rule: retain.vqa_acc >= this x vanilla's (default 0.95)")
+    p.add_argument("--champion-fallback", choices=["objective", "none"], default="objective",
+                   help="when no trial qualifies: best objective (default) or register nothing")
+    p.set_defaults(handler=_cmd_sweep)
 
     p = sub.add_parser("mask", help="MMUnlearner's Fisher-ratio saliency mask (a Ray task), saved as safetensors")
     p.add_argument("--model", required=True, help="model folder (the one to unlearn)")

@@ -19,6 +19,8 @@ import json
 import math
 import os
 import random
+import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +47,22 @@ from unlearn_core.config import ConfigError, RunConfig, mlflow_params, with_over
 from unlearn_core.eval.metrics import higher_is_better
 from unlearn_core.eval.report import format_table
 from unlearn_core.eval.runner import select_eval_rows
-from unlearn_core.search_space import VALUE_KINDS, SearchSpace, objective_value, parse_space, sample, trial_config
+from unlearn_core.search_space import (
+    VALUE_KINDS,
+    SearchSpace,
+    objective_value,
+    parse_space,
+    sample,
+    trial_config,
+)
 
 DRIVER_RESOURCE_ENV = "UNLEARN_TUNE_DRIVER_RESOURCE"  # e.g. "tune_driver" on cluster.yaml clusters
 DRIVER_CPUS_ENV = "UNLEARN_TUNE_DRIVER_CPUS"  # CPUs reserved per trial driver function (default 1)
+# CPUs kept free for Ray Data: evaluate() runs a 1-CPU repartition task next to a 1-CPU actor pool.
+DATA_CPUS = 2.0
+DRIVER_MEMORY = float(64 * 2**20)  # bytes, the driver's bundle when it holds no CPU
 STATE_FILE = "sweep.json"
+SPACE_COPY = "search_space.yaml"  # the space file as the sweep started, beside sweep.json
 OBJECTIVE = "objective"
 # Params whose value changes a prepared input: PUBG's teacher cache and the saliency mask.
 PREPARED_KEYS = ("method.params.instruction", "method.params.mask", "method.params.gamma")
@@ -150,11 +163,12 @@ def _scheduler(kind: str, space: SearchSpace, cfg: RunConfig) -> Any:
                          reduction_factor=2)
 
 
-def _search_alg(kind: str, objectives: Objectives, seed: int) -> Any:
+def _search_alg(kind: str, objectives: Objectives, seed: int, max_concurrent: int) -> Any:
     if kind == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a given BasicVariantGenerator: set it here.
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
     from ray.tune.search.optuna import OptunaSearch
 
     if objectives.multi:
@@ -170,10 +184,10 @@ def build_tune_config(objectives: Objectives, space: SearchSpace, cfg: RunConfig
     return tune.TuneConfig(
         metric=OBJECTIVE if single else None,
         mode=objectives.modes[0] if single else None,
-        search_alg=_search_alg(search, objectives, cfg.train.seed),
+        search_alg=_search_alg(search, objectives, cfg.train.seed, max_concurrent),
         scheduler=_scheduler(scheduler, space, cfg),
         num_samples=num_samples,
-        max_concurrent_trials=max_concurrent,
+        max_concurrent_trials=max_concurrent if search != "random" else None,
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
@@ -188,25 +202,36 @@ def trial_name(trial: Any) -> str:
 # --------------------------------------------------------------------------- resources
 
 
-def driver_resources() -> dict[str, float]:
-    """What one trial's driver function holds: CPUs (env ``UNLEARN_TUNE_DRIVER_CPUS``, default 1) and
-    one unit of the custom resource named in ``UNLEARN_TUNE_DRIVER_RESOURCE`` if set."""
-    res = {"CPU": float(os.environ.get(DRIVER_CPUS_ENV, "1"))}
+def driver_resources(cfg: RunConfig, workers_per_trial: int, cluster: Mapping[str, float]) -> dict[str, float]:
+    """What one trial's driver function holds.
+
+    CPUs: ``UNLEARN_TUNE_DRIVER_CPUS`` if set; else 1, or 0 (plus a token amount of memory, as Tune needs
+    a non-empty bundle) on a cluster too small to keep 1 CPU for the driver next to a trial's workers and
+    the ``DATA_CPUS`` an evaluation needs (the driver function mostly waits). Plus one unit of the
+    custom resource named in ``UNLEARN_TUNE_DRIVER_RESOURCE`` (e.g. ``tune_driver``), if set.
+    """
+    if os.environ.get(DRIVER_CPUS_ENV):
+        cpus = float(os.environ[DRIVER_CPUS_ENV])
+    else:
+        spare = cluster.get("CPU", 0.0) - DATA_CPUS - workers_per_trial * cfg.train.cpus_per_worker
+        cpus = 1.0 if spare >= 1.0 else 0.0
+    res = {"CPU": cpus}
+    if cpus == 0:
+        res["memory"] = DRIVER_MEMORY
     if custom := os.environ.get(DRIVER_RESOURCE_ENV):
         res[custom] = 1.0
     return res
 
 
-def default_max_concurrent(cfg: RunConfig, workers_per_trial: int,
-                           cluster: Mapping[str, float] | None = None) -> int:
-    """Trials that fit at once: cluster CPUs (and GPUs, and driver slots) over one trial's needs."""
-    cluster = dict(cluster if cluster is not None else ray.cluster_resources())
-    driver = driver_resources()
+def default_max_concurrent(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
+                           cluster: Mapping[str, float]) -> int:
+    """Trials that fit at once: cluster CPUs (less ``DATA_CPUS`` kept for Ray Data), GPUs and driver slots
+    over one trial's needs (its driver + ``workers_per_trial`` workers)."""
     per_cpu = driver["CPU"] + workers_per_trial * cfg.train.cpus_per_worker
-    fits = [math.floor(cluster.get("CPU", 0) / per_cpu + 1e-9)]
+    fits = [math.floor((cluster.get("CPU", 0) - DATA_CPUS) / per_cpu + 1e-9)]
     if cfg.train.use_gpu:
         fits.append(math.floor(cluster.get("GPU", 0) / workers_per_trial + 1e-9))
-    fits += [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in driver.items() if k != "CPU"]
+    fits += [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in driver.items() if k not in ("CPU", "memory")]
     return max(1, min(fits))
 
 
@@ -216,14 +241,17 @@ def default_max_concurrent(cfg: RunConfig, workers_per_trial: int,
 class _LiveCurves(tracking.MlflowReportCallback):
     """Train reports -> the child run: ``train/<key>`` for training, ``eval/<metric>`` for evaluations."""
 
-    def __init__(self, tracking_uri: str, run_id: str, objective: Any) -> None:
+    def __init__(self, tracking_uri: str, run_id: str, objective: Any, logged_through: int | None = None) -> None:
         super().__init__(tracking_uri, run_id, prefix="")
         self.objective = objective
+        self.logged_through = logged_through  # a resumed trial's run already has the steps up to here
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if not metrics:
             return
         m = metrics[0]
+        if self.logged_through is not None and int(m.get("step", 0)) <= self.logged_through:
+            return
         out = {("step" if k == "step" else f"eval/{k}" if "." in k else f"train/{k}"): v for k, v in m.items()}
         if (obj := _objective_of(self.objective, m)) is not None:
             out[f"eval/{OBJECTIVE}"] = obj
@@ -255,16 +283,19 @@ def _objective_of(objective: Any, metrics: Mapping[str, Any]) -> float | None:
         return None
 
 
-def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> str:
-    """The trial's MLflow run under the parent: reused when a resumed trial starts again."""
+def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None]:
+    """The trial's MLflow run under the parent and the last step it has logged (None for a new run):
+    a resumed trial that starts again reuses its run and does not log a step twice."""
     client = MlflowClient(ctx.tracking_uri)
     found = client.search_runs(
         [ctx.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_name = '{name}'",
     )
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+        run = found[0]
+        client.update_run(run.info.run_id, status="RUNNING")
+        steps = [int(m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+        return run.info.run_id, max(steps, default=None)
     run = client.create_run(ctx.experiment_id, run_name=f"{ctx.sweep_name}-{name}", tags={
         "mlflow.parentRunId": ctx.parent_run_id, "trial_name": name, "job": "sweep-trial",
         "method": cfg.method.name, "sweep": ctx.sweep_name})
@@ -272,7 +303,18 @@ def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> str:
     items = list(params.items())
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i : i + 100]])
-    return run.info.run_id
+    return run.info.run_id, None
+
+
+def _outside_trial_group(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` in a 0-CPU Ray task outside the trial's placement group.
+
+    Tune runs the driver function in a placement group that captures its child tasks; Ray Data and
+    Ray tasks started from there (evaluation, PUBG teacher cache, saliency mask) would wait forever for
+    the driver's small bundle. From this task they use the cluster's free resources instead.
+    """
+    task = ray.remote(num_cpus=0, max_retries=0)(fn).options(scheduling_strategy="DEFAULT")
+    return ray.get(task.remote(*args, **kwargs))
 
 
 def _prepare_locked(cfg: RunConfig, ws: Workspace, uri: str) -> dict[str, Any]:
@@ -289,18 +331,18 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = trial_config(ctx.space, config, RunConfig.model_validate(ctx.cfg))
     cfg = with_overrides(cfg, {"train.num_workers": ctx.workers_per_trial})
     ws = Workspace(Path(cfg.workdir))
-    run_id = _child_run(ctx, name, cfg)
+    run_id, logged_through = _child_run(ctx, name, cfg)
     client = MlflowClient(ctx.tracking_uri)
     try:
-        inputs = _prepare_locked(cfg, ws, ctx.tracking_uri)
+        inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
         shards = inputs["shards"]
         extra = {"trial_name": name, "mlflow_run_id": run_id}
-        callbacks = [_LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective),
-                     _EvalToTune(ctx.space.objective, extra)]
+        curves = _LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through)
         result = fit(_train_job(cfg, inputs), _datasets(inputs), name=name, storage_path=ctx.train_storage,
-                     callbacks=callbacks)
+                     callbacks=[curves, _EvalToTune(ctx.space.objective, extra)])
+        curves.flush()  # values the controller could not send (tracking server down) come back here
         model_dir = export_final_model(result, ws.models / "sweeps" / ctx.sweep_name / name)
-        after = evaluate(model_dir, shards, max_per_group=cfg.train.eval_max_samples)
+        after = _outside_trial_group(evaluate, model_dir, shards, max_per_group=cfg.train.eval_max_samples)
         metrics = dict(after["metrics"])
         obj = objective_value(ctx.space.objective, metrics)
         sha = tracking.weights_sha256(model_dir)
@@ -308,8 +350,9 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if ctx.space.objective.terms:
             final[ctx.space.objective.metric] = obj
         step = cfg.train.steps
-        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), step)
-                                          for k, v in final.items() if isinstance(v, int | float)])
+        if OBJECTIVE not in client.get_run(run_id).data.metrics:  # not yet logged by an earlier attempt
+            client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), step)
+                                              for k, v in final.items() if isinstance(v, int | float)])
         eval_path = ws.results / f"eval-{ctx.sweep_name}-{name}.json"
         eval_path.parent.mkdir(parents=True, exist_ok=True)
         eval_path.write_text(json.dumps(after, indent=1))
@@ -325,8 +368,6 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -435,7 +476,8 @@ def run_sweep(
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         cfg = RunConfig.model_validate(state["cfg"])
         rule = ChampionRule(**{**state["champion_rule"], "leak_metrics": tuple(state["champion_rule"]["leak_metrics"])})
-        space, objectives = load_sweep_space(state["space_path"])
+        copy = sweep_dir / SPACE_COPY  # the space as it was when the sweep started
+        space, objectives = load_sweep_space(copy if copy.is_file() else state["space_path"])
         log(f"resuming sweep {state['sweep_name']} from {sweep_dir}")
     else:
         cfg = _resolved_cfg(cfg)
@@ -453,10 +495,12 @@ def run_sweep(
             state["parent_run_id"] = json.loads((sweep_dir / STATE_FILE).read_text()).get("parent_run_id")
 
     ws = Workspace(Path(cfg.workdir))
-    uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
+    uri = state.setdefault("tracking_uri", tracking.resolve_tracking_uri(cfg.tracking, ws.root))
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
     parent = state["parent_run_id"] = _open_parent(uri, exp_id, state, space)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not (sweep_dir / SPACE_COPY).is_file():
+        shutil.copyfile(state["space_path"], sweep_dir / SPACE_COPY)
     (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
     log(f"sweep {state['sweep_name']}: {state['num_samples']} trial(s) of {space.method}, scheduler "
         f"{state['scheduler']}, search {state['search']}; MLflow parent run {parent}; folder {sweep_dir}")
@@ -488,12 +532,14 @@ def _fit(space: SearchSpace, objectives: Objectives, cfg: RunConfig, state: dict
     ctx = TrialContext(space=space, cfg=_shared_cfg(cfg, inputs).model_dump(), workers_per_trial=workers,
                        tracking_uri=uri, experiment_id=exp_id, parent_run_id=state["parent_run_id"],
                        sweep_name=state["sweep_name"], train_storage=str(sweep_dir / "train"))
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), driver_resources())
+    cluster = ray.cluster_resources()
+    driver = driver_resources(cfg, workers, cluster)
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), driver)
     if resuming and tune.Tuner.can_restore(str(sweep_dir)):
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
     else:
-        concurrent = state["max_concurrent"] or default_max_concurrent(cfg, workers)
-        log(f"up to {concurrent} concurrent trial(s); each: driver {driver_resources()} + {workers} worker(s) x "
+        concurrent = state["max_concurrent"] or default_max_concurrent(cfg, workers, driver, cluster)
+        log(f"up to {concurrent} concurrent trial(s); each: driver {driver} + {workers} worker(s) x "
             f"{cfg.train.cpus_per_worker} CPU{' + 1 GPU' if cfg.train.use_gpu else ''}")
         tuner = tune.Tuner(
             trainable,
@@ -527,7 +573,7 @@ def _close_unfinished(client: MlflowClient, trials: Mapping[str, dict[str, Any]]
     for t in trials.values():
         if t["run_id"] and t["status"] == "stopped":
             client.set_tag(t["run_id"], "stopped_early", f"step {t['step']}")
-            if client.get_run(t["run_id"]).info.status == "RUNNING":
+            if client.get_run(t["run_id"]).info.status != "KILLED":  # RUNNING, or FAILED by the stop itself
                 client.set_terminated(t["run_id"], "KILLED")
 
 
@@ -535,11 +581,13 @@ def _report(space: SearchSpace, trials: Mapping[str, dict[str, Any]], before: Ma
             client: MlflowClient, parent: str, log: Callable[..., None]) -> dict[str, Any]:
     done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
     front = pareto_front(done)
-    log(format_table({"vanilla": before, **done}))
+    log(format_table({"vanilla": before, **{n: {k: v for k, v in m.items() if k != OBJECTIVE} for n, m in done.items()}}))
     for n, t in trials.items():
-        if t["status"] != "completed":
-            log(f"{n}: {t['status']}" + (f" at step {t['step']:g}" if t["step"] else "")
-                + (f" ({t['error']})" if t["error"] else ""))
+        params = ", ".join(f"{k}={_short(t['params'].get(k))}" for k in space.dims)
+        obj = t["metrics"].get(OBJECTIVE)
+        log(f"{n}: {t['status']}" + (f" at step {t['step']:g}" if t["status"] == "stopped" and t["step"] else "")
+            + (f", objective ({space.objective.mode}) {obj:.4g}" if obj is not None else "") + f"; {params}"
+            + (f"; error: {t['error']}" if t["error"] else ""))
     log(f"Pareto front (leak rate, retain accuracy, informativeness): {', '.join(front) or '-'}")
     out_dir = sweep_dir / "report"
     png = plot_forget_utility(done, out_dir / "pareto.png", methods={n: space.method for n in done},
@@ -551,12 +599,18 @@ def _report(space: SearchSpace, trials: Mapping[str, dict[str, Any]], before: Ma
     paths = write_results_table(rows, columns, out_dir / "sweep_results.csv", out_dir / "sweep_results.md")
     for p in [png, *paths]:
         client.log_artifact(parent, str(p))
-    n_done = len(done)
-    client.log_batch(parent, metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in {
-        "trials_completed": n_done, "trials_stopped": sum(t["status"] == "stopped" for t in trials.values()),
-        "trials_failed": sum(t["status"] == "failed" for t in trials.values())}.items()])
+    counts = {"trials_completed": len(done), "trials_stopped": sum(t["status"] == "stopped" for t in trials.values()),
+              "trials_failed": sum(t["status"] == "failed" for t in trials.values())}
+    logged = client.get_run(parent).data.metrics
+    if any(logged.get(k) != v for k, v in counts.items()):  # a resumed, already reported sweep logs nothing twice
+        client.log_batch(parent, metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), len(trials))
+                                          for k, v in counts.items()])
     client.set_tag(parent, "pareto_front", ",".join(front))
     return {"pareto": front, "artifacts": [str(p) for p in [png, *paths]]}
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _champion(space: SearchSpace, objectives: Objectives, cfg: RunConfig, trials: Mapping[str, dict[str, Any]],

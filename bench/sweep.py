@@ -1,0 +1,101 @@
+"""Sweep efficiency: ASHA vs running every trial to the end (``pipelines.sweep.run_sweep``).
+
+The same search space (``tune_spaces/grad_diff.yaml`` cut down to ``SAMPLES`` trials of 20 or 40
+steps, evaluation every 10 steps on 8 samples per group) and the same seed, so both schedulers
+draw the same trial configurations; trials run one at a time (2 cores). Per sweep: wall time,
+training steps actually run (sum over trials of the last step each reached), trials stopped, and
+the best final objective among the trials that ran to the end. Each sweep gets a fresh workdir
+(so the vanilla model's "before" evaluation is repeated in both), and both read the finished
+shards and vanilla model read-only. ASHA and full alternate in every repeat (same load).
+
+Run: ``.venv/bin/python bench/sweep.py`` (slow: minutes per sweep on 2 shared cores).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import yaml
+
+from unlearn_core.config import RunConfig, with_overrides
+
+SAMPLES = 3 if common.QUICK else 4
+REPEATS = 3
+SCHEDULERS = ("asha", "none")
+SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "grad_diff.yaml"
+
+
+def space_file() -> Path:
+    data = yaml.safe_load(SPACE.read_text())
+    data["num_samples"] = SAMPLES
+    data["base"] = {**data.get("base", {}), "train.eval_every": 10, "train.eval_max_samples": 8}
+    data["space"]["train.steps"] = {"choice": [20, 40]}
+    out = common.BENCH_DIR / "sweep_space" / "grad_diff_bench.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict[str, Any]:
+    from pipelines.sweep import run_sweep
+
+    wd = common.BENCH_DIR / "sweeps" / tag
+    shutil.rmtree(wd, ignore_errors=True)
+    cfg = with_overrides(RunConfig(), {
+        "workdir": str(wd), "shards": str(inp.shards), "model.spec": str(inp.vanilla), "train.torch_threads": 2,
+        "tracking.log_model": False, "tracking.registered_model_name": f"bench-sweep-{tag}",
+    })
+    t0 = time.perf_counter()
+    out = run_sweep(space, cfg, num_samples=SAMPLES, scheduler=scheduler, search="random", max_concurrent=1,
+                    log=lambda *_: None)
+    wall = time.perf_counter() - t0
+    trials = out["trials"]
+    steps = sum(float(t.get("step") or 0) for t in trials.values())
+    done = {n: t["metrics"].get("objective") for n, t in trials.items() if t["status"] == "completed"}
+    best = min((v for v in done.values() if v is not None), default=None)
+    return {"wall_s": wall, "steps": steps, "completed": len(done),
+            "stopped": sum(t["status"] == "stopped" for t in trials.values()),
+            "failed": sum(t["status"] == "failed" for t in trials.values()), "best_objective": best,
+            "best_trial": min(done, key=lambda n: done[n]) if done else None}
+
+
+def main() -> None:
+    common.header("bench/sweep.py: ASHA vs full sweep (pipelines.sweep.run_sweep)")
+    inp = common.inputs()
+    common.ensure_ray(2)
+    space = space_file()
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SCHEDULERS}
+    for r in range(REPEATS):
+        for s in SCHEDULERS:
+            common.load(f"sweep {s} repeat {r}")
+            runs[s].append(one_sweep(inp, space, s, f"{s}-{r}"))
+            x = runs[s][-1]
+            print(f"  repeat {r} {s}: {x['wall_s']:.0f} s, {x['steps']:.0f} steps, {x['completed']} completed, "
+                  f"{x['stopped']} stopped, {x['failed']} failed, best objective {x['best_objective']} "
+                  f"({x['best_trial']})", flush=True)
+    rows = []
+    results: dict[str, Any] = {"config": {"samples": SAMPLES, "repeats": REPEATS, "space": str(space)}}
+    full = runs["none"]
+    for s in SCHEDULERS:
+        wall = common.Stats([x["wall_s"] for x in runs[s]])
+        steps = common.Stats([x["steps"] for x in runs[s]])
+        rel = common.Stats([x["wall_s"] / f["wall_s"] for x, f in zip(runs[s], full, strict=True)])
+        same_best = sum(x["best_trial"] == f["best_trial"] for x, f in zip(runs[s], full, strict=True))
+        rows.append([s, wall.short(), rel.short(2), steps.short(),
+                     f"{sum(x['stopped'] for x in runs[s])}/{SAMPLES * REPEATS}",
+                     f"{same_best}/{REPEATS}"])
+        results[s] = {"wall_s": wall.as_dict(), "wall_vs_full": rel.as_dict(), "steps": steps.as_dict(),
+                      "runs": runs[s]}
+    print(f"\nmedian [min, max] over {REPEATS} repeats of {SAMPLES} trials")
+    results["table"] = common.table(["scheduler", "wall s", "x full", "training steps", "trials stopped early",
+                                     "same best trial as full"], rows)
+    print(common.load_summary())
+    common.save("sweep", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""Ray Tune sweeps (Train V2 driver-function trials) + MLflow parent/child runs + registry champion.
+
+One real sweep on a real local Ray and a real SQLite MLflow store (2 tiny trials, ASHA on intermediate
+evaluations every 2 steps), resumed once; the champion rule, the Pareto helpers, the Tune config
+(Optuna multi-objective) and concurrent metric logging are tested on their own, cheaply.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import tracking
+from pipelines.champion import ChampionRule, rule_from_dict, select_champion
+from pipelines.plots import pareto_front, plot_forget_utility, write_results_table
+from pipelines.sweep import (
+    Objectives,
+    build_tune_config,
+    default_max_concurrent,
+    driver_resources,
+    load_sweep_space,
+    run_sweep,
+    sweep_name_for,
+)
+from tests.pipeline_fixtures import write_tiny_records
+from unlearn_core.config import ConfigError, RunConfig, with_overrides
+
+SPACE = """
+method: ga
+num_samples: 2
+base:
+  train.eval_every: 2
+  train.eval_max_samples: 4
+space:
+  train.lr: {loguniform: [1.0e-4, 3.0e-3]}
+  train.steps: {choice: [2, 4]}
+objective:
+  metric: score
+  mode: min
+  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
+"""
+MULTI = SPACE.replace("""  metric: score
+  mode: min
+  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}""", """  metric: [forget.leak_rate, quality.informativeness, retain.vqa_acc]
+  mode: [min, max, max]""")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _space(tmp_path: Path, text: str = SPACE, name: str = "ga_tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- the real sweep
+
+
+@pytest.fixture(scope="module")
+def sweep_inputs(tmp_path_factory, ray_local) -> dict[str, Path]:
+    """Tiny benchmark shards and a randomly initialised tiny 'vanilla' model (no fine-tune needed)."""
+    from transformers import AutoProcessor
+
+    from pipelines.preprocess import shard_records
+    from unlearn_core.models.loading import save_model
+    from unlearn_core.models.tiny import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("sweep")
+    shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
+    processor = AutoProcessor.from_pretrained(root / "shards" / "processor")
+    model, _ = build_tiny_llava(processor.tokenizer, image_size=32, seed=0)
+    save_model(model, processor, root / "wd" / "models" / "vanilla")
+    return {"root": root, "shards": root / "shards", "workdir": root / "wd"}
+
+
+def _children(client: MlflowClient, exp_id: str, parent: str) -> list[Any]:
+    return client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+@pytest.mark.slow
+def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_inputs, tmp_path, mlflow_store):
+    uri = mlflow_store["tracking_uri"]
+    cfg = with_overrides(RunConfig(), {
+        "workdir": str(sweep_inputs["workdir"]), "shards": str(sweep_inputs["shards"]),
+        "train.batch_size": 8, "train.cpus_per_worker": 0.5, "tracking.tracking_uri": uri,
+        "tracking.registered_model_name": "tiny-sweep",
+    })
+    space = _space(tmp_path)
+    # Lenient thresholds so the qualifying path (not the fallback) picks the champion of 4-step trials.
+    rule = ChampionRule(max_leak=1.0, min_retain_ratio=0.0)
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    out = run_sweep(space, cfg, num_samples=2, scheduler="asha", search="random", workers_per_trial=1,
+                    champion_rule=rule, log=lambda *a: lines.append(" ".join(map(str, a))))
+    print(f"sweep of 2 trials: {time.perf_counter() - t0:.1f} s")
+
+    # Deterministic trial names; every trial finished or was stopped by ASHA on an intermediate eval.
+    trials = out["trials"]
+    assert sorted(trials) == ["trial_000", "trial_001"]
+    assert {t["status"] for t in trials.values()} <= {"completed", "stopped"}
+    completed = [n for n, t in trials.items() if t["status"] == "completed"]
+    assert "trial_000" in completed  # the first trial is never stopped: nothing to compare it with yet
+
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["job"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.params["num_samples"] == "2" and parent.data.params["scheduler"] == "asha"
+    assert parent.data.params["space"].endswith("ga_tiny.yaml") and parent.data.params["search"] == "random"
+    assert "before.retain.vqa_acc" in parent.data.metrics
+    arts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
+    assert {"pareto.png", "sweep_results.csv", "sweep_results.md", "search_space.yaml"} <= arts
+    assert Path(out["artifacts"][0]).read_bytes()[:8] == PNG_MAGIC
+    csv_text = Path(out["sweep_dir"], "report", "sweep_results.csv").read_text()
+    assert "trial_000" in csv_text and "vanilla" in csv_text
+
+    # Exactly one child run per trial, with its params and curves (each step logged once).
+    children = _children(client, exp_id, out["parent_run_id"])
+    assert sorted(r.data.tags["trial_name"] for r in children) == sorted(trials)
+    for run in children:
+        t = trials[run.data.tags["trial_name"]]
+        assert run.info.run_id == t["run_id"]
+        assert run.data.params["method.name"] == "ga"
+        assert float(run.data.params["train.lr"]) == pytest.approx(t["params"]["train.lr"])
+        assert run.data.params["train.num_workers"] == "1"
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), f"{key}: duplicated steps {steps}"
+        curve = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/objective")]
+        if t["status"] == "completed":
+            n_steps = int(t["params"]["train.steps"])
+            assert curve == list(range(2, n_steps + 1, 2))  # every intermediate eval reached MLflow once
+            assert run.info.status == "FINISHED" and "forget.leak_rate" in run.data.metrics
+            assert [a.path for a in client.list_artifacts(run.info.run_id)]
+        else:
+            assert run.info.status == "KILLED" and "stopped_early" in run.data.tags
+            assert curve and curve[-1] == int(t["step"])
+
+    # Champion: registered, aliased, rationale tagged; pulling @champion gives its exact weights.
+    champ = out["champion"]
+    assert champ["trial"] in completed and not champ["fallback"]
+    assert sorted(champ["qualifying"]) == sorted(completed)
+    assert champ["uri"] == "models:/tiny-sweep@champion"
+    version = client.get_model_version_by_alias("tiny-sweep", "champion")
+    assert version.run_id == trials[champ["trial"]]["run_id"]
+    assert "qualify:" in version.tags["champion_rationale"]
+    assert client.get_run(out["parent_run_id"]).data.tags["champion_trial"] == champ["trial"]
+    assert "champion_rationale" in client.get_run(out["parent_run_id"]).data.tags
+    pulled = tracking.pull("models:/tiny-sweep@champion", tmp_path / "pulled", tracking_uri=uri)
+    assert tracking.weights_sha256(pulled) == tracking.weights_sha256(trials[champ["trial"]]["model_dir"])
+    assert any("champion: trial_" in line for line in lines)
+    assert any(line.startswith("metric") and "vanilla" in line for line in lines)
+
+    # The same sweep again without --resume is refused with the way to continue it.
+    with pytest.raises(ConfigError, match="--resume"):
+        run_sweep(space, cfg, num_samples=2, scheduler="asha", search="random", champion_rule=rule,
+                  log=lambda *a: None)
+
+    # Resume a finished sweep: restored from its folder, no trial re-run, same champion version.
+    t0 = time.perf_counter()
+    again = run_sweep("", cfg, resume_dir=out["sweep_dir"], log=lambda *a: None)
+    print(f"resume of a finished sweep: {time.perf_counter() - t0:.1f} s")
+    assert again["parent_run_id"] == out["parent_run_id"]
+    assert {n: t["status"] for n, t in again["trials"].items()} == {n: t["status"] for n, t in trials.items()}
+    assert len(_children(client, exp_id, out["parent_run_id"])) == len(children)
+    assert again["champion"]["version"] == champ["version"]
+    assert len(client.search_model_versions("name='tiny-sweep'")) == 1
+
+
+# --------------------------------------------------------------------------- champion rule
+
+
+VANILLA = {"retain.vqa_acc": 0.8}
+
+
+def _m(leak: float, unseen: float, retain: float, inf: float, obj: float) -> dict[str, float]:
+    return {"forget.leak_rate": leak, "forget_unseen.leak_rate": unseen, "retain.vqa_acc": retain,
+            "quality.informativeness": inf, "objective": obj}
+
+
+def test_champion_rule_picks_most_informative_qualifying_trial():
+    trials = {
+        "a": _m(0.0, 0.0, 0.78, 0.40, 0.1),  # qualifies (0.78 >= 0.95 * 0.8 = 0.76)
+        "b": _m(0.0, 0.0, 0.77, 0.60, 0.3),  # qualifies, more informative -> champion
+        "c": _m(0.1, 0.0, 0.80, 0.90, -1.0),  # leaks
+        "d": _m(0.0, 0.2, 0.80, 0.90, -1.0),  # leaks on unseen images
+        "e": _m(0.0, 0.0, 0.70, 0.95, -2.0),  # loses too much retain accuracy
+    }
+    choice = select_champion(trials, VANILLA)
+    assert choice.trial == "b" and choice.qualifying == ["a", "b"] and not choice.fallback_used
+    assert choice.metrics["quality.informativeness"] == 0.60
+    rationale = choice.rationale(ChampionRule())
+    assert '"chosen": "b"' in rationale and '"qualifying": ["a", "b"]' in rationale
+
+
+def test_champion_tie_goes_to_better_objective():
+    trials = {"x": _m(0, 0, 0.8, 0.5, 0.30), "y": _m(0, 0, 0.8, 0.5, 0.10), "z": _m(0, 0, 0.8, 0.4, -5.0)}
+    assert select_champion(trials, VANILLA).trial == "y"
+    assert select_champion(trials, VANILLA, objective_mode="max").trial == "x"
+
+
+def test_champion_none_qualifies_fallback_or_nothing():
+    trials = {"a": _m(0.2, 0.0, 0.8, 0.5, 0.4), "b": _m(0.1, 0.1, 0.8, 0.5, 0.2)}
+    choice = select_champion(trials, VANILLA)
+    assert choice.trial == "b" and choice.fallback_used and choice.qualifying == []
+    assert "no trial qualifies" in choice.reason
+    nothing = select_champion(trials, VANILLA, rule=ChampionRule(fallback="none"))
+    assert nothing.trial is None and "nothing registered" in nothing.reason
+    assert select_champion({}, VANILLA).trial is None
+
+
+def test_champion_missing_metrics_and_config():
+    # A trial without a metric the rule needs does not qualify; a metric no trial has is skipped.
+    trials = {"a": {"forget.leak_rate": 0.0, "retain.vqa_acc": 0.8, "objective": 1.0},
+              "b": {"forget.leak_rate": 0.0, "objective": 0.0}}
+    choice = select_champion(trials, VANILLA)
+    assert choice.trial == "a" and choice.qualifying == ["a"]
+    assert any("forget_unseen.leak_rate" in n for n in choice.notes)
+    assert select_champion(trials, {}).qualifying == ["a", "b"]  # no vanilla retain: bound skipped
+    assert rule_from_dict({"min_retain_ratio": 0.9, "leak_metrics": ["forget.leak_rate"]}).leak_metrics == (
+        "forget.leak_rate",)
+    with pytest.raises(ValueError, match="unknown champion rule keys"):
+        rule_from_dict({"min_retain": 0.9})
+    with pytest.raises(ValueError, match="fallback"):
+        ChampionRule(fallback="best")
+
+
+# --------------------------------------------------------------------------- plots and tables
+
+
+def test_pareto_front_and_plot_of_single_runs(tmp_path):
+    runs = {
+        "pubg": _m(0.0, 0.1, 0.70, 0.6, 0),
+        "ga": _m(0.0, 0.0, 0.20, 0.0, 0),
+        "npo": _m(0.1, 0.1, 0.60, 0.5, 0),  # dominated by pubg
+        "reject": _m(0.3, 0.3, 0.80, 0.1, 0),
+    }
+    assert pareto_front(runs) == ["pubg", "ga", "reject"]
+    png = plot_forget_utility(runs, tmp_path / "methods.png", reference={"vanilla": _m(0.9, 0.8, 0.8, 0.7, 0)})
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    paths = write_results_table([{"run": "ga", "x": 0.5}, {"run": "npo"}], ["run", "x"], tmp_path / "t.csv",
+                                tmp_path / "t.md")
+    assert paths[0].read_text().splitlines() == ["run,x", "ga,0.5", "npo,"]
+    assert "| ga | 0.5 |" in paths[1].read_text()
+
+
+# --------------------------------------------------------------------------- Tune config and options
+
+
+def test_sweep_options_and_resources(tmp_path, monkeypatch):
+    space, obj = load_sweep_space(_space(tmp_path))
+    assert obj == Objectives(("objective",), ("min",))
+    multi, mobj = load_sweep_space(_space(tmp_path, MULTI, "multi.yaml"))
+    assert mobj.multi and mobj.modes == ("min", "max", "max")
+    cfg = RunConfig()
+    with pytest.raises(ConfigError, match="ASHA"):
+        build_tune_config(mobj, multi, cfg, num_samples=2, scheduler="asha", search="optuna", max_concurrent=1)
+    with pytest.raises(ConfigError, match="optuna"):
+        build_tune_config(mobj, multi, cfg, num_samples=2, scheduler="none", search="random", max_concurrent=1)
+    bad = _space(tmp_path, MULTI.replace("mode: [min, max, max]", "mode: [max, max, max]"), "bad.yaml")
+    with pytest.raises(ConfigError, match="forget.leak_rate"):
+        load_sweep_space(bad)
+    no_eval, no_eval_obj = load_sweep_space(
+        _space(tmp_path, SPACE.replace("train.eval_every: 2", "train.eval_every: 0"), "noeval.yaml"))
+    with pytest.raises(ConfigError, match="eval_every"):
+        build_tune_config(no_eval_obj, no_eval, cfg, num_samples=2, scheduler="asha", search="random",
+                          max_concurrent=1)
+    # Names are stable in the space file, the config and the options.
+    opts = {"num_samples": 2, "scheduler": "asha"}
+    path = _space(tmp_path)
+    assert sweep_name_for(path, cfg, opts) == sweep_name_for(path, cfg, dict(opts))
+    assert sweep_name_for(path, cfg, opts) != sweep_name_for(path, cfg, {**opts, "num_samples": 3})
+    assert sweep_name_for(path, cfg, opts).startswith("sweep-ga_tiny-")
+
+    # Resources: 1 CPU per driver on a big node, none (a token of memory) on a 2-CPU machine.
+    monkeypatch.delenv("UNLEARN_TUNE_DRIVER_CPUS", raising=False)
+    monkeypatch.delenv("UNLEARN_TUNE_DRIVER_RESOURCE", raising=False)
+    big = {"CPU": 16.0, "GPU": 4.0, "tune_driver": 8.0}
+    drv = driver_resources(cfg, 2, big)
+    assert drv == {"CPU": 1.0}
+    assert default_max_concurrent(cfg, 2, drv, big) == 4  # (16 - 2 for Ray Data) // (1 + 2 x 1)
+    gpu = with_overrides(cfg, {"train.use_gpu": True})
+    assert default_max_concurrent(gpu, 2, drv, big) == 2  # 4 GPUs // 2 workers
+    monkeypatch.setenv("UNLEARN_TUNE_DRIVER_RESOURCE", "tune_driver")
+    drv = driver_resources(cfg, 1, {**big, "tune_driver": 3.0})
+    assert drv == {"CPU": 1.0, "tune_driver": 1.0}
+    assert default_max_concurrent(cfg, 1, drv, {**big, "tune_driver": 3.0}) == 3
+    monkeypatch.delenv("UNLEARN_TUNE_DRIVER_RESOURCE")
+    small = driver_resources(cfg, 1, {"CPU": 2.0})
+    assert small["CPU"] == 0 and small["memory"] > 0
+    monkeypatch.setenv("UNLEARN_TUNE_DRIVER_CPUS", "0.5")
+    assert driver_resources(cfg, 1, {"CPU": 2.0}) == {"CPU": 0.5}
+
+
+def test_optuna_multi_objective_tune_config_runs(tmp_path, ray_local):
+    from ray import tune
+
+    from pipelines.tune_space import to_tune
+
+    space, obj = load_sweep_space(_space(tmp_path, MULTI, "multi.yaml"))
+    tune_config = build_tune_config(obj, space, RunConfig(), num_samples=3, scheduler="none", search="optuna",
+                                    max_concurrent=1)
+
+    def trainable(config: dict[str, Any]) -> None:
+        lr = config["train.lr"]
+        tune.report({"forget.leak_rate": lr, "quality.informativeness": 1 - lr, "retain.vqa_acc": 0.5, "final": 1})
+
+    grid = tune.Tuner(tune.with_resources(trainable, {"CPU": 0.5}), param_space=to_tune(space, grid_as_choice=True),
+                      tune_config=tune_config,
+                      run_config=tune.RunConfig(name="optuna-multi", storage_path=str(tmp_path / "ray"))).fit()
+    assert len(grid) == 3 and not grid.errors
+    assert sorted(Path(r.path).name for r in grid) == ["trial_001", "trial_002", "trial_003"]
+
+
+# --------------------------------------------------------------------------- concurrent logging
+
+
+def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store):
+    """4 concurrent writers (as 4 concurrent trials' controllers) log live curves into one SQLite store."""
+    import threading
+
+    from pipelines.sweep import _LiveCurves
+
+    uri = mlflow_store["tracking_uri"]
+    exp_id = tracking.ensure_experiment(uri, "concurrency", tmp_path)
+    client = MlflowClient(uri)
+    run_ids = [client.create_run(exp_id).info.run_id for _ in range(4)]
+    space, _ = load_sweep_space(_space(tmp_path))
+    reports, barrier, ok = 25, threading.Barrier(4), {}
+
+    def log_curves(run_id: str) -> None:
+        cb = _LiveCurves(uri, run_id, space.objective)
+        barrier.wait()  # all four write at once
+        for step in range(1, reports + 1):
+            cb.after_report(None, [{"step": float(step), "loss": 1.0 / step, "forget.leak_rate": 0.1,
+                                    "retain.vqa_acc": 0.5, "quality.informativeness": 0.2}], None)
+        for _ in range(20):  # a locked database is retried, as the trial's final flush does
+            if cb.flush():
+                ok[run_id] = True
+                return
+            time.sleep(0.5)
+
+    threads = [threading.Thread(target=log_curves, args=(r,)) for r in run_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(ok) == sorted(run_ids)
+    for run_id in run_ids:
+        for key in ("train/loss", "eval/forget.leak_rate", "eval/objective"):
+            steps = sorted(int(m.step) for m in client.get_metric_history(run_id, key))
+            assert steps == list(range(1, reports + 1)), (run_id, key, steps)
