@@ -66,11 +66,13 @@ def bare_ddp(rank: int, world: int, port: int, model_dir: str, rows: list[dict[s
     from unlearn_core.config import ModelConfig
     from unlearn_core.data.encode import collate
     from unlearn_core.models.loading import load_model_and_processor
+    from unlearn_core.models.lora import prepare_for_training
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         model, processor = load_model_and_processor(model_dir, ModelConfig(spec=model_dir))
+        model = prepare_for_training(model, ModelConfig(spec=model_dir))  # freezes unused params, as the worker
         model.train()
         if world > 1:
             model = torch.nn.parallel.DistributedDataParallel(model)

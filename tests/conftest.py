@@ -10,8 +10,10 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
+    """A real local Ray per test module: a module that leaks actors or placement groups (a Tune
+    sweep, a killed worker) cannot starve the next module's Ray Data tasks of CPUs."""
     import ray
 
     if not ray.is_initialized():
