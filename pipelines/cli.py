@@ -176,7 +176,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if model.startswith("models:/"):
         uri = tracking.resolve_tracking_uri(TrackingConfig(), args.workdir)
         model = str(tracking.pull(model, Path(args.workdir) / "pulled" / "eval-model", tracking_uri=uri))
-    report = evaluate(model, args.records, max_per_group=args.max_per_group)
+    judge = None
+    if args.judge_url:
+        from unlearn_core.eval.judge import JudgeConfig
+
+        if not args.judge_model:
+            raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
+        judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
+                            max_samples=args.judge_max_samples)
+    report = evaluate(model, args.records, max_per_group=args.max_per_group, judge=judge)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(format_table({Path(args.model).name or args.model: report["metrics"]}))
@@ -300,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
     p.add_argument("--max-per-group", type=int, default=64, help="rows per (split, task) evaluated (default 64)")
     p.add_argument("--workdir", default="workdir")
+    p.add_argument("--judge-url", default=None,
+                   help="optional LLM judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (off by default)")
+    p.add_argument("--judge-model", default=None, help="model name the judge endpoint serves")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the judge's API key ('' for none; the key is never logged)")
+    p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked")

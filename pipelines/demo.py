@@ -6,6 +6,7 @@ synthetic benchmark -> shards -> vanilla fine-tune -> each baseline -> a small P
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import mlflow
 from pipelines import tracking
 from pipelines.defaults import default_config, method_defaults
 from pipelines.finetune import run_finetune
+from pipelines.preprocess import load_manifest
 from pipelines.unlearn import evaluate_cached, run_unlearn
 from pipelines.workspace import Workspace, ensure_shards
 from unlearn_core.config import RunConfig, load_run_config
@@ -54,14 +56,15 @@ def run_demo(
     log(f"== 3/5 unlearning baselines ({', '.join(methods)}), {method_steps} steps each")
     for name in methods:
         cfg = _cfg("unlearn", workdir, {"method.name": name, "train.steps": method_steps, **method_defaults(name)})
-        results[name] = run_unlearn(cfg, log=log)["metrics"]
+        results[name] = _unlearn_once(cfg, ws, vanilla, shards, log)
     sweep_out: dict[str, Any] = {}
     if sweep_samples > 0:
         from pipelines.sweep import run_sweep
 
         log(f"== 4/5 PUBG sweep: {sweep_samples} trials, ASHA")
         cfg = _cfg("unlearn", workdir, {"method.name": "pubg", **method_defaults("pubg")})
-        sweep_out = run_sweep(SPACES_DIR / "pubg.yaml", cfg, num_samples=sweep_samples, scheduler="asha", log=log)
+        sweep_out = run_sweep(SPACES_DIR / "pubg.yaml", cfg, num_samples=sweep_samples, scheduler="asha",
+                              if_exists="resume", log=log)
         best = sweep_out.get("champion") or {}
         if best.get("metrics"):
             results["pubg (champion)"] = best["metrics"]
@@ -76,6 +79,22 @@ def run_demo(
     if champion:
         log(f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}")
     return {"results": results, "sweep": sweep_out}
+
+
+def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path, log) -> dict[str, float]:
+    """`run_unlearn`, skipped when the same config already ran on the same vanilla weights and shards
+    (a second `make run` reuses the result; its MLflow run and registered version stay as they were)."""
+    key = json.dumps({"cfg": cfg.model_dump(mode="json"), "model": tracking.weights_sha256(init_model),
+                      "shards": load_manifest(shards)["fingerprint"]}, sort_keys=True)
+    path = ws.results / "demo" / f"{cfg.method.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        log(f"[cached] {cfg.method.name}: MLflow run {cached['run_id']} ({path}; delete it to run again)")
+        return cached["metrics"]
+    out = run_unlearn(cfg, log=log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run_id": out["run_id"], "model_dir": out["model_dir"], "metrics": out["metrics"]}))
+    return out["metrics"]
 
 
 def _log_summary(cfg: RunConfig, ws: Workspace, results: dict[str, dict[str, float]], table: str) -> None:

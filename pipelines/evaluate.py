@@ -12,6 +12,7 @@ import ray
 
 from pipelines.preprocess import SHARD_SCHEMA
 from unlearn_core.config import ModelConfig
+from unlearn_core.eval.judge import JudgeConfig
 from unlearn_core.eval.runner import model_outputs, select_eval_rows
 
 EVAL_SPLITS = ("forget", "forget_unseen", "retain", "retain_unseen", "utility")
@@ -61,10 +62,45 @@ def generate_outputs(model_dir: str | Path, rows: list[dict[str, Any]], *, actor
     return result
 
 
+def shard_image_png(row: dict[str, Any]) -> bytes | None:
+    """The PNG bytes of a shard row's raw ``image_u8`` (H*W*3 uint8) pixels, or None for text rows."""
+    raw, hw = row.get("image_u8"), row.get("image_hw")
+    if not raw or not hw:
+        return None
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    h, w = int(hw[0]), int(hw[1])
+    pixels = np.frombuffer(raw, dtype=np.uint8)
+    if pixels.size != h * w * 3:
+        raise ValueError(f"row {row.get('sample_id')}: image_u8 has {pixels.size} bytes, image_hw {hw} needs {h * w * 3}")
+    buf = io.BytesIO()
+    Image.fromarray(pixels.reshape(h, w, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def judge_shard_outputs(rows: list[dict[str, Any]], outputs: dict[str, Any], cfg: JudgeConfig) -> dict[str, float]:
+    """The optional LLM judge over shard rows: their raw pixels go to the judge as PNG images."""
+    from unlearn_core.eval.judge import judge_answers
+
+    judged = [{**r, "image": shard_image_png(r)} for r in rows
+              if r.get("split") in cfg.splits and r.get("task") in cfg.tasks]
+    return judge_answers(judged, outputs, cfg)
+
+
 def evaluate(
-    model_dir: str | Path, shards_dir: str | Path, *, max_per_group: int = 64, seed: int = 0, actors: int = 1
+    model_dir: str | Path,
+    shards_dir: str | Path,
+    *,
+    max_per_group: int = 64,
+    seed: int = 0,
+    actors: int = 1,
+    judge: JudgeConfig | None = None,
 ) -> dict[str, Any]:
-    """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``."""
+    """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``;
+    with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint."""
     from unlearn_core.eval.metrics import evaluate_outputs
 
     rows = select_eval_rows(load_shard_rows(shards_dir), max_per_group, seed)
@@ -72,4 +108,7 @@ def evaluate(
         raise ValueError(f"{shards_dir}: no evaluation rows (splits {EVAL_SPLITS})")
     outputs = generate_outputs(model_dir, rows, actors=actors)
     result = evaluate_outputs(rows, outputs)
-    return {"metrics": result.metrics, "per_sample": result.per_sample, "n_rows": len(rows)}
+    metrics = dict(result.metrics)
+    if judge is not None:
+        metrics.update(judge_shard_outputs(rows, outputs, judge))
+    return {"metrics": metrics, "per_sample": result.per_sample, "n_rows": len(rows)}

@@ -2,6 +2,8 @@
 
 MLflow's transformers flavor does not support image-text-to-text, so the registry stores the
 plain HF folder (safetensors) as an artifact and this class answers (image, question) rows.
+The model is logged "from code" (this file's path, see ``set_model`` below), so loading it never
+unpickles a Python object.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import mlflow.models
 import mlflow.pyfunc
 
 
@@ -39,3 +42,6 @@ class VisionLanguagePyfunc(mlflow.pyfunc.PythonModel):
             prompts.append({"question": row["question"], "image": arr})
         max_new = int((params or {}).get("max_new_tokens", 48))
         return generate(self.model, self.processor, prompts, max_new_tokens=max_new)
+
+
+mlflow.models.set_model(VisionLanguagePyfunc())

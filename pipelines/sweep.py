@@ -223,16 +223,61 @@ def driver_resources(cfg: RunConfig, workers_per_trial: int, cluster: Mapping[st
     return res
 
 
-def default_max_concurrent(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
-                           cluster: Mapping[str, float]) -> int:
-    """Trials that fit at once: cluster CPUs (less ``DATA_CPUS`` kept for Ray Data), GPUs and driver slots
-    over one trial's needs (its driver + ``workers_per_trial`` workers)."""
+def _trials_that_fit(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
+                     cluster: Mapping[str, float]) -> int:
     per_cpu = driver["CPU"] + workers_per_trial * cfg.train.cpus_per_worker
     fits = [math.floor((cluster.get("CPU", 0) - DATA_CPUS) / per_cpu + 1e-9)]
     if cfg.train.use_gpu:
         fits.append(math.floor(cluster.get("GPU", 0) / workers_per_trial + 1e-9))
     fits += [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in driver.items() if k not in ("CPU", "memory")]
-    return max(1, min(fits))
+    return min(fits)
+
+
+def default_max_concurrent(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
+                           cluster: Mapping[str, float]) -> int:
+    """Trials that fit at once: cluster CPUs (less ``DATA_CPUS`` kept for Ray Data), GPUs and driver slots
+    over one trial's needs (its driver + ``workers_per_trial`` workers); at least 1."""
+    return max(1, _trials_that_fit(cfg, workers_per_trial, driver, cluster))
+
+
+def cluster_capacity(now: Mapping[str, float], autoscaler_max: Mapping[str, float] | None) -> dict[str, float]:
+    """What the cluster can hold: its resources ``now``, raised to the autoscaler's maximum where it
+    reports a finite one (an autoscaling cluster may start with a 0-CPU head and no workers)."""
+    out = {k: float(v) for k, v in now.items()}
+    for k, v in (autoscaler_max or {}).items():
+        if 0 < v < 2**62:  # Ray reports an unbounded node group as sys.maxsize
+            out[k] = max(out.get(k, 0.0), float(v))
+    return out
+
+
+def _autoscaler_max_resources() -> dict[str, float] | None:
+    """The autoscaler's maximum cluster resources, where Ray publishes them (autoscaler v2, e.g. KubeRay;
+    the v1 autoscaler of ``ray up`` does not): None when unknown."""
+    try:
+        from ray._private.state import state
+
+        found = state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API: absent or changed in this Ray version
+        return None
+    return {k: float(v) for k, v in found.items()} if found else None
+
+
+def capacity_note(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
+                  cluster: Mapping[str, float], autoscaler_known: bool) -> str | None:
+    """A line for the log when the cluster, as far as the sweep can see, cannot hold even one trial
+    (typical of an autoscaling cluster still at its 0-CPU head): the sweep then runs 1 trial at a time."""
+    need = {k: v for k, v in driver.items() if k != "memory"}
+    need["CPU"] = need.get("CPU", 0.0) + workers_per_trial * cfg.train.cpus_per_worker
+    if cfg.train.use_gpu:
+        need["GPU"] = float(workers_per_trial)
+    short = {k: v for k, v in need.items() if cluster.get(k, 0.0) + 1e-9 < v}
+    if not short:
+        return None
+    have = ", ".join(f"{k} {cluster.get(k, 0.0):g}" for k in sorted(short))
+    where = "the autoscaler's maximum" if autoscaler_known else "the cluster now"
+    return (f"{where} has {have}, less than one trial needs ({', '.join(f'{k} {v:g}' for k, v in sorted(need.items()))}"
+            f"): running 1 trial at a time; an autoscaling cluster adds nodes while trials wait "
+            "(pass --max-concurrent K to run more at once)")
 
 
 # --------------------------------------------------------------------------- trial side
@@ -462,13 +507,18 @@ def run_sweep(
     workers_per_trial: int = 1,
     resume_dir: str | Path | None = None,
     champion_rule: ChampionRule | None = None,
+    if_exists: str = "error",
     log: Callable[..., None] = print,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep; returns the sweep folder, parent run, per-trial results and champion.
 
     With ``resume_dir`` (a sweep folder) everything else comes from its ``sweep.json``: finished trials
     are kept, unfinished or errored ones run again (their Train run resumes from its last checkpoint).
+    ``if_exists``: what to do when the same sweep (space, config, options) already has a folder:
+    ``"error"`` (the CLI: the user chooses ``--resume``) or ``"resume"`` (``unlearn demo``).
     """
+    if if_exists not in ("error", "resume"):
+        raise ConfigError(f"if_exists: expected 'error' or 'resume', got {if_exists!r}")
     if resume_dir is not None:
         sweep_dir = Path(resume_dir).resolve()
         if not (sweep_dir / STATE_FILE).is_file():
@@ -489,6 +539,9 @@ def run_sweep(
                            rule=rule)
         sweep_dir = Path(storage_dir(cfg.workdir)) / state["sweep_name"]
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
+            if if_exists == "resume":
+                log(f"[cached] sweep {sweep_dir.name} exists: resuming it (finished trials are kept)")
+                return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log)
             raise ConfigError(f"sweep {sweep_dir} exists (same space, config and options): "
                               f"continue it with --resume {sweep_dir}, or change the config")
         if (sweep_dir / STATE_FILE).is_file():
@@ -532,13 +585,16 @@ def _fit(space: SearchSpace, objectives: Objectives, cfg: RunConfig, state: dict
     ctx = TrialContext(space=space, cfg=_shared_cfg(cfg, inputs).model_dump(), workers_per_trial=workers,
                        tracking_uri=uri, experiment_id=exp_id, parent_run_id=state["parent_run_id"],
                        sweep_name=state["sweep_name"], train_storage=str(sweep_dir / "train"))
-    cluster = ray.cluster_resources()
+    most = _autoscaler_max_resources()
+    cluster = cluster_capacity(ray.cluster_resources(), most)
     driver = driver_resources(cfg, workers, cluster)
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), driver)
     if resuming and tune.Tuner.can_restore(str(sweep_dir)):
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
     else:
         concurrent = state["max_concurrent"] or default_max_concurrent(cfg, workers, driver, cluster)
+        if not state["max_concurrent"] and (note := capacity_note(cfg, workers, driver, cluster, most is not None)):
+            log(note)
         log(f"up to {concurrent} concurrent trial(s); each: driver {driver} + {workers} worker(s) x "
             f"{cfg.train.cpus_per_worker} CPU{' + 1 GPU' if cfg.train.use_gpu else ''}")
         tuner = tune.Tuner(

@@ -169,8 +169,9 @@ def log_model(
     run_id: str, model_dir: str | Path, registered_name: str | None, *, tracking_uri: str
 ) -> dict[str, Any]:
     """Log the saved HF folder as an ``mlflow.pyfunc`` model (and register it if a name is given)."""
-    from pipelines.pyfunc_model import VisionLanguagePyfunc
+    from pipelines import pyfunc_model
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri)
     sha = weights_sha256(model_dir)
     with mlflow.start_run(run_id=run_id):
@@ -179,7 +180,7 @@ def log_model(
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=VisionLanguagePyfunc(),
+                python_model=str(Path(pyfunc_model.__file__)),  # models-from-code: no pickled object
                 artifacts={"hf_model": str(model_dir)},
                 registered_model_name=registered_name,
                 metadata={SHA_TAG: sha},

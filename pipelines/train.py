@@ -7,9 +7,12 @@ controller-side MLflow callback logs every report live.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +24,19 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.progress import ProgressCallback
+from unlearn_core.config import ConfigError
 from unlearn_core.config import RunConfig as UnlearnRunConfig
 from unlearn_core.data.encode import collate
 from unlearn_core.data.teacher_cache import TOPK_IDS, attach_teacher_topk
+from unlearn_core.training import ds_engine
 from unlearn_core.training.loop import (
+    FullWeightsFn,
+    SaveFn,
     WorkerContext,
     cycle,
     load_checkpoint,
+    load_method_state,
     run_loop,
     seed_everything,
     to_device,
@@ -90,10 +99,34 @@ def _iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str,
     return cycle(make_iter)
 
 
+def _resume_folder(job: TrainJob, stack: ExitStack) -> Path | None:
+    """This run's latest checkpoint (a restarted run), else ``job.resume_from``, else None."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        return Path(stack.enter_context(ckpt.as_directory()))
+    return Path(job.resume_from) if job.resume_from else None
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train logs every ``ray.train.report`` as a whole object at INFO; the controller's
+    ``ProgressCallback`` prints a readable line instead. (The logger is named after its file.)"""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # a Ray without that module: keep its logs
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(job_dict: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: build the model, restore a checkpoint if any, loop, finalize."""
+    """``train_loop_per_worker``: build the model, restore a checkpoint if any, loop, finalize.
+
+    ``train.deepspeed_stage`` 0 wraps the model in DDP (``prepare_model``); 2 or 3 builds a
+    DeepSpeed ZeRO engine over the process group Ray Train already set up (every rank then
+    writes its shard of each checkpoint).
+    """
     job = TrainJob(**job_dict)
     cfg = UnlearnRunConfig.model_validate(job.cfg)
+    _quiet_report_logs()
     tc = ray.train.get_context()
     ctx = WorkerContext(
         rank=tc.get_world_rank(), world_size=tc.get_world_size(), device=ray.train.torch.get_device()
@@ -103,16 +136,37 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     seed_everything(cfg.train.seed + ctx.rank)
     built = build_worker_model(cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.ref_model, job.mask_path)
     model = built.model
-    optimizer = built.make_optimizer(model)
+    if built.ref is not None:
+        built.ref.to(ctx.device)
+    use_ds = bool(cfg.train.deepspeed_stage)
 
     start_step = 0
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            start_step = load_checkpoint(Path(d), model, optimizer)
-    elif job.resume_from:
-        start_step = load_checkpoint(Path(job.resume_from), model, optimizer)
-    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None)
+    save: SaveFn | None = None  # None: the loop's DDP defaults (rank 0 writes safetensors)
+    full_weights: FullWeightsFn | None = None
+    with ExitStack() as stack:
+        folder = _resume_folder(job, stack)
+        if not use_ds:
+            optimizer = built.make_optimizer(model)
+            if folder is not None:
+                if ds_engine.is_deepspeed_checkpoint(folder):
+                    raise ConfigError(f"train.deepspeed_stage: {folder} is a DeepSpeed checkpoint; resume it with 2 or 3")
+                start_step = load_checkpoint(folder, model, optimizer)
+                if built.method is not None:
+                    built.method.load_state_dict(load_method_state(folder))
+            model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None)
+        else:
+            if folder is not None and not ds_engine.is_deepspeed_checkpoint(folder):
+                start_step = load_checkpoint(folder, model, None)  # DDP weights -> fresh ZeRO optimizer
+            if ctx.device.type == "cuda":
+                torch.cuda.set_device(ctx.device)
+            engine = ds_engine.init_engine(
+                model, cfg.train, world_size=ctx.world_size, local_rank=tc.get_local_rank()
+            )
+            if folder is not None and ds_engine.is_deepspeed_checkpoint(folder):
+                start_step = ds_engine.load_ds_checkpoint(engine, folder)
+            model, optimizer = engine, engine.optimizer
+            save = partial(ds_engine.save_ds_checkpoint, engine)  # every rank writes its shard
+            full_weights = partial(ds_engine.full_weights, engine)  # ZeRO-3: gather for eval / final save
 
     streams = {
         name: _iter_shard(name, cfg.train.batch_size, built.processor, prefixes, cfg.train.seed + 1000 * ctx.rank)
@@ -126,7 +180,7 @@ def train_worker(job_dict: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     evaluate = None
-    if job.eval_records and ctx.is_rank0:
+    if job.eval_records:  # defined on every rank (ZeRO-3 gathers weights on all); run on rank 0 only
         from unlearn_core.eval.runner import evaluate_model
 
         def evaluate() -> dict[str, float]:
@@ -143,8 +197,11 @@ def train_worker(job_dict: dict[str, Any]) -> None:
         step_fn=step_fn,
         report=report,
         start_step=start_step,
-        evaluate=evaluate if job.eval_records else None,
+        evaluate=evaluate,
         finalize=finalize,
+        save=save,
+        full_weights=full_weights,
+        method_state=built.method.state_dict if built.method is not None else None,
     )
 
 
@@ -158,7 +215,7 @@ def fit(
 ) -> ray.train.Result:
     """Build and fit the TorchTrainer; returns the Result (its checkpoint holds ``model/``)."""
     cfg = UnlearnRunConfig.model_validate(job.cfg)
-    check_supported(cfg)
+    check_supported(cfg, job.mode)
     t = cfg.train
     scaling = ScalingConfig(
         num_workers=t.num_workers,
@@ -170,16 +227,23 @@ def fit(
         storage_path=storage_path,
         failure_config=FailureConfig(max_failures=t.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
-        callbacks=callbacks or [],
+        callbacks=[ProgressCallback(name, t.steps), *(callbacks or [])],
     )
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=job.__dict__,
-        scaling_config=scaling,
-        run_config=run_config,
-        datasets=datasets,
-    )
-    return trainer.fit()
+    data_ctx = ray.data.DataContext.get_current()
+    bars = data_ctx.enable_progress_bars
+    # The workers' shard readers restart every epoch; their progress bars would bury the progress lines.
+    data_ctx.enable_progress_bars = False
+    try:
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config=job.__dict__,
+            scaling_config=scaling,
+            run_config=run_config,
+            datasets=datasets,
+        )
+        return trainer.fit()
+    finally:
+        data_ctx.enable_progress_bars = bars
 
 
 def export_final_model(result: ray.train.Result, out_dir: str | Path) -> Path:

@@ -15,3 +15,21 @@ TINY_SYNTH = SynthConfig(people=6, images_per_person=2, unseen_per_person=1, for
 def write_tiny_records(out: Path, cfg: SynthConfig = TINY_SYNTH) -> Path:
     write_records(generate_benchmark(cfg), out, source="synthetic")
     return out
+
+
+def write_tiny_vanilla(records: Path, out: Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A randomly initialised tiny LLaVA (no fine-tune, no Ray) with the processor ``data shard`` builds
+    for ``records``: a sweep given ``records=`` and ``model.spec=out`` shards the records itself."""
+    from transformers import AutoProcessor
+
+    from pipelines.preprocess import build_processor
+    from unlearn_core.config import ModelConfig
+    from unlearn_core.data.records_io import read_records
+    from unlearn_core.models.loading import save_model
+    from unlearn_core.models.tiny import build_tiny_llava
+
+    proc_dir = out.parent / f"{out.name}.processor"
+    build_processor("tiny-llava", read_records(records), proc_dir, ModelConfig(spec="tiny-llava"), image_size)
+    processor = AutoProcessor.from_pretrained(proc_dir)
+    model, _ = build_tiny_llava(processor.tokenizer, image_size=image_size, seed=seed)
+    return save_model(model, processor, out)

@@ -207,3 +207,32 @@ def test_text_only_messages_have_no_image_part() -> None:
     msgs = build_messages("privacy", "Job?", "a chef", None, {})
     assert msgs[1]["content"] == [{"type": "text", "text": msgs[1]["content"][0]["text"]}]
     assert "(not provided)" in msgs[1]["content"][0]["text"]
+
+
+def test_shard_rows_reach_the_judge_as_png_of_their_pixels(chat_server, monkeypatch) -> None:
+    """`unlearn eval --judge-url`: shard rows hold raw uint8 pixels; the judge must get them as PNG."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.evaluate import judge_shard_outputs, shard_image_png
+
+    url, state = chat_server
+    monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    base = {k: v for k, v in records()[0].items() if k != "image"}
+    rows = [
+        {**base, "sample_id": "a", "image_u8": pixels.tobytes(), "image_hw": [6, 5]},
+        {**base, "sample_id": "t", "task": "text_qa", "image_u8": None, "image_hw": None},  # not judged
+    ]
+    scores = judge_shard_outputs(rows, OUTPUTS | {"t": {"generation": "x"}}, config(url))
+    assert scores == {"judge.privacy": 5.0, "judge.informativeness": 3.0, "judge.hallucination": 4.0}
+    assert len(state.requests) == 3
+    url_data = state.requests[0]["body"]["messages"][1]["content"][1]["image_url"]["url"]
+    png = base64.b64decode(url_data.split(",", 1)[1])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), pixels)
+    assert shard_image_png({"sample_id": "t", "image_u8": None, "image_hw": None}) is None
+    with pytest.raises(ValueError, match="row bad: image_u8 has 7 bytes"):
+        shard_image_png({"sample_id": "bad", "image_u8": b"\x00" * 7, "image_hw": [6, 5]})

@@ -3,15 +3,19 @@
 One loop serves the vanilla fine-tune and every unlearning method: a ``step_fn(step)`` does the
 optimisation work of one step (methods own their step: MMUnlearner alternates masked ascent and
 retain descent), and the loop handles logging cadence, evaluation, checkpoints and resume.
+The checkpoint format is pluggable (``save``/``full_weights``): DDP writes safetensors on rank 0,
+DeepSpeed (``unlearn_core.training.ds_engine``) writes its sharded checkpoint on every rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,10 @@ from unlearn_core.config import TrainConfig
 
 ReportFn = Callable[[dict[str, float], "Path | None"], None]
 StepFn = Callable[[int], dict[str, float]]
+# save(folder, step) runs on every rank; True = this rank reports ``folder`` as (part of) the checkpoint.
+SaveFn = Callable[[Path, int], bool]
+# A context entered on every rank around evaluation and the final save: full weights inside it.
+FullWeightsFn = Callable[[], AbstractContextManager[Any]]
 
 
 @dataclass
@@ -56,15 +64,29 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    extra: dict | None = None,
+    method_state: dict[str, Any] | None = None,
 ) -> None:
-    """Weights as safetensors; optimizer state as a torch file of tensors only (loaded weights_only)."""
+    """Weights as safetensors; optimizer state (and the method's own, e.g. MMUnlearner's masked
+    optimizer) as torch files of tensors and numbers only (loaded ``weights_only``)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = trainable_state(model)
     save_file(state, str(folder / "model.safetensors"))
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    if method_state:
+        torch.save(method_state, folder / "method.pt")
     meta = {"step": step, "rng_torch": torch.get_rng_state().tolist(), **(extra or {})}
     (folder / "trainer_state.json").write_text(json.dumps(meta))
+
+
+def load_method_state(folder: Path) -> dict[str, Any]:
+    """The method state a checkpoint holds (``{}`` when the method keeps none)."""
+    path = folder / "method.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else {}
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
@@ -109,12 +131,25 @@ def run_loop(
     evaluate: Callable[[], dict[str, float]] | None = None,
     finalize: Callable[[Path], None] | None = None,
     log_every: int = 10,
+    save: SaveFn | None = None,
+    full_weights: FullWeightsFn | None = None,
+    method_state: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Run steps ``start_step..cfg.steps``; report metrics, evaluations and checkpoints on cadence.
 
     ``evaluate`` runs on rank 0 only (others get an empty dict); ``finalize(dir)`` lets rank 0 write
-    the final model folder into the last checkpoint.
+    the final model folder into the last checkpoint. ``save`` defaults to the DDP format (rank 0
+    writes ``save_checkpoint``); ``full_weights`` (default: no-op) is entered on all ranks around
+    ``evaluate`` and ``finalize`` (ZeRO-3 gathers its partitioned parameters there).
     """
+    if save is None:
+
+        def save(folder: Path, step: int) -> bool:
+            if ctx.is_rank0:
+                save_checkpoint(folder, model, optimizer, step, method_state=method_state() if method_state else None)
+            return ctx.is_rank0
+
+    gathered = full_weights or contextlib.nullcontext
     last: dict[str, float] = {}
     window: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -135,16 +170,18 @@ def run_loop(
         if want_eval and evaluate is not None:
             was_training = model.training
             model.eval()
-            metrics.update(evaluate() if ctx.is_rank0 else {})
+            with gathered():
+                metrics.update(evaluate() if ctx.is_rank0 else {})
             model.train(was_training)
         if want_ckpt:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
-                if ctx.is_rank0:
-                    save_checkpoint(folder, model, optimizer, done)
-                    if is_last and finalize is not None:
-                        finalize(folder / "model")
-                report(metrics, folder if ctx.is_rank0 else None)
+                keep = save(folder, done)
+                if is_last and finalize is not None:
+                    with gathered():
+                        if ctx.is_rank0:
+                            finalize(folder / "model")
+                report(metrics, folder if keep or ctx.is_rank0 else None)
         else:
             report(metrics, None)
         last = metrics
