@@ -65,9 +65,9 @@ def run_demo(
         cfg = _cfg("unlearn", workdir, {"method.name": "pubg", **method_defaults("pubg")})
         sweep_out = run_sweep(SPACES_DIR / "pubg.yaml", cfg, num_samples=sweep_samples, scheduler="asha",
                               if_exists="resume", log=log)
-        best = sweep_out.get("champion") or {}
-        if best.get("metrics"):
-            results["pubg (champion)"] = best["metrics"]
+        best = (sweep_out.get("champion") or {}).get("trial")
+        if best:  # the champion trial's final evaluation (every metric, not only the rule's)
+            results["pubg (champion)"] = {k: v for k, v in sweep_out["trials"][best]["metrics"].items() if "." in k}
     log("== 5/5 results")
     table = format_table(results)
     log(table)

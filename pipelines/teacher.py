@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from pipelines.workspace import say_once
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.selection import in_stream
 from unlearn_core.data.teacher_cache import TOPK_IDS, TOPK_K, TOPK_LOGPROBS
@@ -115,7 +116,7 @@ def build_teacher_cache(
     key = cache_key(weights_sha256(model_dir), load_manifest(shards_dir)["fingerprint"], instruction, k, max_new_tokens)
     out = Path(out_root) / key
     if (out / "teacher.json").exists():
-        log(f"[cached] PUBG teacher answers {out}")
+        say_once(log, f"[cached] PUBG teacher answers {out}")
         return out
     table = pq.read_table(shards_dir / "forget")
     mask = [in_stream("forget", s, t) for s, t in zip(table["split"].to_pylist(), table["task"].to_pylist(), strict=True)]

@@ -13,7 +13,7 @@ from pipelines.evaluate import evaluate, load_shard_rows
 from pipelines.finetune import stream_dataset
 from pipelines.preprocess import load_manifest
 from pipelines.train import TrainJob, export_final_model, fit, storage_dir
-from pipelines.workspace import Workspace, ensure_shards
+from pipelines.workspace import Workspace, ensure_shards, say_once
 from unlearn_core.config import ConfigError, RunConfig, mlflow_params
 from unlearn_core.eval.report import format_table
 from unlearn_core.eval.runner import select_eval_rows
@@ -66,7 +66,7 @@ def _mask_for(cfg: RunConfig, method: Any, model_dir: Path, shards: Path, ws: Wo
     lora = f"lora{cfg.model.lora_r}" if cfg.model.lora else "full"
     out = ws.root / "masks" / f"{sha}-{modules}-g{gamma:g}-{lora}.safetensors"
     if out.exists():
-        log(f"[cached] saliency mask {out}")
+        say_once(log, f"[cached] saliency mask {out}")
         return str(out)
     log(f"computing the MMUnlearner saliency mask (modules={modules}, gamma={gamma}) as a Ray task")
     stats = compute_mask_remote(cfg.model_dump(), str(model_dir), str(shards), str(out), modules=modules, gamma=gamma)

@@ -35,7 +35,7 @@ def ensure_records(cfg: RunConfig, ws: Workspace, log=print) -> Path:
         return Path(cfg.records)
     meta = ws.records / "records_meta.json"
     if meta.exists():
-        _say_once(log, f"[cached] synthetic benchmark records in {ws.records}")
+        say_once(log, f"[cached] synthetic benchmark records in {ws.records}")
         return ws.records
     from unlearn_core.data.records_io import write_records
     from unlearn_core.data.synth import generate_benchmark
@@ -54,7 +54,7 @@ def ensure_shards(cfg: RunConfig, ws: Workspace, log=print) -> Path:
     spec = cfg.model.spec if not cfg.model.spec.startswith("models:/") else "tiny-llava"
     report = shard_records(records, ws.shards, model_spec=spec, model_cfg=cfg.model, image_size=cfg.synth.image_size)
     if report.skipped:  # one line, once per process: every job of a demo or sweep checks the shards
-        _say_once(log, f"[cached] shards {report.out_dir} (fingerprint {report.fingerprint[:16]} unchanged)")
+        say_once(log, f"[cached] shards {report.out_dir} (fingerprint {report.fingerprint[:16]} unchanged)")
     else:
         log(report.summary())
     return ws.shards
@@ -63,7 +63,8 @@ def ensure_shards(cfg: RunConfig, ws: Workspace, log=print) -> Path:
 _SAID: set[str] = set()
 
 
-def _say_once(log, message: str) -> None:
+def say_once(log, message: str) -> None:
+    """Log ``message`` once per process (cache hits are checked by every job of a demo or sweep)."""
     if message not in _SAID:
         _SAID.add(message)
         log(message)
