@@ -139,16 +139,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_mask(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.mask import compute_mask_remote
+    from pipelines.mask import mask_job
     from pipelines.ray_env import ensure_ray
-    from unlearn_core.config import RunConfig
 
     ensure_ray()
-    cfg = RunConfig(model={"spec": args.model, "lora": args.lora})
-    stats = compute_mask_remote(
-        cfg.model_dump(), args.model, args.records, args.out, modules=args.modules, gamma=args.gamma
-    )
+    stats = mask_job(args.model, args.records, args.out, modules=args.modules, gamma=args.gamma, lora=args.lora,
+                     tracking_uri=args.tracking_uri, workdir=args.workdir)
     print(json.dumps(stats, indent=1))
+    print(f"logged to MLflow run {stats['mlflow_run_id']}")
     return 0
 
 
@@ -293,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=1.0, help="ratio threshold (default 1.0)")
     p.add_argument("--lora", action="store_true", help="compute it on LoRA adapters (train with model.lora=true)")
     p.add_argument("--out", required=True, help="mask file (.safetensors); sparsity goes beside it as .json")
+    p.add_argument("--workdir", default="workdir", help="for the default MLflow store (WORKDIR/mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)")
     p.set_defaults(handler=_cmd_mask)
 
     p = sub.add_parser("demo", help="everything on the embedded default (what `make run` runs), cached")

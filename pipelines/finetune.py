@@ -94,7 +94,7 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dic
     eval_path = ws.results / f"eval-{out_name}.json"
     eval_path.write_text(json.dumps(report, indent=1))
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(report["metrics"])
+        mlflow.log_metrics(report["metrics"], step=cfg.train.steps)
         mlflow.log_artifact(str(eval_path))
     logged = tracking.log_model(run_id, model_dir, cfg.tracking.registered_model_name, tracking_uri=uri) \
         if cfg.tracking.log_model else {}

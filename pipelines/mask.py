@@ -7,6 +7,7 @@ retain VQA; language <- retain VQA + text-only QA of every entity, forget entiti
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def compute_mask(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     mask.save(out)
-    stats = {"path": str(out), "modules": modules, "gamma": gamma, "selected_fraction": mask.selected_fraction()}
+    stats = {"path": str(out), "modules": modules, "gamma": gamma, "selected_fraction": mask.selected_fraction(),
+             "sparsity": mask.sparsity()}
     out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
     return stats
 
@@ -80,3 +82,53 @@ def compute_mask_remote(*args: Any, num_cpus: float = 1, **kwargs: Any) -> dict[
     """Run ``compute_mask`` as a Ray task (on a cluster it lands wherever resources are free)."""
     task = ray.remote(num_cpus=num_cpus)(compute_mask)
     return ray.get(task.remote(*args, **kwargs))
+
+
+# The mask tensor itself is as large as the trainable weights (one byte each): beyond this size the
+# run records its path and statistics only.
+MASK_ARTIFACT_MAX_BYTES = 256 << 20
+
+
+def log_mask(tracking_uri: str, run_id: str, mask_path: str | Path) -> dict[str, Any]:
+    """Record a saved mask on an MLflow run: its per-group selected share and sparsity as metrics,
+    its settings as params, the statistics JSON (and the mask file, when small) as artifacts."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    path = Path(mask_path)
+    stats_path = path.with_suffix(".json")
+    stats = json.loads(stats_path.read_text())
+    metrics = {f"mask.selected_fraction.{g}": v for g, v in stats["selected_fraction"].items()}
+    sparsity = stats.get("sparsity") or {g: 1.0 - v for g, v in stats["selected_fraction"].items()}
+    metrics.update({f"mask.sparsity.{g}": v for g, v in sparsity.items()})
+    client = MlflowClient(tracking_uri)
+    client.log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
+        params=[mlflow.entities.Param("mask.modules", str(stats["modules"])),
+                mlflow.entities.Param("mask.gamma", str(stats["gamma"]))],
+    )
+    client.set_tag(run_id, "mask_path", str(path))
+    client.log_artifact(run_id, str(stats_path), "mask")
+    if path.stat().st_size <= MASK_ARTIFACT_MAX_BYTES:
+        client.log_artifact(run_id, str(path), "mask")
+    return metrics
+
+
+def mask_job(model_dir: str, shards_dir: str, out_path: str, *, modules: str, gamma: float, lora: bool = False,
+             tracking_uri: str | None = None, workdir: str | Path = "workdir") -> dict[str, Any]:
+    """`unlearn mask`: compute the mask as a Ray task, save it, and log it as an MLflow run of its own."""
+    import mlflow
+
+    from pipelines import tracking
+    from unlearn_core.config import RunConfig, TrackingConfig
+
+    cfg = RunConfig(model={"spec": model_dir, "lora": lora})
+    stats = compute_mask_remote(cfg.model_dump(), model_dir, shards_dir, out_path, modules=modules, gamma=gamma)
+    uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
+    exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, workdir)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"mask-{modules}") as run:
+        mlflow.set_tags({"job": "mask", "model": str(model_dir), "shards": str(shards_dir), "lora": str(lora)})
+        log_mask(uri, run.info.run_id, out_path)
+    return {**stats, "mlflow_run_id": run.info.run_id}

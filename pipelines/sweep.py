@@ -163,17 +163,21 @@ def _scheduler(kind: str, space: SearchSpace, cfg: RunConfig) -> Any:
                          reduction_factor=2)
 
 
-def _search_alg(kind: str, objectives: Objectives, seed: int, max_concurrent: int) -> Any:
+def _search_alg(kind: str, objectives: Objectives, seed: int, max_concurrent: int,
+                start: list[dict[str, Any]]) -> Any:
+    """The search algorithm; the space's ``start`` points are its first trials (``points_to_evaluate``)."""
+    points = [dict(p) for p in start] or None
     if kind == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # Tune ignores TuneConfig.max_concurrent_trials for a given BasicVariantGenerator: set it here.
-        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=seed, max_concurrent=max_concurrent)
     from ray.tune.search.optuna import OptunaSearch
 
     if objectives.multi:
-        return OptunaSearch(metric=list(objectives.metrics), mode=list(objectives.modes), seed=seed)
-    return OptunaSearch(seed=seed)
+        return OptunaSearch(metric=list(objectives.metrics), mode=list(objectives.modes), seed=seed,
+                            points_to_evaluate=points)
+    return OptunaSearch(seed=seed, points_to_evaluate=points)
 
 
 def build_tune_config(objectives: Objectives, space: SearchSpace, cfg: RunConfig, *, num_samples: int,
@@ -184,7 +188,7 @@ def build_tune_config(objectives: Objectives, space: SearchSpace, cfg: RunConfig
     return tune.TuneConfig(
         metric=OBJECTIVE if single else None,
         mode=objectives.modes[0] if single else None,
-        search_alg=_search_alg(search, objectives, cfg.train.seed, max_concurrent),
+        search_alg=_search_alg(search, objectives, cfg.train.seed, max_concurrent, list(space.start)),
         scheduler=_scheduler(scheduler, space, cfg),
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent if search != "random" else None,
@@ -405,8 +409,11 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         client.set_tag(run_id, "model_dir", str(model_dir))
         client.set_tag(run_id, tracking.SHA_TAG, sha)
         client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        # The sweep driver sets the run's final status once Tune says how the trial ended
+        # (``_close_unfinished``): a trial that ASHA stops can also raise here, and a status written
+        # from this side could land after the driver's KILLED.
+        client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:4000])
         raise
     tune.report({**final, "step": float(step), "final": 1, "model_dir": str(model_dir),
                  tracking.SHA_TAG: sha, **extra})
@@ -626,11 +633,15 @@ def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
 
 
 def _close_unfinished(client: MlflowClient, trials: Mapping[str, dict[str, Any]]) -> None:
+    """Final status of the runs of trials that did not complete: KILLED (stopped early) or FAILED."""
     for t in trials.values():
-        if t["run_id"] and t["status"] == "stopped":
+        if not t["run_id"] or t["status"] == "completed":
+            continue
+        if t["status"] == "stopped":
             client.set_tag(t["run_id"], "stopped_early", f"step {t['step']}")
-            if client.get_run(t["run_id"]).info.status != "KILLED":  # RUNNING, or FAILED by the stop itself
-                client.set_terminated(t["run_id"], "KILLED")
+        status = "KILLED" if t["status"] == "stopped" else "FAILED"
+        if client.get_run(t["run_id"]).info.status != status:
+            client.set_terminated(t["run_id"], status)
 
 
 def _report(space: SearchSpace, trials: Mapping[str, dict[str, Any]], before: Mapping[str, float], sweep_dir: Path,

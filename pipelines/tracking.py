@@ -98,9 +98,15 @@ class MlflowReportCallback(UserCallback):
             self._last_step = step
         for k, v in m.items():
             if k != "step" and isinstance(v, int | float):
-                name = k if "." in k else f"{self.prefix}{k}"
-                self._pending.append((name, float(v), step))
+                self._pending.append((self.metric_name(k), float(v), step))
         self._flush(final=False)
+
+    def metric_name(self, key: str) -> str:
+        """``loss`` -> ``train/loss``; an in-training evaluation ``forget.leak_rate`` -> ``eval/forget.leak_rate``
+        (the run's final evaluation keeps the bare name); a name with a ``/`` is kept as it is."""
+        if "/" in key:
+            return key
+        return f"eval/{key}" if "." in key else f"{self.prefix}{key}"
 
     def flush(self) -> bool:
         """Send what is still buffered (call once training is over); False if values were lost."""

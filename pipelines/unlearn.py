@@ -122,6 +122,10 @@ def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None
         mlflow.set_tags({"job": "unlearn", "method": cfg.method.name, "init_model": str(init_model)})
         mlflow.log_params(mlflow_params(cfg))
         mlflow.log_metrics({f"before.{k}": v for k, v in before["metrics"].items()})
+    if inputs["mask_path"]:
+        from pipelines.mask import log_mask
+
+        log_mask(uri, run_id, inputs["mask_path"])
     callback = tracking.MlflowReportCallback(uri, run_id)
     log(f"unlearning with {cfg.method.name} for {cfg.train.steps} steps; MLflow run {run_id}")
     result = fit(job, datasets, name=f"unlearn-{cfg.method.name}-{run_id[:8]}", storage_path=storage_dir(ws.root),
@@ -132,7 +136,7 @@ def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None
     eval_path = ws.results / f"eval-{cfg.method.name}-{run_id[:8]}.json"
     eval_path.write_text(json.dumps(after, indent=1))
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(after["metrics"])
+        mlflow.log_metrics(after["metrics"], step=cfg.train.steps)
         mlflow.log_artifact(str(eval_path))
     registered = cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}"
     logged = tracking.log_model(run_id, model_dir, registered, tracking_uri=uri) if cfg.tracking.log_model else {}

@@ -56,6 +56,19 @@ def shards(tmp_path_factory, ray_local):
     return root / "shards"
 
 
+@pytest.fixture(scope="module")
+def start_model(shards) -> Path:
+    """The model an unlearning run starts from: a tiny LLaVA saved with the shards' processor."""
+    from transformers import AutoProcessor
+
+    from unlearn_core.models.loading import save_model
+    from unlearn_core.models.tiny import build_tiny_llava
+
+    processor = AutoProcessor.from_pretrained(shards / "processor")
+    model, _ = build_tiny_llava(processor.tokenizer, image_size=32, seed=0)
+    return save_model(model, processor, shards.parent / "start_model")
+
+
 def _alive_train_workers(job_id: str) -> dict[str, int]:
     """Actor id -> pid of this driver's live ``RayTrainWorker`` actors (GCS actor table)."""
     from ray._private import state
@@ -100,14 +113,15 @@ class _Killer(threading.Thread):
             self.error = exc
 
 
-def test_killed_worker_resumes_from_checkpoint_and_logs_each_step_once(
-    shards, tmp_path, mlflow_store, ray_local, capsys
+def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_once(
+    shards, start_model, tmp_path, mlflow_store, ray_local, capsys
 ):
+    """An unlearning run (GradDiff: forget and retain streams) loses its worker to SIGKILL mid-run."""
     # Reports at 10 (log), 15 (checkpoint), 20 (log), 30 (checkpoint + end). The kill lands after
     # step 20 was logged, so the restart resumes from 15 and runs (and reports) step 20 again.
     steps, ckpt_every, kill_at = 30, 15, 20
     cfg = with_overrides(RunConfig(), {
-        "workdir": str(tmp_path / "wd"), "shards": str(shards),
+        "workdir": str(tmp_path / "wd"), "shards": str(shards), "method.name": "grad_diff",
         "train.steps": steps, "train.batch_size": 8, "train.num_workers": 1, "train.cpus_per_worker": 0.5,
         "train.checkpoint_every": ckpt_every, "train.max_failures": 2, "train.torch_threads": 1,
     })
@@ -120,14 +134,14 @@ def test_killed_worker_resumes_from_checkpoint_and_logs_each_step_once(
     # driver-side flush at the end says how many values it could not log.
     down = tracking.MlflowReportCallback(f"http://127.0.0.1:{_free_port()}", "0" * 32)
 
-    job = TrainJob(cfg=cfg.model_dump(), mode="finetune", processor_dir=str(shards / "processor"),
-                   init_model="tiny-llava", image_size=32)
+    job = TrainJob(cfg=cfg.model_dump(), mode="unlearn", processor_dir=str(start_model),
+                   init_model=str(start_model), image_size=32)
     killer = _Killer(uri, run_id, ray_local.get_runtime_context().get_job_id(), at=kill_at, before=steps)
     killer.start()
     t0 = time.perf_counter()
     try:
-        result = fit(job, {"train": stream_dataset(shards, "train")}, name="killed", storage_path=str(tmp_path / "ray"),
-                     callbacks=[live, down])
+        datasets = {"forget": stream_dataset(shards, "forget"), "retain": stream_dataset(shards, "retain")}
+        result = fit(job, datasets, name="killed", storage_path=str(tmp_path / "ray"), callbacks=[live, down])
     finally:
         killer.stop.set()
         killer.join(10)

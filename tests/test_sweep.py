@@ -26,7 +26,7 @@ from pipelines.sweep import (
     run_sweep,
     sweep_name_for,
 )
-from tests.pipeline_fixtures import write_tiny_records
+from tests.pipeline_fixtures import write_sweep_inputs
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 
 SPACE = """
@@ -61,19 +61,7 @@ def _space(tmp_path: Path, text: str = SPACE, name: str = "ga_tiny.yaml") -> Pat
 
 @pytest.fixture(scope="module")
 def sweep_inputs(tmp_path_factory, ray_local) -> dict[str, Path]:
-    """Tiny benchmark shards and a randomly initialised tiny 'vanilla' model (no fine-tune needed)."""
-    from transformers import AutoProcessor
-
-    from pipelines.preprocess import shard_records
-    from unlearn_core.models.loading import save_model
-    from unlearn_core.models.tiny import build_tiny_llava
-
-    root = tmp_path_factory.mktemp("sweep")
-    shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
-    processor = AutoProcessor.from_pretrained(root / "shards" / "processor")
-    model, _ = build_tiny_llava(processor.tokenizer, image_size=32, seed=0)
-    save_model(model, processor, root / "wd" / "models" / "vanilla")
-    return {"root": root, "shards": root / "shards", "workdir": root / "wd"}
+    return write_sweep_inputs(tmp_path_factory.mktemp("sweep"))
 
 
 def _children(client: MlflowClient, exp_id: str, parent: str) -> list[Any]:
@@ -88,7 +76,7 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
         "train.batch_size": 8, "train.cpus_per_worker": 0.5, "tracking.tracking_uri": uri,
         "tracking.registered_model_name": "tiny-sweep",
     })
-    space = _space(tmp_path)
+    space = _space(tmp_path, SPACE.replace("objective:", "start:\n  - {train.lr: 1.0e-3, train.steps: 4}\nobjective:"))
     # Lenient thresholds so the qualifying path (not the fallback) picks the champion of 4-step trials.
     rule = ChampionRule(max_leak=1.0, min_retain_ratio=0.0)
     lines: list[str] = []
@@ -103,6 +91,8 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
     assert {t["status"] for t in trials.values()} <= {"completed", "stopped"}
     completed = [n for n, t in trials.items() if t["status"] == "completed"]
     assert "trial_000" in completed  # the first trial is never stopped: nothing to compare it with yet
+    assert trials["trial_000"]["params"]["train.lr"] == 1e-3 and trials["trial_000"]["params"]["train.steps"] == 4
+    assert trials["trial_001"]["params"]["train.lr"] != 1e-3  # the start point first, then sampled
 
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id

@@ -34,8 +34,10 @@ def _pubg() -> dict[str, Any]:
 
 
 def _with_dim(data: dict[str, Any], key: str, spec: Any) -> dict[str, Any]:
+    """``data`` with one dim replaced, without its ``start`` points (they may not fit the new dim)."""
     out = copy.deepcopy(data)
     out["space"][key] = spec
+    out.pop("start", None)
     return out
 
 
@@ -200,6 +202,30 @@ def test_top_level_errors():
         load_space("tune_spaces/nope.yaml")
 
 
+def test_start_points_are_validated_against_their_dims():
+    space = load_space(default_space_path("pubg"))
+    (point,) = space.start  # the README's hand-tuned run is every PUBG sweep's first trial
+    assert point["method.params.w_ga"] == 0.02 and point["train.steps"] == 60 and point["method.params.mask"] == "none"
+    assert trial_config(space, {**sample(space, random.Random(0)), **point}).method.params["w_ga"] == 0.02
+
+    def bad(start: Any, pattern: str, **extra: Any) -> None:
+        with pytest.raises(ConfigError, match=pattern):
+            parse_space({**_pubg(), "start": start, **extra})
+
+    bad([{"train.lr": 0.5}], r"start\[0\]\.train\.lr: 0\.5 outside loguniform \[0\.0001, 0\.003\]")
+    bad([{}, {"train.steps": 30}], r"start\[1\]\.train\.steps: 30 is not one of the choice values \[20, 40, 60, 80\]")
+    bad([{"train.seed": 1}], r"start\[0\]\.train\.seed: not a dim of space; valid: method\.params\.w_ga")
+    bad([{"method.params.w_ga": "1e-2x"}], r"start\[0\]\.method\.params\.w_ga: '1e-2x' outside")
+    bad({"train.lr": 1e-3}, r"start: must be a list of points")
+    bad([{}] * 3, r"start: 3 points but num_samples is 2", num_samples=2)
+    grid = _with_dim(_pubg(), "method.params.mask", {"grid": ["none", "vision"]})
+    with pytest.raises(ConfigError, match=r"start: not supported together with grid dims"):
+        parse_space({**grid, "start": [{"train.steps": 20}]})
+    # A partial point keeps the other dims sampled; YAML exponents without a dot are numbers here too.
+    partial = parse_space({**_pubg(), "start": [{"train.lr": "1e-3"}]})
+    assert partial.start == ({"train.lr": 1e-3},)
+
+
 def test_objective_signs_are_checked_and_value_computed():
     bad = {**_pubg(), "objective": {"metric": "score", "mode": "min", "terms": {"retain.vqa_acc": 1.0}}}
     with pytest.raises(ConfigError, match=r"objective\.terms\.retain\.vqa_acc: higher is better"):
@@ -315,3 +341,30 @@ def test_tuner_with_optuna(ray_local, tmp_path: Path):
     space = load_space(default_space_path("pubg"))
     results = _run_tuner(space, tmp_path, OptunaSearch(metric="score", mode="min", seed=0))
     _check_results(results, space, n_trials=3)
+
+
+@pytest.mark.parametrize("search", ["random", "optuna"])
+def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
+    """The sweep's TuneConfig runs the space's start point first, then samples; num_samples in total."""
+    from ray import tune
+
+    from pipelines.sweep import OBJECTIVE, build_tune_config, load_sweep_space
+    from pipelines.tune_space import to_tune
+
+    space, objectives = load_sweep_space(default_space_path("pubg"))
+    tune_config = build_tune_config(objectives, space, RunConfig(), num_samples=3, scheduler="none", search=search,
+                                    max_concurrent=1)
+
+    def trainable(config: dict[str, Any]) -> None:
+        tune.report({OBJECTIVE: config["train.lr"], "step": 1, "final": 1})
+
+    results = tune.Tuner(tune.with_resources(trainable, {"CPU": 0.5}), param_space=to_tune(space),
+                         tune_config=tune_config,
+                         run_config=tune.RunConfig(name=f"start-{search}", storage_path=str(tmp_path), verbose=0)).fit()
+    assert len(results) == 3 and not results.errors
+    by_name = sorted(results, key=lambda r: Path(r.path).name)
+    (point,) = space.start
+    assert {k: by_name[0].config[k] for k in point} == point
+    for res in by_name[1:]:  # sampled: in bounds, and not the start point again
+        assert all(_in_bounds(space.dims[k], v) for k, v in res.config.items())
+        assert res.config["train.lr"] != point["train.lr"]

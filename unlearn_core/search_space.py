@@ -13,6 +13,8 @@ File format::
       train.warmup_steps: {randint: [0, 10]}       # int, low inclusive, high EXCLUSIVE (0..9)
       train.steps: {choice: [20, 40, 80]}          # one of the values, sampled
       method.params.mask: {grid: [none, vision]}   # every value (Tune grid_search)
+    start:                       # optional: points tried first, in order (e.g. a hand-tuned setting)
+      - {train.lr: 5.0e-4, train.steps: 20}        # keys are dims; a dim left out is sampled
     objective:                   # what the sweep optimises (pipelines.sweep reads it)
       metric: score              # the name the trial reports
       mode: min                  # min | max
@@ -52,7 +54,7 @@ SPACES_DIR = Path(__file__).resolve().parents[1] / "tune_spaces"
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 VALUE_KINDS = ("choice", "grid")
 KINDS = RANGE_KINDS + VALUE_KINDS
-TOP_LEVEL = ("method", "num_samples", "base", "space", "objective")
+TOP_LEVEL = ("method", "num_samples", "base", "space", "start", "objective")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -79,6 +81,7 @@ class SearchSpace:
     objective: Objective
     num_samples: int = 8
     source: str = "<space>"
+    start: tuple[dict[str, Any], ...] = ()
 
 
 def default_space_path(method: str) -> Path:
@@ -123,8 +126,11 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
         if key in base:
             raise ConfigError(f"{where}: also set in base; keep it in one place")
         dims[str(key)] = _parse_dim(method, base, str(key), spec, where)
+    start = _parse_start(method, base, dims, data.get("start"), f"{source}: start")
+    if len(start) > num_samples:
+        raise ConfigError(f"{source}: start: {len(start)} points but num_samples is {num_samples}")
     objective = _parse_objective(data.get("objective"), f"{source}: objective")
-    return SearchSpace(method, base, dims, objective, num_samples, source)
+    return SearchSpace(method, base, dims, objective, num_samples, source, start)
 
 
 def sample(space: SearchSpace, rng: random.Random | None = None) -> dict[str, Any]:
@@ -285,6 +291,44 @@ def _range_args(kind: str, args: Any, info: FieldInfo, where: str) -> list[Any]:
             f"{where}: {kind} samples floats but the field is an integer; use randint or choice"
         )
     return [low, high]
+
+
+def _parse_start(method: str, base: dict[str, Any], dims: dict[str, Dim], raw: Any,
+                 where: str) -> tuple[dict[str, Any], ...]:
+    """The ``start`` points: each a mapping of dims to values the dim can produce."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: must be a list of points (mappings of dim -> value), got {type(raw).__name__}")
+    if raw and any(d.kind == "grid" for d in dims.values()):
+        raise ConfigError(f"{where}: not supported together with grid dims (Tune expands the grid itself)")
+    points = []
+    for i, point in enumerate(raw):
+        here = f"{where}[{i}]"
+        values = {k: _number(v) for k, v in _mapping(point, here).items()}
+        for key, value in values.items():
+            if key not in dims:
+                raise ConfigError(f"{here}.{key}: not a dim of space; valid: {', '.join(dims)}")
+            _check_in_dim(dims[key], value, f"{here}.{key}")
+        _check_overrides(method, {**base, **values}, here)
+        points.append(values)
+    return tuple(points)
+
+
+def _check_in_dim(dim: Dim, value: Any, where: str) -> None:
+    """A start value must be one the dim could sample (Optuna refuses anything else)."""
+    if dim.kind in VALUE_KINDS:
+        if value not in dim.args:
+            raise ConfigError(f"{where}: {value!r} is not one of the {dim.kind} values {list(dim.args)}")
+        return
+    low, high = dim.args
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    inside = number and (low <= value < high if dim.kind == "randint" else low <= value <= high)
+    if dim.kind == "randint" and not isinstance(value, int):
+        inside = False
+    if not inside:
+        closing = ")" if dim.kind == "randint" else "]"
+        raise ConfigError(f"{where}: {value!r} outside {dim.kind} [{low}, {high}{closing}")
 
 
 def _parse_objective(raw: Any, where: str) -> Objective:

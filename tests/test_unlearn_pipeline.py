@@ -1,0 +1,149 @@
+"""`unlearn run`, `unlearn mask` and `unlearn eval` end to end on a real local Ray and a real SQLite store.
+
+A tiny random LLaVA stands in for the vanilla model (nothing here needs it to know the people): the
+PUBG teacher cache is built once by Ray Data and reused, the unlearning run is tracked and registered,
+the saliency mask is a Ray task logged to MLflow, and `unlearn eval` writes its JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from pipelines import tracking
+from pipelines.preprocess import shard_records
+from pipelines.unlearn import prepare_inputs, run_unlearn
+from pipelines.workspace import Workspace
+from tests.pipeline_fixtures import write_tiny_records
+from unlearn_core.config import RunConfig, with_overrides
+from unlearn_core.data.selection import in_stream
+from unlearn_core.data.teacher_cache import TOPK_IDS, TOPK_LOGPROBS
+from unlearn_core.eval.metrics import METRIC_DEFINITIONS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, ray_local) -> dict[str, Path]:
+    from transformers import AutoProcessor
+
+    from unlearn_core.models.loading import save_model
+    from unlearn_core.models.tiny import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("unlearn")
+    shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
+    processor = AutoProcessor.from_pretrained(root / "shards" / "processor")
+    model, _ = build_tiny_llava(processor.tokenizer, image_size=32, seed=0)
+    vanilla = save_model(model, processor, root / "vanilla")
+    return {"root": root, "shards": root / "shards", "vanilla": vanilla}
+
+
+def _forget_prompts(shards: Path) -> int:
+    table = pq.read_table(shards / "forget", columns=["split", "task"])
+    return sum(in_stream("forget", s, t) for s, t in zip(table["split"].to_pylist(), table["task"].to_pylist(),
+                                                         strict=True))
+
+
+def _cli(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env_extra}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlflow_store):
+    uri = mlflow_store["tracking_uri"]
+    steps, eval_every = 6, 3
+    cfg = with_overrides(RunConfig(), {
+        "workdir": str(tmp_path / "wd"), "shards": str(inputs["shards"]), "model.spec": str(inputs["vanilla"]),
+        "method.name": "pubg", "method.params.w_ret": 1.0, "train.steps": steps, "train.eval_every": eval_every,
+        "train.eval_max_samples": 4, "train.batch_size": 8, "train.torch_threads": 1,
+        "tracking.tracking_uri": uri, "tracking.registered_model_name": "tiny-pubg",
+    })
+    lines: list[str] = []
+    out = run_unlearn(cfg, log=lines.append)
+
+    # The teacher ran once, by Ray Data, over every forget prompt: kept + dropped = prompts, and the
+    # kept rows carry their top-k log-probs in the training shard the forget stream reads.
+    (cache,) = (Path(cfg.workdir) / "teacher").iterdir()
+    meta = json.loads((cache / "teacher.json").read_text())
+    assert meta["rows"] + len(meta["dropped_leaking"]) == _forget_prompts(inputs["shards"])
+    annotated = pq.read_table(cache / "forget")
+    assert annotated.num_rows == meta["rows"] > 0
+    assert {TOPK_IDS, TOPK_LOGPROBS} <= set(annotated.column_names)
+    first = annotated.slice(0, 1).to_pylist()[0]
+    assert len(first[TOPK_IDS]) == len(first[TOPK_LOGPROBS]) > 0
+    assert sum("PUBG teacher:" in line for line in lines) == 1
+    # Asked again (another run, a sweep trial): the cached answers are used, not recomputed.
+    before_mtime = (cache / "forget" / "part-00000.parquet").stat().st_mtime_ns
+    again = prepare_inputs(cfg, Workspace(Path(cfg.workdir)), uri, log=lines.append)
+    assert again["forget_dir"] == cache
+    assert (cache / "forget" / "part-00000.parquet").stat().st_mtime_ns == before_mtime
+    assert sum("PUBG teacher:" in line for line in lines) == 1
+
+    # MLflow: params, live curves (train every report, eval every `eval_every` steps), before/after.
+    client = MlflowClient(uri)
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["job"] == "unlearn"
+    assert run.data.params["method.name"] == "pubg" and float(run.data.params["method.params.w_ret"]) == 1.0
+    eval_steps = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/forget.leak_rate")]
+    assert eval_steps == list(range(eval_every, steps + 1, eval_every))
+    assert max(int(m.step) for m in client.get_metric_history(run.info.run_id, "train/loss")) == steps
+    for name in ("forget.leak_rate", "retain.vqa_acc", "quality.informativeness"):
+        assert name in METRIC_DEFINITIONS
+        assert f"before.{name}" in run.data.metrics and f"eval/{name}" in run.data.metrics
+        # the final evaluation (the full one, after export) at the last step, once
+        assert [int(m.step) for m in client.get_metric_history(run.info.run_id, name)] == [steps]
+    arts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert any(a.startswith("eval-pubg-") and a.endswith(".json") for a in arts)
+
+    # Registered, sha recorded; the unlearned weights are not the vanilla ones.
+    version = client.get_model_version("tiny-pubg", out["version"])
+    assert version.run_id == run.info.run_id
+    assert tracking.weights_sha256(out["model_dir"]) != tracking.weights_sha256(inputs["vanilla"])
+    pulled = tracking.pull("models:/tiny-pubg/1", tmp_path / "pulled", tracking_uri=uri)
+    assert tracking.weights_sha256(pulled) == tracking.weights_sha256(out["model_dir"])
+
+
+@pytest.mark.slow
+def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
+    uri = mlflow_store["tracking_uri"]
+    mask_path = tmp_path / "mask.safetensors"
+    done = _cli(["mask", "--model", str(inputs["vanilla"]), "--records", str(inputs["shards"]), "--modules", "vision",
+                 "--gamma", "1.0", "--out", str(mask_path), "--tracking-uri", uri, "--workdir", str(tmp_path)], {})
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads(mask_path.with_suffix(".json").read_text())
+    masks = load_file(str(mask_path))
+    assert masks and all(name.startswith(("vision_tower", "multi_modal_projector", "model.vision_tower",
+                                          "model.multi_modal_projector")) for name in masks), sorted(masks)[:5]
+    selected = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert stats["selected_fraction"]["vision"] == pytest.approx(selected)
+    assert 0.0 < selected < 1.0 and stats["sparsity"]["vision"] == pytest.approx(1 - selected)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("lvlm-unlearn").experiment_id],
+                                filter_string="tags.job = 'mask'")
+    assert run.data.metrics["mask.sparsity.vision"] == pytest.approx(1 - selected)
+    assert run.data.params["mask.modules"] == "vision"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "mask")} == {"mask/mask.json",
+                                                                              "mask/mask.safetensors"}
+
+    report_path = tmp_path / "eval.json"
+    done = _cli(["eval", "--model", str(inputs["vanilla"]), "--records", str(inputs["shards"]), "--out",
+                 str(report_path), "--max-per-group", "4"], {"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert {"forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "utility.caption_f1"} <= set(
+        report["metrics"]) and all(0.0 <= v <= 1.0 for v in report["metrics"].values())
+    assert report["per_sample"] and all({"sample_id", "split", "task", "answer", "leaked"} <= set(s)
+                                        for s in report["per_sample"])
+    assert "forget.leak_rate" in done.stdout  # the table on the terminal
