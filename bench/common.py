@@ -206,6 +206,9 @@ def ensure_ray(num_cpus: int = 2) -> None:
         return
     import logging
 
+    from pipelines.ray_env import apply_env_defaults
+
+    apply_env_defaults()  # the pipeline's Ray settings (Train controller poll interval), so "ours" = the pipeline
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()

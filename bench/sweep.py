@@ -23,8 +23,8 @@ import yaml
 
 from unlearn_core.config import RunConfig, with_overrides
 
-SAMPLES = 3 if common.QUICK else 4
-REPEATS = 3
+SAMPLES = 4 if common.QUICK else 6
+REPEATS = 2 if common.QUICK else 3
 SCHEDULERS = ("asha", "none")
 SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "grad_diff.yaml"
 
@@ -60,6 +60,7 @@ def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict
     return {"wall_s": wall, "steps": steps, "completed": len(done),
             "stopped": sum(t["status"] == "stopped" for t in trials.values()),
             "failed": sum(t["status"] == "failed" for t in trials.values()), "best_objective": best,
+            "worst_objective": max((v for v in done.values() if v is not None), default=None),
             "best_trial": min(done, key=lambda n: done[n]) if done else None}
 
 
@@ -82,16 +83,28 @@ def main() -> None:
     full = runs["none"]
     for s in SCHEDULERS:
         wall = common.Stats([x["wall_s"] for x in runs[s]])
-        steps = common.Stats([x["steps"] for x in runs[s]])
         rel = common.Stats([x["wall_s"] / f["wall_s"] for x, f in zip(runs[s], full, strict=True)])
+        steps = common.Stats([x["steps"] for x in runs[s]])
+        steps_rel = common.Stats([x["steps"] / f["steps"] for x, f in zip(runs[s], full, strict=True)])
+        best = common.Stats([x["best_objective"] for x in runs[s]])
+        # Objectives are scores to minimise (about -2..2): the gap is in objective units, and relative to
+        # the spread of the full sweep (its worst minus its best finished trial), not to a value near zero.
+        gap = common.Stats([x["best_objective"] - f["best_objective"] for x, f in zip(runs[s], full, strict=True)])
+        gap_rel = common.Stats([(x["best_objective"] - f["best_objective"])
+                                / max(f["worst_objective"] - f["best_objective"], 1e-9)
+                                for x, f in zip(runs[s], full, strict=True)])
         same_best = sum(x["best_trial"] == f["best_trial"] for x, f in zip(runs[s], full, strict=True))
-        rows.append([s, wall.short(), rel.short(2), steps.short(),
-                     f"{sum(x['stopped'] for x in runs[s])}/{SAMPLES * REPEATS}",
+        rows.append([s, wall.short(), rel.short(2), steps.short(), steps_rel.short(2),
+                     f"{sum(x['stopped'] for x in runs[s])}/{SAMPLES * REPEATS}", best.short(3), gap.short(3),
+                     gap_rel.short(2),
                      f"{same_best}/{REPEATS}"])
         results[s] = {"wall_s": wall.as_dict(), "wall_vs_full": rel.as_dict(), "steps": steps.as_dict(),
+                      "steps_vs_full": steps_rel.as_dict(), "best_objective": best.as_dict(),
+                      "best_gap_vs_full": gap.as_dict(), "best_gap_vs_full_spread": gap_rel.as_dict(),
                       "runs": runs[s]}
-    print(f"\nmedian [min, max] over {REPEATS} repeats of {SAMPLES} trials")
-    results["table"] = common.table(["scheduler", "wall s", "x full", "training steps", "trials stopped early",
+    print(f"\nmedian [min, max] over {REPEATS} repeats of {SAMPLES} trials; objective: lower is better")
+    results["table"] = common.table(["scheduler", "wall s", "wall x full", "training steps", "steps x full",
+                                     "trials stopped early", "best objective", "best - full's best", "gap / full's spread",
                                      "same best trial as full"], rows)
     print(common.load_summary())
     common.save("sweep", results)

@@ -60,12 +60,13 @@ MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train V2 controller poll interval (default 2 s)
 POLL_FIX = 0.25
 # Per mode: the Ray Train variants measured next to the bare and in-process loops (label, kwargs).
+# The earlier fix checks (controller poll 0.25 s, materialized small streams, the worker's epoch cache)
+# are now the pipeline's defaults, so "as the pipeline" includes them; the GA variant "+ poll 2 s"
+# puts Ray Train's default poll interval back to show what the first fix is worth.
 RAY_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "sft": [("ours Ray Train (as the pipeline)", {}),
-            (f"  + controller poll {POLL_FIX} s (fix check)", {"poll_s": POLL_FIX})],
+    "sft": [("ours Ray Train (as the pipeline)", {})],
     "ga": [("ours Ray Train (as the pipeline)", {}),
-           ("  + stream materialized (fix check)", {"materialize": True}),
-           (f"  + materialized + controller poll {POLL_FIX} s", {"materialize": True, "poll_s": POLL_FIX})],
+           ("  with Ray's default poll 2 s", {"poll_s": 2.0})],
 }
 AS_PIPELINE = "ours Ray Train (as the pipeline)"
 
@@ -178,6 +179,7 @@ def ray_fit(inp: common.Inputs, mode: str, steps: int, tag: str, n_rows: int, *,
                    init_model=str(inp.vanilla), image_size=inp.image_size)
     log = common.BENCH_DIR / "reports" / f"train_step-{tag}.jsonl"
     cb = common.report_log_callback(log)
+    saved = os.environ.get(POLL_ENV)
     if poll_s is not None:
         os.environ[POLL_ENV] = str(poll_s)
     t0 = time.perf_counter()
@@ -185,7 +187,10 @@ def ray_fit(inp: common.Inputs, mode: str, steps: int, tag: str, n_rows: int, *,
         fit(job, {stream: ds}, name=f"bench-train_step-{tag}-{int(time.time())}",
             storage_path=str(common.BENCH_DIR / "ray_results"), callbacks=[cb])
     finally:
-        os.environ.pop(POLL_ENV, None)
+        if saved is None:
+            os.environ.pop(POLL_ENV, None)
+        else:
+            os.environ[POLL_ENV] = saved
     wall = time.perf_counter() - t0
     reports = common.read_reports(log)
     rate, a, b = common.steady_rate(reports)

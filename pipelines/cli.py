@@ -60,7 +60,8 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
 
     ensure_ray()
     report = shard_records(
-        args.records, args.out, model_spec=args.model, image_size=args.image_size, seed=args.seed, force=args.force
+        _abs(args.records), _abs(args.out), model_spec=_spec(args.model), image_size=args.image_size, seed=args.seed,
+        force=args.force
     )
     print(report.summary())
     return 0
@@ -81,6 +82,18 @@ def _run_config(args: argparse.Namespace, command: str | None = None):
             overrides[field] = getattr(args, attr)
     path = getattr(args, "config", None) or (default_config(command) if command else None)
     return load_run_config(path, overrides)
+
+
+def _abs(path: str) -> str:
+    """Paths handed to Ray workers are absolute: workers run in other working directories."""
+    return str(Path(path).expanduser().resolve())
+
+
+def _spec(spec: str) -> str:
+    """A model spec that names a local folder, made absolute (HF ids and URIs unchanged)."""
+    from unlearn_core.config import ModelConfig
+
+    return ModelConfig(spec=spec).spec
 
 
 def _parse_set(item: str) -> tuple[str, object]:
@@ -143,7 +156,7 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     from pipelines.ray_env import ensure_ray
 
     ensure_ray()
-    stats = mask_job(args.model, args.records, args.out, modules=args.modules, gamma=args.gamma, lora=args.lora,
+    stats = mask_job(_spec(args.model), _abs(args.records), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
                      tracking_uri=args.tracking_uri, workdir=args.workdir)
     print(json.dumps(stats, indent=1))
     print(f"logged to MLflow run {stats['mlflow_run_id']}")
@@ -170,7 +183,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from unlearn_core.eval.report import format_table
 
     ensure_ray()
-    model = args.model
+    model = _spec(args.model)
     if model.startswith("models:/"):
         uri = tracking.resolve_tracking_uri(TrackingConfig(), args.workdir)
         model = str(tracking.pull(model, Path(args.workdir) / "pulled" / "eval-model", tracking_uri=uri))
@@ -182,7 +195,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
         judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
                             max_samples=args.judge_max_samples)
-    report = evaluate(model, args.records, max_per_group=args.max_per_group, judge=judge)
+    report = evaluate(model, _abs(args.records), max_per_group=args.max_per_group, judge=judge)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(format_table({Path(args.model).name or args.model: report["metrics"]}))

@@ -40,6 +40,7 @@ def run_demo(
     log=print,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
+    workdir = str(Path(workdir).expanduser().resolve())  # Ray workers run in other working directories
     ws = Workspace(Path(workdir))
     base = _cfg("finetune", workdir, {})
     log("== 1/5 data: synthetic benchmark and Ray Data shards")

@@ -28,7 +28,8 @@ class VisionLanguagePyfunc(mlflow.pyfunc.PythonModel):
         size = getattr(self.processor.image_processor, "size", None) or {}
         self.image_size = int(size.get("height") or size.get("shortest_edge") or 64)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # No type hints on predict's arguments: MLflow would try (and fail) to infer a schema from them.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         from unlearn_core.data.encode import prepare_image
         from unlearn_core.models.generate import generate
 

@@ -6,16 +6,26 @@ import os
 
 import ray
 
+# ray.train.report() waits until the Train controller polls the workers (every 2 s by default): with
+# reports every 10 short steps that wait was up to 30% of a tiny model's training time
+# (bench/train_step.py). A local Ray inherits these; cluster.yaml exports them on every node.
+ENV_DEFAULTS = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+}
+
+
+def apply_env_defaults() -> None:
+    """Set ``ENV_DEFAULTS`` where the environment does not already choose (before ``ray.init``)."""
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Start or join Ray once per process; quiet logs, local by default."""
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    # ray.train.report() waits until the Train controller polls the workers (every 2 s by default):
-    # with reports every 10 short steps that wait was up to 30% of a tiny model's training time
-    # (bench/train_step.py). A local Ray inherits this; cluster.yaml exports it on every node.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    apply_env_defaults()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:

@@ -59,3 +59,19 @@ def test_deepspeed_config(stage):
 def test_deepspeed_config_rejects_stage0():
     with pytest.raises(ConfigError, match="deepspeed_stage"):
         deepspeed_config(TrainConfig(deepspeed_stage=0), world_size=1)
+
+
+def test_folders_are_made_absolute_where_the_config_is_read(tmp_path, monkeypatch):
+    """Ray Train workers and Ray tasks run in other working directories: a relative workdir, shards
+    folder or local model folder would point elsewhere there (`make run` uses `--workdir workdir`)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_model").mkdir()
+    cfg = with_overrides(RunConfig(), {"workdir": "wd", "shards": "wd/shards", "model.spec": "my_model"})
+    assert cfg.workdir == str(tmp_path / "wd") and cfg.shards == str(tmp_path / "wd" / "shards")
+    assert cfg.model.spec == str(tmp_path / "my_model")
+    assert RunConfig().workdir == str(tmp_path / "workdir")  # the default too
+    # what is not a local folder stays as written
+    for spec in ("tiny-llava", "llava-hf/llava-1.5-7b-hf", "models:/lvlm-unlearn-pubg@champion"):
+        assert with_overrides(RunConfig(), {"model.spec": spec}).model.spec == spec
+    # idempotent: a worker validating the driver's dump gets the same paths
+    assert RunConfig.model_validate(cfg.model_dump()) == cfg

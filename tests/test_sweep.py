@@ -308,9 +308,10 @@ def test_optuna_multi_objective_tune_config_runs(tmp_path, ray_local):
 # --------------------------------------------------------------------------- concurrent logging
 
 
-def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store):
-    """4 concurrent writers (as 4 concurrent trials' controllers) log live curves into one SQLite store."""
-    import threading
+def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store, ray_local):
+    """4 concurrent Tune trials (4 processes) log live curves into one SQLite store at the same moment,
+    each through the callback a sweep trial uses; every step of every curve arrives exactly once."""
+    from ray import tune
 
     from pipelines.sweep import _LiveCurves
 
@@ -319,26 +320,34 @@ def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store):
     client = MlflowClient(uri)
     run_ids = [client.create_run(exp_id).info.run_id for _ in range(4)]
     space, _ = load_sweep_space(_space(tmp_path))
-    reports, barrier, ok = 25, threading.Barrier(4), {}
+    reports, barrier = 25, tmp_path / "barrier"
+    barrier.mkdir()
 
-    def log_curves(run_id: str) -> None:
-        cb = _LiveCurves(uri, run_id, space.objective)
-        barrier.wait()  # all four write at once
+    def trial(config: dict[str, Any]) -> None:
+        cb = _LiveCurves(uri, config["run_id"], space.objective)
+        (barrier / config["run_id"]).touch()
+        deadline = time.monotonic() + 120
+        while len(list(barrier.iterdir())) < len(run_ids) and time.monotonic() < deadline:
+            time.sleep(0.02)  # all four start writing together
+        together = len(list(barrier.iterdir()))
         for step in range(1, reports + 1):
             cb.after_report(None, [{"step": float(step), "loss": 1.0 / step, "forget.leak_rate": 0.1,
                                     "retain.vqa_acc": 0.5, "quality.informativeness": 0.2}], None)
+        delivered = False
         for _ in range(20):  # a locked database is retried, as the trial's final flush does
-            if cb.flush():
-                ok[run_id] = True
-                return
+            if (delivered := cb.flush()):
+                break
             time.sleep(0.5)
+        tune.report({"delivered": float(delivered), "together": float(together)})
 
-    threads = [threading.Thread(target=log_curves, args=(r,)) for r in run_ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert sorted(ok) == sorted(run_ids)
+    grid = tune.Tuner(
+        tune.with_resources(trial, {"CPU": 0.25}),
+        param_space={"run_id": tune.grid_search(run_ids)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=len(run_ids)),
+        run_config=tune.RunConfig(name="concurrent-logging", storage_path=str(tmp_path / "tune"), verbose=0),
+    ).fit()
+    assert not grid.errors and len(grid) == len(run_ids)
+    assert all(r.metrics["delivered"] == 1.0 and r.metrics["together"] == len(run_ids) for r in grid)
     for run_id in run_ids:
         for key in ("train/loss", "eval/forget.leak_rate", "eval/objective"):
             steps = sorted(int(m.step) for m in client.get_metric_history(run_id, key))

@@ -46,6 +46,14 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
+    @field_validator("spec")
+    @classmethod
+    def _local_folder_absolute(cls, v: str) -> str:
+        """A spec naming an existing local folder becomes absolute (see ``RunConfig._absolute``);
+        HF ids, ``tiny-llava`` and ``models:/`` URIs stay as they are."""
+        path = Path(v).expanduser()
+        return str(path.resolve()) if not v.startswith("models:/") and path.is_dir() else v
+
 
 class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0, le=1.0)
@@ -102,7 +110,7 @@ class MethodConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    workdir: str = "workdir"
+    workdir: str = Field("workdir", validate_default=True)
     records: str | None = None
     shards: str | None = None
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -110,6 +118,13 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("workdir", "records", "shards")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        """Folders are made absolute where the config is first read: Ray Train workers and Ray tasks
+        run in other working directories, where a relative path would point elsewhere."""
+        return None if v is None else str(Path(v).expanduser().resolve())
 
 
 def _format_errors(err: ValidationError, prefix: str = "") -> str:
