@@ -209,8 +209,11 @@ def ensure_ray(num_cpus: int = 2) -> None:
     from pipelines.ray_env import apply_env_defaults
 
     apply_env_defaults()  # the pipeline's Ray settings (Train controller poll interval), so "ours" = the pipeline
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
+    # With the dashboard, as the pipeline starts Ray: it serves the State API that Ray Train's
+    # placement-group cleaner polls. Without it the worker placement group of a trial that ASHA
+    # stopped stays reserved, and on 2 CPUs the next trial's evaluation waits for a CPU forever.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=False, logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)

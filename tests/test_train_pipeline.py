@@ -103,3 +103,22 @@ def test_resume_continues_from_saved_step(shards, tmp_path):
         w6 = load_file(f"{d}/model.safetensors")
     assert state["step"] == 6
     assert any(not torch.equal(w3[k], w6[k]) for k in w3)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(shards, tmp_path):
+    """Seeded and reproducible on CPU: the same config twice gives bit-identical weights (model init,
+    Ray Data order and shuffle); another seed gives other weights."""
+
+    def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
+        cfg = _cfg(tmp_path / name, shards, **{"train.num_workers": 1, "train.cpus_per_worker": 1.0,
+                                               "train.checkpoint_every": 0, "train.seed": seed,
+                                               "train.torch_threads": 1})
+        job = TrainJob(cfg=cfg.model_dump(), mode="finetune", processor_dir=str(shards / "processor"),
+                       init_model="tiny-llava", image_size=32)
+        result = fit(job, {"train": stream_dataset(shards, "train")}, name=name, storage_path=str(tmp_path / "ray"))
+        with result.checkpoint.as_directory() as d:
+            return load_file(f"{d}/model.safetensors")
+
+    a, b, other = weights(0, "seed0-a"), weights(0, "seed0-b"), weights(1, "seed1")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], other[k]) for k in a)
