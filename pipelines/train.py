@@ -37,6 +37,7 @@ from unlearn_core.training.loop import (
     cycle,
     load_checkpoint,
     load_method_state,
+    prefetch,
     run_loop,
     seed_everything,
     to_device,
@@ -228,7 +229,8 @@ def train_worker(job_dict: dict[str, Any]) -> None:
             full_weights = partial(ds_engine.full_weights, engine)  # ZeRO-3: gather for eval / final save
 
     streams = {
-        name: _iter_shard(name, cfg.train.batch_size, built.processor, prefixes, cfg.train.seed + 1000 * ctx.rank)
+        name: prefetch(_iter_shard(name, cfg.train.batch_size, built.processor, prefixes,
+                                   cfg.train.seed + 1000 * ctx.rank), cfg.train.prefetch_batches)
         for name, prefixes in built.streams.items()
     }
     batches = {name: (to_device(b, ctx.device) for b in it) for name, it in streams.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipelines.train import EpochCache
 
@@ -37,3 +38,21 @@ def test_a_stream_larger_than_the_budget_is_not_cached() -> None:
         cache.add(b)
     cache.finish_epoch()
     assert not cache.complete and cache.overflow and cache.columns == {}
+
+
+def test_prefetch_keeps_order_and_raises_the_producers_error():
+    from unlearn_core.training.loop import prefetch
+
+    batches = [{"i": i} for i in range(10)]
+    assert list(prefetch(iter(batches), 3)) == batches
+    plain = iter(batches)
+    assert prefetch(plain, 0) is plain  # off: the iterator itself
+
+    def broken():
+        yield {"i": 0}
+        raise ValueError("corrupt shard row 7")
+
+    got = prefetch(broken(), 2)
+    assert next(got) == {"i": 0}
+    with pytest.raises(ValueError, match="corrupt shard row 7"):
+        next(got)

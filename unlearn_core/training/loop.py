@@ -119,6 +119,43 @@ def cycle(make_iter: Callable[[int], Iterator[dict[str, Any]]]) -> Iterator[dict
         epoch += 1
 
 
+def prefetch(batches: Iterator[dict[str, Any]], depth: int) -> Iterator[dict[str, Any]]:
+    """Collate the next ``depth`` batches in a background thread while the model computes.
+
+    torch releases the GIL inside its kernels, so the padding collate (numpy, Python) of the next
+    batch overlaps the current step. ``depth`` 0 returns ``batches`` unchanged. Errors in the
+    producer are raised in the consumer; the thread is a daemon and stops with the process.
+    """
+    if depth <= 0:
+        return batches
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                q.put(batch)
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    threading.Thread(target=produce, name="batch-prefetch", daemon=True).start()
+
+    def consume() -> Iterator[dict[str, Any]]:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    return consume()
+
+
 def run_loop(
     *,
     cfg: TrainConfig,
