@@ -567,7 +567,10 @@ def run_sweep(
     client = MlflowClient(uri)
     try:
         inputs = _prepare_all(space, cfg, ws, uri, log)
-        before = evaluate_cached(inputs["init_model"], inputs["shards"], ws, cfg.train.eval_max_samples)["metrics"]
+        # The starting model is evaluated like the trials' final models (the space's base may set
+        # train.eval_max_samples): the champion rule compares the two.
+        eval_samples = trial_config(space, sample(space, random.Random(0)), cfg).train.eval_max_samples
+        before = evaluate_cached(inputs["init_model"], inputs["shards"], ws, eval_samples)["metrics"]
         if not state.get("before_logged"):
             client.log_batch(parent, metrics=[mlflow.entities.Metric(f"before.{k}", float(v), _now_ms(), 0)
                                               for k, v in before.items()])
