@@ -11,9 +11,9 @@ Three loops on the same tiny model (the finished vanilla model), batch 32, 2 tor
   ``train.torch_threads=2``); steps/s is read from the worker's own ``steps_per_s`` reports between
   step 10 and the last step (start-up and the first 10 steps excluded).
 
-Fix checks (no code change needed to try them): the Ray Train controller polling workers every
-0.25 s instead of 2 s (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``), and the GA stream
-``.materialize()``-d in the driver before ``fit``.
+The earlier fix checks (controller poll 0.25 s, materialized small streams, the worker's epoch
+cache) are the pipeline's defaults now; the variant measured beside it turns off the batch-prefetch
+thread (``train.prefetch_batches=0``).
 
 The two in-process loops run inside a 1-CPU Ray task: Ray starts every worker process with nice 15,
 so on a shared machine a loop in the (nice 0) driver would get more CPU than the RayTrainWorker and
@@ -28,7 +28,6 @@ Run: ``.venv/bin/python bench/train_step.py`` (``BENCH_QUICK=1``: fewer steps an
 from __future__ import annotations
 
 import math
-import os
 import random
 import subprocess
 import threading
@@ -57,12 +56,7 @@ REPEATS = 3
 PROFILE_SECONDS = 20 if common.QUICK else 40
 TARGET = 0.90  # ours >= 90% of bare
 MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
-POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train V2 controller poll interval (default 2 s)
-POLL_FIX = 0.25
-# Per mode: the Ray Train variants measured next to the bare and in-process loops (label, kwargs).
-# The earlier fix checks (controller poll 0.25 s, materialized small streams, the worker's epoch cache)
-# are now the pipeline's defaults, so "as the pipeline" includes them, and so does the batch prefetch
-# thread (train.prefetch_batches=2); "without batch prefetch" sets it to 0.
+# Per mode: the Ray Train variants measured next to the bare and in-process loops (label, ray_fit kwargs).
 RAY_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "sft": [("ours Ray Train (as the pipeline)", {}),
             ("  without batch prefetch", {"prefetch": 0})],
@@ -166,34 +160,21 @@ def ours_inprocess(inp: common.Inputs, mode: str, rows: list[dict[str, Any]], st
 
 
 # -- Ray Train ---------------------------------------------------------------------------------
-def ray_fit(inp: common.Inputs, mode: str, steps: int, tag: str, n_rows: int, *, materialize: bool = False,
-            poll_s: float | None = None, prefetch: int | None = None) -> dict[str, Any]:
-    """``pipelines.train.fit`` as the pipeline calls it; ``materialize`` / ``poll_s`` try the two fixes
-    that need no code change: the stream ``.materialize()``-d in the driver, and the Train controller's
-    poll interval (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, propagated from the driver's environment)."""
+def ray_fit(inp: common.Inputs, mode: str, steps: int, tag: str, n_rows: int, *,
+            prefetch: int | None = None) -> dict[str, Any]:
+    """``pipelines.train.fit`` as the pipeline calls it; ``prefetch`` overrides ``train.prefetch_batches``."""
     job_mode, _, _ = MODES[mode]
     cfg = run_cfg(inp, mode, steps)
     if prefetch is not None:
         cfg = with_overrides(cfg, {"train.prefetch_batches": prefetch})
     stream, ds = dataset(inp, mode, cfg)
-    if materialize:
-        ds = ds.materialize()
     job = TrainJob(cfg=cfg.model_dump(), mode=job_mode, processor_dir=str(inp.vanilla),
                    init_model=str(inp.vanilla), image_size=inp.image_size)
     log = common.BENCH_DIR / "reports" / f"train_step-{tag}.jsonl"
     cb = common.report_log_callback(log)
-    saved = os.environ.get(POLL_ENV)
-    if poll_s is not None:
-        os.environ[POLL_ENV] = str(poll_s)
     t0 = time.perf_counter()
-    try:
-        fit(job, {stream: ds}, name=f"bench-train_step-{tag}-{int(time.time())}",
-            storage_path=str(common.BENCH_DIR / "ray_results"), callbacks=[cb])
-    finally:
-        if saved is None:
-            os.environ.pop(POLL_ENV, None)
-        else:
-            os.environ[POLL_ENV] = saved
+    fit(job, {stream: ds}, name=f"bench-train_step-{tag}-{int(time.time())}",
+        storage_path=str(common.BENCH_DIR / "ray_results"), callbacks=[cb])
     wall = time.perf_counter() - t0
     reports = common.read_reports(log)
     rate, a, b = common.steady_rate(reports)

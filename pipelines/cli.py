@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unlearn_core.config import ConfigError, SynthConfig, validate
+from unlearn_core.config import absolute_folder as _abs
+from unlearn_core.config import local_model_spec as _spec
 from unlearn_core.data.schema import RecordError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -82,18 +84,6 @@ def _run_config(args: argparse.Namespace, command: str | None = None):
             overrides[field] = getattr(args, attr)
     path = getattr(args, "config", None) or (default_config(command) if command else None)
     return load_run_config(path, overrides)
-
-
-def _abs(path: str) -> str:
-    """Paths handed to Ray workers are absolute: workers run in other working directories."""
-    return str(Path(path).expanduser().resolve())
-
-
-def _spec(spec: str) -> str:
-    """A model spec that names a local folder, made absolute (HF ids and URIs unchanged)."""
-    from unlearn_core.config import ModelConfig
-
-    return ModelConfig(spec=spec).spec
 
 
 def _parse_set(item: str) -> tuple[str, object]:

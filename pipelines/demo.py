@@ -20,7 +20,7 @@ from pipelines.finetune import run_finetune
 from pipelines.preprocess import load_manifest
 from pipelines.unlearn import evaluate_cached, run_unlearn
 from pipelines.workspace import Workspace, ensure_shards
-from unlearn_core.config import RunConfig, load_run_config
+from unlearn_core.config import RunConfig, absolute_folder, load_run_config
 from unlearn_core.eval.report import format_table
 
 BASELINES = ("ga", "grad_diff", "kl", "npo", "reject", "random", "mmunlearner")
@@ -40,7 +40,7 @@ def run_demo(
     log=print,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    workdir = str(Path(workdir).expanduser().resolve())  # Ray workers run in other working directories
+    workdir = absolute_folder(workdir)
     ws = Workspace(Path(workdir))
     base = _cfg("finetune", workdir, {})
     log("== 1/5 data: synthetic benchmark and Ray Data shards")

@@ -98,9 +98,10 @@ def log_mask(tracking_uri: str, run_id: str, mask_path: str | Path) -> dict[str,
     path = Path(mask_path)
     stats_path = path.with_suffix(".json")
     stats = json.loads(stats_path.read_text())
-    metrics = {f"mask.selected_fraction.{g}": v for g, v in stats["selected_fraction"].items()}
-    sparsity = stats.get("sparsity") or {g: 1.0 - v for g, v in stats["selected_fraction"].items()}
-    metrics.update({f"mask.sparsity.{g}": v for g, v in sparsity.items()})
+    metrics = {}
+    for group, selected in stats["selected_fraction"].items():
+        metrics[f"mask.selected_fraction.{group}"] = selected
+        metrics[f"mask.sparsity.{group}"] = 1.0 - selected
     client = MlflowClient(tracking_uri)
     client.log_batch(
         run_id,

@@ -569,7 +569,7 @@ def run_sweep(
         inputs = _prepare_all(space, cfg, ws, uri, log)
         # The starting model is evaluated like the trials' final models (the space's base may set
         # train.eval_max_samples): the champion rule compares the two.
-        eval_samples = trial_config(space, sample(space, random.Random(0)), cfg).train.eval_max_samples
+        eval_samples = int(space.base.get("train.eval_max_samples", cfg.train.eval_max_samples))
         before = evaluate_cached(inputs["init_model"], inputs["shards"], ws, eval_samples)["metrics"]
         if not state.get("before_logged"):
             client.log_batch(parent, metrics=[mlflow.entities.Metric(f"before.{k}", float(v), _now_ms(), 0)

@@ -35,16 +35,22 @@ def write_tiny_vanilla(records: Path, out: Path, image_size: int = 32, seed: int
     return save_model(model, processor, out)
 
 
-def write_sweep_inputs(root: Path) -> dict[str, Path]:
-    """Tiny benchmark shards and a randomly initialised tiny 'vanilla' model in ``root/wd`` (no fine-tune)."""
+def save_tiny_model(shards: Path, out: Path) -> Path:
+    """A randomly initialised tiny LLaVA saved with the processor ``data shard`` wrote into ``shards``."""
     from transformers import AutoProcessor
 
-    from pipelines.preprocess import shard_records
     from unlearn_core.models.loading import save_model
     from unlearn_core.models.tiny import build_tiny_llava
 
-    shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
-    processor = AutoProcessor.from_pretrained(root / "shards" / "processor")
+    processor = AutoProcessor.from_pretrained(shards / "processor")
     model, _ = build_tiny_llava(processor.tokenizer, image_size=32, seed=0)
-    save_model(model, processor, root / "wd" / "models" / "vanilla")
+    return save_model(model, processor, out)
+
+
+def write_sweep_inputs(root: Path) -> dict[str, Path]:
+    """Tiny benchmark shards and a randomly initialised tiny 'vanilla' model in ``root/wd`` (no fine-tune)."""
+    from pipelines.preprocess import shard_records
+
+    shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
+    save_tiny_model(root / "shards", root / "wd" / "models" / "vanilla")
     return {"root": root, "shards": root / "shards", "workdir": root / "wd"}

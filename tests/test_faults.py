@@ -24,7 +24,7 @@ from pipelines import tracking
 from pipelines.finetune import stream_dataset
 from pipelines.preprocess import shard_records
 from pipelines.train import TrainJob, fit
-from tests.pipeline_fixtures import write_tiny_records
+from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides
 
 
@@ -59,14 +59,7 @@ def shards(tmp_path_factory, ray_local):
 @pytest.fixture(scope="module")
 def start_model(shards) -> Path:
     """The model an unlearning run starts from: a tiny LLaVA saved with the shards' processor."""
-    from transformers import AutoProcessor
-
-    from unlearn_core.models.loading import save_model
-    from unlearn_core.models.tiny import build_tiny_llava
-
-    processor = AutoProcessor.from_pretrained(shards / "processor")
-    model, _ = build_tiny_llava(processor.tokenizer, image_size=32, seed=0)
-    return save_model(model, processor, shards.parent / "start_model")
+    return save_tiny_model(shards, shards.parent / "start_model")
 
 
 def _alive_train_workers(job_id: str) -> dict[str, int]:

@@ -22,7 +22,7 @@ from pipelines import tracking
 from pipelines.preprocess import shard_records
 from pipelines.unlearn import prepare_inputs, run_unlearn
 from pipelines.workspace import Workspace
-from tests.pipeline_fixtures import write_tiny_records
+from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.data.selection import in_stream
 from unlearn_core.data.teacher_cache import TOPK_IDS, TOPK_LOGPROBS
@@ -33,16 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, ray_local) -> dict[str, Path]:
-    from transformers import AutoProcessor
-
-    from unlearn_core.models.loading import save_model
-    from unlearn_core.models.tiny import build_tiny_llava
-
     root = tmp_path_factory.mktemp("unlearn")
     shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
-    processor = AutoProcessor.from_pretrained(root / "shards" / "processor")
-    model, _ = build_tiny_llava(processor.tokenizer, image_size=32, seed=0)
-    vanilla = save_model(model, processor, root / "vanilla")
+    vanilla = save_tiny_model(root / "shards", root / "vanilla")
     return {"root": root, "shards": root / "shards", "vanilla": vanilla}
 
 

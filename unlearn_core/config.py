@@ -20,6 +20,18 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+def absolute_folder(path: str | Path) -> str:
+    """Folders handed to Ray are absolute: Ray Train workers and Ray tasks run in other working
+    directories, where a relative path would point elsewhere."""
+    return str(Path(path).expanduser().resolve())
+
+
+def local_model_spec(spec: str) -> str:
+    """A model spec naming an existing local folder, made absolute; HF ids, ``tiny-llava`` and
+    ``models:/`` URIs stay as they are."""
+    return absolute_folder(spec) if not spec.startswith("models:/") and Path(spec).expanduser().is_dir() else spec
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -49,10 +61,7 @@ class ModelConfig(_Strict):
     @field_validator("spec")
     @classmethod
     def _local_folder_absolute(cls, v: str) -> str:
-        """A spec naming an existing local folder becomes absolute (see ``RunConfig._absolute``);
-        HF ids, ``tiny-llava`` and ``models:/`` URIs stay as they are."""
-        path = Path(v).expanduser()
-        return str(path.resolve()) if not v.startswith("models:/") and path.is_dir() else v
+        return local_model_spec(v)
 
 
 class TrainConfig(_Strict):
@@ -123,9 +132,7 @@ class RunConfig(_Strict):
     @field_validator("workdir", "records", "shards")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        """Folders are made absolute where the config is first read: Ray Train workers and Ray tasks
-        run in other working directories, where a relative path would point elsewhere."""
-        return None if v is None else str(Path(v).expanduser().resolve())
+        return None if v is None else absolute_folder(v)
 
 
 def _format_errors(err: ValidationError, prefix: str = "") -> str:
