@@ -174,8 +174,8 @@ def _build_inputs(root: Path) -> Inputs:
     """A stand-in workdir: synthetic records, shards, an untrained tiny LLaVA and its teacher cache."""
     from transformers import AutoProcessor
 
-    from pipelines.preprocess import shard_records
-    from pipelines.teacher import build_teacher_cache
+    from pipelines.shards.build import shard_records
+    from pipelines.train.teacher import build_teacher_cache
     from unlearn_core.config import SynthConfig
     from unlearn_core.data.records_io import write_records
     from unlearn_core.data.synth import generate_benchmark

@@ -1,6 +1,6 @@
 """Data path: ``unlearn data shard`` throughput, and how long training waits for batches.
 
-1. Sharding: rows/s of ``pipelines.preprocess.shard_records(..., force=True)`` end to end (processor,
+1. Sharding: rows/s of ``pipelines.shards.build.shard_records(..., force=True)`` end to end (processor,
    fingerprint, Ray Data actor pool of 2, Parquet write) vs a single-process loop doing the same
    per-row encode (``prepare_image`` + ``encode_example`` for the row, plus the ``idk_`` / ``rand_``
    views of forget rows) over the same records. The loop runs in a 1-CPU Ray task so it has the
@@ -12,10 +12,10 @@
       timed per batch in a 1-CPU Ray task, next to the step compute time on pre-collated batches
       (the worker's own ``make_step_fn``); share = data / (data + compute), i.e. no overlap;
    b. inside a real Ray Train worker: a TorchTrainer whose loop is the worker's pieces
-      (``build_worker_model``, ``pipelines.train._iter_shard``, ``make_step_fn``) with
+      (``build_worker_model``, ``pipelines.train.worker_data.iter_shard``, ``make_step_fn``) with
       ``next(batch_iterator)`` timed; share = time in next() / total step time.
    Both also run the GA stream ``.materialize()``-d before training (a fix that needs no code change:
-   every epoch of ``pipelines.train._iter_shard`` starts a new Ray Data execution, read + filter
+   every epoch of ``pipelines.train.worker_data.iter_shard`` starts a new Ray Data execution, read + filter
    included), and 2b a prototype of the in-worker fix (``cached_shard``: the small shard read once
    into worker memory and cycled there).
 
@@ -56,7 +56,7 @@ def run_cfg(inp: common.Inputs, mode: str, steps: int, threads: int = THREADS):
 
 
 def stream_ds(inp: common.Inputs, mode: str):
-    from pipelines.finetune import stream_dataset
+    from pipelines.shards import stream_dataset
     from unlearn_core.config import TrainConfig
 
     stream = MODES[mode][1]
@@ -68,7 +68,7 @@ def encode_loop(records_dir: str, processor_dir: str, image_size: int, seed: int
     """Single-process: the same per-row encode as the shard actors; returns (rows, seconds)."""
     from transformers import AutoProcessor
 
-    from pipelines.preprocess import _random_answers
+    from pipelines.shards.build import _random_answers
     from unlearn_core.data.encode import encode_example, prepare_image
     from unlearn_core.data.records_io import read_records
     from unlearn_core.prompts import REFUSAL_ANSWERS
@@ -98,7 +98,7 @@ class Phases:
     NAMES = ("read_records", "build_processor", "fingerprint", "_random_answers", "_write")
 
     def __init__(self) -> None:
-        import pipelines.preprocess as pre
+        import pipelines.shards.build as pre
 
         self.pre = pre
         self.seconds: dict[str, float] = dict.fromkeys(self.NAMES, 0.0)
@@ -127,7 +127,7 @@ class Phases:
 def bench_sharding(inp: common.Inputs) -> dict[str, Any]:
     import ray
 
-    from pipelines.preprocess import shard_records
+    from pipelines.shards.build import shard_records
 
     out = common.BENCH_DIR / "data_shards"
     task = ray.remote(num_cpus=1)(encode_loop)
@@ -253,7 +253,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from pipelines.train import _iter_shard
+    from pipelines.train.worker_data import iter_shard as _iter_shard
     from unlearn_core.config import RunConfig
     from unlearn_core.training.loop import to_device
     from unlearn_core.training.worker import build_worker_model, make_step_fn

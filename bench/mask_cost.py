@@ -1,7 +1,7 @@
 """MMUnlearner's saliency mask: its cost in forward-backward passes and seconds, relative to one
 unlearning epoch over the forget stream.
 
-The mask is ``pipelines.mask.compute_mask`` in-process (the function ``unlearn mask`` and
+The mask is ``pipelines.train.mask.compute_mask`` in-process (the function ``unlearn mask`` and
 ``unlearn run`` call, as a Ray task): load the model, read and collate the forget / preserve rows
 (batch 16, at most 32 batches per set), per-element Fisher on the forget set and on each group's
 preserve set (``modules=both``: vision and language), ratio mask, save. Passes are counted by
@@ -26,8 +26,8 @@ import common
 import torch
 
 import unlearn_core.methods.saliency as saliency
-from pipelines.mask import _rows, compute_mask
-from pipelines.train import rows_with_images
+from pipelines.shards import rows_with_images
+from pipelines.train.mask import _rows, compute_mask
 from unlearn_core.config import ModelConfig, RunConfig
 from unlearn_core.data.encode import collate
 from unlearn_core.data.selection import in_stream

@@ -25,7 +25,7 @@ from typing import Any
 import common
 import torch
 
-from pipelines.finetune import stream_dataset
+from pipelines.shards import stream_dataset
 from pipelines.train import collate_shard_batch
 from unlearn_core.config import ModelConfig
 from unlearn_core.methods import get_method
@@ -76,8 +76,8 @@ def real_batches(inp: common.Inputs, processor: Any) -> tuple[list[dict], list[d
 
 
 def ensure_mask(inp: common.Inputs) -> str:
-    """The MMUnlearner mask of the vanilla model (``pipelines.mask.compute_mask``), built once."""
-    from pipelines.mask import compute_mask
+    """The MMUnlearner mask of the vanilla model (``pipelines.train.mask.compute_mask``), built once."""
+    from pipelines.train.mask import compute_mask
     from unlearn_core.config import RunConfig
 
     path = common.BENCH_DIR / "masks" / "vanilla-both-g1.safetensors"

@@ -25,7 +25,7 @@ from typing import Any
 
 import common
 
-from pipelines.finetune import stream_dataset
+from pipelines.shards import stream_dataset
 from pipelines.train import TrainJob, fit
 from unlearn_core.config import RunConfig, with_overrides
 
@@ -62,7 +62,7 @@ def bare_ddp(rank: int, world: int, port: int, model_dir: str, rows: list[dict[s
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from pipelines.train import rows_with_images
+    from pipelines.shards import rows_with_images
     from unlearn_core.config import ModelConfig
     from unlearn_core.data.encode import collate
     from unlearn_core.models.loading import load_model_and_processor

@@ -40,8 +40,8 @@ import common
 import torch
 import torch.nn.functional as F
 
-from pipelines.finetune import stream_dataset
-from pipelines.train import TrainJob, fit, rows_with_images
+from pipelines.shards import rows_with_images, stream_dataset
+from pipelines.train import TrainJob, fit
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.data.encode import collate
 from unlearn_core.models.loading import load_model_and_processor
@@ -191,8 +191,8 @@ def stream_rows(inp: common.Inputs, mode: str) -> list[dict[str, Any]]:
 
 # -- profiling ---------------------------------------------------------------------------------
 CATEGORIES = (  # (label, substrings of a frame; the first category whose marker is on the stack wins)
-    ("ray.train.report", ("report (ray/train", "report (pipelines/train.py")),
-    ("data: next(batch iterator)", ("<genexpr> (pipelines/train.py", "cycle (unlearn_core/training/loop.py")),
+    ("ray.train.report", ("report (ray/train", "report (pipelines/train/trainer.py")),
+    ("data: next(batch iterator)", ("<genexpr> (pipelines/train/trainer.py", "cycle (unlearn_core/training/loop.py")),
     ("optimizer step + clip", ("clip_grad_norm_", "clip_and_step", "optimizer_step (", "step (torch/optim",
                                "adamw (torch/optim", "_apply_lr_schedule")),
     ("backward", ("backward (torch/_tensor.py", "backward (torch/autograd")),
@@ -224,7 +224,7 @@ def classify(frames: list[str], cats, default: str = "other") -> str:
 
 def profile_breakdown(raw: Path) -> dict[str, Any]:
     stacks = common.read_collapsed(raw)
-    main = [(f, c) for f, c in stacks if any("train_worker (pipelines/train.py" in x for x in f)]
+    main = [(f, c) for f, c in stacks if any("train_worker (pipelines/train/trainer.py" in x for x in f)]
     main_tid = Counter(f[0] for f, c in main).most_common(1)[0][0] if main else None
     main_total = sum(c for f, c in stacks if f[0] == main_tid)
     cats: Counter[str] = Counter()

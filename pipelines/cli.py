@@ -57,8 +57,8 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
-    from pipelines.preprocess import shard_records
     from pipelines.ray_env import ensure_ray
+    from pipelines.shards.build import shard_records
 
     ensure_ray()
     report = shard_records(
@@ -96,8 +96,8 @@ def _parse_set(item: str) -> tuple[str, object]:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from pipelines.finetune import run_finetune
     from pipelines.ray_env import ensure_ray
+    from pipelines.train.finetune import run_finetune
 
     cfg = _run_config(args, "finetune")
     ensure_ray()
@@ -107,7 +107,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.ray_env import ensure_ray
-    from pipelines.unlearn import run_unlearn
+    from pipelines.train.unlearn import run_unlearn
 
     if args.method:
         args.set = [*(args.set or []), f"method.name={args.method}"]
@@ -118,9 +118,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pipelines.champion import ChampionRule
     from pipelines.ray_env import ensure_ray
     from pipelines.sweep import run_sweep
+    from pipelines.sweep.champion import ChampionRule
 
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
@@ -142,8 +142,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_mask(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.mask import mask_job
     from pipelines.ray_env import ensure_ray
+    from pipelines.train.mask import mask_job
 
     ensure_ray()
     stats = mask_job(_spec(args.model), _abs(args.records), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,

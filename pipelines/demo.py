@@ -16,9 +16,10 @@ import mlflow
 
 from pipelines import tracking
 from pipelines.defaults import default_config, method_defaults
-from pipelines.finetune import run_finetune
-from pipelines.preprocess import load_manifest
-from pipelines.unlearn import evaluate_cached, run_unlearn
+from pipelines.evaluate import evaluate_cached
+from pipelines.shards import load_manifest
+from pipelines.train.finetune import run_finetune
+from pipelines.train.unlearn import run_unlearn
 from pipelines.workspace import Workspace, ensure_shards
 from unlearn_core.config import RunConfig, absolute_folder, load_run_config
 from unlearn_core.eval.report import format_table
@@ -52,7 +53,7 @@ def run_demo(
     else:
         run_finetune(base, log=log)
     results: dict[str, dict[str, float]] = {
-        "vanilla": evaluate_cached(vanilla, shards, ws, base.train.eval_max_samples)["metrics"]
+        "vanilla": evaluate_cached(vanilla, shards, ws.results, base.train.eval_max_samples)["metrics"]
     }
     log(f"== 3/5 unlearning baselines ({', '.join(methods)}), {method_steps} steps each")
     for name in methods:
@@ -100,7 +101,7 @@ def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path,
 
 def _log_summary(cfg: RunConfig, ws: Workspace, results: dict[str, dict[str, float]], table: str) -> None:
     """A `demo` run in MLflow holding the comparison table and the forget-vs-utility plot."""
-    from pipelines.plots import plot_forget_utility
+    from pipelines.evaluate.plots import plot_forget_utility
 
     uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)

@@ -22,7 +22,7 @@ def write_tiny_vanilla(records: Path, out: Path, image_size: int = 32, seed: int
     for ``records``: a sweep given ``records=`` and ``model.spec=out`` shards the records itself."""
     from transformers import AutoProcessor
 
-    from pipelines.preprocess import build_processor
+    from pipelines.shards.build import build_processor
     from unlearn_core.config import ModelConfig
     from unlearn_core.data.records_io import read_records
     from unlearn_core.models.loading import save_model
@@ -49,7 +49,7 @@ def save_tiny_model(shards: Path, out: Path) -> Path:
 
 def write_sweep_inputs(root: Path) -> dict[str, Path]:
     """Tiny benchmark shards and a randomly initialised tiny 'vanilla' model in ``root/wd`` (no fine-tune)."""
-    from pipelines.preprocess import shard_records
+    from pipelines.shards.build import shard_records
 
     shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
     save_tiny_model(root / "shards", root / "wd" / "models" / "vanilla")

@@ -23,7 +23,12 @@ import pytest
 import requests
 import yaml
 
-from pipelines.sweep import capacity_note, cluster_capacity, default_max_concurrent, driver_resources
+from pipelines.sweep.resources import (
+    capacity_note,
+    cluster_capacity,
+    default_max_concurrent,
+    driver_resources,
+)
 from tests.pipeline_fixtures import write_tiny_records, write_tiny_vanilla
 from tests.ray_head import (
     RayHead,

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from transformers import AutoProcessor
 
 from pipelines.evaluate import load_shard_rows
-from pipelines.finetune import stream_dataset
-from pipelines.preprocess import shard_records
+from pipelines.shards import stream_dataset
+from pipelines.shards.build import shard_records
 from pipelines.train import TrainJob, export_final_model, fit
 from tests.pipeline_fixtures import write_tiny_records
 from unlearn_core.config import ConfigError, ModelConfig, RunConfig, TrainConfig, with_overrides

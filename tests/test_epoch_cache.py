@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.train import EpochCache
+from pipelines.train.worker_data import EpochCache
 
 
 def batches_of(n: int, size: int) -> list[dict[str, np.ndarray]]:

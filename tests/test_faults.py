@@ -21,8 +21,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
-from pipelines.finetune import stream_dataset
-from pipelines.preprocess import shard_records
+from pipelines.shards import stream_dataset
+from pipelines.shards.build import shard_records
 from pipelines.train import TrainJob, fit
 from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides

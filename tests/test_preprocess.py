@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.preprocess import shard_records
+from pipelines.shards.build import shard_records
 from tests.pipeline_fixtures import write_tiny_records
 from unlearn_core.data.records_io import read_records, write_records
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.progress import ProgressCallback, format_progress
+from pipelines.train.progress import ProgressCallback, format_progress
 
 
 def test_progress_line_has_share_loss_speed_time_left_and_eval_metrics() -> None:

@@ -15,17 +15,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
-from pipelines.champion import ChampionRule, rule_from_dict, select_champion
-from pipelines.plots import pareto_front, plot_forget_utility, write_results_table
-from pipelines.sweep import (
-    Objectives,
-    build_tune_config,
-    default_max_concurrent,
-    driver_resources,
-    load_sweep_space,
-    run_sweep,
-    sweep_name_for,
-)
+from pipelines.evaluate.plots import pareto_front, plot_forget_utility, write_results_table
+from pipelines.sweep import run_sweep
+from pipelines.sweep.champion import ChampionRule, rule_from_dict, select_champion
+from pipelines.sweep.driver import sweep_name_for
+from pipelines.sweep.resources import default_max_concurrent, driver_resources
+from pipelines.sweep.space import Objectives, build_tune_config, load_sweep_space
 from tests.pipeline_fixtures import write_sweep_inputs
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 
@@ -291,7 +286,7 @@ def test_sweep_options_and_resources(tmp_path, monkeypatch):
 def test_optuna_multi_objective_tune_config_runs(tmp_path, ray_local):
     from ray import tune
 
-    from pipelines.tune_space import to_tune
+    from pipelines.sweep.tune_space import to_tune
 
     space, obj = load_sweep_space(_space(tmp_path, MULTI, "multi.yaml"))
     tune_config = build_tune_config(obj, space, RunConfig(), num_samples=3, scheduler="none", search="optuna",
@@ -316,7 +311,7 @@ def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store, ray_loc
     each through the callback a sweep trial uses; every step of every curve arrives exactly once."""
     from ray import tune
 
-    from pipelines.sweep import _LiveCurves
+    from pipelines.sweep.trial import _LiveCurves
 
     uri = mlflow_store["tracking_uri"]
     exp_id = tracking.ensure_experiment(uri, "concurrency", tmp_path)

@@ -10,9 +10,10 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from pipelines import tracking
-from pipelines.finetune import run_finetune, stream_dataset
-from pipelines.preprocess import shard_records
+from pipelines.shards import stream_dataset
+from pipelines.shards.build import shard_records
 from pipelines.train import TrainJob, fit
+from pipelines.train.finetune import run_finetune
 from tests.pipeline_fixtures import write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.models.loading import load_model_and_processor

@@ -281,7 +281,7 @@ def _space_with_grid() -> SearchSpace:
 def test_optuna_converts_every_space():
     from ray.tune.search.optuna import OptunaSearch
 
-    from pipelines.tune_space import has_grid, to_tune
+    from pipelines.sweep.tune_space import has_grid, to_tune
 
     for path in SPACE_FILES:
         space = load_space(path)
@@ -303,7 +303,7 @@ def _run_tuner(
 ) -> Any:
     from ray import tune
 
-    from pipelines.tune_space import to_tune
+    from pipelines.sweep.tune_space import to_tune
 
     def trainable(config: dict[str, Any]) -> None:
         cfg = trial_config(space, config)  # the dotted keys arrive as they are
@@ -348,8 +348,8 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
     """The sweep's TuneConfig runs the space's start point first, then samples; num_samples in total."""
     from ray import tune
 
-    from pipelines.sweep import OBJECTIVE, build_tune_config, load_sweep_space
-    from pipelines.tune_space import to_tune
+    from pipelines.sweep.space import OBJECTIVE, build_tune_config, load_sweep_space
+    from pipelines.sweep.tune_space import to_tune
 
     space, objectives = load_sweep_space(default_space_path("pubg"))
     tune_config = build_tune_config(objectives, space, RunConfig(), num_samples=3, scheduler="none", search=search,

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from pipelines import tracking
-from pipelines.preprocess import shard_records
-from pipelines.unlearn import prepare_inputs, run_unlearn
+from pipelines.shards.build import shard_records
+from pipelines.train.unlearn import prepare_inputs, run_unlearn
 from pipelines.workspace import Workspace
 from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides

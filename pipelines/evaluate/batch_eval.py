@@ -7,24 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
-from pipelines.preprocess import SHARD_SCHEMA
+from pipelines.shards import EVAL_SPLITS, SHARD_SCHEMA, load_shard_rows
 from unlearn_core.config import ModelConfig
+from unlearn_core.data.shard_image import decode_image_u8
 from unlearn_core.eval.judge import JudgeConfig
 from unlearn_core.eval.runner import model_outputs, select_eval_rows
-
-EVAL_SPLITS = ("forget", "forget_unseen", "retain", "retain_unseen", "utility")
-
-
-def load_shard_rows(shards_dir: str | Path, splits: tuple[str, ...] = EVAL_SPLITS) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for split in splits:
-        folder = Path(shards_dir) / split
-        if folder.is_dir():
-            rows.extend(pq.read_table(folder).to_pylist())
-    return rows
 
 
 class _Generator:
@@ -64,20 +53,15 @@ def generate_outputs(model_dir: str | Path, rows: list[dict[str, Any]], *, actor
 
 def shard_image_png(row: dict[str, Any]) -> bytes | None:
     """The PNG bytes of a shard row's raw ``image_u8`` (H*W*3 uint8) pixels, or None for text rows."""
-    raw, hw = row.get("image_u8"), row.get("image_hw")
-    if not raw or not hw:
+    pixels = decode_image_u8(row.get("image_u8"), row.get("image_hw"), where=f"row {row.get('sample_id')}")
+    if pixels is None:
         return None
     import io
 
-    import numpy as np
     from PIL import Image
 
-    h, w = int(hw[0]), int(hw[1])
-    pixels = np.frombuffer(raw, dtype=np.uint8)
-    if pixels.size != h * w * 3:
-        raise ValueError(f"row {row.get('sample_id')}: image_u8 has {pixels.size} bytes, image_hw {hw} needs {h * w * 3}")
     buf = io.BytesIO()
-    Image.fromarray(pixels.reshape(h, w, 3)).save(buf, format="PNG")
+    Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
 
 

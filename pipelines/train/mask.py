@@ -32,7 +32,7 @@ def _rows(shards: Path, keep) -> list[dict[str, Any]]:
 
 
 def _batches(rows: list[dict[str, Any]], processor: Any, batch_size: int, max_batches: int) -> list[dict]:
-    from pipelines.train import rows_with_images
+    from pipelines.shards import rows_with_images
     from unlearn_core.data.encode import collate
 
     rows = sorted(rows, key=lambda r: r["sample_id"])[: batch_size * max_batches]

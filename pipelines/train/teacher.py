@@ -109,7 +109,7 @@ def build_teacher_cache(
     log=print,
 ) -> Path:
     """The forget-stream shards annotated with the teacher (built once per key); returns its folder."""
-    from pipelines.preprocess import load_manifest
+    from pipelines.shards import load_manifest
     from pipelines.tracking import weights_sha256
 
     shards_dir = Path(shards_dir)

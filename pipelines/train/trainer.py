@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -24,17 +23,15 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipelines.progress import ProgressCallback
+from pipelines.train.progress import ProgressCallback
+from pipelines.train.worker_data import iter_shard
 from unlearn_core.config import ConfigError
 from unlearn_core.config import RunConfig as UnlearnRunConfig
-from unlearn_core.data.encode import collate
-from unlearn_core.data.teacher_cache import TOPK_IDS, attach_teacher_topk
 from unlearn_core.training import ds_engine
 from unlearn_core.training.loop import (
     FullWeightsFn,
     SaveFn,
     WorkerContext,
-    cycle,
     load_checkpoint,
     load_method_state,
     prefetch,
@@ -43,29 +40,6 @@ from unlearn_core.training.loop import (
     to_device,
 )
 from unlearn_core.training.worker import build_worker_model, check_supported, make_step_fn
-
-
-def rows_with_images(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Shard rows -> rows whose ``image`` is the decoded uint8 [H, W, 3] array (a zero-copy view)."""
-    out = []
-    for row in rows:
-        row = dict(row)
-        raw, hw = row.pop("image_u8", None), row.pop("image_hw", None)
-        row["image"] = (
-            np.frombuffer(raw, dtype=np.uint8).reshape(int(hw[0]), int(hw[1]), 3) if raw is not None else None
-        )
-        out.append(row)
-    return out
-
-
-def collate_shard_batch(batch: dict[str, np.ndarray], processor: Any, prefixes: tuple[str, ...]) -> dict[str, Any]:
-    """Ray Data numpy batch -> padded tensors for every view (+ PUBG's cached teacher top-k)."""
-    keys = list(batch)
-    rows = rows_with_images([{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))])
-    out = collate(rows, processor, prefixes=prefixes)
-    if TOPK_IDS in batch and "guide_" in prefixes:
-        attach_teacher_topk(out, rows)
-    return out
 
 
 @dataclass
@@ -78,85 +52,10 @@ class TrainJob:
     init_model: str  # "tiny-llava" or a local HF folder
     image_size: int
     eval_records: list[dict[str, Any]] | None = None
-    ref_model: str | None = None
     mask_path: str | None = None
     # A checkpoint folder to start from when the run itself has none (Train V2 deprecates the
     # trainer's resume_from_checkpoint; a run restarted under the same name resumes by itself).
     resume_from: str | None = None
-
-
-# A worker keeps the raw rows of its shard after the first epoch when they take less than this:
-# later epochs then shuffle and collate them in memory instead of asking Ray Data to run the read
-# again, whose start-up per epoch dominated small forget sets (bench/train_step.py).
-EPOCH_CACHE_MAX_BYTES = int(os.environ.get("UNLEARN_EPOCH_CACHE_MAX_BYTES", 256 << 20))
-
-
-def _iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str, ...], seed: int):
-    shard = ray.train.get_dataset_shard(name)
-    cache = EpochCache(EPOCH_CACHE_MAX_BYTES)
-
-    def make_iter(epoch: int):
-        if cache.complete:
-            return cache.batches(batch_size, seed + epoch, lambda b: collate_shard_batch(b, processor, prefixes))
-
-        def collate_and_keep(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-            cache.add(batch)
-            return collate_shard_batch(batch, processor, prefixes)
-
-        def first_pass():
-            yield from shard.iter_torch_batches(
-                batch_size=batch_size,
-                collate_fn=collate_and_keep,
-                local_shuffle_buffer_size=max(4 * batch_size, 256),
-                local_shuffle_seed=seed + epoch,
-                drop_last=False,
-            )
-            cache.finish_epoch()
-
-        return first_pass()
-
-    return cycle(make_iter)
-
-
-class EpochCache:
-    """The raw numpy batches of one full epoch, kept while they fit in ``max_bytes``."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.columns: dict[str, list[np.ndarray]] = {}
-        self.nbytes = 0
-        self.overflow = False
-        self.complete = False
-
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        if self.overflow or self.complete:
-            return
-        self.nbytes += sum(_nbytes(v) for v in batch.values())
-        if self.nbytes > self.max_bytes:
-            self.overflow, self.columns = True, {}
-            return
-        for k, v in batch.items():
-            self.columns.setdefault(k, []).append(v)
-
-    def finish_epoch(self) -> None:
-        """Called after a whole epoch went through ``add``: from now on epochs come from memory."""
-        self.complete = not self.overflow and bool(self.columns)
-        if self.complete:
-            self.columns = {k: np.concatenate(v) for k, v in self.columns.items()}  # type: ignore[misc]
-
-    def batches(self, batch_size: int, seed: int, collate_fn: Any):
-        cols: dict[str, np.ndarray] = self.columns  # type: ignore[assignment]
-        n = len(next(iter(cols.values())))
-        order = np.random.default_rng(seed).permutation(n)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            yield collate_fn({k: v[idx] for k, v in cols.items()})
-
-
-def _nbytes(values: np.ndarray) -> int:
-    if values.dtype != object:
-        return int(values.nbytes)
-    return sum(len(v) if isinstance(v, bytes | str) else getattr(v, "nbytes", 64) for v in values)
 
 
 def _resume_folder(job: TrainJob, stack: ExitStack) -> Path | None:
@@ -194,7 +93,7 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     seed_everything(cfg.train.seed + ctx.rank)
-    built = build_worker_model(cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.ref_model, job.mask_path)
+    built = build_worker_model(cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.mask_path)
     model = built.model
     if built.ref is not None:
         built.ref.to(ctx.device)
@@ -229,7 +128,7 @@ def train_worker(job_dict: dict[str, Any]) -> None:
             full_weights = partial(ds_engine.full_weights, engine)  # ZeRO-3: gather for eval / final save
 
     streams = {
-        name: prefetch(_iter_shard(name, cfg.train.batch_size, built.processor, prefixes,
+        name: prefetch(iter_shard(name, cfg.train.batch_size, built.processor, prefixes,
                                    cfg.train.seed + 1000 * ctx.rank), cfg.train.prefetch_batches)
         for name, prefixes in built.streams.items()
     }

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import mlflow
-
 from pipelines import tracking
-from pipelines.evaluate import evaluate, load_shard_rows
-from pipelines.finetune import stream_dataset
-from pipelines.preprocess import load_manifest
-from pipelines.train import TrainJob, export_final_model, fit, storage_dir
+from pipelines.evaluate import evaluate_cached
+from pipelines.shards import stream_dataset
+from pipelines.train.driver import TrainingJob, run_training_job
+from pipelines.train.trainer import storage_dir
 from pipelines.workspace import Workspace, ensure_shards, say_once
 from unlearn_core.config import ConfigError, RunConfig, mlflow_params
 from unlearn_core.eval.report import format_table
-from unlearn_core.eval.runner import select_eval_rows
 from unlearn_core.methods import get_method
 
 TEACHER_CACHE_K = 16
@@ -41,25 +37,13 @@ def resolve_init_model(cfg: RunConfig, ws: Workspace, tracking_uri: str) -> Path
     )
 
 
-def evaluate_cached(model_dir: Path, shards: Path, ws: Workspace, max_per_group: int) -> dict[str, Any]:
-    """Evaluation keyed by the weights' sha256: the vanilla model is evaluated once per shard set."""
-    fp = load_manifest(shards)["fingerprint"][:12]
-    path = ws.results / f"eval-{tracking.weights_sha256(model_dir)[:12]}-{fp}-{max_per_group}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    report = evaluate(model_dir, shards, max_per_group=max_per_group)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    return report
-
-
 def _mask_for(cfg: RunConfig, method: Any, model_dir: Path, shards: Path, ws: Workspace, log) -> str | None:
     p = cfg.method.params
     name = cfg.method.name
     modules = p.get("mask", "both" if name == "mmunlearner" else "none")
     if modules == "none" or p.get("mask_path"):
         return None
-    from pipelines.mask import compute_mask_remote
+    from pipelines.train.mask import compute_mask_remote
 
     gamma = float(p.get("gamma", 1.0))
     sha = tracking.weights_sha256(model_dir)[:12]
@@ -81,7 +65,7 @@ def prepare_inputs(cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print) 
     method = get_method(cfg.method.name, dict(cfg.method.params))
     forget_dir = None
     if "guide_" in method.views:
-        from pipelines.teacher import build_teacher_cache
+        from pipelines.train.teacher import build_teacher_cache
 
         p = method.params
         forget_dir = build_teacher_cache(
@@ -93,53 +77,43 @@ def prepare_inputs(cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print) 
             "mask_path": mask_path}
 
 
+def unlearn_job(cfg: RunConfig, inputs: dict[str, Any], *, out_dir: Path, eval_path: Path, name: str,
+                storage_path: str, log_model: bool = False) -> TrainingJob:
+    """The unlearning job on prepared ``inputs`` (``prepare_inputs``): `unlearn run` and every sweep trial."""
+    init_model = str(inputs["init_model"])
+    datasets = {"forget": stream_dataset(inputs["shards"], "forget", forget_dir=inputs["forget_dir"])}
+    if inputs["method"].needs_retain:
+        datasets["retain"] = stream_dataset(inputs["shards"], "retain")
+    return TrainingJob(
+        cfg=cfg, mode="unlearn", shards=Path(inputs["shards"]), init_model=init_model, processor_dir=init_model,
+        datasets=datasets, out_dir=out_dir, eval_path=eval_path, name=name, storage_path=storage_path,
+        mask_path=inputs["mask_path"], log_model=log_model,
+        register_as=cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}",
+    )
+
+
 def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None) -> dict[str, Any]:
     ws = Workspace(Path(cfg.workdir))
     uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
     inputs = prepare_inputs(cfg, ws, uri, log)
-    shards, init_model, method = inputs["shards"], inputs["init_model"], inputs["method"]
-    image_size = int(load_manifest(shards)["config"]["image_size"])
-    before = evaluate_cached(init_model, shards, ws, cfg.train.eval_max_samples)
-
-    eval_rows = select_eval_rows(load_shard_rows(shards), max_per_group=max(4, cfg.train.eval_max_samples // 4))
-    job = TrainJob(
-        cfg=cfg.model_dump(),
-        mode="unlearn",
-        processor_dir=str(init_model),
-        init_model=str(init_model),
-        image_size=image_size,
-        eval_records=eval_rows if cfg.train.eval_every else None,
-        mask_path=inputs["mask_path"],
+    shards, init_model = inputs["shards"], inputs["init_model"]
+    before = evaluate_cached(init_model, shards, ws.results, cfg.train.eval_max_samples)
+    run_id = tracking.open_run(
+        uri, exp_id, run_name=f"unlearn-{cfg.method.name}", params=mlflow_params(cfg),
+        tags={"job": "unlearn", "method": cfg.method.name, "init_model": str(init_model)},
     )
-    datasets = {"forget": stream_dataset(shards, "forget", forget_dir=inputs["forget_dir"])}
-    if method.needs_retain:
-        datasets["retain"] = stream_dataset(shards, "retain")
+    with tracking.run_status(uri, run_id, finish=False):  # FAILED if even the job cannot be set up
+        tracking.log_metrics(uri, run_id, {f"before.{k}": v for k, v in before["metrics"].items()})
+        if inputs["mask_path"]:
+            from pipelines.train.mask import log_mask
 
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"unlearn-{cfg.method.name}") as run:
-        run_id = run.info.run_id
-        mlflow.set_tags({"job": "unlearn", "method": cfg.method.name, "init_model": str(init_model)})
-        mlflow.log_params(mlflow_params(cfg))
-        mlflow.log_metrics({f"before.{k}": v for k, v in before["metrics"].items()})
-    if inputs["mask_path"]:
-        from pipelines.mask import log_mask
-
-        log_mask(uri, run_id, inputs["mask_path"])
-    callback = tracking.MlflowReportCallback(uri, run_id)
+            log_mask(uri, run_id, inputs["mask_path"])
+        tag = f"{cfg.method.name}-{run_id[:8]}"
+        job = unlearn_job(cfg, inputs, out_dir=ws.models / tag, eval_path=ws.results / f"eval-{tag}.json",
+                          name=f"unlearn-{tag}", storage_path=storage_dir(ws.root), log_model=cfg.tracking.log_model)
+        job.callbacks.extend(callbacks or [])
     log(f"unlearning with {cfg.method.name} for {cfg.train.steps} steps; MLflow run {run_id}")
-    result = fit(job, datasets, name=f"unlearn-{cfg.method.name}-{run_id[:8]}", storage_path=storage_dir(ws.root),
-                 callbacks=[callback, *(callbacks or [])])
-    callback.flush()
-    model_dir = export_final_model(result, ws.models / f"{cfg.method.name}-{run_id[:8]}")
-    after = evaluate(model_dir, shards, max_per_group=cfg.train.eval_max_samples)
-    eval_path = ws.results / f"eval-{cfg.method.name}-{run_id[:8]}.json"
-    eval_path.write_text(json.dumps(after, indent=1))
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(after["metrics"], step=cfg.train.steps)
-        mlflow.log_artifact(str(eval_path))
-    registered = cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}"
-    logged = tracking.log_model(run_id, model_dir, registered, tracking_uri=uri) if cfg.tracking.log_model else {}
-    log(format_table({"before": before["metrics"], cfg.method.name: after["metrics"]}))
-    return {"run_id": run_id, "model_dir": str(model_dir), "before": before["metrics"], "metrics": after["metrics"],
-            **logged}
+    out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
+    log(format_table({"before": before["metrics"], cfg.method.name: out["metrics"]}))
+    return {**out, "before": before["metrics"]}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from unlearn_core.data.schema import MC_TASKS
+from unlearn_core.data.shard_image import decode_image_u8
 
 EVAL_TASKS: dict[str, tuple[str, ...]] = {
     "forget": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
@@ -29,11 +30,7 @@ EVAL_TASKS: dict[str, tuple[str, ...]] = {
 def row_image(row: dict[str, Any]) -> np.ndarray | None:
     if row.get("image") is not None:
         return np.asarray(row["image"], dtype=np.uint8)
-    raw = row.get("image_u8")
-    if raw is None:
-        return None
-    h, w = (int(x) for x in row["image_hw"])
-    return np.frombuffer(bytes(raw), dtype=np.uint8).reshape(h, w, 3)
+    return decode_image_u8(row.get("image_u8"), row.get("image_hw"), where=f"row {row.get('sample_id')}")
 
 
 def select_eval_rows(rows: list[dict[str, Any]], max_per_group: int, seed: int = 0) -> list[dict[str, Any]]:

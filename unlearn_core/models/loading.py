@@ -61,7 +61,7 @@ def load_model_and_processor(
         return model.to(dtype), processor
     if spec.startswith("models:/"):
         raise ValueError(
-            f"{spec!r} is an MLflow registry URI; resolve it to a folder with pipelines.registry first"
+            f"{spec!r} is an MLflow registry URI; pull it to a folder first (`unlearn pull`, pipelines/tracking)"
         )
     path = Path(spec).expanduser()
     if path.exists() or not _HUB_ID.match(spec):
@@ -142,13 +142,16 @@ def save_model(model: nn.Module, processor: Any, out_dir: str | Path) -> Path:
 
 
 def weights_sha256(folder: str | Path) -> str:
-    """SHA-256 over the folder's ``*.safetensors`` files (names and bytes, sorted by name)."""
+    """SHA-256 over the folder's ``*.safetensors`` files, sorted by name: each file's name, then its bytes.
+
+    The one digest of a model folder: registry tags, pull checks and every cache key use it.
+    """
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no .safetensors files in {folder}")
+        raise FileNotFoundError(f"{folder}: no .safetensors weights")
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f.name.encode() + b"\0")
+        digest.update(f.name.encode())
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ class BuiltModel:
     streams: dict[str, tuple[str, ...]]  # dataset name -> batch view prefixes the collate must build
     method: Any = None  # an UnlearnMethod, or None for the vanilla fine-tune
     ref: torch.nn.Module | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -79,7 +78,6 @@ def build_worker_model(
     processor_dir: str,
     init_model: str,
     image_size: int,
-    ref_model: str | None = None,
     mask_path: str | None = None,
 ) -> BuiltModel:
     check_supported(cfg, mode)

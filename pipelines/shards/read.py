@@ -1,0 +1,75 @@
+"""Reading shards back: evaluation rows, training streams as Ray Datasets, decoded images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from unlearn_core.data.selection import in_stream
+from unlearn_core.data.shard_image import decode_image_u8
+
+EVAL_SPLITS = ("forget", "forget_unseen", "retain", "retain_unseen", "utility")
+
+
+def rows_with_images(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shard rows -> rows whose ``image`` is the decoded uint8 [H, W, 3] array (a zero-copy view)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        raw, hw = row.pop("image_u8", None), row.pop("image_hw", None)
+        row["image"] = decode_image_u8(raw, hw, where=f"row {row.get('sample_id')}")
+        out.append(row)
+    return out
+
+
+def load_shard_rows(shards_dir: str | Path, splits: tuple[str, ...] = EVAL_SPLITS) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for split in splits:
+        folder = Path(shards_dir) / split
+        if folder.is_dir():
+            rows.extend(pq.read_table(folder).to_pylist())
+    return rows
+
+
+TRAIN_SPLITS = ("forget", "retain")
+
+
+# Streams whose shard files total less than this are materialized once in the object store before
+# training: a forget set is a few hundred rows (a handful of batches per epoch), and re-reading and
+# re-filtering the Parquet files at every epoch cost GA 4x its step time (bench/train_step.py).
+MATERIALIZE_MAX_BYTES = int(os.environ.get("UNLEARN_MATERIALIZE_MAX_BYTES", 1 << 30))
+
+
+def stream_dataset(
+    shards: Path, stream: str, *, forget_dir: Path | None = None, task_weights: dict[str, int] | None = None
+) -> ray.data.Dataset:
+    """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
+
+    ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
+    Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are materialized; large ones stream.
+    """
+    if stream == "forget" and forget_dir is not None:
+        paths = [str(forget_dir / "forget")]
+    else:
+        paths = [str(shards / s) for s in TRAIN_SPLITS if (shards / s).is_dir()]
+    if not paths:
+        raise FileNotFoundError(f"{shards}: none of the splits {TRAIN_SPLITS} has shards")
+
+    weights = task_weights or {}
+
+    def keep(batch: pa.Table) -> pa.Table:
+        """Rows of this stream, each repeated by its task weight (default 1)."""
+        pairs = zip(batch["split"].to_pylist(), batch["task"].to_pylist(), strict=True)
+        idx = [i for i, (s, t) in enumerate(pairs) if in_stream(stream, s, t) for _ in range(weights.get(t, 1))]
+        return batch.take(pa.array(idx, type=pa.int64()))
+
+    ds = ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
+    size = sum(f.stat().st_size for path in paths for f in Path(path).rglob("*.parquet"))
+    return ds.materialize() if size < MATERIALIZE_MAX_BYTES else ds
+
+

@@ -1,0 +1,155 @@
+"""One sweep trial, the Tune trainable: the training-job driver on the trial's config, its MLflow child
+run, and the Ray Train callbacks that forward live curves to MLflow and evaluations to Tune (for ASHA)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from pipelines import tracking
+from pipelines.evaluate import evaluate
+from pipelines.sweep.space import OBJECTIVE
+from pipelines.train.driver import run_training_job
+from pipelines.train.unlearn import prepare_inputs, unlearn_job
+from pipelines.workspace import Workspace
+from unlearn_core.config import ConfigError, RunConfig, mlflow_params, with_overrides
+from unlearn_core.search_space import SearchSpace, objective_value, trial_config
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Plain data every trial needs (passed through ``tune.with_parameters``)."""
+
+    space: SearchSpace
+    cfg: dict[str, Any]  # RunConfig dump: absolute workdir, resolved shards and init model
+    workers_per_trial: int
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_name: str
+    train_storage: str
+
+
+class _LiveCurves(tracking.MlflowReportCallback):
+    """Train reports -> the child run: ``train/<key>`` for training, ``eval/<metric>`` for evaluations."""
+
+    def __init__(self, tracking_uri: str, run_id: str, objective: Any, logged_through: int | None = None) -> None:
+        super().__init__(tracking_uri, run_id, prefix="")
+        self.objective = objective
+        self.logged_through = logged_through  # a resumed trial's run already has the steps up to here
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if not metrics:
+            return
+        m = metrics[0]
+        if self.logged_through is not None and int(m.get("step", 0)) <= self.logged_through:
+            return
+        out = {("step" if k == "step" else f"eval/{k}" if "." in k else f"train/{k}"): v for k, v in m.items()}
+        if (obj := _objective_of(self.objective, m)) is not None:
+            out[f"eval/{OBJECTIVE}"] = obj
+        super().after_report(run_context, [out], checkpoint)
+
+
+class _EvalToTune(TuneReportCallback):
+    """Forward only the in-training evaluations to Tune, with ``objective``, ``step`` and trial info."""
+
+    def __init__(self, objective: Any, extra: dict[str, Any]) -> None:
+        super().__init__()
+        self.objective = objective
+        self.extra = extra
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        m = metrics[0] if metrics else {}
+        evals = {k: v for k, v in m.items() if "." in k}
+        obj = _objective_of(self.objective, m)
+        if not evals or obj is None:
+            return
+        super().after_report(run_context, [{**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0,
+                                            **self.extra}], None)
+
+
+def _objective_of(objective: Any, metrics: Mapping[str, Any]) -> float | None:
+    try:
+        return objective_value(objective, metrics)
+    except ConfigError:
+        return None
+
+
+def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None]:
+    """The trial's MLflow run under the parent and the last step it has logged (None for a new run):
+    a resumed trial that starts again reuses its run and does not log a step twice."""
+    client = MlflowClient(ctx.tracking_uri)
+    found = client.search_runs(
+        [ctx.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_name = '{name}'",
+    )
+    if found:
+        run = found[0]
+        client.update_run(run.info.run_id, status="RUNNING")
+        steps = [int(m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+        return run.info.run_id, max(steps, default=None)
+    run_id = tracking.open_run(ctx.tracking_uri, ctx.experiment_id, run_name=f"{ctx.sweep_name}-{name}", tags={
+        "mlflow.parentRunId": ctx.parent_run_id, "trial_name": name, "job": "sweep-trial",
+        "method": cfg.method.name, "sweep": ctx.sweep_name}, params=mlflow_params(cfg))
+    return run_id, None
+
+
+def _outside_trial_group(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` in a 0-CPU Ray task outside the trial's placement group.
+
+    Tune runs the driver function in a placement group that captures its child tasks; Ray Data and
+    Ray tasks started from there (evaluation, PUBG teacher cache, saliency mask) would wait forever for
+    the driver's small bundle. From this task they use the cluster's free resources instead.
+    """
+    task = ray.remote(num_cpus=0, max_retries=0)(fn).options(scheduling_strategy="DEFAULT")
+    return ray.get(task.remote(*args, **kwargs))
+
+
+def _prepare_locked(cfg: RunConfig, ws: Workspace, uri: str) -> dict[str, Any]:
+    """``prepare_inputs`` under a workdir file lock: trials needing the same new cache never race."""
+    from filelock import FileLock
+
+    with FileLock(str(ws.root / ".sweep-prepare.lock")):
+        return prepare_inputs(cfg, ws, uri, log=print)
+
+
+def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One Tune trial: prepared inputs, the child run, then the training-job driver (train, export, eval).
+
+    A failed trial's run gets its error tagged here; its final status (FAILED, or KILLED when the
+    scheduler stopped it) is set by the sweep driver once Tune says how the trial ended: a trial that
+    ASHA stops can also raise here, and a status written from this side could land after that KILLED.
+    """
+    name = tune.get_context().get_trial_name()
+    cfg = trial_config(ctx.space, config, RunConfig.model_validate(ctx.cfg))
+    cfg = with_overrides(cfg, {"train.num_workers": ctx.workers_per_trial})
+    ws = Workspace(Path(cfg.workdir))
+    run_id, logged_through = _child_run(ctx, name, cfg)
+    with tracking.run_status(ctx.tracking_uri, run_id, settle_failure=False, finish=False):
+        inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
+        extra = {"trial_name": name, "mlflow_run_id": run_id}
+        job = unlearn_job(cfg, inputs, out_dir=ws.models / "sweeps" / ctx.sweep_name / name,
+                          eval_path=ws.results / f"eval-{ctx.sweep_name}-{name}.json", name=name,
+                          storage_path=ctx.train_storage)
+        job.callbacks.append(_EvalToTune(ctx.space.objective, extra))
+    out = run_training_job(
+        job, tracking_uri=ctx.tracking_uri, run_id=run_id, settle_failure=False,
+        live=_LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through),
+        evaluator=lambda *a, **kw: _outside_trial_group(evaluate, *a, **kw),
+        derived=lambda metrics: _objective_metrics(ctx.space, metrics),
+    )
+    tune.report({**out["metrics"], "step": float(out["step"]), "final": 1, "model_dir": out["model_dir"],
+                 tracking.SHA_TAG: out[tracking.SHA_TAG], **extra})
+
+
+def _objective_metrics(space: SearchSpace, metrics: Mapping[str, float]) -> dict[str, float]:
+    """``objective`` (and the space's objective metric, when it is a weighted sum of terms)."""
+    obj = objective_value(space.objective, metrics)
+    return {OBJECTIVE: obj, **({space.objective.metric: obj} if space.objective.terms else {})}

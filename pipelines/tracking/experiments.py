@@ -1,0 +1,103 @@
+"""MLflow runs: the tracking URI, the experiment, and a run's life from RUNNING to a truthful end."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from unlearn_core.config import TrackingConfig
+
+ERROR_TAG = "error"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else the embedded SQLite store in the workdir."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path(workdir).resolve() / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def artifact_root(tracking_uri: str, workdir: str | Path) -> str | None:
+    """For the embedded SQLite store: a local artifact folder beside it; servers choose their own."""
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.resolve().as_uri()
+    return None
+
+
+def ensure_experiment(tracking_uri: str, name: str, workdir: str | Path) -> str:
+    """Create the experiment once (driver side) and return its id."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(tracking_uri, workdir))
+    except mlflow.exceptions.MlflowException:
+        exp = client.get_experiment_by_name(name)  # another driver created it first
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def open_run(tracking_uri: str, experiment_id: str, *, run_name: str, tags: Mapping[str, str],
+             params: Mapping[str, str] | None = None) -> str:
+    """A new RUNNING run with its tags and params (in batches of 100, MLflow's limit); returns its id."""
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    items = list((params or {}).items())
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in items[i : i + 100]])
+    return run.info.run_id
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+    """Numeric values of ``metrics`` on the run at ``step`` (others, e.g. strings, are not metrics)."""
+    batch = [Metric(k, float(v), now_ms(), step) for k, v in metrics.items()
+             if isinstance(v, int | float) and not isinstance(v, bool)]
+    for i in range(0, len(batch), 500):
+        MlflowClient(tracking_uri).log_batch(run_id, metrics=batch[i : i + 500])
+
+
+@contextmanager
+def run_status(tracking_uri: str, run_id: str, *, settle_failure: bool = True, finish: bool = True) -> Iterator[None]:
+    """End the run truthfully: FINISHED when the block completes, KILLED on Ctrl-C, FAILED on an error,
+    with the error tagged (``error``: type and message, also for errors raised inside a Ray Train worker).
+
+    ``settle_failure=False`` only tags the error and leaves the final status to whoever knows better
+    (a sweep trial: Tune says whether it failed or was stopped early by the scheduler).
+    ``finish=False``: a block that only prepares the run (it stays RUNNING when the block completes).
+    """
+    client = MlflowClient(tracking_uri)
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            client.set_tag(run_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:4000])
+            if settle_failure:
+                status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+                client.set_terminated(run_id, status)
+        except Exception as err:  # noqa: BLE001 - the training error matters more than the tracking one
+            print(f"WARNING: could not record the end of MLflow run {run_id}: {err}", file=sys.stderr)
+        raise
+    if finish:
+        client.set_terminated(run_id, "FINISHED")
