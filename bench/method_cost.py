@@ -51,7 +51,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any], int, int]] = [
     ("reject", "reject", {}, 2, 0),
     ("random", "random", {}, 2, 0),
     ("mmunlearner (mask both)", "mmunlearner", {"mask": "both"}, 2, 0),
-    ("pubg cached, CLI default (w_ret=1)", "pubg", {"w_ret": 1.0}, 3, 0),
+    ("pubg cached, default (w_ret=1)", "pubg", {"w_ret": 1.0}, 3, 0),
     ("pubg cached, w_ret=0", "pubg", {"w_ret": 0.0}, 2, 0),
     ("pubg cached, KL only (w_ga=0, w_ret=0)", "pubg", {"w_ga": 0.0, "w_ret": 0.0}, 1, 0),
     (GUIDE_NLL, "reject", {"alpha": 0.0}, 1, 0),

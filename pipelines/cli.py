@@ -69,21 +69,23 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(args: argparse.Namespace, command: str | None = None):
-    """Config file (or the command's default), then method defaults, then flags and --set."""
-    from pipelines.defaults import default_config, method_defaults
+def _run_config(args: argparse.Namespace, command: str):
+    """The command's default config file (or --config), then --preset, then flags, then --set (last wins).
+
+    Method parameters default to the method's own (``unlearn_core.methods``): no second set of defaults here.
+    """
+    from pipelines.cluster_presets import preset_overrides
+    from pipelines.defaults import default_config
     from unlearn_core.config import load_run_config
 
-    user = dict(_parse_set(x) for x in (getattr(args, "set", None) or []))
-    method = user.get("method.name")
-    overrides = {**(method_defaults(str(method)) if method and not args.config else {}), **user}
+    overrides = preset_overrides(args.preset) if getattr(args, "preset", None) else {}
     if getattr(args, "workdir", None):
         overrides["workdir"] = args.workdir
     for field, attr in (("model.spec", "model"), ("train.steps", "steps"), ("train.num_workers", "workers")):
         if getattr(args, attr, None) is not None:
             overrides[field] = getattr(args, attr)
-    path = getattr(args, "config", None) or (default_config(command) if command else None)
-    return load_run_config(path, overrides)
+    overrides.update(_parse_set(x) for x in (getattr(args, "set", None) or []))
+    return load_run_config(getattr(args, "config", None) or default_config(command), overrides)
 
 
 def _parse_set(item: str) -> tuple[str, object]:
@@ -124,7 +126,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
-    cfg = _run_config(args)
+    cfg = _run_config(args, "unlearn")  # the same starting config as `unlearn run` and the demo
     rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
     ensure_ray()
     out = run_sweep(
@@ -146,7 +148,7 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     from pipelines.train.mask import mask_job
 
     ensure_ray()
-    stats = mask_job(_spec(args.model), _abs(args.records), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
+    stats = mask_job(_spec(args.model), _abs(args.shards), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
                      tracking_uri=args.tracking_uri, workdir=args.workdir)
     print(json.dumps(stats, indent=1))
     print(f"logged to MLflow run {stats['mlflow_run_id']}")
@@ -185,7 +187,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
         judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
                             max_samples=args.judge_max_samples)
-    report = evaluate(model, _abs(args.records), max_per_group=args.max_per_group, judge=judge)
+    report = evaluate(model, _abs(args.shards), max_per_group=args.max_per_group, judge=judge)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(format_table({Path(args.model).name or args.model: report["metrics"]}))
@@ -209,7 +211,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model SPEC (overrides model.spec)")
     p.add_argument("--steps", type=int, default=None, help="overrides train.steps")
     p.add_argument("--workers", type=int, default=None, help="overrides train.num_workers")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="7B cluster preset (pipelines/cluster_presets.py): " + _preset_names())
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (train.lr=1e-4)")
+
+
+def _preset_names() -> str:
+    from pipelines.cluster_presets import PRESETS
+
+    return ", ".join(sorted(PRESETS))
 
 
 def _method_names() -> str:
@@ -289,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mask", help="MMUnlearner's Fisher-ratio saliency mask (a Ray task), saved as safetensors")
     p.add_argument("--model", required=True, help="model folder (the one to unlearn)")
-    p.add_argument("--records", required=True, help="shards folder (built by `unlearn data shard`)")
+    p.add_argument("--shards", required=True, help="shards folder (built by `unlearn data shard`)")
     p.add_argument("--modules", choices=["vision", "language", "both"], default="both")
     p.add_argument("--gamma", type=float, default=1.0, help="ratio threshold (default 1.0)")
     p.add_argument("--lora", action="store_true", help="compute it on LoRA adapters (train with model.lora=true)")
@@ -305,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
     p.set_defaults(handler=_cmd_demo)
 
-    p = sub.add_parser("eval", help="evaluate a model on shards: every DESIGN 1.3 metric, table + JSON")
+    p = sub.add_parser("eval", help="evaluate a model on shards: every metric of docs/metrics.md, table + JSON")
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
-    p.add_argument("--records", required=True, help="shards folder (built by `unlearn data shard`)")
+    p.add_argument("--shards", required=True, help="shards folder (built by `unlearn data shard`)")
     p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
     p.add_argument("--max-per-group", type=int, default=64, help="rows per (split, task) evaluated (default 64)")
     p.add_argument("--workdir", default="workdir")

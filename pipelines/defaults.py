@@ -1,31 +1,16 @@
-"""Default configs of the CLI commands on the embedded benchmark (YAML files beside this module).
+"""The starting configs of the CLI commands on the embedded benchmark (YAML files beside this module).
 
-Per-method defaults are the weights that worked on the synthetic benchmark (README results); the
-sweeps (tune_spaces/) search around them.
+``finetune.yaml`` for the vanilla fine-tune; ``unlearn.yaml`` for `unlearn run`, `unlearn sweep` and the
+demo alike. Method parameters are not here: each method's own defaults (``unlearn_core.methods``) apply.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ga": {},
-    "grad_diff": {},
-    "kl": {},
-    "npo": {},
-    "reject": {},
-    "random": {},
-    "mmunlearner": {},
-    "pubg": {"method.params.w_ret": 1.0},
-}
-
 
 def default_config(command: str) -> Path:
+    """``finetune`` or ``unlearn``: the YAML file a command starts from when no --config is given."""
     return CONFIG_DIR / f"{command}.yaml"
-
-
-def method_defaults(name: str) -> dict[str, Any]:
-    return dict(METHOD_DEFAULTS.get(name, {}))

@@ -15,7 +15,7 @@ from typing import Any
 import mlflow
 
 from pipelines import tracking
-from pipelines.defaults import default_config, method_defaults
+from pipelines.defaults import default_config
 from pipelines.evaluate import evaluate_cached
 from pipelines.shards import load_manifest
 from pipelines.train.finetune import run_finetune
@@ -57,14 +57,14 @@ def run_demo(
     }
     log(f"== 3/5 unlearning baselines ({', '.join(methods)}), {method_steps} steps each")
     for name in methods:
-        cfg = _cfg("unlearn", workdir, {"method.name": name, "train.steps": method_steps, **method_defaults(name)})
+        cfg = _cfg("unlearn", workdir, {"method.name": name, "train.steps": method_steps})
         results[name] = _unlearn_once(cfg, ws, vanilla, shards, log)
     sweep_out: dict[str, Any] = {}
     if sweep_samples > 0:
         from pipelines.sweep import run_sweep
 
         log(f"== 4/5 PUBG sweep: {sweep_samples} trials, ASHA")
-        cfg = _cfg("unlearn", workdir, {"method.name": "pubg", **method_defaults("pubg")})
+        cfg = _cfg("unlearn", workdir, {"method.name": "pubg"})
         sweep_out = run_sweep(SPACES_DIR / "pubg.yaml", cfg, num_samples=sweep_samples, scheduler="asha",
                               if_exists="resume", log=log)
         best = (sweep_out.get("champion") or {}).get("trial")

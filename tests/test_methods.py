@@ -217,7 +217,7 @@ def test_pubg_live_matches_hand_reference_value_and_gradient():
     student, teacher = BigramLM(seed=0), BigramLM(seed=9)
     batch = guide_batch()
     T = 1.7
-    m = get_method("pubg", {"w_ga": 0.3, "w_bg": 2.0, "teacher_cache": False, "temperature": T})
+    m = get_method("pubg", {"w_ga": 0.3, "w_bg": 2.0, "w_ret": 0, "teacher_cache": False, "temperature": T})
     loss, stats = m.loss(student, batch, None, teacher)
     assert stats["bg_kl"] > 0
     loss.backward()
@@ -295,13 +295,15 @@ def test_pubg_live_alignment_rejects_different_answers():
 
 def test_pubg_views_and_retain():
     assert get_method("pubg").views == ("", "guide_")
+    assert get_method("pubg").needs_retain  # w_ret defaults to 1: the retain NLL is on
+    assert not get_method("pubg", {"w_ret": 0}).needs_retain
     assert get_method("pubg", {"w_ga": 0}).views == ("guide_",)
     m = get_method("pubg", {"w_ret": 0.5, "teacher_cache": False})
     assert m.needs_retain and m.views == ("", "guide_", "teacher_")
     student, teacher = BigramLM(seed=0), BigramLM(seed=2)
     batch, retain = guide_batch(), make_view(2, [2, 3], [4, 3])
     loss, _ = m.loss(student, batch, retain, teacher)
-    base, _ = get_method("pubg", {"teacher_cache": False}).loss(student, batch, None, teacher)
+    base, _ = get_method("pubg", {"teacher_cache": False, "w_ret": 0}).loss(student, batch, None, teacher)
     torch.testing.assert_close(loss, base + 0.5 * ref_nll(student, retain))
 
 

@@ -240,7 +240,7 @@ def test_pubg_with_mask_touches_only_masked_entries():
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
     sal = llava_masks(model)
-    method = get_method("pubg", {"mask": "vision", "teacher_cache": False, "w_ga": 0.5})
+    method = get_method("pubg", {"mask": "vision", "teacher_cache": False, "w_ga": 0.5, "w_ret": 0})
     assert method.custom_step
     method.set_mask(sal)
     guide = llava_batch(5, prefix="guide_")

@@ -14,6 +14,7 @@ import yaml
 from unlearn_core.config import ConfigError, RunConfig, flatten
 from unlearn_core.methods import METHODS, get_method
 from unlearn_core.search_space import (
+    DEFAULT_OBJECTIVE,
     SPACES_DIR,
     Dim,
     SearchSpace,
@@ -60,6 +61,16 @@ def _in_bounds(dim: Dim, value: Any) -> bool:
 
 def test_one_space_per_registered_method():
     assert {p.stem for p in SPACE_FILES} == set(METHODS)
+
+
+def test_spaces_share_the_default_objective_unless_they_name_one():
+    """No space file copies the objective: every shipped one uses DEFAULT_OBJECTIVE; a file's own block wins."""
+    for path in SPACE_FILES:
+        assert "objective" not in yaml.safe_load(path.read_text()), path.name
+        assert load_space(path).objective == DEFAULT_OBJECTIVE
+    own = parse_space({**_pubg(), "objective": {"metric": "forget.leak_rate", "mode": "min"}}).objective
+    assert own.metric == "forget.leak_rate" and not own.terms
+    assert objective_value(DEFAULT_OBJECTIVE, {"forget.leak_rate": 0.5, "retain.vqa_acc": 0.75}) == 0.5 - 0.75
 
 
 @pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)

@@ -112,7 +112,7 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
 def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
     uri = mlflow_store["tracking_uri"]
     mask_path = tmp_path / "mask.safetensors"
-    done = _cli(["mask", "--model", str(inputs["vanilla"]), "--records", str(inputs["shards"]), "--modules", "vision",
+    done = _cli(["mask", "--model", str(inputs["vanilla"]), "--shards", str(inputs["shards"]), "--modules", "vision",
                  "--gamma", "1.0", "--out", str(mask_path), "--tracking-uri", uri, "--workdir", str(tmp_path)], {})
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads(mask_path.with_suffix(".json").read_text())
@@ -131,7 +131,7 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
                                                                               "mask/mask.safetensors"}
 
     report_path = tmp_path / "eval.json"
-    done = _cli(["eval", "--model", str(inputs["vanilla"]), "--records", str(inputs["shards"]), "--out",
+    done = _cli(["eval", "--model", str(inputs["vanilla"]), "--shards", str(inputs["shards"]), "--out",
                  str(report_path), "--max-per-group", "4"], {"MLFLOW_TRACKING_URI": uri})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())

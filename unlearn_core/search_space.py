@@ -15,7 +15,7 @@ File format::
       method.params.mask: {grid: [none, vision]}   # every value (Tune grid_search)
     start:                       # optional: points tried first, in order (e.g. a hand-tuned setting)
       - {train.lr: 5.0e-4, train.steps: 20}        # keys are dims; a dim left out is sampled
-    objective:                   # what the sweep optimises (pipelines.sweep reads it)
+    objective:                   # optional (default: DEFAULT_OBJECTIVE): what the sweep optimises
       metric: score              # the name the trial reports
       mode: min                  # min | max
       terms:                     # optional: metric = sum(weight * evaluator metric); else
@@ -71,6 +71,24 @@ class Objective:
     metric: str
     mode: str = "min"
     terms: dict[str, float] = field(default_factory=dict)
+
+
+# What every method's sweep minimises unless its space file says otherwise, so that sweeps of
+# different methods compare: leak less (seen and unseen images), no aftermaths, keep utility.
+DEFAULT_OBJECTIVE = Objective(
+    "score",
+    "min",
+    {
+        "forget.leak_rate": 1.0,
+        "forget_unseen.leak_rate": 1.0,
+        "quality.hallucination": 0.5,
+        "quality.degeneracy_rate": 0.5,
+        "quality.refusal_rate": 0.25,
+        "quality.informativeness": -0.5,
+        "retain.vqa_acc": -1.0,
+        "utility.caption_f1": -0.5,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -332,6 +350,8 @@ def _check_in_dim(dim: Dim, value: Any, where: str) -> None:
 
 
 def _parse_objective(raw: Any, where: str) -> Objective:
+    if raw is None:
+        return DEFAULT_OBJECTIVE
     data = _mapping(raw, where)
     if unknown := sorted(set(data) - {"metric", "mode", "terms"}):
         raise ConfigError(f"{where}: unknown keys {unknown}; valid: metric, mode, terms")

@@ -21,7 +21,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from ray.data.datasource import FilenameProvider
 
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.encode import encode_example, prepare_image
@@ -53,16 +52,6 @@ class ShardReport:
             tasks = ", ".join(f"{t}={c}" for t, c in sorted(self.rows_per_task.get(split, {}).items()))
             lines.append(f"  {split:<14} {n:>6}  ({tasks})")
         return "\n".join(lines)
-
-
-class _StableNames(FilenameProvider):
-    """Deterministic shard names so identical inputs give identical output folders."""
-
-    def __init__(self) -> None:
-        super().__init__(file_format="parquet")
-
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"part-{task_index:05d}.parquet"
 
 
 def _hash_files(h: Any, folder: Path) -> None:

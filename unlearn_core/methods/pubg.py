@@ -66,7 +66,7 @@ TOPK_LOGPROBS = "teacher_topk_logprobs"
 class PUBGParams(StrictParams):
     w_ga: float = Field(0.1, ge=0, le=10, description="weight of gradient ascent on the private answers")
     w_bg: float = Field(1.0, ge=0, le=100, description="weight of the behaviour-guidance KL")
-    w_ret: float = Field(0.0, ge=0, le=100, description="weight of the retain NLL")
+    w_ret: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL (0: no retain stream)")
     temperature: float = Field(1.0, gt=0, le=10, description="teacher temperature")
     top_k: int | None = Field(None, ge=1, le=1_000_000, description="teacher top-k (None = all cached)")
     topk_mode: Literal["tail", "renorm"] = Field("tail", description="missing teacher mass handling")
