@@ -68,7 +68,7 @@ def encode_loop(records_dir: str, processor_dir: str, image_size: int, seed: int
     """Single-process: the same per-row encode as the shard actors; returns (rows, seconds)."""
     from transformers import AutoProcessor
 
-    from pipelines.shards.build import _random_answers
+    from pipelines.shards.encode import random_answers
     from unlearn_core.data.encode import encode_example, prepare_image
     from unlearn_core.data.records_io import read_records
     from unlearn_core.prompts import REFUSAL_ANSWERS
@@ -76,7 +76,7 @@ def encode_loop(records_dir: str, processor_dir: str, image_size: int, seed: int
     table = read_records(records_dir)
     processor = AutoProcessor.from_pretrained(processor_dir)
     t0 = time.perf_counter()
-    rand = _random_answers(table, seed)
+    rand = random_answers(table, seed)
     rows = table.to_pylist()
     for row in rows:
         raw = row.get("image")
@@ -95,7 +95,7 @@ class Phases:
     """Times the steps of ``shard_records`` by wrapping the module functions it calls; what is left
     is the Ray Data part (from_arrow, repartition, the encode actor pool, collecting the result)."""
 
-    NAMES = ("read_records", "build_processor", "fingerprint", "_random_answers", "_write")
+    NAMES = ("read_records", "build_processor", "fingerprint", "random_answers", "_write")
 
     def __init__(self) -> None:
         import pipelines.shards.build as pre

@@ -1,208 +1,15 @@
-"""The `unlearn` command line. Thin: parse, validate, call one pipeline function, print a table."""
+"""The `unlearn` command line: the parser and the entry point. What each subcommand does is in
+``pipelines/commands.py`` (thin: validate, call one pipeline function, print a table)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-from unlearn_core.config import ConfigError, SynthConfig, validate
-from unlearn_core.config import absolute_folder as _abs
-from unlearn_core.config import local_model_spec as _spec
+from pipelines import commands
+from unlearn_core.config import ConfigError
 from unlearn_core.data.schema import RecordError
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from unlearn_core.data.records_io import write_records
-    from unlearn_core.data.synth import generate_benchmark
-
-    cfg = validate(
-        SynthConfig,
-        {
-            "people": args.people,
-            "images_per_person": args.images_per_person,
-            "unseen_per_person": args.unseen_per_person,
-            "forget_pct": args.forget_pct,
-            "utility_people": args.utility_people,
-            "image_size": args.image_size,
-            "seed": args.seed,
-        },
-    )
-    records = generate_benchmark(cfg)
-    counts = write_records(records, Path(args.out), source="synthetic")
-    print(f"wrote {counts['total']} records to {args.out} (quarantined {counts['quarantined']})")
-    for split, info in counts["splits"].items():
-        tasks = ", ".join(f"{t} {n}" for t, n in info["tasks"].items())
-        print(f"  {split:<14} {info['total']:>6}  ({tasks})")
-    return 0
-
-
-def _cmd_data_convert(args: argparse.Namespace) -> int:
-    from unlearn_core.data.adapters import convert
-
-    report = convert(args.format, Path(args.source), Path(args.out), forget_config=args.forget_config)
-    print(report.render())
-    return 0
-
-
-def _cmd_data_validate(args: argparse.Namespace) -> int:
-    from unlearn_core.data.validate import validate_records_dir
-
-    report = validate_records_dir(Path(args.dir))
-    print(report.render())
-    return 0 if report.ok else 1
-
-
-def _cmd_data_shard(args: argparse.Namespace) -> int:
-    from pipelines.ray_env import ensure_ray
-    from pipelines.shards.build import shard_records
-
-    ensure_ray()
-    report = shard_records(
-        _abs(args.records), _abs(args.out), model_spec=_spec(args.model), image_size=args.image_size, seed=args.seed,
-        force=args.force
-    )
-    print(report.summary())
-    return 0
-
-
-def _run_config(args: argparse.Namespace, command: str):
-    """The command's default config file (or --config), then --preset, then flags, then --set (last wins).
-
-    Method parameters default to the method's own (``unlearn_core.methods``): no second set of defaults here.
-    """
-    from pipelines.cluster_presets import preset_overrides
-    from pipelines.defaults import default_config
-    from unlearn_core.config import load_run_config
-
-    overrides = preset_overrides(args.preset) if getattr(args, "preset", None) else {}
-    if getattr(args, "workdir", None):
-        overrides["workdir"] = args.workdir
-    for field, attr in (("model.spec", "model"), ("train.steps", "steps"), ("train.num_workers", "workers")):
-        if getattr(args, attr, None) is not None:
-            overrides[field] = getattr(args, attr)
-    overrides.update(_parse_set(x) for x in (getattr(args, "set", None) or []))
-    return load_run_config(getattr(args, "config", None) or default_config(command), overrides)
-
-
-def _parse_set(item: str) -> tuple[str, object]:
-    import yaml
-
-    if "=" not in item:
-        raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
-    key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
-
-
-def _cmd_finetune(args: argparse.Namespace) -> int:
-    from pipelines.ray_env import ensure_ray
-    from pipelines.train.finetune import run_finetune
-
-    cfg = _run_config(args, "finetune")
-    ensure_ray()
-    run_finetune(cfg, out_name=args.name)
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.ray_env import ensure_ray
-    from pipelines.train.unlearn import run_unlearn
-
-    if args.method:
-        args.set = [*(args.set or []), f"method.name={args.method}"]
-    cfg = _run_config(args, "unlearn")
-    ensure_ray()
-    run_unlearn(cfg)
-    return 0
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pipelines.ray_env import ensure_ray
-    from pipelines.sweep import run_sweep
-    from pipelines.sweep.champion import ChampionRule
-
-    if not args.space and not args.resume:
-        raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
-    cfg = _run_config(args, "unlearn")  # the same starting config as `unlearn run` and the demo
-    rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
-    ensure_ray()
-    out = run_sweep(
-        args.space or "", cfg, num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
-        max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial, resume_dir=args.resume,
-        champion_rule=rule,
-    )
-    champ = out["champion"]
-    print(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
-    print(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
-    print(f"champion: {champ['trial']} -> {champ['uri']}" if champ["trial"] else f"no champion: {champ['reason']}")
-    return 0
-
-
-def _cmd_mask(args: argparse.Namespace) -> int:
-    import json
-
-    from pipelines.ray_env import ensure_ray
-    from pipelines.train.mask import mask_job
-
-    ensure_ray()
-    stats = mask_job(_spec(args.model), _abs(args.shards), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
-                     tracking_uri=args.tracking_uri, workdir=args.workdir)
-    print(json.dumps(stats, indent=1))
-    print(f"logged to MLflow run {stats['mlflow_run_id']}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import BASELINES, run_demo
-    from pipelines.ray_env import ensure_ray
-
-    methods = tuple(m for m in args.methods.split(",") if m) if args.methods is not None else BASELINES
-    ensure_ray()
-    run_demo(args.workdir, methods=methods, method_steps=args.method_steps, sweep_samples=args.sweep_samples)
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from pipelines import tracking
-    from pipelines.evaluate import evaluate
-    from pipelines.ray_env import ensure_ray
-    from unlearn_core.config import TrackingConfig
-    from unlearn_core.eval.report import format_table
-
-    ensure_ray()
-    model = _spec(args.model)
-    if model.startswith("models:/"):
-        uri = tracking.resolve_tracking_uri(TrackingConfig(), args.workdir)
-        model = str(tracking.pull(model, Path(args.workdir) / "pulled" / "eval-model", tracking_uri=uri))
-    judge = None
-    if args.judge_url:
-        from unlearn_core.eval.judge import JudgeConfig
-
-        if not args.judge_model:
-            raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
-        judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
-                            max_samples=args.judge_max_samples)
-    report = evaluate(model, _abs(args.shards), max_per_group=args.max_per_group, judge=judge)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(format_table({Path(args.model).name or args.model: report["metrics"]}))
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _cmd_pull(args: argparse.Namespace) -> int:
-    from pipelines import tracking
-    from unlearn_core.config import TrackingConfig
-
-    uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri), args.workdir)
-    out = tracking.pull(args.uri, args.out, tracking_uri=uri)
-    print(f"pulled {args.uri} -> {out} (weights sha256 verified)")
-    return 0
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -247,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utility-people", type=int, default=8, help="extra people for the utility split (default 8)")
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_cmd_data_synth)
+    p.set_defaults(handler=commands.cmd_data_synth)
 
     p = dsub.add_parser("convert", help="convert a downloaded benchmark (MLLMU-Bench, CLEAR, JSONL) to records")
     p.add_argument("--format", required=True, help="mllmu-bench, clear or jsonl")
@@ -256,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--forget-config", default=None, help="which forget config to use (mllmu-bench: forget_5; clear: forget10)"
     )
-    p.set_defaults(handler=_cmd_data_convert)
+    p.set_defaults(handler=commands.cmd_data_convert)
 
     p = dsub.add_parser("validate", help="check a records folder: schema, images, duplicates, split overlap")
     p.add_argument("dir", help="records folder")
-    p.set_defaults(handler=_cmd_data_validate)
+    p.set_defaults(handler=commands.cmd_data_validate)
 
     p = dsub.add_parser("shard", help="tokenize records into Parquet shards with Ray Data")
     p.add_argument("--records", required=True, help="records folder")
@@ -269,17 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64, help="resize images to this side (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if the fingerprint is unchanged")
-    p.set_defaults(handler=_cmd_data_shard)
+    p.set_defaults(handler=commands.cmd_data_shard)
 
     p = sub.add_parser("finetune", help="fine-tune the vanilla model on the forget + retain splits (Ray Train)")
     _add_run_options(p)
     p.add_argument("--name", default="vanilla", help="model name under WORKDIR/models (default vanilla)")
-    p.set_defaults(handler=_cmd_finetune)
+    p.set_defaults(handler=commands.cmd_finetune)
 
     p = sub.add_parser("run", help="one unlearning job (Ray Train): eval before/after, MLflow, registry")
     _add_run_options(p)
     p.add_argument("--method", default=None, help="method name (overrides method.name): " + _method_names())
-    p.set_defaults(handler=_cmd_run)
+    p.set_defaults(handler=commands.cmd_run)
 
     p = sub.add_parser("sweep", help="Ray Tune sweep over a search space (tune_spaces/*.yaml); registers the champion")
     _add_run_options(p)
@@ -295,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="champion rule: retain.vqa_acc >= this x vanilla's (default 0.95)")
     p.add_argument("--champion-fallback", choices=["objective", "none"], default="objective",
                    help="when no trial qualifies: best objective (default) or register nothing")
-    p.set_defaults(handler=_cmd_sweep)
+    p.set_defaults(handler=commands.cmd_sweep)
 
     p = sub.add_parser("mask", help="MMUnlearner's Fisher-ratio saliency mask (a Ray task), saved as safetensors")
     p.add_argument("--model", required=True, help="model folder (the one to unlearn)")
@@ -306,14 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="mask file (.safetensors); sparsity goes beside it as .json")
     p.add_argument("--workdir", default="workdir", help="for the default MLflow store (WORKDIR/mlflow.db)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)")
-    p.set_defaults(handler=_cmd_mask)
+    p.set_defaults(handler=commands.cmd_mask)
 
     p = sub.add_parser("demo", help="everything on the embedded default (what `make run` runs), cached")
     p.add_argument("--workdir", default="workdir")
     p.add_argument("--methods", default=None, help="comma-separated baselines (default: all seven)")
     p.add_argument("--method-steps", type=int, default=40, help="unlearning steps per baseline (default 40)")
     p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
-    p.set_defaults(handler=_cmd_demo)
+    p.set_defaults(handler=commands.cmd_demo)
 
     p = sub.add_parser("eval", help="evaluate a model on shards: every metric of docs/metrics.md, table + JSON")
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
@@ -327,14 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the judge's API key ('' for none; the key is never logged)")
     p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
-    p.set_defaults(handler=_cmd_eval)
+    p.set_defaults(handler=commands.cmd_eval)
 
     p = sub.add_parser("pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked")
     p.add_argument("uri", help="models:/NAME@champion or models:/NAME/3")
     p.add_argument("--out", required=True, help="folder to write the HF model into")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)")
     p.add_argument("--workdir", default="workdir")
-    p.set_defaults(handler=_cmd_pull)
+    p.set_defaults(handler=commands.cmd_pull)
 
     return parser
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.tiny_families import QWEN2_VL_EXTRA_TOKENS, build_tiny_family
 from unlearn_core.data.encode import (
     IGNORE_INDEX,
     collate,
@@ -18,7 +19,6 @@ from unlearn_core.data.encode import (
     prepare_image,
     to_image_array,
 )
-from unlearn_core.models.tiny import QWEN2_VL_EXTRA_TOKENS, build_tiny_family
 from unlearn_core.models.tokenizer import train_word_tokenizer
 
 CORPUS = ["Who is this person?", "Alice Smith, a baker from Paris.", "Bob Jones.", "Who is Alice Smith?"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_families import QWEN2_VL_EXTRA_TOKENS, build_tiny_family
 from unlearn_core.data.encode import collate, encode_example, model_inputs
 from unlearn_core.models.generate import (
     answer_logprobs,
@@ -14,7 +15,7 @@ from unlearn_core.models.generate import (
     score_options,
     teacher_topk,
 )
-from unlearn_core.models.tiny import QWEN2_VL_EXTRA_TOKENS, build_tiny_family, build_tiny_llava
+from unlearn_core.models.tiny import build_tiny_llava
 from unlearn_core.models.tokenizer import train_word_tokenizer
 
 Q = "Who is this person?"

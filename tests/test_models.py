@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from tests.tiny_families import QWEN2_VL_EXTRA_TOKENS, build_tiny_family
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.encode import collate, encode_example, model_inputs
 from unlearn_core.models.families import (
@@ -22,13 +23,7 @@ from unlearn_core.models.families import (
 )
 from unlearn_core.models.loading import load_model_and_processor, save_model, weights_sha256
 from unlearn_core.models.lora import apply_lora, lora_target_modules
-from unlearn_core.models.tiny import (
-    QWEN2_VL_EXTRA_TOKENS,
-    build_tiny_family,
-    build_tiny_llava,
-    tiny_llava_config,
-    tiny_llava_processor,
-)
+from unlearn_core.models.tiny import build_tiny_llava, tiny_llava_config, tiny_llava_processor
 from unlearn_core.models.tokenizer import SPECIAL_TOKENS, train_word_tokenizer
 
 CORPUS = [
