@@ -1,6 +1,6 @@
 """`unlearn mask`: MMUnlearner's Fisher-ratio saliency mask, computed as a Ray task.
 
-Forget set = the visual forget stream; preserve sets per module group (DESIGN 1.2): vision <-
+Forget set = the visual forget stream; preserve sets per module group (docs/methods.md, MMUnlearner): vision <-
 retain VQA; language <- retain VQA + text-only QA of every entity, forget entities included.
 """
 

@@ -1,4 +1,4 @@
-"""The named metrics of DESIGN 1.3, aggregated from per-answer checks (``text_checks``).
+"""The named metrics (definitions and directions: docs/metrics.md), aggregated from per-answer checks (``text_checks``).
 
 Inputs are canonical records (dicts, ``private_facts``/``visible_attributes`` as dicts or JSON
 strings, or ``Record`` objects) and the model's outputs keyed by ``sample_id``:
