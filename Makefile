@@ -20,10 +20,12 @@ run: setup
 
 test: setup
 	$(PY) -m ruff check unlearn_core pipelines tests bench
+	$(PY) -m ruff format --check unlearn_core pipelines tests bench
 	$(PY) -m pytest -q -ra tests
 
 lint: setup
 	$(PY) -m ruff check unlearn_core pipelines tests bench
+	$(PY) -m ruff format --check unlearn_core pipelines tests bench
 
 bench: setup
 	$(PY) bench/run_all.py

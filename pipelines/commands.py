@@ -54,7 +54,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 def cmd_data_shard(args: argparse.Namespace) -> int:
     from pipelines.ray_env import ensure_ray
-    from pipelines.shards.build import shard_records
+    from pipelines.shards import shard_records
 
     ensure_ray()
     report = shard_records(

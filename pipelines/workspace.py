@@ -46,7 +46,7 @@ def ensure_records(cfg: RunConfig, ws: Workspace, log=print) -> Path:
 
 
 def ensure_shards(cfg: RunConfig, ws: Workspace, log=print) -> Path:
-    from pipelines.shards.build import shard_records
+    from pipelines.shards import shard_records
 
     if cfg.shards:
         return Path(cfg.shards)

@@ -2,7 +2,7 @@
 
 from pipelines.evaluate.batch_eval import evaluate, generate_outputs, judge_shard_outputs, shard_image_png
 from pipelines.evaluate.cached import evaluate_cached
-from pipelines.shards.read import EVAL_SPLITS, load_shard_rows
+from pipelines.shards import EVAL_SPLITS, load_shard_rows
 
 __all__ = [
     "EVAL_SPLITS", "evaluate", "evaluate_cached", "generate_outputs", "judge_shard_outputs", "load_shard_rows",

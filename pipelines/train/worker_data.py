@@ -9,7 +9,7 @@ import numpy as np
 import ray
 import ray.train
 
-from pipelines.shards.read import rows_with_images
+from pipelines.shards import rows_with_images
 from unlearn_core.data.encode import collate
 from unlearn_core.data.teacher_cache import TOPK_IDS, attach_teacher_topk
 from unlearn_core.training.loop import cycle
