@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -96,14 +95,13 @@ def _open_parent(uri: str, exp_id: str, state: dict[str, Any], space: SearchSpac
     if state.get("parent_run_id"):
         client.update_run(state["parent_run_id"], status="RUNNING")
         return str(state["parent_run_id"])
-    run = client.create_run(exp_id, run_name=state["sweep_name"],
-                            tags={"job": "sweep", "method": space.method, "sweep": state["sweep_name"]})
     params = {"space": state["space_path"], "num_samples": state["num_samples"], "scheduler": state["scheduler"],
               "search": state["search"], "max_concurrent": state["max_concurrent"],
               "workers_per_trial": state["workers_per_trial"], "method": space.method}
-    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
-    client.log_text(run.info.run_id, Path(state["space_path"]).read_text(), "search_space.yaml")
-    return run.info.run_id
+    run_id = tracking.open_run(uri, exp_id, run_name=state["sweep_name"], params=params,
+                               tags={"job": "sweep", "method": space.method, "sweep": state["sweep_name"]})
+    client.log_text(run_id, Path(state["space_path"]).read_text(), "search_space.yaml")
+    return run_id
 
 
 def _new_state(space_path: str | Path, cfg: RunConfig, *, num_samples: int, scheduler: str, search: str,
@@ -177,15 +175,14 @@ def run_sweep(
     log(f"sweep {state['sweep_name']}: {state['num_samples']} trial(s) of {space.method}, scheduler "
         f"{state['scheduler']}, search {state['search']}; MLflow parent run {parent}; folder {sweep_dir}")
     client = MlflowClient(uri)
-    try:
+    with tracking.run_status(uri, parent):  # FINISHED, FAILED (error tagged) or KILLED, like every run
         inputs = _prepare_all(space, cfg, ws, uri, log)
         # The starting model is evaluated like the trials' final models (the space's base may set
         # train.eval_max_samples): the champion rule compares the two.
         eval_samples = int(space.base.get("train.eval_max_samples", cfg.train.eval_max_samples))
         before = evaluate_cached(inputs["init_model"], inputs["shards"], ws.results, eval_samples)["metrics"]
         if not state.get("before_logged"):
-            client.log_batch(parent, metrics=[mlflow.entities.Metric(f"before.{k}", float(v), tracking.now_ms(), 0)
-                                              for k, v in before.items()])
+            tracking.log_metrics(uri, parent, {f"before.{k}": v for k, v in before.items()})
             state["before_logged"] = True
             (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
         grid = _fit(space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log)
@@ -193,10 +190,6 @@ def run_sweep(
         close_unfinished(client, trials)
         summary = write_report(space, trials, before, sweep_dir, client, parent, log)
         summary["champion"] = pick_champion(space, objectives, cfg, trials, before, rule, uri, parent, log)
-    except BaseException:
-        client.set_terminated(parent, "FAILED")
-        raise
-    client.set_terminated(parent, "FINISHED")
     return {"sweep_dir": str(sweep_dir), "sweep_name": state["sweep_name"], "parent_run_id": parent,
             "before": before, "trials": trials, **summary}
 

@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
@@ -75,8 +74,7 @@ def write_report(space: SearchSpace, trials: Mapping[str, dict[str, Any]], befor
               "trials_failed": sum(t["status"] == "failed" for t in trials.values())}
     logged = client.get_run(parent).data.metrics
     if any(logged.get(k) != v for k, v in counts.items()):  # a resumed, already reported sweep logs nothing twice
-        client.log_batch(parent, metrics=[mlflow.entities.Metric(k, float(v), tracking.now_ms(), len(trials))
-                                          for k, v in counts.items()])
+        tracking.log_metrics(client.tracking_uri, parent, counts, step=len(trials))
     client.set_tag(parent, "pareto_front", ",".join(front))
     return {"pareto": front, "artifacts": [str(p) for p in [png, *paths]]}
 

@@ -83,7 +83,7 @@ def run_training_job(
     ``eval/<metric>``). ``evaluator(model_dir, shards, max_per_group=...)`` runs the final evaluation
     (a sweep trial runs it outside its placement group). ``settle_failure=False`` leaves a failed
     run's final status to the caller (see ``tracking.run_status``). Returns the model folder, the
-    final metrics and report, and the registry entry when ``register_as`` is set.
+    final metrics and report, and the logged model (and its registered version) when ``job.log_model``.
     """
     live = live or tracking.MlflowReportCallback(tracking_uri, run_id)
     with tracking.run_status(tracking_uri, run_id, settle_failure=settle_failure):
