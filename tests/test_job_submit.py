@@ -127,7 +127,7 @@ def test_sweep_runs_through_ray_job_submit_with_token_auth(tmp_path: Path) -> No
         uploaded = re.search(r"Uploading package gcs://(_ray_pkg_[0-9a-f]+)\.zip", out)
         assert uploaded, out[:3000]
         pkg = head.session_dir / "runtime_resources" / "working_dir_files" / uploaded.group(1)
-        assert (pkg / "tune_spaces" / "ga.yaml").is_file() and (pkg / "pipelines" / "sweep.py").is_file()
+        assert (pkg / "tune_spaces" / "ga.yaml").is_file() and (pkg / "pipelines" / "sweep" / "driver.py").is_file()
         assert not (pkg / ".venv").exists() and not (pkg / ".git").exists()
         assert tree_bytes(pkg) < MAX_PACKAGE_BYTES, tree_bytes(pkg)
 
