@@ -185,10 +185,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
         judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
                             max_samples=args.judge_max_samples)
-    report = evaluate(model, _abs(args.records), max_per_group=args.max_per_group, judge=judge)
+    report = evaluate(model, _abs(args.records), max_per_group=args.max_per_group, judge=judge,
+                      protocol=args.protocol)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(format_table({Path(args.model).name or args.model: report["metrics"]}))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from unlearn_core.eval.score import render_score, score_predictions, write_score
+
+    report = score_predictions(args.records, args.predictions, protocol=args.protocol,
+                               reference_predictions=args.reference_predictions)
+    write_score(report, args.out)
+    print(render_score(report))
     print(f"wrote {args.out}")
     return 0
 
@@ -216,6 +228,12 @@ def _method_names() -> str:
     from unlearn_core.methods import METHODS
 
     return ", ".join(sorted(METHODS))
+
+
+def _protocol_names() -> tuple[str, ...]:
+    from unlearn_core.eval.protocols import protocol_names
+
+    return protocol_names()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
     p.set_defaults(handler=_cmd_demo)
 
-    p = sub.add_parser("eval", help="evaluate a model on shards: every DESIGN 1.3 metric, table + JSON")
+    p = sub.add_parser("eval", help="evaluate a model on shards under a protocol (synthetic, mllmu-bench, clear): table + JSON")
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
     p.add_argument("--records", required=True, help="shards folder (built by `unlearn data shard`)")
     p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
@@ -317,7 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the judge's API key ('' for none; the key is never logged)")
     p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
+    p.add_argument("--protocol", default=None, choices=_protocol_names(),
+                   help="prompts, decoding and metrics (default: from the benchmark the records come from)")
     p.set_defaults(handler=_cmd_eval)
+
+    p = sub.add_parser("score", help="score generations made anywhere (JSONL) against a records folder; no model")
+    p.add_argument("--records", required=True, help="records folder (built by `unlearn data convert` / `synth`)")
+    p.add_argument("--predictions", required=True, help='JSON lines {"sample_id": ..., "generation": "..."}')
+    p.add_argument("--out", required=True, help="JSON file to write {metrics, counts, problems, per_sample}")
+    p.add_argument("--protocol", default=None, choices=_protocol_names(),
+                   help="default: from the records' source (mllmu-bench, clear, synthetic)")
+    p.add_argument("--reference-predictions", default=None,
+                   help="CLEAR: predictions (with truth-ratio losses) of the retain-only model, for forget quality")
+    p.set_defaults(handler=_cmd_score)
 
     p = sub.add_parser("pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked")
     p.add_argument("uri", help="models:/NAME@champion or models:/NAME/3")

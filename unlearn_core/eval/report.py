@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from unlearn_core.eval.metrics import METRIC_DEFINITIONS, higher_is_better
 
-# DESIGN 1.3 order first; other metrics follow alphabetically.
+# The documented order first; other metrics follow alphabetically.
 METRIC_ORDER: tuple[str, ...] = tuple(METRIC_DEFINITIONS)
 
 
@@ -33,7 +33,7 @@ def format_table(
 ) -> str:
     """An aligned table of ``runs`` (run name -> metrics) side by side; "-" where a run lacks a metric.
 
-    ``metrics`` picks and orders the rows (default: every metric any run has, DESIGN order first).
+    ``metrics`` picks and orders the rows (default: every metric any run has, documented order first).
     With ``show_direction`` a column says whether lower or higher is better.
     """
     names = list(metrics) if metrics is not None else _order({m for r in runs.values() for m in r})
