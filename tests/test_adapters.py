@@ -104,8 +104,8 @@ def test_mllmu_lone_forget_config_is_used_without_being_named(tmp_path: Path) ->
     report = convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
     rows = by_id(tmp_path / "out").values()
     assert {r["entity_id"] for r in rows if r["split"] == "forget"} == {"mllmu:1", "mllmu:2"}
-    assert {r["source"] for r in rows if r["split"] == "forget"} == {"mllmu-bench:forget_10"}
-    assert {r["source"] for r in rows if r["split"] == "retain"} == {"mllmu-bench:retain_90"}
+    assert {r["source"] for r in rows if r["split"] == "forget"} == {"mllmu-bench:forget_10", "mllmu-bench:ft_Data"}
+    assert {r["source"] for r in rows if r["split"] == "retain"} == {"mllmu-bench:retain_90", "mllmu-bench:ft_Data"}
     assert "retain_95" in report.skipped_configs
 
 

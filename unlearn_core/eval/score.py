@@ -25,6 +25,7 @@ from unlearn_core.eval.metrics import evaluate_outputs
 from unlearn_core.eval.protocols import Protocol, resolve_protocol
 
 FIRST_N = 10  # ids / line numbers listed per problem
+_USABLE = frozenset({"generation", "option_scores", "paraphrased_loss"})  # a line with none is not scored
 
 
 def _problem(items: list[Any]) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def score_predictions(
     known = {str(r["sample_id"]) for r in rows}
     problems["unknown_ids"] = _problem(sorted(set(preds) - known))
     problems["missing_ids"] = _problem(sorted(known - set(preds)))
-    outputs = {sid: p for sid, p in preds.items() if sid in known}
+    outputs = {sid: p for sid, p in preds.items() if sid in known and _USABLE.intersection(p)}
     result = score_outputs(rows, outputs, proto)
     if reference_predictions is not None:
         ref_preds, _ = read_predictions(reference_predictions)
