@@ -7,7 +7,7 @@ import torch
 
 from unlearn_core.data.encode import collate, encode_example, model_inputs
 from unlearn_core.eval.protocols import get_protocol
-from unlearn_core.eval.runner import model_outputs, select_eval_rows
+from unlearn_core.eval.runner import evaluate_model, model_outputs, select_eval_rows
 from unlearn_core.eval.score import score_outputs
 from unlearn_core.models.tiny import build_tiny_llava
 from unlearn_core.models.tokenizer import train_word_tokenizer
@@ -30,7 +30,7 @@ def test_runner_generates_lettered_answers_under_a_benchmark_protocol() -> None:
     model, proc = build_tiny_llava(tok, image_size=32, patch_size=16, hidden=64, vision_layers=2, text_layers=2)
     batch = collate([{**encode_example(proc, question=prompt, answer="B", image=img), "image": img}], proc)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
+    for _ in range(30):
         loss = model(**model_inputs(batch), labels=batch["labels"]).loss
         opt.zero_grad()
         loss.backward()
@@ -42,6 +42,8 @@ def test_runner_generates_lettered_answers_under_a_benchmark_protocol() -> None:
     result = score_outputs([mc], outs, MLLMU)
     assert result["metrics"]["mllmu.forget.mc_acc_image"] == 1.0
     assert result["per_sample"][0]["letter"] == "B" and result["per_sample"][0]["correct"] is True
+
+    assert evaluate_model(model, proc, [mc])["mllmu.forget.mc_acc_image"] == 1.0  # in-training eval: same protocol
 
     synthetic = model_outputs(model, proc, [mc])  # default protocol: option log-probs, names unchanged
     assert set(synthetic[mc["sample_id"]]) == {"option_scores"} and len(synthetic[mc["sample_id"]]["option_scores"]) == 4

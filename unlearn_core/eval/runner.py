@@ -97,13 +97,16 @@ def model_outputs(
 def evaluate_model(
     model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], *, image_size: int = 64
 ) -> dict[str, float]:
-    """Outputs + metrics for already-selected rows (used for in-training evaluation on rank 0)."""
-    from unlearn_core.eval.metrics import compute_metrics
+    """Outputs + metrics for already-selected rows (used for in-training evaluation on rank 0), under
+    the protocol the rows' benchmark implies, so a benchmark run's curves carry the benchmark's names."""
+    from unlearn_core.eval.protocols import resolve_protocol
+    from unlearn_core.eval.score import score_outputs
 
+    protocol = resolve_protocol(rows)
     was_training = model.training
     model.eval()
     try:
-        outputs = model_outputs(model, processor, rows)
+        outputs = model_outputs(model, processor, rows, protocol=protocol)
     finally:
         model.train(was_training)
-    return compute_metrics(rows, outputs)
+    return score_outputs(rows, outputs, protocol)["metrics"]

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from unlearn_core.data.records_io import read_records
-from unlearn_core.data.schema import MC_TASKS, RecordError
+from unlearn_core.data import records_io
+from unlearn_core.data.schema import COLUMNS, MC_TASKS, SPLITS, RecordError
 from unlearn_core.eval.bench_metrics import BenchResult, forget_quality, score_benchmark
 from unlearn_core.eval.metrics import evaluate_outputs
 from unlearn_core.eval.protocols import Protocol, resolve_protocol
@@ -33,12 +34,25 @@ def _problem(items: list[Any]) -> dict[str, Any]:
 
 
 def load_record_rows(records_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of every split as dicts, the image bytes replaced by ``has_image``."""
-    table = read_records(records_dir)
-    flags = pc.is_valid(table.column("image")).to_pylist()
-    rows = table.drop_columns(["image"]).to_pylist()
-    for row, flag in zip(rows, flags, strict=True):
-        row["has_image"] = flag
+    """The records of every split as dicts, the image bytes replaced by ``has_image``.
+
+    Images are streamed batch by batch only to see which rows have one, so a full benchmark's photos
+    are never all in memory.
+    """
+    records_io.read_meta(records_dir)  # a records folder, or a RecordError naming what is missing
+    rows: list[dict[str, Any]] = []
+    for split in SPLITS:
+        path = records_io.split_path(records_dir, split)
+        if not path.exists():
+            continue
+        pfile = pq.ParquetFile(path)
+        names = [c for c in COLUMNS if c != "image" and c in pfile.schema_arrow.names]
+        flags = [f for batch in pfile.iter_batches(batch_size=256, columns=["image"])
+                 for f in pc.is_valid(batch.column(0)).to_pylist()]
+        part = pfile.read(columns=names).to_pylist()
+        for row, flag in zip(part, flags, strict=True):
+            row["has_image"] = flag
+        rows.extend(part)
     return rows
 
 
