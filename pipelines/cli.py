@@ -35,6 +35,12 @@ def _method_names() -> str:
     return ", ".join(sorted(METHODS))
 
 
+def _protocol_names() -> tuple[str, ...]:
+    from unlearn_core.eval.protocols import protocol_names
+
+    return protocol_names()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unlearn",
@@ -122,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
     p.set_defaults(handler=commands.cmd_demo)
 
-    p = sub.add_parser("eval", help="evaluate a model on shards: every metric of docs/metrics.md, table + JSON")
+    p = sub.add_parser("eval", help="evaluate a model on shards under a protocol (synthetic, mllmu-bench, clear): table + JSON")
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
     p.add_argument("--shards", required=True, help="shards folder (built by `unlearn data shard`)")
     p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
@@ -134,7 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the judge's API key ('' for none; the key is never logged)")
     p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
+    p.add_argument("--protocol", default=None, choices=_protocol_names(),
+                   help="prompts, decoding and metrics (default: from the benchmark the records come from)")
     p.set_defaults(handler=commands.cmd_eval)
+
+    p = sub.add_parser("score", help="score generations made anywhere (JSONL) against a records folder; no model")
+    p.add_argument("--records", required=True, help="records folder (built by `unlearn data convert` / `synth`)")
+    p.add_argument("--predictions", required=True, help='JSON lines {"sample_id": ..., "generation": "..."}')
+    p.add_argument("--out", required=True, help="JSON file to write {metrics, counts, problems, per_sample}")
+    p.add_argument("--protocol", default=None, choices=_protocol_names(),
+                   help="default: from the records' source (mllmu-bench, clear, synthetic)")
+    p.add_argument("--reference-predictions", default=None,
+                   help="CLEAR: predictions (with truth-ratio losses) of the retain-only model, for forget quality")
+    p.set_defaults(handler=commands.cmd_score)
 
     p = sub.add_parser("pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked")
     p.add_argument("uri", help="models:/NAME@champion or models:/NAME/3")

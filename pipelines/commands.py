@@ -183,10 +183,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
         judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
                             max_samples=args.judge_max_samples)
-    report = evaluate(model, _abs(args.shards), max_per_group=args.max_per_group, judge=judge)
+    report = evaluate(model, _abs(args.shards), max_per_group=args.max_per_group, judge=judge,
+                      protocol=args.protocol)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(format_table({Path(args.model).name or args.model: report["metrics"]}))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from unlearn_core.eval.score import render_score, score_predictions, write_score
+
+    report = score_predictions(args.records, args.predictions, protocol=args.protocol,
+                               reference_predictions=args.reference_predictions)
+    write_score(report, args.out)
+    print(render_score(report))
     print(f"wrote {args.out}")
     return 0
 

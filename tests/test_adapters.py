@@ -71,7 +71,7 @@ def test_mllmu_question_families_land_in_the_right_task_and_split(tmp_path: Path
     assert len(unseen) == sum(rf.RECORDS_PER_PROFILE.values())
     test_photos = {p["bytes"] for p in tables["Test_Set"][0]["images"]}
     used = {r["image"] for r in unseen if r["image"] is not None}
-    assert used == test_photos and photo not in used  # unseen photos only, each of them used
+    assert used <= test_photos and photo not in used  # unseen photos only
 
     assert set(report.skipped_configs) == {"forget_10", "retain_90", "Full_Set"}
     assert any("'extras'" in w for w in report.warnings)
@@ -91,10 +91,75 @@ def test_mllmu_forget_config_picks_the_matching_retain_config(tmp_path: Path) ->
 
 def test_mllmu_missing_forget_config_is_an_error(tmp_path: Path) -> None:
     tables = rf.mllmu_tables()
+    tables["forget_15"] = tables.pop("forget_5")
+    rf.write_mllmu_bench(tmp_path / "src", tables)
+    with pytest.raises(RecordError, match=r"'forget_5' not found .* available: forget_10, forget_15"):
+        convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
+
+
+def test_mllmu_lone_forget_config_is_used_without_being_named(tmp_path: Path) -> None:
+    tables = rf.mllmu_tables()
     del tables["forget_5"]
     rf.write_mllmu_bench(tmp_path / "src", tables)
-    with pytest.raises(RecordError, match=r"'forget_5' not found .* available: forget_10"):
-        convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
+    report = convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
+    rows = by_id(tmp_path / "out").values()
+    assert {r["entity_id"] for r in rows if r["split"] == "forget"} == {"mllmu:1", "mllmu:2"}
+    assert {r["source"] for r in rows if r["split"] == "forget"} == {"mllmu-bench:forget_10", "mllmu-bench:ft_Data"}
+    assert {r["source"] for r in rows if r["split"] == "retain"} == {"mllmu-bench:retain_90", "mllmu-bench:ft_Data"}
+    assert "retain_95" in report.skipped_configs
+
+
+def test_mllmu_test_set_photo_is_one_per_person_and_task_family_and_seeded(tmp_path: Path) -> None:
+    tables = rf.mllmu_tables()
+    colors = [(10 * k, 40, 200 - 10 * k) for k in range(8)]  # 8 photos: a per-question rotation would use several
+    tables["Test_Set"][0] = rf.mllmu_test_profile("1", rf.MLLMU_PEOPLE["1"], colors)
+    rf.write_mllmu_bench(tmp_path / "src", tables)
+    convert("mllmu-bench", tmp_path / "src", tmp_path / "a")
+    convert("mllmu-bench", tmp_path / "src", tmp_path / "b")
+    rows, again = by_id(tmp_path / "a"), by_id(tmp_path / "b")
+    photos = {p["bytes"] for p in tables["Test_Set"][0]["images"]}
+    unseen = [r for r in rows.values() if r["split"] == "forget_unseen" and r["image"] is not None]
+    family = {"mc_vqa": "classification", "cloze": "cloze", "generation": "generation", "open_vqa": "open_vqa"}
+    by_family: dict[str, set[bytes]] = {}
+    for r in unseen:
+        by_family.setdefault(family[r["task"]], set()).add(r["image"])
+    assert set(by_family) == set(family.values())
+    assert all(len(imgs) == 1 and imgs <= photos for imgs in by_family.values())  # one photo per family
+    assert all(again[r["sample_id"]]["image"] == r["image"] for r in unseen)  # seeded: same every run
+
+
+def test_mllmu_biography_is_optional_in_test_set_and_retain_set(tmp_path: Path) -> None:
+    rf.write_mllmu_bench(tmp_path / "src", drop_columns={"Test_Set": ["biography"], "Retain_Set": ["biography"]})
+    report = convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
+    rows = by_id(tmp_path / "out").values()
+    assert report.totals["quarantined"] == 0
+    unseen = [r for r in rows if r["split"] == "forget_unseen"]
+    assert unseen and all(json.loads(r["private_facts"])["name"] == "Ada Quill" for r in unseen)  # from forget_5
+    celebrity = [r for r in rows if r["split"] == "utility"]
+    assert len(celebrity) == sum(rf.RECORDS_PER_PROFILE.values())
+    assert all(json.loads(r["private_facts"]) == {} for r in celebrity)
+    assert_reconciled(report, tmp_path / "out")
+
+
+def test_mllmu_baseline_train_split_layout(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    colors = {"1": (220, 20, 20), "2": (20, 220, 20), "3": (20, 20, 220)}
+    layout = {"forget_5": ["1"], "retain_95": ["2", "3"]}
+    for config, pids in layout.items():
+        (tmp_path / "src" / config).mkdir(parents=True)
+        rows = [rf.mllmu_train_row(pid, rf.MLLMU_PEOPLE[pid], colors[pid]) for pid in pids]
+        table = pa.Table.from_pylist(rows, schema=rf.MLLMU_TRAIN_SCHEMA)
+        pq.write_table(table, tmp_path / "src" / config / "train-00000-of-00001.parquet")
+    report = convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
+    rows = list(by_id(tmp_path / "out").values())
+    assert report.totals["quarantined"] == 0 and len(rows) == 6  # 2 metadata pairs per person
+    assert {r["task"] for r in rows} == {"fact_vqa"}
+    assert {r["entity_id"] for r in rows if r["split"] == "forget"} == {"mllmu:1"}
+    assert {r["entity_id"] for r in rows if r["split"] == "retain"} == {"mllmu:2", "mllmu:3"}
+    assert rows[0]["image"] is not None
+    assert_reconciled(report, tmp_path / "out")
 
 
 def test_mllmu_full_set_provides_retain_when_retain_config_is_absent(tmp_path: Path) -> None:
@@ -243,6 +308,33 @@ def test_clear_configs_land_in_the_right_task_and_split(tmp_path: Path) -> None:
     assert set(report.skipped_configs) == {"forget01", "full"}
     assert any("'notes'" in w for w in report.warnings) and any("tofu-unmatched" in w for w in report.warnings)
     assert_reconciled(report, tmp_path / "out")
+
+
+def test_clear_perturbed_rows_keep_paraphrased_and_perturbed_captions(tmp_path: Path) -> None:
+    rf.write_clear(tmp_path / "src")
+    convert("clear", tmp_path / "src", tmp_path / "out")
+    rows = by_id(tmp_path / "out").values()
+    (mc,) = [r for r in rows if r["split"] == "forget" and r["task"] == "mc_vqa"]
+    variants = json.loads(mc["answer_variants"])
+    assert variants["paraphrased"] == "Someone in a blue coat is near a window."
+    assert variants["perturbed"] == ["A dog on a sofa.", "A red car."]
+    assert variants["caption"].startswith("A person in a blue coat")
+    captions = [r for r in rows if r["task"] == "caption"]
+    assert captions and all(json.loads(r["answer_variants"]) == {} for r in captions)
+
+
+def test_clear_lone_forget_config_is_used_and_several_are_listed(tmp_path: Path) -> None:
+    tables = rf.clear_tables()
+    for name in ("forget10", "forget10+tofu", "forget10_perturbed"):
+        del tables[name]
+    rf.write_clear(tmp_path / "src", tables)
+    convert("clear", tmp_path / "src", tmp_path / "out")
+    rows = by_id(tmp_path / "out").values()
+    assert {r["source"] for r in rows if r["split"] == "forget"} == {"clear:forget01"}
+    tables["forget05"] = tables["forget01"]
+    rf.write_clear(tmp_path / "src2", tables)
+    with pytest.raises(RecordError, match=r"'forget10' .* available: forget01, forget05"):
+        convert("clear", tmp_path / "src2", tmp_path / "out2")
 
 
 def test_clear_tofu_captions_are_used_without_the_plain_config(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""compute_metrics / bench metrics / report on a small hand-built set of records and outputs."""
+"""compute_metrics / benchmark scoring / report on a small hand-built set of records and outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_score import rouge_scorer
 
 from unlearn_core.data.schema import Record
-from unlearn_core.eval.bench_metrics import bleu, cloze_match, compute_bench_metrics, rouge_f
+from unlearn_core.eval.bench_metrics import bleu, rouge_f, score_benchmark, truth_ratio, truth_ratio_score
 from unlearn_core.eval.metrics import (
     METRIC_DEFINITIONS,
     answer_index,
@@ -187,6 +187,10 @@ def test_metric_directions_and_definitions() -> None:
     assert not higher_is_better("forget.leak_rate") and not higher_is_better("forget.vqa_acc")
     assert higher_is_better("forget.text_qa_acc") and higher_is_better("retain.recall")
     assert not higher_is_better("bench.forget.rougeL") and higher_is_better("bench.retain.rougeL")
+    assert not higher_is_better("mllmu.forget.mc_acc_image") and not higher_is_better("mllmu.forget_unseen.rougeL_image")
+    assert higher_is_better("mllmu.forget.mc_acc_text")  # text knowledge is kept (MMUnlearner's setting)
+    assert higher_is_better("clear.forget.truth_ratio") and higher_is_better("clear.forget_quality")
+    assert higher_is_better("clear.real_faces.mc_acc_image") and not higher_is_better("logprob.forget.mc_acc_image")
     assert higher_is_better("guided_forget.informativeness") and not higher_is_better("quality.hallucination")
     assert higher_is_better("judge.hallucination")  # judge scores: 5 is best
     for name in ("forget.leak_rate", "utility.caption_f1", "quality.degeneracy_rate", "retain.text_qa_acc"):
@@ -211,49 +215,59 @@ def test_rouge_and_bleu_match_the_libraries() -> None:
         ours = rouge_f(ref, gen)
         for name in ("rouge1", "rouge2", "rougeL"):
             assert ours[name] == pytest.approx(direct[name].fmeasure)
-        expected = sentence_bleu(
-            [ref.lower().split()], gen.lower().split(), smoothing_function=SmoothingFunction().method1
-        )
+        expected = sentence_bleu([ref.split()], gen.split(), smoothing_function=SmoothingFunction().method1)
         assert bleu(ref, gen) == pytest.approx(expected)
     assert bleu("a b", "") == 0.0
 
 
-def test_cloze_match() -> None:
-    assert cloze_match("Oslo", "She was born in OSLO.")
-    assert cloze_match("marine  biologist", "a Marine biologist")
-    assert not cloze_match("Oslo", "Osaka")
-    assert not cloze_match("", "anything")
+def _mllmu_protocol():
+    from unlearn_core.eval.protocols import get_protocol
+
+    return get_protocol("mllmu-bench")
 
 
-def test_compute_bench_metrics_per_split() -> None:
+def test_benchmark_scoring_separates_modalities_and_parses() -> None:
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    records = [
-        rec("q1", "e1", "forget", "generation", GEN_PAIRS[0][0]),
-        rec("q2", "e1", "forget", "generation", GEN_PAIRS[1][0]),
-        rec("z1", "e1", "forget", "cloze", "Oslo"),
-        rec("z2", "e1", "forget", "cloze", "NordBank"),
-        rec("v1", "e1", "forget", "mc_vqa", "A", None, NAMES),
-        rec("t1", "e2", "retain", "mc_text", "chef", None, ["chef", "pilot"]),
-        rec("k1", "e3", "retain", "caption", "a man in a red shirt"),
+    opts = ["painter", "lawyer", "pilot", "chef"]
+    rows = [
+        {**rec("q1", "e1", "forget", "generation", GEN_PAIRS[0][0]), "has_image": True},
+        {**rec("q2", "e1", "forget", "generation", GEN_PAIRS[1][0]), "has_image": False},
+        {**rec("z1", "e1", "forget", "cloze", "Oslo"), "has_image": True},
+        {**rec("z2", "e1", "forget", "cloze", "NordBank"), "has_image": False},
+        {**rec("v1", "e1", "forget", "mc_vqa", "lawyer", None, opts), "has_image": True},
+        {**rec("v2", "e1", "forget", "mc_vqa", "lawyer", None, opts), "has_image": True},
+        {**rec("t1", "e2", "retain", "mc_text", "chef", None, opts), "has_image": False},
     ]
     outputs = {
-        "q1": {"generation": GEN_PAIRS[0][1]},
+        "q1": {"generation": "ASSISTANT: " + GEN_PAIRS[0][1]},
         "q2": {"generation": GEN_PAIRS[1][1]},
-        "z1": {"generation": "born in oslo"},
+        "z1": {"generation": "born in OSLO"},
         "z2": {"generation": "a bank"},
-        "v1": {"option_scores": [0.0, 1.0, 0.0, 0.0]},
-        "t1": {"option_scores": [2.0, 1.0]},
-        "k1": {"generation": "a man in red"},
+        "v1": {"generation": "(B)", "option_scores": [0.0, 1.0, 0.0, 0.0]},
+        "v2": {"generation": "B"},
+        "t1": {"generation": "D."},
     }
-    m = compute_bench_metrics(records, outputs)
-    rouge_l = [scorer.score(r, g)["rougeL"].fmeasure for r, g in GEN_PAIRS]
-    assert m["bench.forget.rougeL"] == pytest.approx(sum(rouge_l) / 2)
-    assert m["bench.forget.bleu"] == pytest.approx(sum(bleu(r, g) for r, g in GEN_PAIRS) / 2)
-    assert m["bench.forget.cloze_acc"] == 0.5
-    assert m["bench.forget.vqa_acc"] == 0.0 and m["bench.retain.qa_acc"] == 1.0
-    expected_caption = scorer.score("a man in a red shirt", "a man in red")["rougeL"].fmeasure
-    assert m["bench.retain.caption_rougeL"] == pytest.approx(expected_caption)
-    assert "bench.retain.rougeL" not in m and "bench.forget.qa_acc" not in m
+    res = score_benchmark(rows, outputs, _mllmu_protocol())
+    m = res.metrics
+    assert m["mllmu.forget.rougeL_image"] == pytest.approx(scorer.score(*GEN_PAIRS[0])["rougeL"].fmeasure)
+    assert m["mllmu.forget.rougeL_text"] == pytest.approx(scorer.score(*GEN_PAIRS[1])["rougeL"].fmeasure)
+    assert m["mllmu.forget.bleu_text"] == pytest.approx(bleu(*GEN_PAIRS[1]))
+    assert m["mllmu.forget.cloze_acc_image"] == 1.0 and m["mllmu.forget.cloze_acc_text"] == 0.0
+    assert m["mllmu.forget.mc_acc_image"] == 0.5  # "(B)" is no letter for MLLMU-Bench
+    assert m["mllmu.forget.mc_acc_mmu_image"] == 1.0  # ...but is B for MMUnlearner
+    assert m["mllmu.retain.mc_acc_text"] == 1.0
+    assert m["logprob.forget.mc_acc_image"] == 1.0 and res.counts["logprob.forget.mc_acc_image"] == 1
+    assert res.counts["mllmu.forget.mc_acc_image"] == 2 and "mllmu.forget.rougeL" not in m
+    v1 = res.per_sample["v1"]
+    assert (v1["letter"], v1["letter_mmunlearner"], v1["correct"], v1["correct_mmunlearner"]) == (None, "B", False, True)
+    assert res.per_sample["q1"]["rougeL"] == pytest.approx(m["mllmu.forget.rougeL_image"])
+
+
+def test_clear_truth_ratio_follows_the_reference_formulas() -> None:
+    assert truth_ratio(1.0, [2.0, 3.0]) == pytest.approx(2.718281828 ** (1.0 - 2.5))
+    ratios = [0.5, 2.0]  # P(perturbed)/P(paraphrased)
+    assert truth_ratio_score(ratios, forget=True) == pytest.approx(0.5)  # mean(min(t, 1/t))
+    assert truth_ratio_score(ratios, forget=False) == pytest.approx((0.5 + 0.0) / 2)  # mean(max(0, 1 - t))
 
 
 # --------------------------------------------------------------------------- report

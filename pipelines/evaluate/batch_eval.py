@@ -13,25 +13,29 @@ from pipelines.shards import EVAL_SPLITS, SHARD_SCHEMA, load_shard_rows
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.shard_image import decode_image_u8
 from unlearn_core.eval.judge import JudgeConfig
+from unlearn_core.eval.protocols import get_protocol, resolve_protocol
 from unlearn_core.eval.runner import model_outputs, select_eval_rows
 
 
 class _Generator:
     """One model per actor; each batch of rows -> their outputs as JSON strings."""
 
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, protocol: str = "synthetic") -> None:
         from unlearn_core.models.loading import load_model_and_processor
 
         self.model, self.processor = load_model_and_processor(model_dir, ModelConfig(spec=model_dir))
         self.model.eval()
+        self.protocol = get_protocol(protocol)
 
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
         rows = batch.to_pylist()
-        outs = model_outputs(self.model, self.processor, rows)
+        outs = model_outputs(self.model, self.processor, rows, protocol=self.protocol)
         return {"sample_id": [r["sample_id"] for r in rows], "output": [json.dumps(outs[r["sample_id"]]) for r in rows]}
 
 
-def generate_outputs(model_dir: str | Path, rows: list[dict[str, Any]], *, actors: int = 1) -> dict[str, dict]:
+def generate_outputs(
+    model_dir: str | Path, rows: list[dict[str, Any]], *, actors: int = 1, protocol: str = "synthetic"
+) -> dict[str, dict]:
     """Ray Data batch inference over ``rows``; returns sample_id -> output."""
     columns = ["sample_id", "split", "task", "question", "options", "image_u8", "image_hw"]
     schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
@@ -39,7 +43,7 @@ def generate_outputs(model_dir: str | Path, rows: list[dict[str, Any]], *, actor
     ds = ray.data.from_arrow(table).repartition(max(1, actors))
     out = ds.map_batches(
         _Generator,
-        fn_constructor_args=(str(model_dir),),
+        fn_constructor_args=(str(model_dir), protocol),
         batch_size=64,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=1,
@@ -82,17 +86,22 @@ def evaluate(
     seed: int = 0,
     actors: int = 1,
     judge: JudgeConfig | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``;
-    with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint."""
-    from unlearn_core.eval.metrics import evaluate_outputs
+    with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint.
+    ``protocol`` (default: the one the rows' benchmark implies) fixes prompts, decoding and metrics."""
+    from unlearn_core.eval.score import score_outputs
 
-    rows = select_eval_rows(load_shard_rows(shards_dir), max_per_group, seed)
+    all_rows = load_shard_rows(shards_dir)
+    proto = resolve_protocol(all_rows, protocol)
+    rows = select_eval_rows(all_rows, max_per_group, seed, every_task=proto.is_benchmark)
     if not rows:
         raise ValueError(f"{shards_dir}: no evaluation rows (splits {EVAL_SPLITS})")
-    outputs = generate_outputs(model_dir, rows, actors=actors)
-    result = evaluate_outputs(rows, outputs)
-    metrics = dict(result.metrics)
+    outputs = generate_outputs(model_dir, rows, actors=actors, protocol=proto.name)
+    result = score_outputs(rows, outputs, proto)
+    metrics = dict(result["metrics"])
     if judge is not None:
         metrics.update(judge_shard_outputs(rows, outputs, judge))
-    return {"metrics": metrics, "per_sample": result.per_sample, "n_rows": len(rows)}
+    return {"protocol": proto.name, "metrics": metrics, "counts": result["counts"],
+            "per_sample": result["per_sample"], "n_rows": len(rows)}

@@ -23,7 +23,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unlearn_core.data.schema import ARROW_SCHEMA, COLUMNS, SPLITS, Record, RecordError, rows_to_table
+from unlearn_core.data.schema import (
+    ARROW_SCHEMA,
+    COLUMNS,
+    LATER_COLUMNS,
+    SPLITS,
+    Record,
+    RecordError,
+    rows_to_table,
+)
 
 RECORDS_SCHEMA_VERSION = 1
 META_FILE = "records_meta.json"
@@ -52,7 +60,7 @@ _WRITER_OPTIONS: dict[str, Any] = {
     "data_page_version": "1.0",
     "store_schema": True,
 }
-_JSON_COLUMNS = ("private_facts", "visible_attributes")
+_JSON_COLUMNS = ("private_facts", "visible_attributes", "answer_variants")
 
 
 def split_path(records_dir: Path | str, split: str) -> Path:
@@ -128,9 +136,9 @@ def iter_rows(
             continue
         pfile = _open_checked(path)
         index = 0
-        for batch in pfile.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
+        for batch in pfile.iter_batches(batch_size=batch_size, columns=_present_columns(path)):
             for row in batch.to_pylist():
-                yield split, index, row
+                yield split, index, {c: row.get(c) for c in COLUMNS}
                 index += 1
 
 
@@ -157,6 +165,8 @@ def schema_problems(schema: pa.Schema, where: str, expected: pa.Schema = ARROW_S
     problems = []
     for field in expected:
         index = schema.get_field_index(field.name)
+        if index < 0 and field.name in LATER_COLUMNS:
+            continue  # written before the column existed: read as null
         if index < 0:
             problems.append(f"{where}: missing column '{field.name}'")
         elif not schema.field(index).type.equals(field.type):
@@ -290,11 +300,24 @@ def _read_split(records_dir: Path | str, split: str) -> pa.Table:
             raise RecordError(f"{path} is missing but {META_FILE} counts {meta_count} rows in split '{split}'")
         return ARROW_SCHEMA.empty_table()
     _open_checked(path)
-    table = pq.read_table(path, columns=list(COLUMNS))
+    table = _with_later_columns(pq.read_table(path, columns=_present_columns(path)))
     for field in ARROW_SCHEMA:
         if not field.nullable and table.column(field.name).null_count:
             raise RecordError(f"{path}: column '{field.name}' has {table.column(field.name).null_count} null(s)")
     return pa.Table.from_arrays([table.column(c) for c in COLUMNS], schema=ARROW_SCHEMA)
+
+
+def _present_columns(path: Path) -> list[str]:
+    """COLUMNS, less the later-added ones a folder written before them lacks."""
+    names = set(pq.read_schema(path).names)
+    return [c for c in COLUMNS if c in names or c not in LATER_COLUMNS]
+
+
+def _with_later_columns(table: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    for name in LATER_COLUMNS:
+        if name not in table.schema.names:
+            table = table.append_column(ARROW_SCHEMA.field(name), pa.nulls(table.num_rows, pa.string()))
+    return table
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

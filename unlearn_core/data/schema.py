@@ -54,9 +54,14 @@ ARROW_SCHEMA = pa.schema(
         pa.field("private_facts", pa.string()),  # JSON object {"name": ..., "occupation": ...}
         pa.field("visible_attributes", pa.string()),  # JSON object {"shirt": "red", ...}; "{}" if unknown
         pa.field("source", pa.string()),  # "synthetic", "mllmu-bench:forget_5", "clear:forget10", ...
+        # JSON object of other reference answers a benchmark scores against: CLEAR's
+        # {"paraphrased": str, "perturbed": [str, ...]} (truth ratio); "{}" when none.
+        pa.field("answer_variants", pa.string()),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(ARROW_SCHEMA.names)
+# Columns added after the first records folders were written: read as null when a folder lacks them.
+LATER_COLUMNS: tuple[str, ...] = ("answer_variants",)
 
 
 class RecordError(ValueError):
@@ -76,6 +81,7 @@ class Record:
     private_facts: dict[str, Any] = field(default_factory=dict)
     visible_attributes: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    answer_variants: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -90,6 +96,7 @@ class Record:
             "private_facts": json.dumps(self.private_facts, sort_keys=True, ensure_ascii=False),
             "visible_attributes": json.dumps(self.visible_attributes, sort_keys=True, ensure_ascii=False),
             "source": self.source,
+            "answer_variants": json.dumps(self.answer_variants, sort_keys=True, ensure_ascii=False),
         }
 
     @classmethod
@@ -106,6 +113,7 @@ class Record:
             private_facts=json.loads(row.get("private_facts") or "{}"),
             visible_attributes=json.loads(row.get("visible_attributes") or "{}"),
             source=row.get("source") or "",
+            answer_variants=json.loads(row.get("answer_variants") or "{}"),
         )
 
 

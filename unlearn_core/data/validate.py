@@ -34,7 +34,7 @@ FORGET_SIDE: tuple[str, ...] = ("forget", "forget_unseen")
 RETAIN_SIDE: tuple[str, ...] = ("retain", "retain_unseen")
 _TEXT_FIELDS = ("sample_id", "entity_id", "split", "task", "question", "answer")
 _NON_EMPTY = ("sample_id", "entity_id", "question", "answer")
-_JSON_FIELDS = ("private_facts", "visible_attributes")
+_JSON_FIELDS = ("private_facts", "visible_attributes", "answer_variants")
 _LIST_LIMIT = 20
 
 

@@ -1,91 +1,183 @@
-"""MLLMU-Bench / CLEAR published metrics on canonical records and model outputs.
+"""MLLMU-Bench / CLEAR metrics on canonical records and raw generations, as their authors compute them.
 
-Computed with the libraries the benchmarks use, so numbers are comparable with theirs:
-ROUGE F-measure from ``rouge_score.rouge_scorer.RougeScorer(..., use_stemmer=True)`` (reference =
-target, generation = prediction) and BLEU from ``nltk.translate.bleu_score.sentence_bleu`` with
-``SmoothingFunction().method1`` on lower-cased whitespace tokens.
+Text scores use the libraries the references use:
+- ROUGE: ``rouge_score.rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)``,
+  ``scorer.score(ground_truth, prediction)``; F-measure for MLLMU-Bench (``eval.py``
+  ``evaluate_generation``), recall for CLEAR (``mm/eval.py`` ``eval_rouge_recall``).
+- BLEU: ``nltk.translate.bleu_score.sentence_bleu([gt.split()], pred.split(),
+  smoothing_function=SmoothingFunction().method1)``, case-sensitive (MLLMU-Bench ``compute_bleu``).
+- cloze: ``gt.lower() in response.lower()``; multiple choice: the generated letter parsed both as
+  MLLMU-Bench and as MMUnlearner parse it (``unlearn_core.eval.answer_parsing``).
 
-Names are ``bench.<split>.<metric>`` (e.g. ``bench.forget.rougeL``), one set per split:
-- ``vqa_acc``: mc_vqa accuracy (argmax of option_scores == correct option; with image);
-- ``qa_acc``: mc_text accuracy (text only);
-- ``cloze_acc``: task cloze, share of generations containing the ground truth (case-insensitive,
-  whitespace runs collapsed);
-- ``rouge1``, ``rouge2``, ``rougeL``, ``bleu``: means over task ``generation``;
-- ``<task>_rouge1`` ... ``<task>_bleu`` for the other reference tasks in ``text_tasks`` (default
-  ``caption``, CLEAR's captioning metric), e.g. ``bench.forget.caption_rougeL``.
+Metric names are ``<prefix>.<group>.<metric>_<modality>``: prefix ``mllmu`` or ``clear``, group the
+split (CLEAR's utility sets by config: ``real_faces``, ``real_world``), modality ``image``
+(image-textual) or ``text`` (pure text). Option log-prob accuracy, when the outputs carry
+``option_scores``, is ``logprob.<group>.mc_acc_<modality>``: never mixed with generated letters.
+See ``docs/metrics.md`` for the full table.
 """
 
 from __future__ import annotations
 
-import re
+import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_score import rouge_scorer
 
-from unlearn_core.eval.metrics import answer_index, chosen_index, generation_of, parse_records
+from unlearn_core.data.schema import MC_TASKS
+from unlearn_core.eval import answer_parsing as ap
+from unlearn_core.eval.protocols import Protocol, has_image
 
 ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 _SMOOTHING = SmoothingFunction().method1
-_SPACES = re.compile(r"\s+")
 
 
 def make_rouge_scorer() -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
-def rouge_f(
+def rouge_scores(
     reference: str, generation: str, scorer: rouge_scorer.RougeScorer | None = None
 ) -> dict[str, float]:
-    """ROUGE-1/2/L F-measures of ``generation`` against ``reference``."""
+    """ROUGE-1/2/L F-measures (``rouge1`` ...) and ROUGE-1/L recall (``rouge1_recall``, ``rougeL_recall``)."""
     scores = (scorer or make_rouge_scorer()).score(reference, generation)
-    return {name: float(scores[name].fmeasure) for name in ROUGE_TYPES}
+    out = {name: float(scores[name].fmeasure) for name in ROUGE_TYPES}
+    out["rouge1_recall"] = float(scores["rouge1"].recall)
+    out["rougeL_recall"] = float(scores["rougeL"].recall)
+    return out
+
+
+def rouge_f(reference: str, generation: str, scorer: rouge_scorer.RougeScorer | None = None) -> dict[str, float]:
+    """ROUGE-1/2/L F-measures of ``generation`` against ``reference``."""
+    return {k: v for k, v in rouge_scores(reference, generation, scorer).items() if k in ROUGE_TYPES}
 
 
 def bleu(reference: str, generation: str) -> float:
-    """Sentence BLEU (NLTK, smoothing method1) on lower-cased whitespace tokens; 0 for an empty generation."""
-    hyp = generation.lower().split()
+    """Case-sensitive sentence BLEU on whitespace tokens, smoothing method1 (0 for an empty generation)."""
+    hyp = generation.split()
     if not hyp:
         return 0.0
-    return float(sentence_bleu([reference.lower().split()], hyp, smoothing_function=_SMOOTHING))
+    return float(sentence_bleu([reference.split()], hyp, smoothing_function=_SMOOTHING))
 
 
-def cloze_match(ground_truth: str, generation: str) -> bool:
-    """Whether the ground truth is a substring of the generation (case-insensitive, spaces collapsed)."""
-    truth = _SPACES.sub(" ", ground_truth).strip().lower()
-    return bool(truth) and truth in _SPACES.sub(" ", generation).lower()
+def truth_ratio(paraphrased_loss: float, perturbed_losses: Sequence[float]) -> float:
+    """CLEAR ``mm/eval.py``: exp(paraphrased loss - mean perturbed loss), losses per token."""
+    mean_perturbed = sum(perturbed_losses) / len(perturbed_losses)
+    return math.exp(paraphrased_loss - mean_perturbed)
 
 
-def compute_bench_metrics(
-    records: Iterable[Mapping[str, Any] | Any],
-    outputs: Mapping[str, Mapping[str, Any] | str],
-    *,
-    text_tasks: Sequence[str] = ("generation", "caption"),
-) -> dict[str, float]:
-    """``bench.<split>.<metric>`` means (see the module doc); metrics without samples are omitted."""
+def truth_ratio_score(ratios: Sequence[float], *, forget: bool) -> float:
+    """CLEAR ``mm/calculate_metrics.py`` ``compute_model_utility``: forget sets ``mean(min(t, 1/t))``,
+    other sets ``mean(max(0, 1 - t))`` with t = P(perturbed) / P(paraphrased); higher is better for both.
+
+    (The reference averages the perturbed losses over the whole set before the ratio; this uses each
+    sample's own perturbed losses, as ``mm/eval.py`` stores them.)
+    """
+    if forget:
+        return sum(min(t, 1.0 / t) for t in ratios) / len(ratios)
+    return sum(max(0.0, 1.0 - t) for t in ratios) / len(ratios)
+
+
+def forget_quality(unlearned_ratios: Sequence[float], retained_ratios: Sequence[float]) -> float:
+    """CLEAR / TOFU forget quality: the KS-test p-value between the forget-set truth ratios of the
+    unlearned model and of the model trained on retain only (``mm/calculate_metrics.py``)."""
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(list(unlearned_ratios), list(retained_ratios)).pvalue)
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+@dataclass
+class BenchResult:
+    metrics: dict[str, float]
+    counts: dict[str, int]  # samples behind each metric
+    per_sample: dict[str, dict[str, Any]] = field(default_factory=dict)  # sample_id -> fields
+    truth_ratios: dict[str, list[float]] = field(default_factory=dict)  # group -> per-sample ratios
+
+
+def metric_group(row: Mapping[str, Any]) -> str:
+    """The split, except CLEAR's utility sets, which are reported per config (real_faces, real_world)."""
+    split = str(row["split"])
+    source = str(row.get("source") or row.get("sample_id") or "")
+    if split == "utility" and source.startswith("clear:"):
+        return source.split(":")[1]
+    return split
+
+
+def _generation(output: Mapping[str, Any] | str | None) -> Any:
+    if output is None or isinstance(output, str):
+        return output
+    return output.get("generation")
+
+
+def score_benchmark(
+    rows: Sequence[Mapping[str, Any]], outputs: Mapping[str, Mapping[str, Any] | str], protocol: Protocol
+) -> BenchResult:
+    """Benchmark metrics and per-sample fields for ``rows`` that have an output (others are skipped)."""
     scorer = make_rouge_scorer()
     values: dict[str, list[float]] = defaultdict(list)
-    for rec in parse_records(records):
-        out = outputs.get(rec.sample_id)
+    per_sample: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, list[float]] = defaultdict(list)
+    prefix = protocol.prefix
+    for row in rows:
+        sid = str(row["sample_id"])
+        out = outputs.get(sid)
         if out is None:
             continue
-        prefix = f"bench.{rec.split}."
-        if rec.task in ("mc_vqa", "mc_text"):
-            truth = answer_index(rec.answer, rec.options)
-            if truth is not None:
-                name = "vqa_acc" if rec.task == "mc_vqa" else "qa_acc"
-                values[prefix + name].append(float(chosen_index(out, rec.options or []) == truth))
-            continue
-        gen = generation_of(out)
-        if gen is None or not rec.answer.strip():
-            continue
-        if rec.task == "cloze":
-            values[prefix + "cloze_acc"].append(float(cloze_match(rec.answer, gen)))
-        elif rec.task in text_tasks:
-            stem = prefix if rec.task == "generation" else f"{prefix}{rec.task}_"
-            for name, value in rouge_f(rec.answer, gen, scorer).items():
-                values[stem + name].append(value)
-            values[stem + "bleu"].append(bleu(rec.answer, gen))
-    return {name: sum(v) / len(v) for name, v in sorted(values.items()) if v}
+        task, answer = str(row["task"]), str(row.get("answer") or "")
+        group, mod = metric_group(row), ("image" if has_image(row) else "text")
+        fields: dict[str, Any] = {"sample_id": sid, "task": task, "split": row["split"], "modality": mod}
+        scores = None if isinstance(out, str) else out.get("option_scores")
+        options = list(row.get("options") or [])
+        if task in MC_TASKS and options and scores is not None and len(scores) == len(options):
+            chosen = max(range(len(scores)), key=lambda i: (float(scores[i]), -i))
+            fields["logprob_correct"] = options[chosen] == answer
+            values[f"logprob.{group}.mc_acc_{mod}"].append(float(fields["logprob_correct"]))
+        gen = _generation(out)
+        if isinstance(gen, str) and protocol.is_benchmark:
+            _score_generation(row, gen, options, fields, values, scorer, f"{prefix}.{group}", mod)
+        loss, perturbed = (None, None) if isinstance(out, str) else (out.get("paraphrased_loss"), out.get("perturbed_losses"))
+        if protocol.name == "clear" and isinstance(loss, (int, float)) and perturbed:
+            fields["truth_ratio"] = truth_ratio(float(loss), [float(x) for x in perturbed])
+            ratios[group].append(fields["truth_ratio"])
+        per_sample[sid] = fields
+    for group, rs in ratios.items():
+        values[f"clear.{group}.truth_ratio"] = [truth_ratio_score(rs, forget=group.startswith("forget"))] * len(rs)
+    metrics = {k: sum(v) / len(v) for k, v in sorted(values.items()) if v}
+    counts = {k: len(v) for k, v in sorted(values.items()) if v}
+    return BenchResult(metrics, counts, per_sample, dict(ratios))
+
+
+def _score_generation(
+    row: Mapping[str, Any], gen: str, options: list[str], fields: dict[str, Any],
+    values: dict[str, list[float]], scorer: rouge_scorer.RougeScorer, stem: str, mod: str,
+) -> None:
+    task, answer = str(row["task"]), str(row.get("answer") or "")
+    if task in MC_TASKS and options:
+        truth = ap.correct_letter(answer, options)
+        fields["letter"] = ap.letter_mllmu(gen, len(options))
+        fields["letter_mmunlearner"] = ap.letter_mmunlearner(gen, len(options))
+        fields["correct"] = truth is not None and fields["letter"] == truth
+        fields["correct_mmunlearner"] = truth is not None and fields["letter_mmunlearner"] == truth
+        values[f"{stem}.mc_acc_{mod}"].append(float(fields["correct"]))
+        values[f"{stem}.mc_acc_mmu_{mod}"].append(float(fields["correct_mmunlearner"]))
+        return
+    if task == "cloze":
+        fields["correct"] = ap.cloze_correct(answer, gen)
+        values[f"{stem}.cloze_acc_{mod}"].append(float(fields["correct"]))
+        return
+    response = ap.mllmu_response(gen, answer_marker=True) if stem.startswith("mllmu") else gen
+    fields.update(rouge_scores(answer, response, scorer))
+    fields["bleu"] = bleu(answer, response)
+    if stem.startswith("clear"):
+        for name in ("rougeL_recall", "rouge1_recall"):
+            values[f"{stem}.{name}_{mod}"].append(fields[name])
+        return
+    head = "" if task == "generation" else f"{task}_"
+    for name in (*ROUGE_TYPES, "bleu"):
+        values[f"{stem}.{head}{name}_{mod}"].append(fields[name])

@@ -66,7 +66,9 @@ def higher_is_better(name: str) -> bool:
 
     Lower is better for leak/hallucination/refusal/degeneracy rates and for anything measuring how
     well the model still recognises or reproduces a forget split (``forget*.vqa_acc``,
-    ``bench.forget*.rougeL``...), except text-only knowledge (``text_qa_*``, ``qa_acc``), which is kept.
+    ``mllmu.forget*.rougeL_image``...), except text-only knowledge (``text_qa_*``, ``qa_acc``, the
+    benchmarks' ``*_text`` pure-text metrics), which MMUnlearner's setting keeps. CLEAR's truth-ratio
+    scores and forget quality are higher-is-better on every split.
     """
     parts = name.split(".")
     last = parts[-1]
@@ -74,8 +76,11 @@ def higher_is_better(name: str) -> bool:
         return True
     if last in _LOWER_IS_BETTER:
         return False
+    if last in ("truth_ratio", "forget_quality"):
+        return True
     split = parts[-2] if len(parts) >= 2 else ""
-    return not (split.startswith("forget") and last not in ("text_qa_acc", "text_qa_match", "qa_acc"))
+    kept = last in ("text_qa_acc", "text_qa_match", "qa_acc") or last.endswith("_text")
+    return not (split.startswith("forget") and not kept)
 
 
 # --------------------------------------------------------------------------- inputs

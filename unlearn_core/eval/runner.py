@@ -15,6 +15,7 @@ import torch
 
 from unlearn_core.data.schema import MC_TASKS
 from unlearn_core.data.shard_image import decode_image_u8
+from unlearn_core.eval.protocols import Protocol, get_protocol
 
 EVAL_TASKS: dict[str, tuple[str, ...]] = {
     "forget": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
@@ -33,12 +34,18 @@ def row_image(row: dict[str, Any]) -> np.ndarray | None:
     return decode_image_u8(row.get("image_u8"), row.get("image_hw"), where=f"row {row.get('sample_id')}")
 
 
-def select_eval_rows(rows: list[dict[str, Any]], max_per_group: int, seed: int = 0) -> list[dict[str, Any]]:
-    """A fixed, seeded subsample of at most ``max_per_group`` rows per (split, task) that is evaluated."""
+def select_eval_rows(
+    rows: list[dict[str, Any]], max_per_group: int, seed: int = 0, *, every_task: bool = False
+) -> list[dict[str, Any]]:
+    """A fixed, seeded subsample of at most ``max_per_group`` rows per (split, task) that is evaluated.
+
+    ``EVAL_TASKS`` picks the tasks (the synthetic protocol); ``every_task`` (the benchmark protocols)
+    keeps every converted task of every split.
+    """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         wanted = EVAL_TASKS.get(r["split"], ()) + EVAL_TASKS["*"]
-        if r["task"] in wanted:
+        if every_task or r["task"] in wanted:
             groups[(r["split"], r["task"])].append(r)
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
@@ -54,21 +61,31 @@ def model_outputs(
     processor: Any,
     rows: list[dict[str, Any]],
     *,
-    max_new_tokens: int = 40,
+    max_new_tokens: int | None = None,
     batch_size: int = 32,
+    protocol: Protocol | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """sample_id -> {"generation": str} or {"option_scores": [...]} for every row."""
+    """sample_id -> {"generation": str} or {"option_scores": [...]} for every row.
+
+    The protocol (default ``synthetic``) gives each row its question text and decoding length and says
+    whether multiple choice is a generated letter or option log-probs; ``max_new_tokens`` overrides
+    the protocol's lengths.
+    """
     from unlearn_core.models.generate import generate, score_options
 
+    protocol = protocol or get_protocol("synthetic")
     outputs: dict[str, dict[str, Any]] = {}
-    gen_rows = [r for r in rows if r["task"] not in MC_TASKS]
-    if gen_rows:
-        prompts = [{"question": r["question"], "image": row_image(r)} for r in gen_rows]
-        texts = generate(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        for r, t in zip(gen_rows, texts, strict=True):
+    gen_rows = [r for r in rows if protocol.generated_mc or r["task"] not in MC_TASKS]
+    by_length: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in gen_rows:
+        by_length[max_new_tokens or protocol.max_new_tokens(r)].append(r)
+    for length, group in sorted(by_length.items()):
+        prompts = [{"question": protocol.prompt(r), "image": row_image(r)} for r in group]
+        texts = generate(model, processor, prompts, max_new_tokens=length, batch_size=batch_size)
+        for r, t in zip(group, texts, strict=True):
             outputs[r["sample_id"]] = {"generation": t}
     for r in rows:
-        if r["task"] in MC_TASKS:
+        if r["task"] in MC_TASKS and not protocol.generated_mc:
             scores = score_options(model, processor, r["question"], row_image(r), list(r["options"]))
             outputs[r["sample_id"]] = {"option_scores": [float(s) for s in scores]}
     return outputs
@@ -77,13 +94,16 @@ def model_outputs(
 def evaluate_model(
     model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], *, image_size: int = 64
 ) -> dict[str, float]:
-    """Outputs + metrics for already-selected rows (used for in-training evaluation on rank 0)."""
-    from unlearn_core.eval.metrics import compute_metrics
+    """Outputs + metrics for already-selected rows (used for in-training evaluation on rank 0), under
+    the protocol the rows' benchmark implies, so a benchmark run's curves carry the benchmark's names."""
+    from unlearn_core.eval.protocols import resolve_protocol
+    from unlearn_core.eval.score import score_outputs
 
+    protocol = resolve_protocol(rows)
     was_training = model.training
     model.eval()
     try:
-        outputs = model_outputs(model, processor, rows)
+        outputs = model_outputs(model, processor, rows, protocol=protocol)
     finally:
         model.train(was_training)
-    return compute_metrics(rows, outputs)
+    return score_outputs(rows, outputs, protocol)["metrics"]

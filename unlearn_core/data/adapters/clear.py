@@ -13,11 +13,14 @@ files. Published configs and columns:
   full, full+tofu, default (data/)   everything: forget + retain
 
 Mapping (decisions):
-  forgetNN (``forget_config``, default forget10) -> caption records in forget; retain{100-NN} ->
+  forgetNN (``forget_config``; default: the only forget percentage present, else forget10) ->
+    caption records in forget; retain{100-NN} ->
     caption records in retain. Question: a fixed caption prompt; answer: the caption; entity: name.
   forgetNN_perturbed / retain_perturbed -> mc_vqa in forget / retain: "Who is this person?", options
     = the true name and the perturbed names, sorted alphabetically (so the answer's position carries
-    no signal), answer = the true name. perturbed_captions / paraphrased_caption are not used.
+    no signal), answer = the true name. ``paraphrased_caption`` and ``perturbed_captions``, where
+    present, are kept on that record in ``answer_variants`` ({"caption", "paraphrased", "perturbed":
+    [...]}): the inputs of CLEAR's truth ratio, which `unlearn score` computes from per-token losses.
   forgetNN+tofu / retainNN+tofu -> text_qa (no image) in forget / retain for the TOFU rows; the
     entity is the CLEAR person of the same side whose name appears in the question or answer
     (longest match), else ``clear:tofu-unmatched:<side>`` (counted in a warning). Their caption rows
@@ -85,11 +88,13 @@ class _State:
 def convert(source: Path, out: Path, *, forget_config: str | None = None) -> ConvertReport:
     """Convert a CLEAR folder into a records folder; see the module docstring for the mapping."""
     source, out = Path(source), Path(out)
-    forget_config = forget_config or DEFAULT_FORGET_CONFIG
+    configs = discover_configs(source)
+    if forget_config is None:
+        present = sorted({m.group(1) for n in configs if (m := _FORGET_PREFIX_RE.match(n))})
+        forget_config = present[0] if len(present) == 1 else DEFAULT_FORGET_CONFIG
     match = _FORGET_RE.match(forget_config)
     if not match:
         raise RecordError(f"forget_config must look like 'forget10', got {forget_config!r}")
-    configs = discover_configs(source)
     conv = Conversion(FORMAT, source, out)
     jobs = _plan(configs, forget_config, f"retain{100 - int(match.group(1)):02d}", conv)
     state = _State()
@@ -172,7 +177,8 @@ def _convert_row(
                               "answer": row.get("caption")})
         else:
             conv.add(origin, {**base, **person, "task": "mc_vqa", "question": IDENTITY_QUESTION,
-                              "answer": name.strip(), "options": _name_options(name.strip(), row.get("perturbed_names"))})
+                              "answer": name.strip(), "options": _name_options(name.strip(), row.get("perturbed_names")),
+                              "answer_variants": _caption_variants(row)})
     elif job.kind == "tofu":
         _convert_tofu_row(job, row, origin, base, state, conv, counts)
     elif job.kind == "real_faces":
@@ -215,6 +221,18 @@ def _convert_tofu_row(
     entity = f"clear:{name}" if name else f"clear:tofu-unmatched:{job.side}"
     conv.add(origin, {**base, "entity_id": entity, "private_facts": {"name": name} if name else {},
                       "task": "text_qa", "question": row.get("question"), "answer": row.get("answer")})
+
+
+def _caption_variants(row: Mapping[str, Any]) -> dict[str, Any]:
+    """CLEAR's paraphrased / perturbed captions of a perturbed-config row (truth ratio inputs)."""
+    variants: dict[str, Any] = {}
+    if row.get("paraphrased_caption") is not None:
+        variants["paraphrased"] = row["paraphrased_caption"]
+    if row.get("perturbed_captions") is not None:
+        variants["perturbed"] = list(row["perturbed_captions"])
+    if row.get("caption") is not None:
+        variants["caption"] = row["caption"]
+    return variants
 
 
 def _find_name(names: Iterable[str], texts: Iterable[Any]) -> str | None:

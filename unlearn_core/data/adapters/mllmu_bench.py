@@ -17,15 +17,22 @@ Question families -> tasks (one record per question):
   Generation_Task -> generation, Mask_Task -> cloze (image when Type is Image_Textual, none for Pure_Text)
 
 Configs -> splits (decisions):
-  forget_N (``forget_config``, default forget_5) -> forget; retain_{100-N} -> retain. The other
-    percentages overlap these and are skipped (listed in the report).
+  forget_N (``forget_config``; default: the only forget_N present, else forget_5) -> forget;
+    retain_{100-N} -> retain. The other percentages overlap these and are skipped (listed in the
+    report). When forget_N / retain_N hold training rows (``image, ID, metadata``: the
+    ``baseline_train_split`` layout), their rows become fact_vqa records of that split.
   Test_Set -> forget_unseen for the people of the chosen forget config, retain_unseen for everyone
-    else (all Test_Set people are fictitious, so the rest are retain people). Image questions take the
-    person's unseen photos in turn (question k gets images[k % len(images)]); text-only questions are
-    kept too. Skipped when there is no forget config to tell the two apart.
+    else (all Test_Set people are fictitious, so the rest are retain people). As the reference ``eval.py``
+    does (``random.choice(row["images"])`` once per person and task), every image question of one
+    task family (classification, cloze, generation, the profile question) of a person gets the same
+    one of the person's photos, chosen by a generator seeded with ``TEST_PHOTO_SEED``, the person and
+    the family. Text-only questions are kept too. Skipped when there is no forget config to tell the
+    two apart. ``biography`` is optional here (the reference never reads it): facts then come from the
+    profile configs of the same ID.
   Full_Set (all fictitious people = forget_N + retain_{100-N}) -> skipped when the retain config is
     present; otherwise its people outside the forget config become the retain split.
-  Retain_Set (real celebrities) -> utility, entity ids ``mllmu-real:<ID>`` (never forget/retain).
+  Retain_Set (real celebrities) -> utility, entity ids ``mllmu-real:<ID>`` (never forget/retain);
+    ``biography`` optional.
   ft_Data / baseline_train_split -> fact_vqa with the image; split forget when the ID is in the chosen
     forget config, retain otherwise; skipped without a forget config. A folder with the columns
     image, ID, metadata is recognised as training data whatever its name.
@@ -38,6 +45,7 @@ training rows take the biography of the same ID from the profile configs. Entity
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +66,7 @@ from unlearn_core.data.schema import RecordError
 
 FORMAT = "mllmu-bench"
 DEFAULT_FORGET_CONFIG = "forget_5"
+TEST_PHOTO_SEED = 0
 TEST_CONFIG = "Test_Set"
 FULL_CONFIG = "Full_Set"
 CELEBRITY_CONFIG = "Retain_Set"
@@ -76,6 +85,7 @@ class _Plan:
     forget: str | None
     retain: str | None
     train: str | None
+    train_layout: set[str] = field(default_factory=set)  # forget/retain configs holding training rows
     forget_ids: set[str] = field(default_factory=set)
     facts_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -83,12 +93,14 @@ class _Plan:
 def convert(source: Path, out: Path, *, forget_config: str | None = None) -> ConvertReport:
     """Convert an MLLMU-Bench folder into a records folder; see the module docstring for the mapping."""
     source, out = Path(source), Path(out)
-    forget_config = forget_config or DEFAULT_FORGET_CONFIG
+    configs = discover_configs(source)
+    if forget_config is None:
+        present = [n for n in configs if _FORGET_RE.match(n)]
+        forget_config = present[0] if len(present) == 1 else DEFAULT_FORGET_CONFIG
     match = _FORGET_RE.match(forget_config)
     if not match:
         raise RecordError(f"forget_config must look like 'forget_5', got {forget_config!r}")
     retain_config = f"retain_{100 - int(match.group(1))}"
-    configs = discover_configs(source)
     conv = Conversion(FORMAT, source, out)
     plan = _make_plan(configs, forget_config, retain_config, conv)
     for name in _order(configs, plan):
@@ -106,6 +118,7 @@ def _make_plan(configs: Mapping[str, SourceConfig], forget: str, retain: str, co
     trains = [n for n in configs if n in TRAIN_CONFIGS or _looks_like_training(configs[n])]
     plan = _Plan(forget=forget if forget in configs else None, retain=retain if retain in configs else None,
                  train=trains[0] if trains else None)
+    plan.train_layout = {n for n in (forget, retain) if n in configs and _has_training_columns(configs[n])}
     for name in trains[1:]:
         conv.skip_config(name, f"same training data as {plan.train}")
     # Membership comes from the raw ID column, so a quarantined forget row cannot move its person
@@ -148,9 +161,11 @@ def _convert_config(config: SourceConfig, plan: _Plan, conv: Conversion) -> None
         CELEBRITY_CONFIG: "utility",
         plan.train: "forget/retain (fact_vqa)",
     }[name]
+    if name in plan.train_layout:
+        role = f"{role} (fact_vqa)"
     counts = conv.config(name, role)
     columns = config.columns()
-    if name != plan.train:
+    if name != plan.train and name not in plan.train_layout:
         for column, task in (("Classification_Task", "mc_vqa/mc_text"), ("Generation_Task", "generation"),
                              ("Mask_Task", "cloze")):
             if column not in columns:
@@ -168,9 +183,11 @@ def _convert_config(config: SourceConfig, plan: _Plan, conv: Conversion) -> None
 def _convert_row(
     name: str, row: dict[str, Any], origin: str, plan: _Plan, conv: Conversion, counts: ConfigCounts
 ) -> None:
-    required = ["ID", "metadata", "image"] if name == plan.train else ["ID", "biography"]
+    training = name == plan.train or name in plan.train_layout
+    needs_bio = name not in (TEST_CONFIG, CELEBRITY_CONFIG)
+    required = ["ID", "metadata", "image"] if training else ["ID", *(["biography"] if needs_bio else [])]
     missing = [c for c in required if c not in row]
-    if name != plan.train and "image" not in row and "images" not in row:
+    if not training and "image" not in row and "images" not in row:
         missing.append("images" if name == TEST_CONFIG else "image")
     if missing:
         conv.reject(origin, f"{missing[0]}: column missing from {origin.split('#')[0]}", row)
@@ -184,26 +201,27 @@ def _convert_row(
         counts.skipped_rows += 1
         return
     try:
-        facts = plan.facts_by_id.get(pid, {}) if name == plan.train else _private_facts(row.get("biography"))
+        if training or (name == TEST_CONFIG and row.get("biography") is None):
+            facts = plan.facts_by_id.get(pid, {})
+        else:
+            facts = _private_facts(row.get("biography"))
     except ValueError as exc:
         conv.reject(origin, f"biography: {exc}", row)
         return
-    if name != plan.train and name != CELEBRITY_CONFIG:
+    if not training and name != CELEBRITY_CONFIG:
         plan.facts_by_id.setdefault(pid, facts)
     entity = f"mllmu-real:{pid}" if name == CELEBRITY_CONFIG else f"mllmu:{pid}"
     base = {"entity_id": entity, "split": split, "private_facts": facts, "visible_attributes": {},
             "source": f"{FORMAT}:{name}"}
-    image_for = _image_picker(row)
-    candidates = _training_candidates(row) if name == plan.train else _profile_candidates(row)
-    image_questions = 0
+    image_for = _image_picker(row, pid)
+    candidates = _training_candidates(row) if training else _profile_candidates(row)
     for suffix, cand, reason in candidates:
         where = f"{origin} {suffix}"
         if cand is None:
             conv.reject(where, reason or "row: unusable", row)
             continue
         if cand.pop("_needs_image"):
-            cand["image"] = image_for(image_questions)
-            image_questions += 1
+            cand["image"] = image_for(_PHOTO_FAMILY.get(cand["task"], cand["task"]))
         cand["sample_id"] = f"mllmu:{name}:{pid}:{cand['task']}:{cand.pop('_k')}"
         conv.add(where, {**base, **cand})
 
@@ -297,13 +315,17 @@ def _mc_options(entry: Mapping[str, Any]) -> tuple[Any, Any]:
     return options, correct
 
 
-def _image_picker(row: Mapping[str, Any]) -> Callable[[int], Any]:
-    """The image for the k-th image question: the row's image, or its unseen photos in turn."""
+_PHOTO_FAMILY = {"mc_vqa": "classification", "mc_text": "classification"}
+
+
+def _image_picker(row: Mapping[str, Any], pid: str) -> Callable[[str], Any]:
+    """The image for a question of a task family: the row's image, or one of its unseen photos per
+    family (seeded by ``TEST_PHOTO_SEED``, the person and the family, so every run picks the same)."""
     photos = [_image_bytes(p) for p in (row.get("images") or [])]
     if photos:
-        return lambda k: photos[k % len(photos)]
+        return lambda family: random.Random(f"{TEST_PHOTO_SEED}:{pid}:{family}").choice(photos)
     single = _image_bytes(row.get("image"))
-    return lambda _k: single
+    return lambda _family: single
 
 
 def _image_bytes(value: Any) -> Any:
@@ -362,9 +384,13 @@ def _ids_of(config: SourceConfig) -> set[str]:
     return ids
 
 
+def _has_training_columns(config: SourceConfig) -> bool:
+    columns = config.columns()
+    return TRAIN_COLUMNS <= columns and "Classification_Task" not in columns
+
+
 def _looks_like_training(config: SourceConfig) -> bool:
     name = config.name
     if _FORGET_RE.match(name) or _RETAIN_RE.match(name) or name in (TEST_CONFIG, FULL_CONFIG, CELEBRITY_CONFIG):
         return False
-    columns = config.columns()
-    return TRAIN_COLUMNS <= columns and "Classification_Task" not in columns
+    return _has_training_columns(config)
