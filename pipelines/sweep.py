@@ -355,6 +355,14 @@ def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int |
     return run.info.run_id, None
 
 
+def _log_resolved_params(client: MlflowClient, run_id: str, cfg: RunConfig) -> None:
+    """The resolved params the trial's run does not have yet (MLflow params are write-once)."""
+    have = client.get_run(run_id).data.params
+    new = [mlflow.entities.Param(k, v) for k, v in mlflow_params(cfg).items() if k not in have]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i : i + 100])
+
+
 def _outside_trial_group(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn`` in a 0-CPU Ray task outside the trial's placement group.
 
@@ -384,6 +392,8 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     client = MlflowClient(ctx.tracking_uri)
     try:
         inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
+        cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
+        _log_resolved_params(client, run_id, cfg)
         shards = inputs["shards"]
         extra = {"trial_name": name, "mlflow_run_id": run_id}
         curves = _LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through)

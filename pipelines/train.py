@@ -28,7 +28,7 @@ from pipelines.progress import ProgressCallback
 from unlearn_core.config import ConfigError
 from unlearn_core.config import RunConfig as UnlearnRunConfig
 from unlearn_core.data.encode import collate
-from unlearn_core.data.teacher_cache import TOPK_IDS, attach_teacher_topk
+from unlearn_core.data.teacher_cache import attach_teacher_topk
 from unlearn_core.training import ds_engine
 from unlearn_core.training.loop import (
     FullWeightsFn,
@@ -42,7 +42,7 @@ from unlearn_core.training.loop import (
     seed_everything,
     to_device,
 )
-from unlearn_core.training.worker import build_worker_model, check_supported, make_step_fn
+from unlearn_core.training.worker import build_worker_model, check_supported, ddp_kwargs, make_step_fn
 
 
 def rows_with_images(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,8 +63,7 @@ def collate_shard_batch(batch: dict[str, np.ndarray], processor: Any, prefixes: 
     keys = list(batch)
     rows = rows_with_images([{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))])
     out = collate(rows, processor, prefixes=prefixes)
-    if TOPK_IDS in batch and "guide_" in prefixes:
-        attach_teacher_topk(out, rows)
+    attach_teacher_topk(out, rows)  # PUBG's cached teacher, when the rows carry it
     return out
 
 
@@ -213,7 +212,8 @@ def train_worker(job_dict: dict[str, Any]) -> None:
                 start_step = load_checkpoint(folder, model, optimizer)
                 if built.method is not None:
                     built.method.load_state_dict(load_method_state(folder))
-            model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None)
+            model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None,
+                                                  parallel_strategy_kwargs=ddp_kwargs(built))
         else:
             if folder is not None and not ds_engine.is_deepspeed_checkpoint(folder):
                 start_step = load_checkpoint(folder, model, None)  # DDP weights -> fresh ZeRO optimizer

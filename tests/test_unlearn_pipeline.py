@@ -66,13 +66,14 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     lines: list[str] = []
     out = run_unlearn(cfg, log=lines.append)
 
-    # The teacher ran once, by Ray Data, over every forget prompt: kept + dropped = prompts, and the
-    # kept rows carry their top-k log-probs in the training shard the forget stream reads.
+    # The teacher ran once, by Ray Data, over every forget prompt: every row stays in the forget stream
+    # (leaking ones too, marked guide_keep=False for the guidance term) with its top-k log-probs.
     (cache,) = (Path(cfg.workdir) / "teacher").iterdir()
     meta = json.loads((cache / "teacher.json").read_text())
-    assert meta["rows"] + len(meta["dropped_leaking"]) == _forget_prompts(inputs["shards"])
+    assert meta["rows"] == _forget_prompts(inputs["shards"])
     annotated = pq.read_table(cache / "forget")
     assert annotated.num_rows == meta["rows"] > 0
+    assert annotated["guide_keep"].to_pylist().count(False) == len(meta["guidance_skipped_leaking"])
     assert {TOPK_IDS, TOPK_LOGPROBS} <= set(annotated.column_names)
     first = annotated.slice(0, 1).to_pylist()[0]
     assert len(first[TOPK_IDS]) == len(first[TOPK_LOGPROBS]) > 0
