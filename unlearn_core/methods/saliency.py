@@ -236,14 +236,6 @@ def check_mask_matches(
     ``expected``, the trainable parameters of the mask's group) every one of them must have a mask:
     a parameter without one would get no forget update at all."""
     params = dict(unwrap_model(model).named_parameters())
-    if expected is not None:
-        uncovered = [n for n in expected if n not in masks]
-        if uncovered:
-            raise ValueError(
-                f"the saliency mask covers {len(expected) - len(uncovered)} of the {len(expected)} trainable "
-                f"parameters of its group; no mask for e.g. {uncovered[:3]}. It was computed for another "
-                "trainable set (LoRA targets, train_vision): recompute it for this model config."
-            )
     missing = [k for k in masks if k not in params]
     if missing:
         raise ValueError(
@@ -259,6 +251,14 @@ def check_mask_matches(
     frozen = [k for k in masks if not params[k].requires_grad]
     if frozen:
         raise ValueError(f"saliency mask covers frozen parameters: {frozen[:3]}")
+    if expected is not None:
+        uncovered = [n for n in expected if n not in masks]
+        if uncovered:
+            raise ValueError(
+                f"the saliency mask covers {len(expected) - len(uncovered)} of the {len(expected)} trainable "
+                f"parameters of its group; no mask for e.g. {uncovered[:3]}. It was computed for another "
+                "trainable set (LoRA targets, train_vision): recompute it for this model config."
+            )
 
 
 _LORA_A = re.compile(r"^(?P<module>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
