@@ -90,6 +90,9 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["job"] == "unlearn"
     assert run.data.params["method.name"] == "pubg" and float(run.data.params["method.params.w_ret"]) == 1.0
+    # every resolved method param is its own MLflow param, defaults included (not "method.params: {}")
+    assert run.data.params["method.params.w_bg"] == "1.0" and run.data.params["method.params.topk_mode"] == "tail"
+    assert "method.params" not in run.data.params
     eval_steps = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/forget.leak_rate")]
     assert eval_steps == list(range(eval_every, steps + 1, eval_every))
     assert max(int(m.step) for m in client.get_metric_history(run.info.run_id, "train/loss")) == steps
