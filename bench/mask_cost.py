@@ -72,8 +72,9 @@ class Counted:
 
 
 def epoch_batches(inp: common.Inputs, processor: Any) -> tuple[list[dict], list[dict]]:
-    forget = sorted(_rows(inp.shards, lambda s, t: in_stream("forget", s, t)), key=lambda r: r["sample_id"])
-    retain = sorted(_rows(inp.shards, lambda s, t: in_stream("retain", s, t)), key=lambda r: r["sample_id"])
+    rows = _rows(inp.shards)
+    forget = sorted((r for r in rows if in_stream("forget", r["split"], r["task"])), key=lambda r: r["sample_id"])
+    retain = sorted((r for r in rows if in_stream("retain", r["split"], r["task"])), key=lambda r: r["sample_id"])
     fb = [collate(rows_with_images(forget[i : i + BATCH]), processor) for i in range(0, len(forget), BATCH)]
     rb = [collate(rows_with_images(retain[i * 97 % len(retain):][:BATCH]), processor) for i in range(len(fb))]
     return fb, rb
@@ -113,7 +114,7 @@ def main() -> None:
         fisher_s.append(c.fisher_s)
         passes, samples = c.passes, c.samples
         common.load(f"mmunlearner epoch repeat {r}")
-        mm_s.append(run_epoch("mmunlearner", {"mask": "both", "mask_path": str(out)}, base, forget, retain))
+        mm_s.append(run_epoch("mmunlearner", {"mask": "both", "mask_path": str(out), "forget_every": 1}, base, forget, retain))
         common.load(f"ga epoch repeat {r}")
         ga_s.append(run_epoch("ga", {}, base, forget, retain))
         print(f"  repeat {r}: mask {mask_s[-1]:.1f} s (Fisher {fisher_s[-1]:.1f} s, {passes} passes), "

@@ -50,7 +50,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any], int, int]] = [
     ("npo", "npo", {}, 2, 1),
     ("reject", "reject", {}, 2, 0),
     ("random", "random", {}, 2, 0),
-    ("mmunlearner (mask both)", "mmunlearner", {"mask": "both"}, 2, 0),
+    ("mmunlearner (mask both)", "mmunlearner", {"mask": "both", "forget_every": 1}, 2, 0),
     ("pubg cached, default (w_ret=1)", "pubg", {"w_ret": 1.0}, 3, 0),
     ("pubg cached, w_ret=0", "pubg", {"w_ret": 0.0}, 2, 0),
     ("pubg cached, KL only (w_ga=0, w_ret=0)", "pubg", {"w_ga": 0.0, "w_ret": 0.0}, 1, 0),
@@ -122,7 +122,7 @@ def main() -> None:
     mask_path = ensure_mask(inp)
     runners = []
     for label, name, params, _, _ in VARIANTS:
-        if name == "mmunlearner":
+        if get_method(name, params).mask_spec() is not None:
             params = {**params, "mask_path": mask_path}
         r = Runner(label, name, params, base)
         r.step(forget[0], retain[0])  # warm-up (lazy mask load, optimizer state allocation)

@@ -328,7 +328,7 @@ def test_checkpoint_keeps_the_masked_optimizer_so_a_resumed_run_matches(tmp_path
 
     def build():
         model = tiny_llava()
-        method = get_method("mmunlearner", {"mask": "both"})
+        method = get_method("mmunlearner", {"mask": "both", "forget_every": 1})
         method.set_mask(llava_masks(model))
         return model, method, torch.optim.AdamW(model.parameters(), lr=1e-2)
 

@@ -66,13 +66,14 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     lines: list[str] = []
     out = run_unlearn(cfg, log=lines.append)
 
-    # The teacher ran once, by Ray Data, over every forget prompt: kept + dropped = prompts, and the
-    # kept rows carry their top-k log-probs in the training shard the forget stream reads.
+    # The teacher ran once, by Ray Data, over every forget prompt: every row stays in the forget stream
+    # (leaking ones too, marked guide_keep=False for the guidance term) with its top-k log-probs.
     (cache,) = (Path(cfg.workdir) / "teacher").iterdir()
     meta = json.loads((cache / "teacher.json").read_text())
-    assert meta["rows"] + len(meta["dropped_leaking"]) == _forget_prompts(inputs["shards"])
+    assert meta["rows"] == _forget_prompts(inputs["shards"])
     annotated = pq.read_table(cache / "forget")
     assert annotated.num_rows == meta["rows"] > 0
+    assert annotated["guide_keep"].to_pylist().count(False) == len(meta["guidance_skipped_leaking"])
     assert {TOPK_IDS, TOPK_LOGPROBS} <= set(annotated.column_names)
     first = annotated.slice(0, 1).to_pylist()[0]
     assert len(first[TOPK_IDS]) == len(first[TOPK_LOGPROBS]) > 0
@@ -89,6 +90,9 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["job"] == "unlearn"
     assert run.data.params["method.name"] == "pubg" and float(run.data.params["method.params.w_ret"]) == 1.0
+    # every resolved method param is its own MLflow param, defaults included (not "method.params: {}")
+    assert run.data.params["method.params.w_bg"] == "1.0" and run.data.params["method.params.topk_mode"] == "tail"
+    assert "method.params" not in run.data.params
     eval_steps = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/forget.leak_rate")]
     assert eval_steps == list(range(eval_every, steps + 1, eval_every))
     assert max(int(m.step) for m in client.get_metric_history(run.info.run_id, "train/loss")) == steps

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -101,6 +102,14 @@ def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int |
     return run_id, None
 
 
+def _log_resolved_params(client: MlflowClient, run_id: str, cfg: RunConfig) -> None:
+    """The resolved params the trial's run does not have yet (MLflow params are write-once)."""
+    have = client.get_run(run_id).data.params
+    new = [mlflow.entities.Param(k, v) for k, v in mlflow_params(cfg).items() if k not in have]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i : i + 100])
+
+
 def _outside_trial_group(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn`` in a 0-CPU Ray task outside the trial's placement group.
 
@@ -134,6 +143,8 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     run_id, logged_through = _child_run(ctx, name, cfg)
     with tracking.run_status(ctx.tracking_uri, run_id, settle_failure=False, finish=False):
         inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
+        cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
+        _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg)
         extra = {"trial_name": name, "mlflow_run_id": run_id}
         job = unlearn_job(cfg, inputs, out_dir=ws.models / "sweeps" / ctx.sweep_name / name,
                           eval_path=ws.results / f"eval-{ctx.sweep_name}-{name}.json", name=name,

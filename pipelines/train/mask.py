@@ -1,7 +1,8 @@
-"""`unlearn mask`: MMUnlearner's Fisher-ratio saliency mask, computed as a Ray task.
+"""`unlearn mask`: a method's Fisher-ratio saliency mask, computed as a Ray task.
 
-Forget set = the visual forget stream; preserve sets per module group (docs/methods.md, MMUnlearner): vision <-
-retain VQA; language <- retain VQA + text-only QA of every entity, forget entities included.
+The method's ``MaskSpec`` says which rows the forget and preserve Fisher run on (MMUnlearner's
+recipe: ``unlearn_core.methods.mmunlearner.preserve_rows``); this module only loads them, batches
+them and runs the computation on the model as the workers will train it (same LoRA init).
 """
 
 from __future__ import annotations
@@ -11,31 +12,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from unlearn_core.data.selection import in_stream
 
-VQA_TASKS = ("identity_vqa", "open_vqa", "fact_vqa")
-
-
-def _rows(shards: Path, keep) -> list[dict[str, Any]]:
+def _rows(shards: Path) -> list[dict[str, Any]]:
+    """Every row of the forget and retain shards."""
     rows: list[dict[str, Any]] = []
     for split in ("forget", "retain"):
         folder = shards / split
         if folder.is_dir():
-            t = pq.read_table(folder)
-            mask = [keep(s, k) for s, k in zip(t["split"].to_pylist(), t["task"].to_pylist(), strict=True)]
-            rows.extend(t.filter(pa.array(mask)).to_pylist())
+            rows.extend(pq.read_table(folder).to_pylist())
     return rows
 
 
-def _batches(rows: list[dict[str, Any]], processor: Any, batch_size: int, max_batches: int) -> list[dict]:
+def _batches(rows: list[Any], processor: Any, batch_size: int) -> list[dict]:
     from pipelines.shards import rows_with_images
     from unlearn_core.data.encode import collate
 
-    rows = sorted(rows, key=lambda r: r["sample_id"])[: batch_size * max_batches]
     return [collate(rows_with_images(rows[i : i + batch_size]), processor) for i in range(0, len(rows), batch_size)]
 
 
@@ -50,30 +44,37 @@ def compute_mask(
     batch_size: int = 16,
     max_batches: int = 32,
 ) -> dict[str, Any]:
-    """Load the model as it will be trained (LoRA or full), compute the mask, save it, return stats."""
+    """Load the model as it will be trained (LoRA or full, the same adapter init as the workers),
+    compute the mask on the rows the method's ``MaskSpec`` picks, save it, return stats.
+    ``cfg_dict`` is the run's config: its method supplies the row recipe (MMUnlearner's when the
+    method has no mask of its own, e.g. ``unlearn mask``)."""
     from unlearn_core.config import RunConfig
-    from unlearn_core.methods.saliency import compute_saliency_masks
+    from unlearn_core.methods import get_method
+    from unlearn_core.methods.mmunlearner import mmunlearner_mask_spec
+    from unlearn_core.methods.saliency import compute_saliency_masks, expand_group
     from unlearn_core.models.families import module_groups
     from unlearn_core.models.loading import load_model_and_processor
-    from unlearn_core.models.lora import prepare_for_training
+    from unlearn_core.training.worker import trainable_model
 
     cfg = RunConfig.model_validate(cfg_dict)
+    spec = get_method(cfg.method.name, dict(cfg.method.params)).mask_spec() or mmunlearner_mask_spec(modules, gamma)
     model, processor = load_model_and_processor(model_dir, cfg.model)
-    model = prepare_for_training(model, cfg.model)
-    shards = Path(shards_dir)
-    forget = _batches(_rows(shards, lambda s, t: in_stream("forget", s, t)), processor, batch_size, max_batches)
-    retain_vqa = _rows(shards, lambda s, t: s == "retain" and t in VQA_TASKS)
-    text_qa = _rows(shards, lambda s, t: t == "text_qa")
-    preserve = {
-        "vision": _batches(retain_vqa, processor, batch_size, max_batches),
-        "language": _batches(retain_vqa[: len(retain_vqa) // 2] + text_qa, processor, batch_size, max_batches),
-    }
+    model = trainable_model(model, cfg)
+    rows = _rows(Path(shards_dir))
+    budget = batch_size * max_batches
+    forget = _batches(spec.forget_rows(rows, budget), processor, batch_size)
+    preserve = {g: _batches(spec.preserve_rows(rows, g, budget), processor, batch_size) for g in expand_group(modules)}
     mask = compute_saliency_masks(model, module_groups, forget, preserve, gamma=gamma, groups=[modules])
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     mask.save(out)
     stats = {"path": str(out), "modules": modules, "gamma": gamma, "selected_fraction": mask.selected_fraction(),
-             "sparsity": mask.sparsity()}
+             "sparsity": mask.sparsity(), "recipe": spec.recipe,
+             "rows": {"forget": sum(len(b["input_ids"]) for b in forget),
+                      **{f"preserve_{g}": sum(len(b["input_ids"]) for b in v) for g, v in preserve.items()}},
+             "entities": {"forget": len({r["entity_id"] for r in spec.forget_rows(rows, budget)}),
+                          **{f"preserve_{g}": len({r["entity_id"] for r in spec.preserve_rows(rows, g, budget)})
+                             for g in preserve}}}
     out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
     return stats
 

@@ -21,7 +21,7 @@ import ray
 from pipelines.workspace import say_once
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.selection import in_stream
-from unlearn_core.data.teacher_cache import TOPK_IDS, TOPK_K, TOPK_LOGPROBS
+from unlearn_core.data.teacher_cache import GUIDE_KEEP, TOPK_IDS, TOPK_K, TOPK_LOGPROBS
 from unlearn_core.eval.runner import row_image
 from unlearn_core.prompts import guided_question
 
@@ -82,18 +82,24 @@ class _Teacher:
         return batch
 
 
-def _drop_leaking(result: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """Split off rows whose teacher answer names the person or states a private fact."""
+def mark_leaking(result: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Add ``guide_keep`` (False where the teacher's answer names the person or states a private
+    fact); return the table with every row and the leaking rows. Leaking rows stay: the forget
+    stream's ascent term needs them, only the guidance term skips them."""
     from unlearn_core.eval.text_checks import leaks
 
     facts = [json.loads(f or "{}") for f in result["private_facts"].to_pylist()]
     bad = [bool(leaks(a, f)) for a, f in zip(result["teacher_answer"].to_pylist(), facts, strict=True)]
-    mask = pa.array(bad, type=pa.bool_())
-    return result.filter(pa.compute.invert(mask)), result.filter(mask)
+    marked = result.append_column(pa.field(GUIDE_KEEP, pa.bool_()), pa.array([not b for b in bad], pa.bool_()))
+    return marked, result.filter(pa.array(bad, type=pa.bool_()))
+
+
+# Bumped when the cache's layout changes (v2: leaking rows kept and marked, not dropped).
+CACHE_VERSION = 2
 
 
 def cache_key(model_sha: str, shards_fingerprint: str, instruction: str, k: int, max_new_tokens: int) -> str:
-    raw = json.dumps([model_sha, shards_fingerprint, instruction, k, max_new_tokens])
+    raw = json.dumps([model_sha, shards_fingerprint, instruction, k, max_new_tokens, CACHE_VERSION])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -134,9 +140,9 @@ def build_teacher_cache(
     result = pa.concat_tables(list(annotated.iter_batches(batch_size=None, batch_format="pyarrow")))
     if result.num_rows != table.num_rows:
         raise RuntimeError(f"teacher annotated {result.num_rows} of {table.num_rows} rows")
-    result, leaking = _drop_leaking(result)
-    log(f"PUBG teacher answers: {table.num_rows} = {result.num_rows} kept + {leaking.num_rows} that leak "
-        "(the teacher did not follow the instruction: dropped, listed in teacher.json)")
+    result, leaking = mark_leaking(result)
+    log(f"PUBG teacher answers: {table.num_rows} rows, {leaking.num_rows} of them leak (the teacher did not "
+        "follow the instruction: kept for the ascent term, left out of the guidance term, listed in teacher.json)")
     staging = out.with_suffix(".staging")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "forget").mkdir(parents=True)
@@ -144,7 +150,7 @@ def build_teacher_cache(
     examples = result.select(["sample_id", "question", "teacher_answer"]).slice(0, 5).to_pylist()
     meta = {
         "key": key, "instruction": instruction, "k": k, "rows": result.num_rows, "examples": examples,
-        "dropped_leaking": leaking.select(["sample_id", "teacher_answer"]).to_pylist(),
+        "guidance_skipped_leaking": leaking.select(["sample_id", "teacher_answer"]).to_pylist(),
     }
     (staging / "teacher.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out, ignore_errors=True)

@@ -39,7 +39,7 @@ from unlearn_core.training.loop import (
     seed_everything,
     to_device,
 )
-from unlearn_core.training.worker import build_worker_model, check_supported, make_step_fn
+from unlearn_core.training.worker import build_worker_model, check_supported, ddp_kwargs, make_step_fn
 
 
 @dataclass
@@ -112,7 +112,8 @@ def train_worker(job_dict: dict[str, Any]) -> None:
                 start_step = load_checkpoint(folder, model, optimizer)
                 if built.method is not None:
                     built.method.load_state_dict(load_method_state(folder))
-            model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None)
+            model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None,
+                                                  parallel_strategy_kwargs=ddp_kwargs(built))
         else:
             if folder is not None and not ds_engine.is_deepspeed_checkpoint(folder):
                 start_step = load_checkpoint(folder, model, None)  # DDP weights -> fresh ZeRO optimizer

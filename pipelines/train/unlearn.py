@@ -7,15 +7,15 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate_cached
-from pipelines.shards import stream_dataset
+from pipelines.shards import load_manifest, stream_dataset
 from pipelines.train.driver import TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
 from pipelines.workspace import Workspace, ensure_shards, say_once
 from unlearn_core.config import ConfigError, RunConfig, mlflow_params
+from unlearn_core.data.selection import count_stream_rows
 from unlearn_core.eval.report import format_table
-from unlearn_core.methods import get_method
-
-TEACHER_CACHE_K = 16
+from unlearn_core.methods import UnlearnMethod, get_method
+from unlearn_core.methods.saliency import mask_cache_key
 
 
 def resolve_init_model(cfg: RunConfig, ws: Workspace, tracking_uri: str) -> Path:
@@ -37,44 +37,59 @@ def resolve_init_model(cfg: RunConfig, ws: Workspace, tracking_uri: str) -> Path
     )
 
 
-def _mask_for(cfg: RunConfig, method: Any, model_dir: Path, shards: Path, ws: Workspace, log) -> str | None:
-    p = cfg.method.params
-    name = cfg.method.name
-    modules = p.get("mask", "both" if name == "mmunlearner" else "none")
-    if modules == "none" or p.get("mask_path"):
+def _mask_for(cfg: RunConfig, method: UnlearnMethod, model_dir: Path, shards: Path, ws: Workspace, log) -> str | None:
+    """The saliency mask the method asks for (``mask_spec``), computed once per key, or None."""
+    spec = method.mask_spec()
+    if spec is None:
         return None
+    if getattr(method.params, "mask_path", None):
+        return str(method.params.mask_path)
     from pipelines.train.mask import compute_mask_remote
 
-    gamma = float(p.get("gamma", 1.0))
-    sha = tracking.weights_sha256(model_dir)[:12]
-    lora = f"lora{cfg.model.lora_r}" if cfg.model.lora else "full"
-    out = ws.root / "masks" / f"{sha}-{modules}-g{gamma:g}-{lora}.safetensors"
+    key = mask_cache_key(tracking.weights_sha256(model_dir), load_manifest(shards)["fingerprint"], spec,
+                         cfg.model.model_dump(), cfg.train.seed)
+    out = ws.root / "masks" / f"{spec.group}-g{spec.gamma:g}-{key}.safetensors"
     if out.exists():
         say_once(log, f"[cached] saliency mask {out}")
         return str(out)
-    log(f"computing the MMUnlearner saliency mask (modules={modules}, gamma={gamma}) as a Ray task")
-    stats = compute_mask_remote(cfg.model_dump(), str(model_dir), str(shards), str(out), modules=modules, gamma=gamma)
-    log(f"mask selected fraction: {stats['selected_fraction']}")
+    log(f"computing the saliency mask (modules={spec.group}, gamma={spec.gamma}, rows: {spec.recipe}) as a Ray task")
+    stats = compute_mask_remote(cfg.model_dump(), str(model_dir), str(shards), str(out), modules=spec.group,
+                                gamma=spec.gamma)
+    log(f"mask selected fraction: {stats['selected_fraction']}; rows {stats['rows']}, entities {stats['entities']}")
     return str(out)
 
 
+def stream_rows(shards: Path) -> dict[str, int]:
+    """Rows of the forget and retain training streams (read from the shards' split/task columns)."""
+    import pyarrow.parquet as pq
+
+    tables = {s: pq.read_table(shards / s, columns=["split", "task"]) for s in ("forget", "retain")
+              if (shards / s).is_dir()}
+    return count_stream_rows(tables)
+
+
 def prepare_inputs(cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print) -> dict[str, Any]:
-    """Shards, initial model, method, teacher cache and mask: everything a trial needs, cached."""
+    """Shards, initial model, and what the method asks for (teacher cache, saliency mask, params
+    derived from the stream sizes): everything a trial needs, cached. ``cfg`` in the result holds
+    every resolved method param (defaults, derived values, the mask path), as MLflow records them."""
     shards = ensure_shards(cfg, ws, log)
     init_model = resolve_init_model(cfg, ws, tracking_uri)
     method = get_method(cfg.method.name, dict(cfg.method.params))
     forget_dir = None
-    if "guide_" in method.views:
+    teacher = method.teacher_cache()
+    if teacher is not None:
         from pipelines.train.teacher import build_teacher_cache
 
-        p = method.params
-        forget_dir = build_teacher_cache(
-            init_model, shards, ws.root / "teacher",
-            instruction=p.instruction, k=max(TEACHER_CACHE_K, p.top_k or 0), log=log,
-        )
+        forget_dir = build_teacher_cache(init_model, shards, ws.root / "teacher",
+                                         instruction=teacher.instruction, k=teacher.k, log=log)
+    params = {**method.resolved_params(), **method.derive(stream_rows(shards), cfg.train.batch_size)}
     mask_path = _mask_for(cfg, method, init_model, shards, ws, log)
+    if mask_path is not None:
+        params["mask_path"] = mask_path
+    method = get_method(cfg.method.name, params)
+    resolved = cfg.model_copy(update={"method": cfg.method.model_copy(update={"params": method.resolved_params()})})
     return {"shards": shards, "init_model": init_model, "method": method, "forget_dir": forget_dir,
-            "mask_path": mask_path}
+            "mask_path": mask_path, "cfg": resolved}
 
 
 def unlearn_job(cfg: RunConfig, inputs: dict[str, Any], *, out_dir: Path, eval_path: Path, name: str,
@@ -97,6 +112,7 @@ def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None
     uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
     inputs = prepare_inputs(cfg, ws, uri, log)
+    cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
     shards, init_model = inputs["shards"], inputs["init_model"]
     before = evaluate_cached(init_model, shards, ws.results, cfg.train.eval_max_samples)
     run_id = tracking.open_run(

@@ -11,7 +11,7 @@ import ray.train
 
 from pipelines.shards import rows_with_images
 from unlearn_core.data.encode import collate
-from unlearn_core.data.teacher_cache import TOPK_IDS, attach_teacher_topk
+from unlearn_core.data.teacher_cache import attach_teacher_topk
 from unlearn_core.training.loop import cycle
 
 
@@ -20,8 +20,7 @@ def collate_shard_batch(batch: dict[str, np.ndarray], processor: Any, prefixes: 
     keys = list(batch)
     rows = rows_with_images([{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))])
     out = collate(rows, processor, prefixes=prefixes)
-    if TOPK_IDS in batch and "guide_" in prefixes:
-        attach_teacher_topk(out, rows)
+    attach_teacher_topk(out, rows)  # PUBG's cached teacher, when the rows carry it
     return out
 
 

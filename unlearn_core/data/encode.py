@@ -13,7 +13,7 @@ no image tokens, and every family fills image tokens with image features in orde
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,10 @@ from PIL import Image, ImageOps
 
 IGNORE_INDEX = -100
 SHARED_IMAGE_KEYS: tuple[str, ...] = ("pixel_values", "image_sizes", "image_grid_thw")
+# Image inputs shared by all views of a row (a view may override one with its own prefixed key).
+IMAGE_KEYS: tuple[str, ...] = (*SHARED_IMAGE_KEYS, "pixel_attention_mask")
+# Per-view text inputs besides input_ids / attention_mask / labels, passed when present.
+OPTIONAL_TEXT_KEYS: tuple[str, ...] = ("token_type_ids", "mm_token_type_ids", "position_ids")
 
 ImageLike = Image.Image | np.ndarray | Sequence[Any]
 
@@ -169,15 +173,28 @@ def collate(
 
 
 def model_inputs(
-    batch: dict[str, torch.Tensor], prefix: str = "", *, with_images: bool = True
-) -> dict[str, torch.Tensor]:
-    """Forward kwargs for one prefix group (no labels): ids, mask, image tensors, token types."""
-    out = {
-        "input_ids": batch[f"{prefix}input_ids"],
-        "attention_mask": batch[f"{prefix}attention_mask"],
-    }
-    if f"{prefix}mm_token_type_ids" in batch:
-        out["mm_token_type_ids"] = batch[f"{prefix}mm_token_type_ids"]
+    batch: Mapping[str, Any], prefix: str = "", *, labels: bool = False, with_images: bool = True
+) -> dict[str, Any]:
+    """Model kwargs for one view (``prefix``) of a collated batch; the returned keys carry no prefix.
+
+    Picks ``{prefix}input_ids``, ``{prefix}attention_mask``, the optional per-view text keys
+    (token types, positions) and ``{prefix}labels`` when ``labels``; with ``with_images`` also the
+    image tensors shared by all views (a prefixed image key wins over the shared one).
+    """
+    key = f"{prefix}input_ids"
+    if key not in batch:
+        have = sorted(k for k in batch if k.endswith("input_ids"))
+        raise KeyError(f"batch has no {key!r} (view {prefix or 'plain'!r}); input views present: {have}")
+    out: dict[str, Any] = {"input_ids": batch[key]}
+    for name in ("attention_mask", *OPTIONAL_TEXT_KEYS, *(("labels",) if labels else ())):
+        if f"{prefix}{name}" in batch:
+            out[name] = batch[f"{prefix}{name}"]
+    if labels and "labels" not in out:
+        raise KeyError(f"batch has no {prefix}labels")
     if with_images:
-        out.update({k: batch[k] for k in SHARED_IMAGE_KEYS if k in batch})
+        for name in IMAGE_KEYS:
+            if f"{prefix}{name}" in batch:
+                out[name] = batch[f"{prefix}{name}"]
+            elif batch.get(name) is not None:
+                out[name] = batch[name]
     return out

@@ -22,9 +22,10 @@ from unlearn_core.methods.npo import NPO
 from unlearn_core.methods.pubg import PUBG
 from unlearn_core.methods.random_label import RandomLabel
 from unlearn_core.methods.reject import Reject
+from unlearn_core.methods.simnpo import SimNPO
 
 METHODS: dict[str, type[UnlearnMethod]] = {
-    cls.name: cls for cls in (GradientAscent, GradDiff, KLMin, NPO, Reject, RandomLabel, MMUnlearner, PUBG)
+    cls.name: cls for cls in (GradientAscent, GradDiff, KLMin, NPO, SimNPO, Reject, RandomLabel, MMUnlearner, PUBG)
 }
 
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}

@@ -1,19 +1,29 @@
-"""Base class of the unlearning methods and the batch -> model-kwargs helpers.
+"""Base class of the unlearning methods and the loss helpers they share.
 
-A method is a small object built from a validated pydantic ``Params`` model. It declares what the
-trainer must provide and computes a loss:
+A method is a small object built from a validated pydantic ``Params`` model. It computes a loss and
+declares everything the pipeline and the trainer must provide, so no caller tests method names:
 
 - ``needs_ref``: a frozen copy of the model before unlearning (passed as ``ref``), e.g. NPO, KL, and
   PUBG with a live teacher.
 - ``needs_retain``: a retain batch at every step.
 - ``views``: the key prefixes of the *forget* batch the data loader must provide (``""`` = the plain
-  forget rows, ``idk_``, ``rand_``, ``guide_``, ``teacher_``); ``extra_keys``: other forget-batch keys
-  (PUBG's cached teacher top-k). The retain batch is always the plain view.
-- ``custom_step``: False -> the trainer may use ``backward()`` (with ``scale=1/accum`` for gradient
+  forget rows, ``idk_``, ``rand_``, ``guide_``, ``teacher_``). The retain batch is always the plain view.
+- prepared inputs, built once by the pipeline before training and cached:
+  ``teacher_cache()`` (PUBG: the teacher's answers and top-k log-probs; the ``guide_`` / ``teacher_``
+  views come from it) and ``mask_spec()`` (a saliency mask: its module group, threshold and the
+  rows its forget / preserve Fisher are computed on). The pipeline writes the mask file's path
+  into the ``mask_path`` param.
+- ``derive(sizes)``: param values derived from the training streams' sizes (MMUnlearner's k) when
+  the user left them unset; ``resolved_params()`` is every param value the run uses.
+- ``custom_step``: False -> the trainer uses ``backward()`` (``scale=1/accum`` for gradient
   accumulation, or DeepSpeed's ``engine.backward(loss())``) followed by ``optimizer_step()``.
   True -> the method does its own optimizer steps in ``train_step`` (MMUnlearner and masked PUBG: two
-  separate updates with a saliency mask); the trainer calls ``train_step`` once per step with the
-  whole batch (no gradient accumulation, plain DDP only, not DeepSpeed).
+  separate updates with a saliency mask); the trainer calls ``train_step`` once per step (no gradient
+  accumulation, plain DDP only, with ``find_unused_parameters`` since a retain-only step may leave the
+  vision tower without a gradient); ``uses_forget_batch(step)`` says whether that step reads one.
+
+Every update checks its loss and gradient norm first and raises ``NonFiniteLossError`` (naming the
+loss terms) instead of stepping: gradient ascent is unbounded, and one NaN step ruins the weights.
 
 The class attributes above are defaults; a method whose needs depend on its params (PUBG, NPO with a
 retain term) sets them on the instance in ``__init__``.
@@ -21,56 +31,62 @@ retain term) sets them on the instance in ``__init__``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from unlearn_core.data.encode import model_inputs
 from unlearn_core.methods.losses import answer_nll
+from unlearn_core.tensors import move_batch, unwrap_model
 
-# Image inputs shared by all views of a row (a view may override one with its own prefixed key).
-IMAGE_KEYS: tuple[str, ...] = (
-    "pixel_values",
-    "image_grid_thw",
-    "image_sizes",
-    "pixel_attention_mask",
-)
-# Per-view text inputs besides input_ids / attention_mask / labels, passed when present.
-OPTIONAL_TEXT_KEYS: tuple[str, ...] = ("token_type_ids", "mm_token_type_ids", "position_ids")
+__all__ = ["move_batch", "model_inputs", "unwrap_model"]  # re-exported for the methods
+
+RowFilter = Callable[[Sequence[Mapping[str, Any]], int], list[Mapping[str, Any]]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient norm is NaN / inf; the message names the loss terms."""
+
+
+def ensure_finite(what: str, value: Tensor | float, stats: Mapping[str, float]) -> None:
+    """Raise ``NonFiniteLossError`` when ``value`` is not finite (before any optimizer step)."""
+    v = float(value.detach()) if isinstance(value, Tensor) else float(value)
+    if not math.isfinite(v):
+        terms = ", ".join(f"{k}={x:.4g}" for k, x in stats.items()) or "none recorded"
+        raise NonFiniteLossError(f"non-finite {what} {v} (loss terms: {terms}); no update was applied")
+
+
+@dataclass(frozen=True)
+class TeacherCacheSpec:
+    """PUBG's teacher, computed once: its answers under ``instruction`` and their top-``k`` log-probs."""
+
+    instruction: str
+    k: int
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """A saliency mask a method needs: module ``group``, Fisher-ratio threshold ``gamma``, and the
+    recipe of the rows its Fisher is computed on: ``forget_rows(rows, budget)`` and
+    ``preserve_rows(rows, group, budget)`` pick from all shard rows (``group`` is ``vision`` or
+    ``language``: each has its own preserve set)."""
+
+    group: str
+    gamma: float
+    forget_rows: RowFilter
+    preserve_rows: Callable[[Sequence[Mapping[str, Any]], str, int], list[Mapping[str, Any]]]
+    recipe: str  # names the row recipe in cache keys (change it when the recipe changes)
 
 
 class StrictParams(BaseModel):
     """Base of every method's Params: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def model_inputs(batch: Mapping[str, Any], prefix: str = "", *, labels: bool = True) -> dict[str, Any]:
-    """Model kwargs for one view of a batch.
-
-    Picks ``{prefix}input_ids``, ``{prefix}attention_mask`` (and ``{prefix}labels`` when ``labels``),
-    any ``{prefix}`` optional text keys, plus the image keys shared by all views (a prefixed image key
-    wins over the shared one). The returned keys carry no prefix.
-    """
-    key = f"{prefix}input_ids"
-    if key not in batch:
-        have = sorted(k for k in batch if k.endswith("input_ids"))
-        raise KeyError(f"batch has no {key!r} (view {prefix or 'plain'!r}); input views present: {have}")
-    out: dict[str, Any] = {"input_ids": batch[key]}
-    names = ["attention_mask", *OPTIONAL_TEXT_KEYS] + (["labels"] if labels else [])
-    for name in names:
-        if f"{prefix}{name}" in batch:
-            out[name] = batch[f"{prefix}{name}"]
-    if labels and "labels" not in out:
-        raise KeyError(f"batch has no {prefix}labels")
-    for name in IMAGE_KEYS:
-        if f"{prefix}{name}" in batch:
-            out[name] = batch[f"{prefix}{name}"]
-        elif name in batch and batch[name] is not None:
-            out[name] = batch[name]
-    return out
 
 
 def forward_logits(model: nn.Module, batch: Mapping[str, Any], prefix: str = "") -> tuple[Tensor, Tensor]:
@@ -99,20 +115,6 @@ def nll(model: nn.Module, batch: Mapping[str, Any], prefix: str = "") -> Tensor:
     return answer_nll(logits, labels)
 
 
-def move_batch(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """Move every tensor of a batch to ``device`` (other values unchanged)."""
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DeepSpeed wrappers (their ``.module``) so parameter names are the model's own."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while isinstance(model, DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
-        model = model.module
-    return model
-
-
 def zero_grad(model: nn.Module) -> None:
     for p in model.parameters():
         p.grad = None
@@ -122,6 +124,7 @@ def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, max_grad_n
     """Clip the gradient norm of all trainable parameters and take one optimizer step."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.zeros(())
+    ensure_finite("gradient norm", norm, {})
     optimizer.step()
     return float(norm)
 
@@ -134,12 +137,49 @@ class UnlearnMethod:
     needs_ref: bool = False
     needs_retain: bool = False
     views: tuple[str, ...] = ("",)
-    extra_keys: tuple[str, ...] = ()
     custom_step: bool = False
     params: BaseModel
 
     def __init__(self, params: BaseModel | None = None) -> None:
         self.params = params if params is not None else self.Params()
+
+    # -- what the pipeline prepares --------------------------------------------------------------
+    def teacher_cache(self) -> TeacherCacheSpec | None:
+        """The teacher answers this method reads (None: none)."""
+        return None
+
+    def mask_spec(self) -> MaskSpec | None:
+        """The saliency mask this method updates through (None: none)."""
+        return None
+
+    def derive(self, stream_rows: Mapping[str, int], batch_size: int) -> dict[str, Any]:
+        """Param values derived from the training streams' row counts (``{"forget": n, "retain": n}``)
+        for params the user left unset; ``{}`` when none."""
+        return {}
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Every param value this method runs with, defaults included (what MLflow records)."""
+        return self.params.model_dump(mode="json")
+
+    # -- what the trainer must honour ----------------------------------------------------------------
+    @property
+    def supports_grad_accum(self) -> bool:
+        """Gradient accumulation needs the ``backward`` / ``optimizer_step`` split."""
+        return not self.custom_step
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """DDP must look for parameters without a gradient: a separate retain step on a text-only
+        batch leaves the vision tower without one."""
+        return self.custom_step
+
+    def deepspeed_hint(self) -> str:
+        """How to make this config DeepSpeed-compatible (appended to the refusal), if there is a way."""
+        return ""
+
+    def uses_forget_batch(self, step: int) -> bool:
+        """Whether ``train_step(step)`` reads a forget batch (the trainer draws one only then)."""
+        return True
 
     # -- the objective -------------------------------------------------------------------------
     def loss(
@@ -172,6 +212,7 @@ class UnlearnMethod:
         if self.custom_step:
             raise RuntimeError(f"method {self.name!r} does its own optimizer steps: call train_step()")
         loss, stats = self.loss(model, forget, retain, ref)
+        ensure_finite("loss", loss, stats)
         (loss * scale).backward()
         stats["loss"] = float(loss.detach())
         return stats

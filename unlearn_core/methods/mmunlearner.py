@@ -8,30 +8,71 @@ Training step ``step`` (0-based):
 - every step: a plain descent step on the retain batch, loss NLL_r, with the trainer's optimizer,
   clipped to the trainer's ``max_grad_norm``.
 
-``forget_every`` is the paper's k = retain batches / forget batches; the caller derives it from the
-split sizes. The mask comes from ``mask_path`` (a ``SaliencyMask`` file, computed with threshold
-``gamma`` for the chosen group) or from ``set_mask()``. ``gamma`` here records the threshold the
-mask is (to be) computed with; the pipeline reads it when it builds the mask.
+``forget_every`` is the paper's k = retain batches / forget batches: ``derive`` computes it from the
+stream sizes unless the user set it, and the trainer draws a forget batch only on forget steps.
+The mask comes from ``mask_path`` (a ``SaliencyMask`` file, computed with threshold ``gamma`` for
+the chosen group) or from ``set_mask()``; ``mask_spec`` tells the pipeline how to compute it,
+with the paper's preserve sets (``preserve_rows``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from unlearn_core.methods.base import StrictParams, UnlearnMethod, clip_and_step, nll, zero_grad
+from unlearn_core.data.selection import FORGET_TRAIN_TASKS, balanced_by_entity, in_stream
+from unlearn_core.methods.base import (
+    MaskSpec,
+    StrictParams,
+    UnlearnMethod,
+    clip_and_step,
+    ensure_finite,
+    nll,
+    zero_grad,
+)
 from unlearn_core.methods.saliency import MaskedUpdate, SaliencyMask
+
+Row = Mapping[str, Any]
+PRESERVE_RECIPE = "mmunlearner-v2-balanced"
+
+
+def forget_rows(rows: Sequence[Row], budget: int) -> list[Row]:
+    """The forget Fisher's rows: the visual forget set, spread over the forget entities."""
+    return balanced_by_entity([r for r in rows if in_stream("forget", r["split"], r["task"])], budget)
+
+
+def preserve_rows(rows: Sequence[Row], group: str, budget: int) -> list[Row]:
+    """The paper's preserve sets, spread over every entity they cover.
+
+    ``vision``: retain VQA (image questions about retain entities). ``language``: retain VQA plus the
+    text-only QA of every entity, forget entities included (their textual knowledge is kept).
+    """
+    retain_vqa = [r for r in rows if r["split"] == "retain" and r["task"] in FORGET_TRAIN_TASKS]
+    if group == "vision":
+        return balanced_by_entity(retain_vqa, budget)
+    if group == "language":
+        text_qa = [r for r in rows if r["task"] == "text_qa" and r["split"] in ("forget", "retain")]
+        return balanced_by_entity(retain_vqa + text_qa, budget)
+    raise ValueError(f"unknown preserve group {group!r}; valid: vision, language")
+
+
+def mmunlearner_mask_spec(group: str, gamma: float) -> MaskSpec:
+    return MaskSpec(group=group, gamma=gamma, forget_rows=forget_rows, preserve_rows=preserve_rows,
+                    recipe=PRESERVE_RECIPE)
 
 
 class MMUnlearnerParams(StrictParams):
     mask: Literal["vision", "language", "both"] = Field("both", description="module group to unlearn")
     mask_path: str | None = Field(None, description="safetensors SaliencyMask file")
     gamma: float = Field(1.0, gt=0, le=1e6, description="Fisher-ratio threshold of the mask")
-    forget_every: int = Field(1, ge=1, le=100_000, description="k: a forget step every k-th step")
+    forget_every: int | None = Field(
+        None, ge=1, le=100_000, description="k: a forget step every k-th step (None = retain/forget batches)"
+    )
     forget_max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="clip of the ascent step")
     forget_lr: float | None = Field(None, gt=0, le=1.0, description="None = the trainer optimizer's lr")
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after the ascent step")
@@ -51,6 +92,31 @@ class MMUnlearner(UnlearnMethod):
 
     def set_mask(self, mask: SaliencyMask | Mapping[str, Tensor]) -> None:
         self.update.set_mask(mask)
+
+    def mask_spec(self) -> MaskSpec:
+        return mmunlearner_mask_spec(self.params.mask, self.params.gamma)
+
+    def derive(self, stream_rows: Mapping[str, int], batch_size: int) -> dict[str, Any]:
+        """k = retain batches / forget batches (rounded, at least 1), unless set."""
+        if self.params.forget_every is not None:
+            return {}
+        n_f, n_r = stream_rows.get("forget", 0), stream_rows.get("retain", 0)
+        if n_f <= 0:
+            raise ValueError("mmunlearner: the forget stream is empty, k (forget_every) cannot be derived")
+        k = math.ceil(n_r / batch_size) / math.ceil(n_f / batch_size)
+        return {"forget_every": max(1, round(k))}
+
+    @property
+    def k(self) -> int:
+        if self.params.forget_every is None:
+            raise ValueError(
+                "mmunlearner: forget_every (k) is unset; the pipeline derives it from the split sizes "
+                "(method.derive) or set method.params.forget_every"
+            )
+        return self.params.forget_every
+
+    def uses_forget_batch(self, step: int) -> bool:
+        return step % self.k == 0
 
     def loss(
         self,
@@ -72,6 +138,7 @@ class MMUnlearner(UnlearnMethod):
         it only supplies lr / betas)."""
         zero_grad(model)
         nll_f = nll(model, forget)
+        ensure_finite("forget loss", nll_f, {"forget_nll": float(nll_f.detach())})
         norm = self.update.step(
             model, -nll_f, max_grad_norm=self.params.forget_max_grad_norm, main_optimizer=optimizer
         )
@@ -84,6 +151,7 @@ class MMUnlearner(UnlearnMethod):
         optimizer.zero_grad(set_to_none=True)
         zero_grad(model)
         nll_r = nll(model, retain)
+        ensure_finite("retain loss", nll_r, {"retain_nll": float(nll_r.detach())})
         nll_r.backward()
         norm = clip_and_step(model, optimizer, max_grad_norm)
         optimizer.zero_grad(set_to_none=True)
@@ -93,15 +161,18 @@ class MMUnlearner(UnlearnMethod):
         self,
         model: nn.Module,
         optimizer: Optimizer,
-        forget: Mapping[str, Any],
+        forget: Mapping[str, Any] | None,
         retain: Mapping[str, Any] | None,
         ref: nn.Module | None,
         step: int,
         *,
         max_grad_norm: float,
     ) -> dict[str, float]:
+        """``forget`` may be None on steps where ``uses_forget_batch(step)`` is False."""
         stats: dict[str, float] = {"forget_step": 0.0}
-        if step % self.params.forget_every == 0:
+        if self.uses_forget_batch(step):
+            if forget is None:
+                raise ValueError(f"mmunlearner step {step} is a forget step but got no forget batch")
             stats.update(self.forget_step(model, optimizer, forget))
             stats["forget_step"] = 1.0
         stats.update(

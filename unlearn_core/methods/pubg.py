@@ -24,7 +24,14 @@ The student runs on the ``guide_`` view (plain question q + teacher answer o). T
   differing answer tokens are an error). With ``top_k`` set the live teacher is cut to its top-k
   exactly like the cache, so both paths compute the same quantity.
 ``temperature`` T divides the teacher's log-probs (live: its logits) before the softmax; the student
-is not tempered.
+is not tempered. T != 1 is refused with ``topk_mode="tail"`` whenever the teacher is cut to a top-k
+(the cache, or ``top_k`` set): the tail bucket's inner distribution is unknown, so tempering it as
+one value is not the tempered teacher (at T=0.5 the tail-mode KL was 1.72 against the exact 3.77).
+Use ``topk_mode="renorm"`` (the tempered top-k teacher) or a live, uncut teacher for T != 1.
+
+Rows whose cached teacher answer leaks the person (the teacher ignored the instruction) carry
+``guide_keep = False``: they stay in the forget stream for the ascent term and are left out of
+L_BG only (its mean runs over the kept rows).
 
 With ``mask`` != none (ours, beyond the paper) the update of the forget-side loss
 ``w_ga * (-NLL_f) + w_bg * L_BG`` is restricted to an MMUnlearner saliency mask exactly like
@@ -45,22 +52,27 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from unlearn_core.data.teacher_cache import GUIDE_KEEP, TOPK_IDS, TOPK_LOGPROBS
 from unlearn_core.methods.base import (
+    MaskSpec,
     StrictParams,
+    TeacherCacheSpec,
     UnlearnMethod,
     add_retain_nll,
     clip_and_step,
+    ensure_finite,
     forward_logits,
     nll,
     ref_logits,
     zero_grad,
 )
 from unlearn_core.methods.losses import answer_mask, kl_full, kl_topk, per_sequence
+from unlearn_core.methods.mmunlearner import mmunlearner_mask_spec
 from unlearn_core.methods.saliency import MaskedUpdate, SaliencyMask
 from unlearn_core.prompts import GUIDANCE_TEMPLATES
 
-TOPK_IDS = "teacher_topk_ids"
-TOPK_LOGPROBS = "teacher_topk_logprobs"
+# The teacher cache holds at least this many top-k entries per position (top_k may ask for more).
+TEACHER_CACHE_K = 16
 
 
 class PUBGParams(StrictParams):
@@ -90,6 +102,17 @@ class PUBGParams(StrictParams):
             raise ValueError("mask_path is set but mask='none'; choose mask=vision|language|both")
         return self
 
+    @model_validator(mode="after")
+    def _temperature_needs_known_tail(self) -> PUBGParams:
+        cut = self.teacher_cache or self.top_k is not None
+        if self.temperature != 1.0 and self.topk_mode == "tail" and cut:
+            raise ValueError(
+                f"temperature={self.temperature} with topk_mode='tail' and a top-k teacher: the tail "
+                "bucket's inner distribution is unknown, so it cannot be tempered exactly; use "
+                "topk_mode='renorm', or teacher_cache=false with top_k=null, or temperature=1"
+            )
+        return self
+
 
 def align_answer_positions(mask_s: Tensor, mask_t: Tensor) -> tuple[Tensor, Tensor]:
     """Keep-masks pairing the i-th answer position of each student row with the i-th of the teacher
@@ -116,7 +139,6 @@ class PUBG(UnlearnMethod):
         if use_bg and not p.teacher_cache:
             views.append("teacher_")
         self.views = tuple(views)
-        self.extra_keys = (TOPK_IDS, TOPK_LOGPROBS) if use_bg and p.teacher_cache else ()
         self.custom_step = p.mask != "none"
         self.update = (
             MaskedUpdate(p.mask, p.mask_path, restore=p.restore_masked_out) if p.mask != "none" else None
@@ -127,13 +149,30 @@ class PUBG(UnlearnMethod):
             raise ValueError("pubg with mask='none' takes no saliency mask")
         self.update.set_mask(mask)
 
+    def teacher_cache(self) -> TeacherCacheSpec | None:
+        """The guide_ (and teacher_) views and the cached top-k come from the teacher cache."""
+        p = self.params
+        if p.w_bg <= 0:
+            return None
+        return TeacherCacheSpec(instruction=p.instruction, k=max(TEACHER_CACHE_K, p.top_k or 0))
+
+    def mask_spec(self) -> MaskSpec | None:
+        return None if self.params.mask == "none" else mmunlearner_mask_spec(self.params.mask, 1.0)
+
+    def deepspeed_hint(self) -> str:
+        return " or method.params.mask=none" if self.custom_step else ""
+
     # -- L_BG ----------------------------------------------------------------------------------
     def guidance_kl(self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None) -> Tensor:
         """Per-token forward KL(teacher || student) at the guide_ answer positions, reduced per
         ``bg_norm``."""
         p = self.params
         s_logits, s_labels = forward_logits(model, forget, "guide_")
-        mask_s = answer_mask(s_labels)
+        row_keep = forget.get(GUIDE_KEEP)
+        if row_keep is None:
+            row_keep = torch.ones(s_labels.shape[0], dtype=torch.bool, device=s_labels.device)
+        row_keep = row_keep.to(s_labels.device, torch.bool)
+        mask_s = answer_mask(s_labels) & row_keep.unsqueeze(1)
         if p.teacher_cache:
             ids, lps = forget[TOPK_IDS], forget[TOPK_LOGPROBS]
             if ids.shape[:2] != s_labels.shape or lps.shape != ids.shape:
@@ -164,6 +203,11 @@ class PUBG(UnlearnMethod):
                 lps, ids = torch.log_softmax(t_sel, dim=-1).topk(k, dim=-1)
                 kl = kl_topk(ids, lps, s_sel, p.temperature, p.topk_mode)
         rows = keep.nonzero(as_tuple=True)[0]
+        kept = int(row_keep.sum())
+        if kept == 0:
+            return s_logits.sum() * 0.0
+        if p.bg_norm == "sequence":  # mean over the kept rows only
+            return per_sequence(kl, rows, s_labels.shape[0], "sequence") * (s_labels.shape[0] / kept)
         return per_sequence(kl, rows, s_labels.shape[0], p.bg_norm)
 
     def forget_loss(
@@ -214,12 +258,14 @@ class PUBG(UnlearnMethod):
         zero_grad(model)
         loss, stats = self.forget_loss(model, forget, ref)
         stats["loss"] = float(loss.detach())
+        ensure_finite("forget loss", loss, stats)
         stats["grad_norm"] = self.update.step(
             model, loss, max_grad_norm=max_grad_norm, main_optimizer=optimizer
         )
         if self.params.w_ret > 0:
             optimizer.zero_grad(set_to_none=True)
             nll_r = nll(model, self._require_retain(retain))
+            ensure_finite("retain loss", nll_r, {**stats, "retain_nll": float(nll_r.detach())})
             (self.params.w_ret * nll_r).backward()
             stats["retain_nll"] = float(nll_r.detach())
             stats["retain_grad_norm"] = clip_and_step(model, optimizer, max_grad_norm)

@@ -13,9 +13,9 @@
 
 Parameter names. Mask keys are the model's *real* ``named_parameters()`` names (DDP / DeepSpeed
 wrappers stripped), and only trainable parameters get a mask. With PEFT LoRA the trainable
-parameters are the adapters, so the Fisher and the mask are computed on ``lora_A`` / ``lora_B``
-themselves (``base_model.model....q_proj.lora_A.default.weight``); the frozen base weights are
-never updated anyway. The reference code computed masks on the base names, so with LoRA none of its
+parameters are the adapters, so the masks are keyed by ``lora_A`` / ``lora_B``
+(``base_model.model....q_proj.lora_A.default.weight``), derived from the Fisher of the base weight
+they adapt (PEFT's B = 0 init makes the factors' own Fisher meaningless; see ``lora_ratio_masks``). The reference code computed masks on the base names, so with LoRA none of its
 keys matched and the mask did nothing; ``check_mask_matches`` makes such a mismatch an error.
 The ``module_groups`` callable (``model -> {"vision": [...], "language": [...]}``) may list
 parameter names or module prefixes, with or without PEFT's ``base_model.model.`` prefix and
@@ -45,7 +45,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import move_batch, nll, unwrap_model, zero_grad
+from unlearn_core.methods.base import ensure_finite, nll, zero_grad
+from unlearn_core.tensors import move_batch, unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,12 @@ class SaliencyMask:
         return cls(masks=masks, groups=groups, gamma=gamma, meta=meta)
 
 
-def check_mask_matches(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
-    """Every mask key must be a trainable parameter of ``model`` with the same shape."""
+def check_mask_matches(
+    model: nn.Module, masks: Mapping[str, Tensor], expected: Sequence[str] | None = None
+) -> None:
+    """Every mask key must be a trainable parameter of ``model`` with the same shape, and (with
+    ``expected``, the trainable parameters of the mask's group) every one of them must have a mask:
+    a parameter without one would get no forget update at all."""
     params = dict(unwrap_model(model).named_parameters())
     missing = [k for k in masks if k not in params]
     if missing:
@@ -246,6 +251,50 @@ def check_mask_matches(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
     frozen = [k for k in masks if not params[k].requires_grad]
     if frozen:
         raise ValueError(f"saliency mask covers frozen parameters: {frozen[:3]}")
+    if expected is not None:
+        uncovered = [n for n in expected if n not in masks]
+        if uncovered:
+            raise ValueError(
+                f"the saliency mask covers {len(expected) - len(uncovered)} of the {len(expected)} trainable "
+                f"parameters of its group; no mask for e.g. {uncovered[:3]}. It was computed for another "
+                "trainable set (LoRA targets, train_vision): recompute it for this model config."
+            )
+
+
+_LORA_A = re.compile(r"^(?P<module>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
+
+
+def lora_factors(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{base weight name: (lora_A name, lora_B name)}`` for the LoRA-adapted linear layers whose
+    two factors are both in ``names``."""
+    params = dict(unwrap_model(model).named_parameters())
+    wanted = set(names)
+    out: dict[str, tuple[str, str]] = {}
+    for n in names:
+        m = _LORA_A.match(n)
+        if m is None:
+            continue
+        b = f"{m['module']}.lora_B.{m['adapter']}.weight"
+        base = f"{m['module']}.base_layer.weight"
+        if b in wanted and base in params and params[base].dim() == 2:
+            out[base] = (n, b)
+    return out
+
+
+def lora_ratio_masks(
+    f_forget: Tensor, f_preserve: Tensor, shape_a: torch.Size, shape_b: torch.Size, gamma: float
+) -> tuple[Tensor, Tensor]:
+    """LoRA factor masks from the Fisher of the adapted base weight W [out, in].
+
+    PEFT starts LoRA with B = 0, so the gradient (and Fisher) of A is exactly 0 at the start and the
+    one of B depends on the random A: neither says which weights carry the forget knowledge. The
+    base weight's Fisher does. The update is dW = B A; ``lora_B`` row i moves output i and ``lora_A``
+    column j reads input j, so B's rows are masked by the output rows of W whose summed Fisher ratio
+    is >= gamma and A's columns by W's input columns likewise.
+    """
+    rows = (f_forget.sum(1) + EPS) / (f_preserve.sum(1) + EPS) >= gamma
+    cols = (f_forget.sum(0) + EPS) / (f_preserve.sum(0) + EPS) >= gamma
+    return cols.unsqueeze(0).expand(shape_a).clone(), rows.unsqueeze(1).expand(shape_b).clone()
 
 
 def compute_saliency_masks(
@@ -262,6 +311,7 @@ def compute_saliency_masks(
 
     ``preserve_batches`` is one re-iterable loader for all groups, or ``{group: loader}`` (the
     paper: vision <- retain VQA; language <- retain VQA + text-only QA of all entities).
+    LoRA factors get their masks from the Fisher of the base weight they adapt (``lora_ratio_masks``).
     """
     resolved = resolve_groups(model, module_groups)
     wanted = [g for grp in groups for g in expand_group(grp)]
@@ -270,15 +320,53 @@ def compute_saliency_masks(
         if not resolved[g]:
             raise ValueError(f"module group {g!r} has no trainable parameters")
     all_names = [n for g in wanted for n in resolved[g]]
-    f_forget = fisher_diagonal(model, forget_batches, all_names, max_batches=max_batches)
-    masks: dict[str, Tensor] = {}
-    for g in wanted:
-        loader = preserve_batches[g] if isinstance(preserve_batches, Mapping) else preserve_batches
-        f_pres = fisher_diagonal(model, loader, resolved[g], max_batches=max_batches)
-        masks.update(ratio_mask({n: f_forget[n] for n in resolved[g]}, f_pres, gamma))
+    factors = lora_factors(model, all_names)
+    via_base = {n for pair in factors.values() for n in pair}
+
+    def fisher_names(names: Sequence[str]) -> list[str]:
+        bases = [b for b, (a, _) in factors.items() if a in names]
+        return [n for n in names if n not in via_base] + bases
+
+    params = dict(unwrap_model(model).named_parameters())
+    frozen = [b for b in factors if not params[b].requires_grad]
+    for b in frozen:  # the base weights' gradients, for the Fisher only
+        params[b].requires_grad_(True)
+    try:
+        f_forget = fisher_diagonal(model, forget_batches, fisher_names(all_names), max_batches=max_batches)
+        masks: dict[str, Tensor] = {}
+        for g in wanted:
+            loader = preserve_batches[g] if isinstance(preserve_batches, Mapping) else preserve_batches
+            names = fisher_names(resolved[g])
+            f_pres = fisher_diagonal(model, loader, names, max_batches=max_batches)
+            direct = [n for n in names if n not in factors]
+            masks.update(ratio_mask({n: f_forget[n] for n in direct}, {n: f_pres[n] for n in direct}, gamma))
+            for base in (n for n in names if n in factors):
+                a, b = factors[base]
+                masks[a], masks[b] = lora_ratio_masks(
+                    f_forget[base], f_pres[base], params[a].shape, params[b].shape, gamma
+                )
+    finally:
+        for b in frozen:
+            params[b].requires_grad_(False)
+            params[b].grad = None
     sal = SaliencyMask(masks=masks, groups={g: resolved[g] for g in wanted}, gamma=gamma)
     log.info("saliency masks (gamma=%s): selected fraction %s", gamma, sal.selected_fraction())
     return sal
+
+
+def mask_cache_key(
+    model_sha: str, shards_fingerprint: str, spec: Any, model_cfg: Mapping[str, Any], seed: int
+) -> str:
+    """What a saliency mask depends on: the weights, the shards, the group, gamma and row recipe,
+    the trainable set (LoRA on/off, r, alpha, dropout, targets, train_vision) and, with LoRA, the
+    seed its adapters are drawn from. 16 hex digits."""
+    import hashlib
+
+    trainable = {k: model_cfg.get(k) for k in ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                                               "train_vision", "dtype")}
+    raw = json.dumps([model_sha, shards_fingerprint, spec.group, float(spec.gamma), spec.recipe, trainable,
+                      seed if model_cfg.get("lora") else None], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class MaskedUpdate:
@@ -291,10 +379,17 @@ class MaskedUpdate:
     """
 
     def __init__(
-        self, group: str, mask_path: str | None = None, *, restore: bool = True, lr: float | None = None
+        self,
+        group: str,
+        mask_path: str | None = None,
+        *,
+        restore: bool = True,
+        lr: float | None = None,
+        module_groups: ModuleGroupsFn | None = None,
     ) -> None:
         expand_group(group)
         self.group = group
+        self.module_groups = module_groups
         self.mask_path = mask_path
         self.restore = restore
         self.lr = lr
@@ -322,7 +417,11 @@ class MaskedUpdate:
         if self._opt is not None:
             return self._opt
         masks = self.masks
-        check_mask_matches(model, masks)
+        groups_fn = self.module_groups
+        if groups_fn is None:
+            from unlearn_core.models.families import module_groups as groups_fn
+        resolved = resolve_groups(model, groups_fn)
+        check_mask_matches(model, masks, [n for g in expand_group(self.group) for n in resolved[g]])
         params = dict(unwrap_model(model).named_parameters())
         self._params = {n: params[n] for n in masks}
         self._out = {n: (~m.to(params[n].device, torch.bool)).contiguous() for n, m in masks.items()}
@@ -359,6 +458,7 @@ class MaskedUpdate:
         Gradients are zeroed again afterwards so the trainer's next step starts clean.
         """
         opt = self._bind(model, main_optimizer)
+        ensure_finite("masked-step loss", loss, {})
         loss.backward()
         masked = set(self._params)
         for name, p in unwrap_model(model).named_parameters():
@@ -368,6 +468,9 @@ class MaskedUpdate:
                 p.grad.masked_fill_(self._out[name], 0.0)
         with_grad = [p for p in self._params.values() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(with_grad, max_grad_norm) if with_grad else torch.zeros(())
+        if not torch.isfinite(norm):
+            zero_grad(model)
+            ensure_finite("masked-step gradient norm", norm, {"loss": float(loss.detach())})
         snapshot: dict[str, Tensor] = {}
         if self.restore:
             snapshot = {n: p.detach()[self._out[n]].clone() for n, p in self._params.items()}

@@ -22,11 +22,10 @@ import torch
 
 from unlearn_core.config import TrainConfig
 from unlearn_core.training.deepspeed_cfg import deepspeed_config
+from unlearn_core.training.steps import apply_lr_schedule, naming_the_step, sft_loss
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
-
-    from unlearn_core.training.worker import BuiltModel
 
 DS_SUBDIR = "deepspeed"  # the engine's checkpoint folder inside a checkpoint
 STATE_FILE = "trainer_state.json"
@@ -69,17 +68,18 @@ def init_engine(
 
 
 def make_ds_step_fn(
-    built: BuiltModel,
+    method: Any,
+    ref: torch.nn.Module | None,
     engine: DeepSpeedEngine,
     batches: dict[str, Iterator[dict[str, Any]]],
     tc: TrainConfig,
 ) -> Callable[[int], dict[str, float]]:
     """One optimisation step = ``tc.grad_accum`` micro-batches of ``engine.backward`` +
-    ``engine.step`` (the engine steps the optimizer on the last one). SFT or a method's ``loss``;
-    custom-step methods are refused."""
-    from unlearn_core.training.worker import _apply_lr_schedule, sft_loss
+    ``engine.step`` (the engine steps the optimizer on the last one). SFT (``method`` None) or an
+    ``UnlearnMethod``'s ``loss``; custom-step methods are refused. A non-finite loss stops the run
+    before its backward."""
+    from unlearn_core.methods.base import ensure_finite
 
-    method = built.method
     if method is not None and method.custom_step:
         raise ValueError(f"method {method.name!r} does its own optimizer steps: not supported under DeepSpeed")
 
@@ -88,13 +88,14 @@ def make_ds_step_fn(
             return sft_loss(engine, next(batches["train"])), {}
         forget = next(batches["forget"])
         retain = next(batches["retain"]) if "retain" in batches else None
-        return method.loss(engine, forget, retain, built.ref)
+        return method.loss(engine, forget, retain, ref)
 
     def step_fn(step: int) -> dict[str, float]:
-        _apply_lr_schedule(engine.optimizer, tc, step)
+        apply_lr_schedule(engine.optimizer, tc, step)
         window: list[dict[str, float]] = []
         for _ in range(tc.grad_accum):
             loss, stats = micro_batch()
+            ensure_finite("loss", loss, stats)
             engine.backward(loss)  # scales by 1 / gradient_accumulation_steps itself
             engine.step()  # optimizer step (with clipping) only at the accumulation boundary
             window.append({**stats, "loss": float(loss.detach())})
@@ -104,7 +105,7 @@ def make_ds_step_fn(
         out["grad_norm"] = float(norm) if norm is not None else float("nan")
         return out
 
-    return step_fn
+    return naming_the_step(step_fn)
 
 
 def save_ds_checkpoint(engine: DeepSpeedEngine, folder: Path, step: int) -> bool:

@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unlearn_core.config import TrainConfig
+from unlearn_core.tensors import move_batch as to_device  # noqa: F401 - the workers' batch mover
+from unlearn_core.tensors import unwrap_model as unwrap
 
 ReportFn = Callable[[dict[str, float], "Path | None"], None]
 StepFn = Callable[[int], dict[str, float]]
@@ -51,11 +53,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model under DDP / DeepSpeed wrappers."""
-    return getattr(model, "module", model)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -100,10 +97,6 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     meta = json.loads((folder / "trainer_state.json").read_text())
     torch.set_rng_state(torch.tensor(meta["rng_torch"], dtype=torch.uint8))
     return int(meta["step"])
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def cycle(make_iter: Callable[[int], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:

@@ -10,8 +10,12 @@ from typing import Any
 
 import torch
 
-from unlearn_core.config import RunConfig, TrainConfig
-from unlearn_core.training.loop import unwrap
+from unlearn_core.config import ConfigError, RunConfig, TrainConfig
+from unlearn_core.tensors import unwrap_model as unwrap
+from unlearn_core.training import ds_engine
+from unlearn_core.training.steps import make_step, sft_loss
+
+__all__ = ["BuiltModel", "build_worker_model", "check_supported", "ddp_kwargs", "make_step_fn", "sft_loss"]
 
 
 @dataclass
@@ -55,20 +59,39 @@ def _load(cfg: RunConfig, processor_dir: str, init_model: str, image_size: int) 
     return model, processor
 
 
+def trainable_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+    """LoRA or full fine-tuning as configured (``prepare_for_training``: it also freezes what never
+    gets a gradient), with the new adapters drawn from ``train.seed`` whatever the RNG state: the
+    saliency-mask job and every training worker get the same LoRA A (DDP broadcasts rank 0's)."""
+    from unlearn_core.models.lora import prepare_for_training
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return prepare_for_training(model, cfg.model)
+
+
 def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
-    """Refuse what the worker cannot run: custom-step methods (their own optimizer steps) under DeepSpeed."""
-    stage = cfg.train.deepspeed_stage
-    if not stage or mode == "finetune":
+    """Refuse what the worker cannot run: methods with their own optimizer steps (two separate,
+    saliency-masked updates) under DeepSpeed or with gradient accumulation."""
+    if mode == "finetune":
         return
-    from unlearn_core.config import ConfigError
     from unlearn_core.methods import get_method
 
     method = get_method(cfg.method.name, dict(cfg.method.params))
-    if method.custom_step:
-        hint = " or method.params.mask=none" if method.name == "pubg" else ""
+    if not method.custom_step:
+        return
+    stage, accum = cfg.train.deepspeed_stage, cfg.train.grad_accum
+    if stage:
         raise ConfigError(
             f"train.deepspeed_stage={stage}: method.name={method.name!r} does its own (saliency-masked) "
-            f"optimizer steps, which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP){hint}"
+            f"optimizer steps, which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP)"
+            f"{method.deepspeed_hint()}"
+        )
+    if accum > 1:
+        raise ConfigError(
+            f"train.grad_accum={accum}: method.name={method.name!r} takes two separate (saliency-masked) "
+            "optimizer steps per training step and cannot accumulate gradients over micro-batches; use "
+            f"train.grad_accum=1 and a {accum}x larger train.batch_size{method.deepspeed_hint()}"
         )
 
 
@@ -82,20 +105,16 @@ def build_worker_model(
 ) -> BuiltModel:
     check_supported(cfg, mode)
     model, processor = _load(cfg, processor_dir, init_model, image_size)
-    from unlearn_core.models.lora import prepare_for_training
-
-    # LoRA or full fine-tuning; also freezes what never gets a gradient (DDP would fail on it).
-    model = prepare_for_training(model, cfg.model)
+    model = trainable_model(model, cfg)
     model.train()
     if mode == "finetune":
         return BuiltModel(model=model, processor=processor, cfg=cfg, streams={"train": ("",)})
 
     from unlearn_core.methods import get_method
 
-    params = dict(cfg.method.params)
-    if mask_path is not None and params.get("mask", "both" if cfg.method.name == "mmunlearner" else "none") != "none":
-        params["mask_path"] = mask_path
-    method = get_method(cfg.method.name, params)
+    method = get_method(cfg.method.name, dict(cfg.method.params))
+    if mask_path is not None and method.mask_spec() is not None and method.params.mask_path is None:
+        method = get_method(cfg.method.name, {**cfg.method.params, "mask_path": mask_path})
     ref = None
     if method.needs_ref:
         ref = copy.deepcopy(unwrap(model)).eval()
@@ -107,11 +126,10 @@ def build_worker_model(
     return BuiltModel(model=model, processor=processor, cfg=cfg, streams=streams, method=method, ref=ref)
 
 
-def sft_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens (labels are -100 elsewhere)."""
-    from unlearn_core.methods.base import nll
-
-    return nll(model, batch, "")
+def ddp_kwargs(built: BuiltModel) -> dict[str, Any]:
+    """``DistributedDataParallel`` options the method needs (``find_unused_parameters`` for methods
+    with a separate retain step, which a text-only retain batch leaves without vision gradients)."""
+    return {"find_unused_parameters": bool(built.method is not None and built.method.find_unused_parameters)}
 
 
 def make_step_fn(
@@ -121,16 +139,14 @@ def make_step_fn(
     batches: dict[str, Iterator[dict[str, Any]]],
     tc: TrainConfig,
 ) -> Callable[[int], dict[str, float]]:
-    """One optimisation step: vanilla SFT (with gradient accumulation) or the method's own step.
+    """One optimisation step: vanilla SFT or the method's, with ``tc.grad_accum`` micro-batches.
 
     On GPUs with ``train.bf16`` the forward passes run under bf16 autocast (weights stay fp32).
     A DeepSpeed engine as ``model`` gets ``ds_engine.make_ds_step_fn`` (bf16 from its config).
     """
-    from unlearn_core.training import ds_engine
-
     if ds_engine.is_engine(model):
-        return ds_engine.make_ds_step_fn(built, model, batches, tc)
-    step_fn = _sft_or_method_step(built, model, optimizer, batches, tc)
+        return ds_engine.make_ds_step_fn(built.method, built.ref, model, batches, tc)
+    step_fn = make_step(built.method, built.ref, model, optimizer, batches, tc)
     if not (tc.use_gpu and tc.bf16 and torch.cuda.is_available()):
         return step_fn
 
@@ -139,53 +155,3 @@ def make_step_fn(
             return step_fn(step)
 
     return bf16_step
-
-
-def _sft_or_method_step(
-    built: BuiltModel,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: dict[str, Iterator[dict[str, Any]]],
-    tc: TrainConfig,
-) -> Callable[[int], dict[str, float]]:
-    if built.method is None:
-
-        def sft_step(step: int) -> dict[str, float]:
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(tc.grad_accum):
-                loss = sft_loss(model, next(batches["train"])) / tc.grad_accum
-                loss.backward()
-                total += float(loss.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], tc.max_grad_norm
-            )
-            _apply_lr_schedule(optimizer, tc, step)
-            optimizer.step()
-            return {"loss": total, "grad_norm": float(grad_norm)}
-
-        return sft_step
-
-    method = built.method
-
-    def unlearn_step(step: int) -> dict[str, float]:
-        forget = next(batches["forget"])
-        retain = next(batches["retain"]) if "retain" in batches else None
-        _apply_lr_schedule(optimizer, tc, step)
-        return method.train_step(model, optimizer, forget, retain, built.ref, step, max_grad_norm=tc.max_grad_norm)
-
-    return unlearn_step
-
-
-def _apply_lr_schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, step: int) -> None:
-    """Linear warm-up then cosine decay to 10% of the peak learning rate."""
-    import math
-
-    if step < tc.warmup_steps:
-        scale = (step + 1) / tc.warmup_steps
-    else:
-        progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
-        scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-        group["lr"] = group["initial_lr"] * scale

@@ -1,0 +1,62 @@
+"""SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization for
+LLM Unlearning"): NPO without a reference model, on the length-normalised log-likelihood.
+
+L = -(2/beta) * mean_b log sigmoid(-(beta/|y_b|) * log p_theta(y_b|x_b) - beta*delta)  [+ alpha * NLL_r]
+
+``|y_b|`` is the number of answer tokens of sequence b and ``delta`` the reward margin. The
+normalisation stops long answers from dominating the ascent, and no frozen copy is needed.
+(open-unlearning writes the same term as -(2/beta) log sigmoid(beta * (NLL_sum/|y| - delta)).)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from unlearn_core.methods.base import StrictParams, UnlearnMethod, add_retain_nll, forward_logits
+from unlearn_core.methods.losses import answer_mask, sequence_logprob
+
+
+class SimNPOParams(StrictParams):
+    beta: float = Field(4.5, gt=0, le=100, description="inverse temperature of the SimNPO loss")
+    delta: float = Field(0.0, ge=0, le=100, description="reward margin")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure SimNPO)")
+
+
+def simnpo_loss(logp: Tensor, lengths: Tensor, beta: float, delta: float) -> Tensor:
+    """-(2/beta) * mean log sigmoid(-beta * logp / |y| - beta * delta); rows without answer tokens
+    count with |y| = 1 (their logp is 0)."""
+    per_token = logp / lengths.clamp_min(1).to(logp.dtype)
+    return -(2.0 / beta) * F.logsigmoid(-beta * per_token - beta * delta).mean()
+
+
+class SimNPO(UnlearnMethod):
+    name = "simnpo"
+    Params = SimNPOParams
+    params: SimNPOParams
+    needs_retain = True
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        super().__init__(params)
+        self.needs_retain = self.params.alpha > 0
+
+    def loss(
+        self,
+        model: nn.Module,
+        forget: Mapping[str, Any],
+        retain: Mapping[str, Any] | None,
+        ref: nn.Module | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        p = self.params
+        logits, labels = forward_logits(model, forget)
+        lp = sequence_logprob(logits, labels)
+        lengths = answer_mask(labels).sum(1)
+        loss = simnpo_loss(lp, lengths, p.beta, p.delta)
+        with torch.no_grad():
+            stats = {"simnpo": float(loss), "forget_nll_per_token": float((-lp / lengths.clamp_min(1)).mean())}
+        return add_retain_nll(loss, model, retain, p.alpha, stats), stats
