@@ -163,12 +163,13 @@ def score_benchmark(
         if protocol.name == "clear" and not isinstance(out, str):
             _score_truth_losses(out, fields, losses[group], values, group)
         per_sample[sid] = fields
+    losses = {group: pairs for group, pairs in losses.items() if pairs}
     for group, pairs in losses.items():
         ratios = set_truth_ratios([p for p, _ in pairs], [q for _, q in pairs])
         values[f"clear.{group}.truth_ratio"] = [truth_ratio_score(ratios, forget=group.startswith("forget"))] * len(pairs)
     metrics = {k: sum(v) / len(v) for k, v in sorted(values.items()) if v}
     counts = {k: len(v) for k, v in sorted(values.items()) if v}
-    return BenchResult(metrics, counts, per_sample, dict(losses))
+    return BenchResult(metrics, counts, per_sample, losses)
 
 
 def _score_truth_losses(

@@ -30,7 +30,9 @@ def variant_captions(row: Mapping[str, Any]) -> tuple[str, list[str], str | None
     return paraphrased, list(perturbed), caption if isinstance(caption, str) else None
 
 
-def truth_losses(model: nn.Module, processor: Any, row: Mapping[str, Any], image: Any) -> dict[str, Any] | None:
+def truth_losses(
+    model: nn.Module, processor: Any, row: Mapping[str, Any], image: Any
+) -> dict[str, Any] | None:
     """``{"paraphrased_loss", "perturbed_losses", "caption_loss"?}`` for one row (one forward batch), or
     None when the row carries no paraphrased + perturbed captions."""
     from unlearn_core.models.generate import answer_mean_nll
