@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
     p.add_argument("--protocol", default=None, choices=_protocol_names(),
                    help="prompts, decoding and metrics (default: from the benchmark the records come from)")
+    p.add_argument("--reference-report", default=None, metavar="FILE.json",
+                   help="CLEAR: the eval (or score) JSON of the retain-only model; adds clear.forget_quality")
     p.set_defaults(handler=commands.cmd_eval)
 
     p = sub.add_parser("score", help="score generations made anywhere (JSONL) against a records folder; no model")

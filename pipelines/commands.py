@@ -184,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
                             max_samples=args.judge_max_samples)
     report = evaluate(model, _abs(args.shards), max_per_group=args.max_per_group, judge=judge,
-                      protocol=args.protocol)
+                      protocol=args.protocol, reference_report=args.reference_report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(format_table({Path(args.model).name or args.model: report["metrics"]}))

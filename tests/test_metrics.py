@@ -265,9 +265,10 @@ def test_benchmark_scoring_separates_modalities_and_parses() -> None:
 
 def test_clear_truth_ratio_follows_the_reference_formulas() -> None:
     assert truth_ratio(1.0, [2.0, 3.0]) == pytest.approx(2.718281828 ** (1.0 - 2.5))
-    ratios = [0.5, 2.0]  # P(perturbed)/P(paraphrased)
+    ratios = [0.5, 2.0]  # calculate_metrics.py's t = P(paraphrased)/P(perturbed)
     assert truth_ratio_score(ratios, forget=True) == pytest.approx(0.5)  # mean(min(t, 1/t))
-    assert truth_ratio_score(ratios, forget=False) == pytest.approx((0.5 + 0.0) / 2)  # mean(max(0, 1 - t))
+    assert truth_ratio_score(ratios, forget=False) == pytest.approx((0.0 + 0.5) / 2)  # mean(max(0, 1 - 1/t))
+    assert truth_ratio_score([4.0], forget=False) == pytest.approx(0.75)
 
 
 # --------------------------------------------------------------------------- report

@@ -37,7 +37,7 @@ def generate_outputs(
     model_dir: str | Path, rows: list[dict[str, Any]], *, actors: int = 1, protocol: str = "synthetic"
 ) -> dict[str, dict]:
     """Ray Data batch inference over ``rows``; returns sample_id -> output."""
-    columns = ["sample_id", "split", "task", "question", "options", "image_u8", "image_hw"]
+    columns = ["sample_id", "split", "task", "question", "options", "answer_variants", "image_u8", "image_hw"]
     schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
     table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows], schema=schema)
     ds = ray.data.from_arrow(table).repartition(max(1, actors))
@@ -87,21 +87,29 @@ def evaluate(
     actors: int = 1,
     judge: JudgeConfig | None = None,
     protocol: str | None = None,
+    reference_report: str | Path | None = None,
 ) -> dict[str, Any]:
     """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``;
     with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint.
-    ``protocol`` (default: the one the rows' benchmark implies) fixes prompts, decoding and metrics."""
-    from unlearn_core.eval.score import score_outputs
+    ``protocol`` (default: the one the rows' benchmark implies) fixes prompts, decoding and metrics.
+    ``reference_report`` (CLEAR): the eval / score JSON of the retain-only model, whose forget rows'
+    truth-ratio losses give ``clear.forget_quality``."""
+    from unlearn_core.eval.score import add_forget_quality, report_truth_losses, score_outputs
 
     all_rows = load_shard_rows(shards_dir)
     proto = resolve_protocol(all_rows, protocol)
     rows = select_eval_rows(all_rows, max_per_group, seed, every_task=proto.is_benchmark)
     if not rows:
         raise ValueError(f"{shards_dir}: no evaluation rows (splits {EVAL_SPLITS})")
+    reference = report_truth_losses(reference_report) if reference_report is not None else None
     outputs = generate_outputs(model_dir, rows, actors=actors, protocol=proto.name)
     result = score_outputs(rows, outputs, proto)
+    if reference is not None:
+        add_forget_quality(result, reference, f"this evaluation and {reference_report}")
     metrics = dict(result["metrics"])
     if judge is not None:
         metrics.update(judge_shard_outputs(rows, outputs, judge))
+    per_sample = [{**r, "generation": outputs[r["sample_id"]]["generation"]}
+                  if "generation" in outputs.get(r["sample_id"], {}) else r for r in result["per_sample"]]
     return {"protocol": proto.name, "metrics": metrics, "counts": result["counts"],
-            "per_sample": result["per_sample"], "n_rows": len(rows)}
+            "per_sample": per_sample, "n_rows": len(rows)}

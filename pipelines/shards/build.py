@@ -28,7 +28,7 @@ from unlearn_core.data.schema import SPLITS, RecordError
 from unlearn_core.models.loading import load_model_and_processor
 from unlearn_core.prompts import REFUSAL_ANSWERS
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: the answer_variants column
 
 
 @dataclass
@@ -87,11 +87,23 @@ def _corpus(records: pa.Table) -> list[str]:
     texts = records.column("question").to_pylist() + records.column("answer").to_pylist()
     for opts in records.column("options").to_pylist():
         texts.extend(opts or [])
+    for variants in records.column("answer_variants").to_pylist():  # CLEAR's truth-ratio captions
+        texts.extend(_variant_texts(variants))
     texts.extend(REFUSAL_ANSWERS)
     from unlearn_core.prompts import GUIDANCE_TEMPLATES
 
     texts.extend(GUIDANCE_TEMPLATES.values())
     return texts
+
+
+def _variant_texts(variants: str | None) -> list[str]:
+    """The strings of a record's ``answer_variants`` JSON (validated by `unlearn data convert`)."""
+    if not variants:
+        return []
+    out: list[str] = []
+    for value in json.loads(variants).values():
+        out.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return out
 
 
 def shard_records(

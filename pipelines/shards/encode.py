@@ -1,7 +1,9 @@
 """One shard row per record: the image decoded and resized to uint8, the model's processor and chat
 template applied with answer-only labels, and for forget rows the baselines' extra views (``idk_``:
 a refusal answer for `reject`, ``rand_``: another entity's answer for `random`). A row that fails is
-kept with its ``quarantine_reason``, never dropped."""
+kept with its ``quarantine_reason``, never dropped. ``answer_variants`` (JSON, nullable) is carried as
+the records hold it: CLEAR's paraphrased / perturbed captions, which `unlearn eval` scores for the
+truth ratio."""
 
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ class RowEncoder:
             "options": list(row["options"]) if row.get("options") is not None else None,
             "private_facts": row.get("private_facts") or "{}",
             "visible_attributes": row.get("visible_attributes") or "{}",
+            "answer_variants": row.get("answer_variants"),  # null in records written before the column
             "image_u8": image.tobytes() if image is not None else None,
             "image_hw": [h, w] if image is not None else None,
             "input_ids": enc["input_ids"],
@@ -108,7 +111,7 @@ class RowEncoder:
 
 _OUT_COLUMNS = (
     "sample_id", "entity_id", "split", "task", "question", "answer", "options", "private_facts",
-    "visible_attributes", "image_u8", "image_hw", "input_ids", "labels",
+    "visible_attributes", "answer_variants", "image_u8", "image_hw", "input_ids", "labels",
     "idk_input_ids", "idk_labels", "rand_input_ids", "rand_labels", "quarantine_reason",
 )  # fmt: skip
 
@@ -116,7 +119,7 @@ SHARD_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()), ("entity_id", pa.string()), ("split", pa.string()), ("task", pa.string()),
         ("question", pa.string()), ("answer", pa.string()), ("options", pa.list_(pa.string())),
-        ("private_facts", pa.string()), ("visible_attributes", pa.string()),
+        ("private_facts", pa.string()), ("visible_attributes", pa.string()), ("answer_variants", pa.string()),
         ("image_u8", pa.binary()), ("image_hw", pa.list_(pa.int32())),
         ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
         ("idk_input_ids", pa.list_(pa.int32())), ("idk_labels", pa.list_(pa.int32())),

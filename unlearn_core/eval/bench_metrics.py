@@ -64,29 +64,48 @@ def bleu(reference: str, generation: str) -> float:
 
 
 def truth_ratio(paraphrased_loss: float, perturbed_losses: Sequence[float]) -> float:
-    """CLEAR ``mm/eval.py``: exp(paraphrased loss - mean perturbed loss), losses per token."""
+    """One sample's ratio as CLEAR ``mm/eval.py`` stores it (``truth_ratio``): exp(paraphrased loss -
+    mean of its perturbed losses) = P(perturbed) / P(paraphrased), losses mean per answer token."""
     mean_perturbed = sum(perturbed_losses) / len(perturbed_losses)
     return math.exp(paraphrased_loss - mean_perturbed)
 
 
-def truth_ratio_score(ratios: Sequence[float], *, forget: bool) -> float:
-    """CLEAR ``mm/calculate_metrics.py`` ``compute_model_utility``: forget sets ``mean(min(t, 1/t))``,
-    other sets ``mean(max(0, 1 - t))`` with t = P(perturbed) / P(paraphrased); higher is better for both.
+def set_truth_ratios(paraphrased: Sequence[float], perturbed: Sequence[Sequence[float]]) -> list[float]:
+    """CLEAR ``mm/calculate_metrics.py``: per sample exp(mean perturbed loss - paraphrased loss) =
+    P(paraphrased) / P(perturbed), where the perturbed loss is ONE mean over every perturbed caption
+    of every sample of the set (``np.array(average_perturb_loss.values()).mean()``), not the sample's own."""
+    flat = [float(x) for losses in perturbed for x in losses]
+    mean_perturbed = sum(flat) / len(flat)
+    return [math.exp(mean_perturbed - float(p)) for p in paraphrased]
 
-    (The reference averages the perturbed losses over the whole set before the ratio; this uses each
-    sample's own perturbed losses, as ``mm/eval.py`` stores them.)
-    """
+
+def truth_ratio_score(ratios: Sequence[float], *, forget: bool) -> float:
+    """CLEAR ``mm/calculate_metrics.py`` ``compute_model_utility`` on ``set_truth_ratios`` values t:
+    forget sets ``mean(min(t, 1/t))``, other sets ``mean(max(0, 1 - 1/t))``; higher is better for both."""
     if forget:
         return sum(min(t, 1.0 / t) for t in ratios) / len(ratios)
-    return sum(max(0.0, 1.0 - t) for t in ratios) / len(ratios)
+    return sum(max(0.0, 1.0 - 1.0 / t) for t in ratios) / len(ratios)
 
 
-def forget_quality(unlearned_ratios: Sequence[float], retained_ratios: Sequence[float]) -> float:
-    """CLEAR / TOFU forget quality: the KS-test p-value between the forget-set truth ratios of the
-    unlearned model and of the model trained on retain only (``mm/calculate_metrics.py``)."""
+def truth_probability(caption_loss: float, perturbed_losses: Sequence[float]) -> float:
+    """CLEAR ``compute_model_utility`` "Prob." of one sample: P(caption) / (P(caption) + sum P(perturbed)),
+    P = exp(-mean token loss)."""
+    p_true = math.exp(-caption_loss)
+    return p_true / (p_true + sum(math.exp(-x) for x in perturbed_losses))
+
+
+Losses = tuple[float, list[float]]  # (paraphrased loss, perturbed losses), both mean per answer token
+
+
+def forget_quality(unlearned: Sequence[Losses], retained: Sequence[Losses]) -> float:
+    """CLEAR ``mm/calculate_metrics.py`` ``evaluate_forget_quality``: the KS-test p-value between the
+    forget-set ``set_truth_ratios`` of the unlearned model and of the model trained on retain only."""
     from scipy.stats import ks_2samp
 
-    return float(ks_2samp(list(unlearned_ratios), list(retained_ratios)).pvalue)
+    def ratios(losses: Sequence[Losses]) -> list[float]:
+        return set_truth_ratios([p for p, _ in losses], [q for _, q in losses])
+
+    return float(ks_2samp(ratios(unlearned), ratios(retained)).pvalue)
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -97,7 +116,7 @@ class BenchResult:
     metrics: dict[str, float]
     counts: dict[str, int]  # samples behind each metric
     per_sample: dict[str, dict[str, Any]] = field(default_factory=dict)  # sample_id -> fields
-    truth_ratios: dict[str, list[float]] = field(default_factory=dict)  # group -> per-sample ratios
+    truth_losses: dict[str, list[Losses]] = field(default_factory=dict)  # group -> per-sample truth-ratio losses
 
 
 def metric_group(row: Mapping[str, Any]) -> str:
@@ -122,7 +141,7 @@ def score_benchmark(
     scorer = make_rouge_scorer()
     values: dict[str, list[float]] = defaultdict(list)
     per_sample: dict[str, dict[str, Any]] = {}
-    ratios: dict[str, list[float]] = defaultdict(list)
+    losses: dict[str, list[Losses]] = defaultdict(list)
     prefix = protocol.prefix
     for row in rows:
         sid = str(row["sample_id"])
@@ -141,16 +160,36 @@ def score_benchmark(
         gen = _generation(out)
         if isinstance(gen, str) and protocol.is_benchmark:
             _score_generation(row, gen, options, fields, values, scorer, f"{prefix}.{group}", mod)
-        loss, perturbed = (None, None) if isinstance(out, str) else (out.get("paraphrased_loss"), out.get("perturbed_losses"))
-        if protocol.name == "clear" and isinstance(loss, (int, float)) and perturbed:
-            fields["truth_ratio"] = truth_ratio(float(loss), [float(x) for x in perturbed])
-            ratios[group].append(fields["truth_ratio"])
+        if protocol.name == "clear" and not isinstance(out, str):
+            _score_truth_losses(out, fields, losses[group], values, group)
         per_sample[sid] = fields
-    for group, rs in ratios.items():
-        values[f"clear.{group}.truth_ratio"] = [truth_ratio_score(rs, forget=group.startswith("forget"))] * len(rs)
+    losses = {group: pairs for group, pairs in losses.items() if pairs}
+    for group, pairs in losses.items():
+        ratios = set_truth_ratios([p for p, _ in pairs], [q for _, q in pairs])
+        values[f"clear.{group}.truth_ratio"] = [truth_ratio_score(ratios, forget=group.startswith("forget"))] * len(pairs)
     metrics = {k: sum(v) / len(v) for k, v in sorted(values.items()) if v}
     counts = {k: len(v) for k, v in sorted(values.items()) if v}
-    return BenchResult(metrics, counts, per_sample, dict(ratios))
+    return BenchResult(metrics, counts, per_sample, losses)
+
+
+def _score_truth_losses(
+    out: Mapping[str, Any], fields: dict[str, Any], group_losses: list[Losses], values: dict[str, list[float]],
+    group: str,
+) -> None:
+    """CLEAR's per-token losses of an output (``paraphrased_loss``, ``perturbed_losses``, optional
+    ``caption_loss``) -> per-sample fields, the group's truth-ratio inputs and ``clear.<group>.prob``."""
+    loss, perturbed = out.get("paraphrased_loss"), out.get("perturbed_losses")
+    if not isinstance(loss, (int, float)) or not perturbed:
+        return
+    perturbed = [float(x) for x in perturbed]
+    fields["paraphrased_loss"], fields["perturbed_losses"] = float(loss), perturbed
+    fields["truth_ratio"] = truth_ratio(float(loss), perturbed)
+    group_losses.append((float(loss), perturbed))
+    caption = out.get("caption_loss")
+    if isinstance(caption, (int, float)):
+        fields["caption_loss"] = float(caption)
+        fields["prob"] = truth_probability(float(caption), perturbed)
+        values[f"clear.{group}.prob"].append(fields["prob"])
 
 
 def _score_generation(

@@ -65,12 +65,14 @@ def model_outputs(
     batch_size: int = 32,
     protocol: Protocol | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """sample_id -> {"generation": str} or {"option_scores": [...]} for every row.
+    """sample_id -> {"generation": str} or {"option_scores": [...]} for every row; under ``clear``, rows
+    with paraphrased + perturbed captions also get their truth-ratio losses (``truth_losses``).
 
     The protocol (default ``synthetic``) gives each row its question text and decoding length and says
     whether multiple choice is a generated letter or option log-probs; ``max_new_tokens`` overrides
     the protocol's lengths.
     """
+    from unlearn_core.eval.truth_losses import truth_losses
     from unlearn_core.models.generate import generate, score_options
 
     protocol = protocol or get_protocol("synthetic")
@@ -88,6 +90,10 @@ def model_outputs(
         if r["task"] in MC_TASKS and not protocol.generated_mc:
             scores = score_options(model, processor, r["question"], row_image(r), list(r["options"]))
             outputs[r["sample_id"]] = {"option_scores": [float(s) for s in scores]}
+        if protocol.name == "clear":
+            losses = truth_losses(model, processor, r, row_image(r))
+            if losses is not None:
+                outputs.setdefault(r["sample_id"], {}).update(losses)
     return outputs
 
 

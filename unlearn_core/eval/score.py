@@ -2,7 +2,9 @@
 
 A predictions file is JSON lines ``{"sample_id": ..., "generation": "<raw model text>"}``; a line may
 also carry ``option_scores`` (one log-prob per option: ``logprob.*`` accuracy) and, for CLEAR,
-``paraphrased_loss`` + ``perturbed_losses`` (per-token losses: truth ratio). Lines that cannot be
+``paraphrased_loss`` + ``perturbed_losses`` (+ ``caption_loss``), each the mean loss per answer
+token (truth ratio, probability). `unlearn eval` writes the same fields and the ``generation`` on its
+per-sample rows, so ``jq -c '.per_sample[]' eval.json`` is a predictions file. Lines that cannot be
 used are never dropped silently: ``problems`` counts them with the first ids / line numbers.
 
 ``score_outputs`` is shared with `unlearn eval`, so both write the same metrics and per-sample
@@ -21,7 +23,7 @@ import pyarrow.parquet as pq
 
 from unlearn_core.data import records_io
 from unlearn_core.data.schema import COLUMNS, MC_TASKS, SPLITS, RecordError
-from unlearn_core.eval.bench_metrics import BenchResult, forget_quality, score_benchmark
+from unlearn_core.eval.bench_metrics import BenchResult, Losses, forget_quality, score_benchmark
 from unlearn_core.eval.metrics import evaluate_outputs
 from unlearn_core.eval.protocols import Protocol, resolve_protocol
 
@@ -112,7 +114,7 @@ def score_outputs(
         row.update({k: v for k, v in item.items() if k not in row})
     per_sample = [merged[str(r["sample_id"])] for r in rows if str(r["sample_id"]) in merged]
     return {"metrics": dict(sorted(metrics.items())), "counts": dict(sorted(counts.items())),
-            "per_sample": per_sample, "truth_ratios": bench.truth_ratios}
+            "per_sample": per_sample, "truth_losses": bench.truth_losses}
 
 
 def score_predictions(
@@ -140,15 +142,38 @@ def score_predictions(
     if reference_predictions is not None:
         ref_preds, _ = read_predictions(reference_predictions)
         ref = score_outputs(rows, {s: p for s, p in ref_preds.items() if s in known}, proto)
-        mine, theirs = result["truth_ratios"].get("forget"), ref["truth_ratios"].get("forget")
-        if not mine or not theirs:
-            raise RecordError("forget quality needs paraphrased_loss + perturbed_losses on forget rows in both "
-                              f"{predictions} and {reference_predictions}")
-        result["metrics"]["clear.forget_quality"] = forget_quality(mine, theirs)
-        result["counts"]["clear.forget_quality"] = len(mine)
-    result.pop("truth_ratios")
+        add_forget_quality(result, ref["truth_losses"].get("forget", []),
+                           f"{predictions} and {reference_predictions}")
+    result.pop("truth_losses")
     return {"protocol": proto.name, "n_records": len(rows), "n_scored": len(result["per_sample"]),
             "problems": problems, **result}
+
+
+def add_forget_quality(result: dict[str, Any], reference: list[Losses], where: str) -> None:
+    """``clear.forget_quality`` (and its count) from ``result``'s forget truth-ratio losses and those of
+    the retain-only reference model; a RecordError naming ``where`` when either side has none."""
+    mine = result["truth_losses"].get("forget", [])
+    if not mine or not reference:
+        raise RecordError(f"forget quality needs paraphrased_loss + perturbed_losses on forget rows in both {where} "
+                          f"(found {len(mine)} and {len(reference)})")
+    result["metrics"]["clear.forget_quality"] = forget_quality(mine, reference)
+    result["counts"]["clear.forget_quality"] = len(mine)
+    result["metrics"] = dict(sorted(result["metrics"].items()))
+
+
+def report_truth_losses(path: str | Path, split: str = "forget") -> list[Losses]:
+    """The per-sample ``paraphrased_loss`` / ``perturbed_losses`` of ``split`` rows in an `unlearn eval` or
+    `unlearn score` JSON report (the reference model's, for forget quality)."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path}: not a readable JSON report ({exc})") from exc
+    rows = report.get("per_sample") if isinstance(report, Mapping) else None
+    if not isinstance(rows, list):
+        raise RecordError(f"{path}: no 'per_sample' list (write it with `unlearn eval --out` or `unlearn score --out`)")
+    return [(float(r["paraphrased_loss"]), [float(x) for x in r["perturbed_losses"]]) for r in rows
+            if isinstance(r, Mapping) and r.get("split") == split
+            and isinstance(r.get("paraphrased_loss"), (int, float)) and r.get("perturbed_losses")]
 
 
 def write_score(report: Mapping[str, Any], out: str | Path) -> None:

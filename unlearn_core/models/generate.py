@@ -114,6 +114,39 @@ def answer_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], prefix: st
     return -nll.sum(dim=-1)
 
 
+def answer_token_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] summed negative log-likelihood of the answer tokens (labels != -100) and [B] their count."""
+    batch = _to(batch, model)
+    logits = model(**model_inputs(batch)).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll.sum(dim=-1), (labels != IGNORE_INDEX).sum(dim=-1)
+
+
+def answer_mean_nll(
+    model: nn.Module,
+    processor: Any,
+    question: str,
+    image: Any,
+    answers: Sequence[str],
+    *,
+    image_size: int | None = None,
+) -> list[float]:
+    """Per answer: its mean negative log-likelihood per answer token given image + question (one batch).
+
+    The loss CLEAR's ``mm/eval.py`` stores as ``avg_paraphrased_loss`` / ``average_perturb_loss``:
+    summed token cross-entropy over the answer divided by its number of answer tokens (the EOS the
+    chat template appends counts as one).
+    """
+    arr = to_image_array(image, image_size)
+    rows = [
+        {**encode_example(processor, question=question, answer=a, image=arr), "image": arr} for a in answers
+    ]
+    with eval_mode(model):
+        total, count = answer_token_nll(model, collate(rows, processor))
+        return (total / count.clamp(min=1)).tolist()
+
+
 def score_options(
     model: nn.Module,
     processor: Any,
