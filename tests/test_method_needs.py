@@ -301,7 +301,7 @@ def test_teacher_cache_marks_leaking_rows_instead_of_dropping_them():
 
     import pyarrow as pa
 
-    from pipelines.teacher import mark_leaking
+    from pipelines.train.teacher import mark_leaking
 
     table = pa.table({
         "sample_id": ["a", "b"], "teacher_answer": ["A person in a red coat.", "This is Alice Smith."],

@@ -68,6 +68,9 @@ def stream_dataset(
         idx = [i for i, (s, t) in enumerate(pairs) if in_stream(stream, s, t) for _ in range(weights.get(t, 1))]
         return batch.take(pa.array(idx, type=pa.int64()))
 
+    # Same seed, same rows in the same order: without it Ray Data yields blocks as they finish, and
+    # a fine-tune on shards that already existed could differ from one on freshly built shards.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
     size = sum(f.stat().st_size for path in paths for f in Path(path).rglob("*.parquet"))
     return ds.materialize() if size < MATERIALIZE_MAX_BYTES else ds
