@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipelines import console, preflight
+from pipelines.console import say
 from unlearn_core.config import ConfigError, SynthConfig, validate
 from unlearn_core.config import absolute_folder as _abs
 from unlearn_core.config import local_model_spec as _spec
@@ -31,28 +33,34 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
             "seed": args.seed,
         },
     )
+    preflight.folder_writable(args.out, "--out")
     records = generate_benchmark(cfg)
     counts = write_records(records, Path(args.out), source="synthetic")
-    print(f"wrote {counts['total']} records to {args.out} (quarantined {counts['quarantined']})")
+    say(f"wrote {counts['total']} records to {args.out} (quarantined {counts['quarantined']})")
     for split, info in counts["splits"].items():
         tasks = ", ".join(f"{t} {n}" for t, n in info["tasks"].items())
-        print(f"  {split:<14} {info['total']:>6}  ({tasks})")
+        say(f"  {split:<14} {info['total']:>6}  ({tasks})")
     return 0
 
 
 def _cmd_data_convert(args: argparse.Namespace) -> int:
-    from unlearn_core.data.adapters import convert
+    from unlearn_core.data.adapters import convert, get_converter
 
+    get_converter(args.format)
+    if not Path(args.source).is_dir():
+        raise ConfigError(f"--source: {args.source} is not a folder (the data set as downloaded)")
+    preflight.folder_writable(args.out, "--out")
     report = convert(args.format, Path(args.source), Path(args.out), forget_config=args.forget_config)
-    print(report.render())
+    say(report.render())
     return 0
 
 
 def _cmd_data_validate(args: argparse.Namespace) -> int:
     from unlearn_core.data.validate import validate_records_dir
 
+    preflight.records_folder(args.dir, "DIR")
     report = validate_records_dir(Path(args.dir))
-    print(report.render())
+    say(report.render())
     return 0 if report.ok else 1
 
 
@@ -60,12 +68,16 @@ def _cmd_data_shard(args: argparse.Namespace) -> int:
     from pipelines.preprocess import shard_records
     from pipelines.ray_env import ensure_ray
 
+    preflight.records_folder(args.records, "--records")
+    preflight.model_spec(args.model, "--model", allow_registry=False)
+    preflight.folder_writable(args.out, "--out")
+    _start(args, Path(args.out).expanduser().resolve().parent, "data shard")
     ensure_ray()
     report = shard_records(
         _abs(args.records), _abs(args.out), model_spec=_spec(args.model), image_size=args.image_size, seed=args.seed,
         force=args.force
     )
-    print(report.summary())
+    say(report.summary())
     return 0
 
 
@@ -100,8 +112,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from pipelines.ray_env import ensure_ray
 
     cfg = _run_config(args, "finetune")
+    preflight.run_config(cfg, "finetune")
+    _start(args, cfg.workdir, "finetune")
     ensure_ray()
-    run_finetune(cfg, out_name=args.name)
+    run_finetune(cfg, out_name=args.name, log=say)
     return 0
 
 
@@ -112,8 +126,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.method:
         args.set = [*(args.set or []), f"method.name={args.method}"]
     cfg = _run_config(args, "unlearn")
+    preflight.run_config(cfg, "run")
+    _start(args, cfg.workdir, "run")
     ensure_ray()
-    run_unlearn(cfg)
+    run_unlearn(cfg, log=say)
     return 0
 
 
@@ -122,20 +138,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.ray_env import ensure_ray
     from pipelines.sweep import run_sweep
 
-    if not args.space and not args.resume:
-        raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
     cfg = _run_config(args)
     rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
+    preflight.sweep(cfg, args.space, resume=args.resume, scheduler=args.scheduler, search=args.search,
+                    num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                    workers_per_trial=args.workers_per_trial)
+    _start(args, cfg.workdir, "sweep")
     ensure_ray()
     out = run_sweep(
         args.space or "", cfg, num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial, resume_dir=args.resume,
-        champion_rule=rule,
+        champion_rule=rule, log=say,
     )
     champ = out["champion"]
-    print(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
-    print(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
-    print(f"champion: {champ['trial']} -> {champ['uri']}" if champ["trial"] else f"no champion: {champ['reason']}")
+    say(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
+    say(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
+    say(f"champion: {champ['trial']} -> {champ['uri']}" if champ["trial"] else f"no champion: {champ['reason']}")
     return 0
 
 
@@ -145,11 +163,19 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     from pipelines.mask import mask_job
     from pipelines.ray_env import ensure_ray
 
+    preflight.model_folder(args.model, "--model")
+    preflight.shards_folder(args.records, "--records")
+    if not args.out.endswith(".safetensors"):
+        raise ConfigError(f"--out: {args.out!r} must end with .safetensors (the mask file)")
+    if args.gamma <= 0:
+        raise ConfigError(f"--gamma: must be > 0, got {args.gamma}")
+    preflight.folder_writable(Path(args.out).parent, "--out")
+    _start(args, args.workdir, "mask")
     ensure_ray()
     stats = mask_job(_spec(args.model), _abs(args.records), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
                      tracking_uri=args.tracking_uri, workdir=args.workdir)
-    print(json.dumps(stats, indent=1))
-    print(f"logged to MLflow run {stats['mlflow_run_id']}")
+    say(json.dumps(stats, indent=1))
+    say(f"logged to MLflow run {stats['mlflow_run_id']}")
     return 0
 
 
@@ -158,8 +184,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.ray_env import ensure_ray
 
     methods = tuple(m for m in args.methods.split(",") if m) if args.methods is not None else BASELINES
+    preflight.method_names(methods, "--methods")
+    if args.method_steps < 1:
+        raise ConfigError(f"--method-steps: must be >= 1, got {args.method_steps}")
+    if args.sweep_samples < 0:
+        raise ConfigError(f"--sweep-samples: must be >= 0 (0 = no sweep), got {args.sweep_samples}")
+    preflight.folder_writable(args.workdir, "--workdir")
+    _start(args, args.workdir, "demo")
     ensure_ray()
-    run_demo(args.workdir, methods=methods, method_steps=args.method_steps, sweep_samples=args.sweep_samples)
+    run_demo(args.workdir, methods=methods, method_steps=args.method_steps, sweep_samples=args.sweep_samples,
+             log=say)
     return 0
 
 
@@ -172,6 +206,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from unlearn_core.config import TrackingConfig
     from unlearn_core.eval.report import format_table
 
+    preflight.model_spec(args.model, "--model", allow_hub=False)
+    preflight.shards_folder(args.records, "--records")
+    preflight.folder_writable(Path(args.out).parent, "--out")
+    if args.judge_url and not args.judge_model:
+        raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    _start(args, args.workdir, "eval")
     ensure_ray()
     model = _spec(args.model)
     if model.startswith("models:/"):
@@ -188,8 +228,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate(model, _abs(args.records), max_per_group=args.max_per_group, judge=judge)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(format_table({Path(args.model).name or args.model: report["metrics"]}))
-    print(f"wrote {args.out}")
+    say(format_table({Path(args.model).name or args.model: report["metrics"]}))
+    say(f"wrote {args.out}")
     return 0
 
 
@@ -197,10 +237,24 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     from pipelines import tracking
     from unlearn_core.config import TrackingConfig
 
+    preflight.registry_uri(args.uri, "URI")
+    preflight.folder_writable(args.out, "--out")
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri), args.workdir)
     out = tracking.pull(args.uri, args.out, tracking_uri=uri)
-    print(f"pulled {args.uri} -> {out} (weights sha256 verified)")
+    say(f"pulled {args.uri} -> {out} (weights sha256 verified)")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from pipelines.doctor import report
+
+    say(report(args.workdir))
+    return 0
+
+
+def _start(args: argparse.Namespace, workdir: str | Path, command: str) -> None:
+    """After validation, before Ray: the console, and (unless --verbose) the log file in the workdir."""
+    console.start(workdir, command, verbose=bool(getattr(args, "verbose", False)))
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -223,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unlearn",
         description="Machine unlearning for vision-language models on Ray and MLflow.",
     )
+    from pipelines.doctor import version
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="build, convert, validate and shard data sets")
@@ -326,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="workdir")
     p.set_defaults(handler=_cmd_pull)
 
+    p = sub.add_parser("doctor", help="versions, devices, the Ray cluster and tracking URI a command would use")
+    p.add_argument("--workdir", default="workdir")
+    p.set_defaults(handler=_cmd_doctor)
+
+    for leaf in [*sub.choices.values(), *dsub.choices.values()]:
+        if leaf.get_default("handler") is not None:
+            leaf.add_argument("--verbose", action="store_true",
+                              help="show Ray's and the libraries' logs here instead of in WORKDIR/logs/")
     return parser
 
 
@@ -335,8 +400,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(f"error: {err}")
         return 2
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as err:
+        term = console.active()
+        if term is None or term.log_path is None:
+            raise
+        import traceback
+
+        traceback.print_exc()  # into the log file
+        _error(f"error: {type(err).__name__}: {err} (traceback in {term.log_path})")
+        return 1
+    finally:
+        console.stop()
+
+
+def _error(message: str) -> None:
+    """Errors go to the terminal: stderr itself points at the log file once a command started."""
+    term = console.active()
+    if term is not None and term.log_path is not None:
+        print(message, file=sys.stderr)  # also in the log file
+        term.error(message)
+    else:
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from pipelines import console
 from pipelines.preprocess import SHARD_SCHEMA
 from unlearn_core.config import ModelConfig
 from unlearn_core.eval.judge import JudgeConfig
@@ -57,8 +58,11 @@ def generate_outputs(model_dir: str | Path, rows: list[dict[str, Any]], *, actor
         batch_format="pyarrow",
     )
     result: dict[str, dict] = {}
-    for row in out.iter_rows():
-        result[row["sample_id"]] = json.loads(row["output"])
+    with console.progress("evaluating", len(rows), "rows") as bar:
+        for row in out.iter_rows():
+            result[row["sample_id"]] = json.loads(row["output"])
+            if bar is not None:
+                bar.advance()
     return result
 
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.datasource import FilenameProvider
 
+from pipelines import console
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.encode import encode_example, prepare_image
 from unlearn_core.data.records_io import read_records
@@ -266,7 +267,13 @@ def shard_records(
         num_cpus=num_cpus_per_actor,
         batch_format="numpy",
     )
-    result = pa.concat_tables(list(encoded.iter_batches(batch_size=None, batch_format="pyarrow")))
+    parts = []
+    with console.progress("sharding", table.num_rows, "records") as bar:
+        for part in encoded.iter_batches(batch_size=None, batch_format="pyarrow"):
+            parts.append(part)
+            if bar is not None:
+                bar.advance(part.num_rows)
+    result = pa.concat_tables(parts)
     report = _write(result, staging, table.num_rows)
     manifest = {
         "format_version": SHARD_FORMAT_VERSION,

@@ -39,6 +39,7 @@ from pipelines.evaluate import evaluate, load_shard_rows
 from pipelines.finetune import stream_dataset
 from pipelines.plots import pareto_front, plot_forget_utility, write_results_table
 from pipelines.preprocess import load_manifest
+from pipelines.progress import sweep_callbacks
 from pipelines.train import TrainJob, export_final_model, fit, storage_dir
 from pipelines.tune_space import to_tune
 from pipelines.unlearn import evaluate_cached, prepare_inputs
@@ -614,7 +615,8 @@ def _fit(space: SearchSpace, objectives: Objectives, cfg: RunConfig, state: dict
                                           scheduler=state["scheduler"], search=state["search"],
                                           max_concurrent=concurrent),
             run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      callbacks=sweep_callbacks(int(state["num_samples"]))),
         )
     return tuner.fit()
 

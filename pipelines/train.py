@@ -21,10 +21,11 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipelines.progress import ProgressCallback
+from pipelines.progress import ProgressCallback, training_progress
 from unlearn_core.config import ConfigError
 from unlearn_core.config import RunConfig as UnlearnRunConfig
 from unlearn_core.data.encode import collate
@@ -56,6 +57,19 @@ def rows_with_images(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         out.append(row)
     return out
+
+
+class ShardCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches``' collate (one of Ray's collate classes: a plain function is deprecated):
+    :func:`collate_shard_batch`, after handing the raw numpy batch to ``keep`` (the epoch cache)."""
+
+    def __init__(self, processor: Any, prefixes: tuple[str, ...], keep: Any = None) -> None:
+        self.processor, self.prefixes, self.keep = processor, prefixes, keep
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.keep is not None:
+            self.keep(batch)
+        return collate_shard_batch(batch, self.processor, self.prefixes)
 
 
 def collate_shard_batch(batch: dict[str, np.ndarray], processor: Any, prefixes: tuple[str, ...]) -> dict[str, Any]:
@@ -99,14 +113,10 @@ def _iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str,
         if cache.complete:
             return cache.batches(batch_size, seed + epoch, lambda b: collate_shard_batch(b, processor, prefixes))
 
-        def collate_and_keep(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-            cache.add(batch)
-            return collate_shard_batch(batch, processor, prefixes)
-
         def first_pass():
             yield from shard.iter_torch_batches(
                 batch_size=batch_size,
-                collate_fn=collate_and_keep,
+                collate_fn=ShardCollate(processor, prefixes, keep=cache.add),
                 local_shuffle_buffer_size=max(4 * batch_size, 256),
                 local_shuffle_seed=seed + epoch,
                 drop_last=False,
@@ -283,26 +293,27 @@ def fit(
         use_gpu=t.use_gpu,
         resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
     )
-    run_config = RunConfig(
-        name=name,
-        storage_path=storage_path,
-        failure_config=FailureConfig(max_failures=t.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
-        callbacks=[ProgressCallback(name, t.steps), *(callbacks or [])],
-    )
     data_ctx = ray.data.DataContext.get_current()
     bars = data_ctx.enable_progress_bars
     # The workers' shard readers restart every epoch; their progress bars would bury the progress lines.
     data_ctx.enable_progress_bars = False
     try:
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config=job.__dict__,
-            scaling_config=scaling,
-            run_config=run_config,
-            datasets=datasets,
-        )
-        return trainer.fit()
+        with training_progress(name, t.steps) as inbox:
+            run_config = RunConfig(
+                name=name,
+                storage_path=storage_path,
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=[ProgressCallback(name, t.steps, inbox), *(callbacks or [])],
+            )
+            trainer = TorchTrainer(
+                train_worker,
+                train_loop_config=job.__dict__,
+                scaling_config=scaling,
+                run_config=run_config,
+                datasets=datasets,
+            )
+            return trainer.fit()
     finally:
         data_ctx.enable_progress_bars = bars
 
