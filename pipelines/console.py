@@ -29,11 +29,12 @@ PLAIN_MARKS = (0.25, 0.5, 0.75)
 class Progress:
     """One progress display. ``update(done, note)`` sets the position; ``close()`` ends it."""
 
-    def __init__(self, console: Console, label: str, total: int, unit: str = "") -> None:
+    def __init__(self, console: Console, label: str, total: int, unit: str = "",
+                 marks: tuple[float, ...] = PLAIN_MARKS) -> None:
         self.console, self.label, self.total, self.unit = console, label, max(int(total), 0), unit
         self.done, self.note = 0, ""
         self._t0 = time.perf_counter()
-        self._marks = [m for m in PLAIN_MARKS]
+        self._marks = sorted(marks)
         self._closed = False
         self._task = None
         if console.live is not None:
@@ -111,13 +112,15 @@ class Console:
         self.say(f"== {text}")
 
     @contextmanager
-    def progress(self, label: str, total: int, unit: str = "") -> Iterator[Progress]:
-        """A display for one long stage; a live bar is removed when its stage ends (a line stays)."""
+    def progress(self, label: str, total: int, unit: str = "",
+                 marks: tuple[float, ...] = PLAIN_MARKS) -> Iterator[Progress]:
+        """A display for one long stage. Plain output: a line at each of ``marks`` (shares of
+        ``total``) and one at the end."""
         with self._lock:
             if self.live is not None and self._open == 0:
                 self.live.start()
             self._open += 1
-        bar = Progress(self, label, total, unit)
+        bar = Progress(self, label, total, unit, marks)
         try:
             yield bar
         finally:
@@ -144,12 +147,13 @@ def say(text: str = "") -> None:
 
 
 @contextmanager
-def progress(label: str, total: int, unit: str = "") -> Iterator[Progress | None]:
+def progress(label: str, total: int, unit: str = "",
+             marks: tuple[float, ...] = PLAIN_MARKS) -> Iterator[Progress | None]:
     """The active console's progress display, or None when there is no console (nothing shown)."""
     if _ACTIVE is None:
         yield None
         return
-    with _ACTIVE.progress(label, total, unit) as bar:
+    with _ACTIVE.progress(label, total, unit, marks) as bar:
         yield bar
 
 

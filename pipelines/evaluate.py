@@ -58,7 +58,7 @@ def generate_outputs(model_dir: str | Path, rows: list[dict[str, Any]], *, actor
         batch_format="pyarrow",
     )
     result: dict[str, dict] = {}
-    with console.progress("evaluating", len(rows), "rows") as bar:
+    with console.progress("evaluating", len(rows), "rows", marks=(0.5,)) as bar:
         for row in out.iter_rows():
             result[row["sample_id"]] = json.loads(row["output"])
             if bar is not None:

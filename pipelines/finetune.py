@@ -58,7 +58,7 @@ def stream_dataset(
     return ds.materialize() if size < MATERIALIZE_MAX_BYTES else ds
 
 
-def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dict[str, Any]:
+def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print, table: bool = True) -> dict[str, Any]:
     ws = Workspace(Path(cfg.workdir))
     shards = ensure_shards(cfg, ws, log)
     manifest = load_manifest(shards)
@@ -98,5 +98,6 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dic
         mlflow.log_artifact(str(eval_path))
     logged = tracking.log_model(run_id, model_dir, cfg.tracking.registered_model_name, tracking_uri=uri) \
         if cfg.tracking.log_model else {}
-    log(format_table({out_name: report["metrics"]}))
+    if table:  # the demo shows one table of every model at the end instead
+        log(format_table({out_name: report["metrics"]}))
     return {"run_id": run_id, "model_dir": str(model_dir), "metrics": report["metrics"], **logged}

@@ -268,7 +268,7 @@ def shard_records(
         batch_format="numpy",
     )
     parts = []
-    with console.progress("sharding", table.num_rows, "records") as bar:
+    with console.progress("sharding", table.num_rows, "records", marks=(0.5,)) as bar:
         for part in encoded.iter_batches(batch_size=None, batch_format="pyarrow"):
             parts.append(part)
             if bar is not None:

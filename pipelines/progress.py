@@ -138,9 +138,9 @@ class SweepProgress(tune.Callback):
     def _ended(self, trial: Any, status: str) -> None:
         self.finished += 1
         result = trial.last_result or {}
-        self._show(f"{trial.trial_id} {status}")
         console.say(f"trial {trial.trial_id}: {status} at step {result.get('step', '?')}"
                     + _objective(result, self.objective))
+        self._show(f"{trial.trial_id} {status}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, "finished" if (trial.last_result or {}).get("final") == 1 else "stopped early")

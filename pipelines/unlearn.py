@@ -93,7 +93,7 @@ def prepare_inputs(cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print) 
             "mask_path": mask_path}
 
 
-def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None) -> dict[str, Any]:
+def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None, table: bool = True) -> dict[str, Any]:
     ws = Workspace(Path(cfg.workdir))
     uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
@@ -140,6 +140,7 @@ def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None
         mlflow.log_artifact(str(eval_path))
     registered = cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}"
     logged = tracking.log_model(run_id, model_dir, registered, tracking_uri=uri) if cfg.tracking.log_model else {}
-    log(format_table({"before": before["metrics"], cfg.method.name: after["metrics"]}))
+    if table:  # the demo shows one table of every method at the end instead
+        log(format_table({"before": before["metrics"], cfg.method.name: after["metrics"]}))
     return {"run_id": run_id, "model_dir": str(model_dir), "before": before["metrics"], "metrics": after["metrics"],
             **logged}

@@ -79,3 +79,30 @@ def test_doctor_without_ray_address_reports_a_local_ray(tmp_path, capsys, monkey
     out = capsys.readouterr().out
     assert "ray cluster:  none running: a new local Ray" in out
     assert "tracking URI: http://mlflow.example:5000 (from MLFLOW_TRACKING_URI)" in out
+
+
+def test_sweep_progress_shows_trials_as_they_end(monkeypatch):
+    """Tune's driver-side callback: one progress display over the trials, a line per finished trial."""
+    from types import SimpleNamespace
+
+    from pipelines import console
+    from pipelines.progress import SweepProgress, sweep_callbacks
+
+    assert sweep_callbacks(2) == []  # no console (library use, a trial's own process): Tune's output only
+    out = io.StringIO()
+    monkeypatch.setattr(console, "_ACTIVE", Console(out))
+    [cb] = sweep_callbacks(2)
+    assert isinstance(cb, SweepProgress)
+    cb.setup(total_num_samples=2)
+    a = SimpleNamespace(trial_id="t_a", last_result={"step": 20, "objective": 0.25, "final": 1})
+    b = SimpleNamespace(trial_id="t_b", last_result={"step": 10, "objective": 0.5})
+    cb.on_trial_result(iteration=1, trials=[a, b], trial=a, result=a.last_result)
+    cb.on_trial_complete(iteration=2, trials=[a, b], trial=a)
+    cb.on_trial_complete(iteration=3, trials=[a, b], trial=b)
+    cb.on_experiment_end(trials=[a, b])
+    assert out.getvalue().splitlines() == [
+        "trial t_a: finished at step 20, objective 0.25",
+        "[sweep] 1/2 trials (50%) | t_a finished",
+        "trial t_b: stopped early at step 10, objective 0.5",
+        "[sweep] 2/2 trials (100%) | t_b stopped early - done in 0 s",
+    ]
