@@ -115,7 +115,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     preflight.run_config(cfg, "finetune")
     _start(args, cfg.workdir, "finetune")
     ensure_ray()
-    run_finetune(cfg, out_name=args.name, log=say)
+    _artifacts(run_finetune(cfg, out_name=args.name, log=say), cfg)
     return 0
 
 
@@ -129,7 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     preflight.run_config(cfg, "run")
     _start(args, cfg.workdir, "run")
     ensure_ray()
-    run_unlearn(cfg, log=say)
+    _artifacts(run_unlearn(cfg, log=say), cfg)
     return 0
 
 
@@ -243,6 +243,17 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     out = tracking.pull(args.uri, args.out, tracking_uri=uri)
     say(f"pulled {args.uri} -> {out} (weights sha256 verified)")
     return 0
+
+
+def _artifacts(out: dict, cfg) -> None:
+    """Where a training job's results are: the model folder, the MLflow run and store, the registry."""
+    from pipelines import tracking
+
+    say(f"model:    {out['model_dir']}")
+    say(f"MLflow:   run {out['run_id']} in {tracking.resolve_tracking_uri(cfg.tracking, cfg.workdir)}")
+    registered = out.get("registered_model")
+    if out.get("version") and registered:
+        say(f"registry: models:/{registered}/{out['version']} (`unlearn pull models:/{registered}/{out['version']} --out DIR`)")
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

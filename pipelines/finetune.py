@@ -100,4 +100,5 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print, table:
         if cfg.tracking.log_model else {}
     if table:  # the demo shows one table of every model at the end instead
         log(format_table({out_name: report["metrics"]}))
-    return {"run_id": run_id, "model_dir": str(model_dir), "metrics": report["metrics"], **logged}
+    return {"run_id": run_id, "model_dir": str(model_dir), "metrics": report["metrics"],
+            "registered_model": cfg.tracking.registered_model_name if logged else None, **logged}

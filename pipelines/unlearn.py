@@ -143,4 +143,4 @@ def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None
     if table:  # the demo shows one table of every method at the end instead
         log(format_table({"before": before["metrics"], cfg.method.name: after["metrics"]}))
     return {"run_id": run_id, "model_dir": str(model_dir), "before": before["metrics"], "metrics": after["metrics"],
-            **logged}
+            "registered_model": registered if logged else None, **logged}
