@@ -65,13 +65,13 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
-    from pipelines.preprocess import shard_records
-    from pipelines.ray_env import ensure_ray
-
     preflight.records_folder(args.records, "--records")
     preflight.model_spec(args.model, "--model", allow_registry=False)
     preflight.folder_writable(args.out, "--out")
     _start(args, Path(args.out).expanduser().resolve().parent, "data shard")
+    from pipelines.preprocess import shard_records
+    from pipelines.ray_env import ensure_ray
+
     ensure_ray()
     report = shard_records(
         _abs(args.records), _abs(args.out), model_spec=_spec(args.model), image_size=args.image_size, seed=args.seed,
@@ -108,42 +108,43 @@ def _parse_set(item: str) -> tuple[str, object]:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from pipelines.finetune import run_finetune
-    from pipelines.ray_env import ensure_ray
-
     cfg = _run_config(args, "finetune")
     preflight.run_config(cfg, "finetune")
     _start(args, cfg.workdir, "finetune")
+    from pipelines.finetune import run_finetune
+    from pipelines.ray_env import ensure_ray
+
     ensure_ray()
     _artifacts(run_finetune(cfg, out_name=args.name, log=say), cfg)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.ray_env import ensure_ray
-    from pipelines.unlearn import run_unlearn
-
     if args.method:
         args.set = [*(args.set or []), f"method.name={args.method}"]
     cfg = _run_config(args, "unlearn")
     preflight.run_config(cfg, "run")
     _start(args, cfg.workdir, "run")
+    from pipelines.ray_env import ensure_ray
+    from pipelines.unlearn import run_unlearn
+
     ensure_ray()
     _artifacts(run_unlearn(cfg, log=say), cfg)
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pipelines.champion import ChampionRule
-    from pipelines.ray_env import ensure_ray
-    from pipelines.sweep import run_sweep
-
     cfg = _run_config(args)
-    rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
     preflight.sweep(cfg, args.space, resume=args.resume, scheduler=args.scheduler, search=args.search,
                     num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                     workers_per_trial=args.workers_per_trial)
+    from pipelines.champion import ChampionRule
+
+    rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
     _start(args, cfg.workdir, "sweep")
+    from pipelines.ray_env import ensure_ray
+    from pipelines.sweep import run_sweep
+
     ensure_ray()
     out = run_sweep(
         args.space or "", cfg, num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
@@ -160,9 +161,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_mask(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.mask import mask_job
-    from pipelines.ray_env import ensure_ray
-
     preflight.model_folder(args.model, "--model")
     preflight.shards_folder(args.records, "--records")
     if not args.out.endswith(".safetensors"):
@@ -171,6 +169,9 @@ def _cmd_mask(args: argparse.Namespace) -> int:
         raise ConfigError(f"--gamma: must be > 0, got {args.gamma}")
     preflight.folder_writable(Path(args.out).parent, "--out")
     _start(args, args.workdir, "mask")
+    from pipelines.mask import mask_job
+    from pipelines.ray_env import ensure_ray
+
     ensure_ray()
     stats = mask_job(_spec(args.model), _abs(args.records), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
                      tracking_uri=args.tracking_uri, workdir=args.workdir)
@@ -180,19 +181,20 @@ def _cmd_mask(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import BASELINES, run_demo
-    from pipelines.ray_env import ensure_ray
-
-    methods = tuple(m for m in args.methods.split(",") if m) if args.methods is not None else BASELINES
-    preflight.method_names(methods, "--methods")
+    methods = tuple(m for m in args.methods.split(",") if m) if args.methods is not None else None
+    if methods is not None:
+        preflight.method_names(methods, "--methods")
     if args.method_steps < 1:
         raise ConfigError(f"--method-steps: must be >= 1, got {args.method_steps}")
     if args.sweep_samples < 0:
         raise ConfigError(f"--sweep-samples: must be >= 0 (0 = no sweep), got {args.sweep_samples}")
     preflight.folder_writable(args.workdir, "--workdir")
     _start(args, args.workdir, "demo")
+    from pipelines.demo import BASELINES, run_demo
+    from pipelines.ray_env import ensure_ray
+
     ensure_ray()
-    run_demo(args.workdir, methods=methods, method_steps=args.method_steps, sweep_samples=args.sweep_samples,
+    run_demo(args.workdir, methods=methods or BASELINES, method_steps=args.method_steps, sweep_samples=args.sweep_samples,
              log=say)
     return 0
 
@@ -200,18 +202,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines import tracking
-    from pipelines.evaluate import evaluate
-    from pipelines.ray_env import ensure_ray
-    from unlearn_core.config import TrackingConfig
-    from unlearn_core.eval.report import format_table
-
     preflight.model_spec(args.model, "--model", allow_hub=False)
     preflight.shards_folder(args.records, "--records")
     preflight.folder_writable(Path(args.out).parent, "--out")
     if args.judge_url and not args.judge_model:
         raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
     _start(args, args.workdir, "eval")
+    from pipelines import tracking
+    from pipelines.evaluate import evaluate
+    from pipelines.ray_env import ensure_ray
+    from unlearn_core.config import TrackingConfig
+    from unlearn_core.eval.report import format_table
+
     ensure_ray()
     model = _spec(args.model)
     if model.startswith("models:/"):
@@ -221,8 +223,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.judge_url:
         from unlearn_core.eval.judge import JudgeConfig
 
-        if not args.judge_model:
-            raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
         judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
                             max_samples=args.judge_max_samples)
     report = evaluate(model, _abs(args.records), max_per_group=args.max_per_group, judge=judge)
@@ -234,11 +234,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
+    preflight.registry_uri(args.uri, "URI")
+    preflight.folder_writable(args.out, "--out")
     from pipelines import tracking
     from unlearn_core.config import TrackingConfig
 
-    preflight.registry_uri(args.uri, "URI")
-    preflight.folder_writable(args.out, "--out")
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri), args.workdir)
     out = tracking.pull(args.uri, args.out, tracking_uri=uri)
     say(f"pulled {args.uri} -> {out} (weights sha256 verified)")
