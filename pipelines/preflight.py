@@ -6,6 +6,7 @@ MLflow, loads a model or creates a folder; the checks read only small files (JSO
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -63,6 +64,12 @@ def model_folder(path: str | Path, field: str) -> Path:
     if not (p / MODEL_MARKER).is_file():
         raise ConfigError(f"{field}: {p} is not a model folder (no {MODEL_MARKER}); pass a folder written by "
                           "`unlearn finetune`/`run` or `unlearn pull`")
+    try:
+        config = json.loads((p / MODEL_MARKER).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{field}: {p / MODEL_MARKER} is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ConfigError(f"{field}: {p / MODEL_MARKER} has no model_type: not a Hugging Face model folder")
     return p
 
 

@@ -48,7 +48,7 @@ def spaces(tmp_path: Path) -> Path:
 
 def _vanilla(wd: Path) -> None:
     (wd / "models" / "vanilla").mkdir(parents=True)
-    (wd / "models" / "vanilla" / "config.json").write_text("{}")
+    (wd / "models" / "vanilla" / "config.json").write_text('{"model_type": "llava"}')
 
 
 # (argv with WD/SPACES placeholders, fragments the error message must contain)
@@ -64,6 +64,8 @@ CASES = [
     (["run", "--method", "ga", "--model", "WD/records"], ["model.spec", "not a model folder", "config.json"]),
     (["run", "--method", "ga", "--set", "records=WD/shards"], ["records:", "not a records folder", "shards folder"]),
     (["run", "--method", "ga", "--set", "shards=WD/records"], ["shards:", "not a shards folder", "unlearn data shard"]),
+    (["eval", "--model", "WD/badmodel", "--records", "WD/shards", "--out", "WD/e.json"],
+     ["--model", "badmodel/config.json has no model_type"]),
     (["run", "--method", "ga", "--model", "models:/bad uri"], ["model.spec", "models:/NAME@ALIAS"]),
     (["finetune", "--model", "./does/not/exist"], ["model.spec", "does/not/exist"]),
     (["finetune", "--steps", "0"], ["train.steps", "greater than or equal to 1"]),
@@ -103,6 +105,8 @@ def test_bad_input_is_refused_before_any_work(argv, fragments, workdir, spaces, 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if argv[0] in ("eval", "mask"):
         _vanilla(workdir)
+        (workdir / "badmodel").mkdir()
+        (workdir / "badmodel" / "config.json").write_text('{"architectures": []}')
     before = _tree(workdir)
     rc = main(_argv(argv, workdir, spaces))
     err = capsys.readouterr().err
