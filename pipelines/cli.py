@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
     p.set_defaults(handler=_cmd_demo)
 
-    p = sub.add_parser("eval", help="evaluate a model on shards: every DESIGN 1.3 metric, table + JSON")
+    p = sub.add_parser("eval", help="evaluate a model on shards: every metric of the results table, table + JSON")
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
     p.add_argument("--records", required=True, help="shards folder (built by `unlearn data shard`)")
     p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
