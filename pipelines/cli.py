@@ -95,7 +95,12 @@ def _run_config(args: argparse.Namespace, command: str | None = None):
         if getattr(args, attr, None) is not None:
             overrides[field] = getattr(args, attr)
     path = getattr(args, "config", None) or (default_config(command) if command else None)
-    return load_run_config(path, overrides)
+    import yaml
+
+    try:
+        return load_run_config(path, overrides)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
 
 
 def _parse_set(item: str) -> tuple[str, object]:
@@ -104,7 +109,11 @@ def _parse_set(item: str) -> tuple[str, object]:
     if "=" not in item:
         raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err.__class__.__name__}); "
+                          "quote it, e.g. --set 'key=\"text\"'") from None
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:

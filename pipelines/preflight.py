@@ -156,9 +156,14 @@ def sweep(cfg: RunConfig, space_path: str | None, *, resume: str | None, schedul
         return
     if not space_path:
         raise ConfigError("unlearn sweep needs --space FILE (e.g. tune_spaces/pubg.yaml) or --resume DIR")
+    import yaml
+
     from pipelines.sweep import _check_options, load_sweep_space
 
-    space, objectives = load_sweep_space(space_path)
+    try:
+        space, objectives = load_sweep_space(space_path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--space {space_path}: not valid YAML: {err}") from None
     _check_options(objectives, scheduler, search)
     from unlearn_core.config import MethodConfig
 

@@ -43,6 +43,7 @@ def spaces(tmp_path: Path) -> Path:
     (folder / "bad_range.yaml").write_text("method: ga\nspace:\n  train.lr: {uniform: [-1.0, 1.0e-3]}\n")
     (folder / "bad_param.yaml").write_text("method: npo\nspace:\n  method.params.beta: {uniform: [-5.0, 1.0]}\n")
     (folder / "bad_key.yaml").write_text("method: ga\nspace:\n  train.nope: {choice: [1, 2]}\n")
+    (folder / "broken.yaml").write_text("train: {lr: [1\n")
     return folder
 
 
@@ -60,6 +61,8 @@ CASES = [
     (["run", "--set", "no.such=1"], ["unknown config field: no.such"]),
     (["run", "--set", "train.lr"], ["--set expects KEY=VALUE"]),
     (["run", "--config", "WD/missing.yaml"], ["config file not found", "missing.yaml"]),
+    (["run", "--config", "SPACES/broken.yaml"], ["--config", "broken.yaml: not valid YAML"]),
+    (["run", "--method", "ga", "--set", "train.lr=[1"], ["--set 'train.lr=[1'", "not valid YAML"]),
     (["run", "--method", "ga", "--model", "WD/no_model"], ["model.spec", "no_model", "neither an existing model folder"]),
     (["run", "--method", "ga", "--model", "WD/records"], ["model.spec", "not a model folder", "config.json"]),
     (["run", "--method", "ga", "--set", "records=WD/shards"], ["records:", "not a records folder", "shards folder"]),
@@ -70,6 +73,7 @@ CASES = [
     (["finetune", "--model", "./does/not/exist"], ["model.spec", "does/not/exist"]),
     (["finetune", "--steps", "0"], ["train.steps", "greater than or equal to 1"]),
     (["sweep", "--space", "SPACES/missing.yaml"], ["search space file not found"]),
+    (["sweep", "--space", "SPACES/broken.yaml"], ["--space", "broken.yaml: not valid YAML"]),
     (["sweep", "--space", "SPACES/bad_method.yaml"], ["bad_method.yaml", "unknown method 'nope'"]),
     (["sweep", "--space", "SPACES/bad_range.yaml"], ["bad_range.yaml", "space.train.lr", "bound -1.0 invalid"]),
     (["sweep", "--space", "SPACES/bad_param.yaml"], ["bad_param.yaml", "method.params.beta"]),
