@@ -432,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()  # into the log file
-        _error(f"error: {type(err).__name__}: {err} (traceback in {term.log_path})")
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")[:300]
+        _error(f"error: {type(err).__name__}: {first} (full message and traceback in {term.log_path})")
         return 1
     finally:
         console.stop()
