@@ -273,7 +273,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace, workdir: str | Path, command: str) -> None:
-    """After validation, before Ray: the console, and (unless --verbose) the log file in the workdir."""
+    """After validation, before Ray: the cluster address, the console and (unless --verbose) the log file."""
+    preflight.ray_address()
     console.start(workdir, command, verbose=bool(getattr(args, "verbose", False)))
 
 

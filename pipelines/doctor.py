@@ -56,6 +56,13 @@ def ray_cluster() -> str:
     """The cluster `unlearn` commands would join (the same rule as ``ray.init()``)."""
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        from pipelines.preflight import ray_address
+        from unlearn_core.config import ConfigError
+
+        try:
+            ray_address(timeout_s=2.0)
+        except ConfigError as err:
+            return f"{address} (from RAY_ADDRESS) - UNREACHABLE: {err}"
         return f"{address} (from RAY_ADDRESS)"
     # `ray start --head` records its address here; ray.init() joins that cluster when it is running.
     tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"

@@ -98,6 +98,25 @@ def model_spec(spec: str, field: str, *, allow_hub: bool = True, allow_registry:
                       f"({', '.join(BUILTIN_MODELS)}, models:/NAME@ALIAS{', an HF id' if allow_hub else ''})")
 
 
+def ray_address(timeout_s: float = 3.0) -> None:
+    """``RAY_ADDRESS`` as ``HOST:PORT`` answers (``ray.init`` would otherwise retry a dead address
+    forever, silently); ``auto``, ``local`` and ``ray://``/``http://`` addresses are left to Ray."""
+    import os
+    import socket
+
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address!r}: expected HOST:PORT (the head's GCS address), auto or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err.strerror or err}); start one "
+                          "with `ray start --head` or unset RAY_ADDRESS for a local Ray") from None
+
+
 # ------------------------------------------------------------------------------------------- methods
 
 

@@ -177,3 +177,18 @@ def test_refusals_never_start_ray(tmp_path):
     assert result == {"rcs": [2, 2, 2], "ray": False}, out.stderr
     assert not new.exists()
     assert "unknown method 'no_such_method'" in out.stderr and "train.lr" in out.stderr
+
+
+def test_dead_ray_address_is_refused_before_the_log_file(tmp_path, capsys, monkeypatch):
+    """ray.init would retry a dead RAY_ADDRESS forever; the CLI names it and stops."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    wd = tmp_path / "wd"
+    assert main(["demo", "--workdir", str(wd)]) == 2
+    err = capsys.readouterr().err
+    assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in err and "ray start --head" in err
+    assert not wd.exists()

@@ -58,7 +58,7 @@ def test_version(capsys):
 
 
 def test_doctor_prints_versions_devices_cluster_and_tracking_uri(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")  # a client address: not probed
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     wd = tmp_path / "wd"
     assert main(["doctor", "--workdir", str(wd)]) == 0
@@ -106,3 +106,14 @@ def test_sweep_progress_shows_trials_as_they_end(monkeypatch):
         "trial t_b: stopped early at step 10, objective 0.5",
         "[sweep] 2/2 trials (100%) | t_b stopped early - done in 0 s",
     ]
+
+
+def test_doctor_says_when_ray_address_does_not_answer(capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    assert main(["doctor"]) == 0
+    assert f"ray cluster:  127.0.0.1:{port} (from RAY_ADDRESS) - UNREACHABLE:" in capsys.readouterr().out
