@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipelines import commands
+from pipelines import commands, console
 from unlearn_core.config import ConfigError
 from unlearn_core.data.schema import RecordError
 
@@ -29,12 +29,6 @@ def _preset_names() -> str:
     return ", ".join(sorted(PRESETS))
 
 
-def _method_names() -> str:
-    from unlearn_core.methods import METHODS
-
-    return ", ".join(sorted(METHODS))
-
-
 def _protocol_names() -> tuple[str, ...]:
     from unlearn_core.eval.protocols import protocol_names
 
@@ -46,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unlearn",
         description="Machine unlearning for vision-language models on Ray and MLflow.",
     )
+    from pipelines.doctor import version
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="build, convert, validate and shard data sets")
@@ -91,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="one unlearning job (Ray Train): eval before/after, MLflow, registry")
     _add_run_options(p)
-    p.add_argument("--method", default=None, help="method name (overrides method.name): " + _method_names())
+    p.add_argument("--method", default=None, help="method name (overrides method.name; the methods: docs/methods.md)")
     p.set_defaults(handler=commands.cmd_run)
 
     p = sub.add_parser("sweep", help="Ray Tune sweep over a search space (tune_spaces/*.yaml); registers the champion")
@@ -163,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="workdir")
     p.set_defaults(handler=commands.cmd_pull)
 
+    p = sub.add_parser("doctor", help="versions, devices, the Ray cluster and tracking URI a command would use")
+    p.add_argument("--workdir", default="workdir")
+    p.set_defaults(handler=commands.cmd_doctor)
+
+    for leaf in [*sub.choices.values(), *dsub.choices.values()]:
+        if leaf.get_default("handler") is not None:
+            leaf.add_argument("--verbose", action="store_true",
+                              help="show Ray's and the libraries' logs here instead of in WORKDIR/logs/")
     return parser
 
 
@@ -172,8 +177,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(f"error: {err}")
         return 2
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as err:
+        term = console.active()
+        if term is None or term.log_path is None:
+            raise
+        import traceback
+
+        traceback.print_exc()  # into the log file
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")[:300]
+        _error(f"error: {type(err).__name__}: {first} (full message and traceback in {term.log_path})")
+        return 1
+    finally:
+        console.stop()
+
+
+def _error(message: str) -> None:
+    """Errors go to the terminal: stderr itself points at the log file once a command started."""
+    term = console.active()
+    if term is not None and term.log_path is not None:
+        print(message, file=sys.stderr)  # also in the log file
+        term.error(message)
+    else:
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

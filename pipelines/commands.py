@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipelines import console, preflight
+from pipelines.console import say
 from unlearn_core.config import ConfigError, SynthConfig, validate
 from unlearn_core.config import absolute_folder as _abs
 from unlearn_core.config import local_model_spec as _spec
@@ -27,32 +29,42 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
             "seed": args.seed,
         },
     )
+    preflight.folder_writable(args.out, "--out")
     records = generate_benchmark(cfg)
     counts = write_records(records, Path(args.out), source="synthetic")
-    print(f"wrote {counts['total']} records to {args.out} (quarantined {counts['quarantined']})")
+    say(f"wrote {counts['total']} records to {args.out} (quarantined {counts['quarantined']})")
     for split, info in counts["splits"].items():
         tasks = ", ".join(f"{t} {n}" for t, n in info["tasks"].items())
-        print(f"  {split:<14} {info['total']:>6}  ({tasks})")
+        say(f"  {split:<14} {info['total']:>6}  ({tasks})")
     return 0
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
-    from unlearn_core.data.adapters import convert
+    from unlearn_core.data.adapters import convert, get_converter
 
+    get_converter(args.format)
+    if not Path(args.source).is_dir():
+        raise ConfigError(f"--source: {args.source} is not a folder (the data set as downloaded)")
+    preflight.folder_writable(args.out, "--out")
     report = convert(args.format, Path(args.source), Path(args.out), forget_config=args.forget_config)
-    print(report.render())
+    say(report.render())
     return 0
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from unlearn_core.data.validate import validate_records_dir
 
+    preflight.records_folder(args.dir, "DIR")
     report = validate_records_dir(Path(args.dir))
-    print(report.render())
+    say(report.render())
     return 0 if report.ok else 1
 
 
 def cmd_data_shard(args: argparse.Namespace) -> int:
+    preflight.records_folder(args.records, "--records")
+    preflight.model_spec(args.model, "--model", allow_registry=False)
+    preflight.folder_writable(args.out, "--out")
+    start(args, Path(args.out).expanduser().resolve().parent, "data shard")
     from pipelines.ray_env import ensure_ray
     from pipelines.shards import shard_records
 
@@ -61,7 +73,7 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
         _abs(args.records), _abs(args.out), model_spec=_spec(args.model), image_size=args.image_size, seed=args.seed,
         force=args.force
     )
-    print(report.summary())
+    say(report.summary())
     return 0
 
 
@@ -81,7 +93,13 @@ def run_config_from_args(args: argparse.Namespace, command: str):
         if getattr(args, attr, None) is not None:
             overrides[field] = getattr(args, attr)
     overrides.update(_parse_set(x) for x in (getattr(args, "set", None) or []))
-    return load_run_config(getattr(args, "config", None) or default_config(command), overrides)
+    path = getattr(args, "config", None) or default_config(command)
+    import yaml
+
+    try:
+        return load_run_config(path, overrides)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
 
 
 def _parse_set(item: str) -> tuple[str, object]:
@@ -90,80 +108,116 @@ def _parse_set(item: str) -> tuple[str, object]:
     if "=" not in item:
         raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err.__class__.__name__}); "
+                          "quote it, e.g. --set 'key=\"text\"'") from None
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = run_config_from_args(args, "finetune")
+    preflight.run_config(cfg, "finetune")
+    start(args, cfg.workdir, "finetune")
     from pipelines.ray_env import ensure_ray
     from pipelines.train.finetune import run_finetune
 
-    cfg = run_config_from_args(args, "finetune")
     ensure_ray()
-    run_finetune(cfg, out_name=args.name)
+    artifacts(run_finetune(cfg, out_name=args.name, log=say), cfg)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.ray_env import ensure_ray
-    from pipelines.train.unlearn import run_unlearn
-
     if args.method:
         args.set = [*(args.set or []), f"method.name={args.method}"]
     cfg = run_config_from_args(args, "unlearn")
+    preflight.run_config(cfg, "run")
+    start(args, cfg.workdir, "run")
+    from pipelines.ray_env import ensure_ray
+    from pipelines.train.unlearn import run_unlearn
+
     ensure_ray()
-    run_unlearn(cfg)
+    artifacts(run_unlearn(cfg, log=say), cfg)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipelines.ray_env import ensure_ray
-    from pipelines.sweep import run_sweep
-    from pipelines.sweep.champion import ChampionRule
-
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
     cfg = run_config_from_args(args, "unlearn")  # the same starting config as `unlearn run` and the demo
+    preflight.sweep(cfg, args.space, resume=args.resume, scheduler=args.scheduler, search=args.search,
+                    num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                    workers_per_trial=args.workers_per_trial)
+    from pipelines.sweep.champion import ChampionRule
+
     rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
+    start(args, cfg.workdir, "sweep")
+    from pipelines.ray_env import ensure_ray
+    from pipelines.sweep import run_sweep
+
     ensure_ray()
     out = run_sweep(
         args.space or "", cfg, num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial, resume_dir=args.resume,
-        champion_rule=rule,
+        champion_rule=rule, log=say,
     )
     champ = out["champion"]
-    print(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
-    print(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
-    print(f"champion: {champ['trial']} -> {champ['uri']}" if champ["trial"] else f"no champion: {champ['reason']}")
+    say(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
+    say(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
+    say(f"champion: {champ['trial']} -> {champ['uri']}" if champ["trial"] else f"no champion: {champ['reason']}")
     return 0
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
     import json
 
+    preflight.model_folder(args.model, "--model")
+    preflight.shards_folder(args.shards, "--shards")
+    if not args.out.endswith(".safetensors"):
+        raise ConfigError(f"--out: {args.out!r} must end with .safetensors (the mask file)")
+    if args.gamma <= 0:
+        raise ConfigError(f"--gamma: must be > 0, got {args.gamma}")
+    preflight.folder_writable(Path(args.out).parent, "--out")
+    start(args, args.workdir, "mask")
     from pipelines.ray_env import ensure_ray
     from pipelines.train.mask import mask_job
 
     ensure_ray()
     stats = mask_job(_spec(args.model), _abs(args.shards), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
                      tracking_uri=args.tracking_uri, workdir=args.workdir)
-    print(json.dumps(stats, indent=1))
-    print(f"logged to MLflow run {stats['mlflow_run_id']}")
+    say(json.dumps(stats, indent=1))
+    say(f"logged to MLflow run {stats['mlflow_run_id']}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    methods = tuple(m for m in args.methods.split(",") if m) if args.methods is not None else None
+    if methods is not None:
+        preflight.method_names(methods, "--methods")
+    if args.method_steps < 1:
+        raise ConfigError(f"--method-steps: must be >= 1, got {args.method_steps}")
+    if args.sweep_samples < 0:
+        raise ConfigError(f"--sweep-samples: must be >= 0 (0 = no sweep), got {args.sweep_samples}")
+    preflight.folder_writable(args.workdir, "--workdir")
+    start(args, args.workdir, "demo")
     from pipelines.demo import BASELINES, run_demo
     from pipelines.ray_env import ensure_ray
 
-    methods = tuple(m for m in args.methods.split(",") if m) if args.methods is not None else BASELINES
     ensure_ray()
-    run_demo(args.workdir, methods=methods, method_steps=args.method_steps, sweep_samples=args.sweep_samples)
+    run_demo(args.workdir, methods=methods or BASELINES, method_steps=args.method_steps,
+             sweep_samples=args.sweep_samples, log=say)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    preflight.model_spec(args.model, "--model", allow_hub=False)
+    preflight.shards_folder(args.shards, "--shards")
+    preflight.folder_writable(Path(args.out).parent, "--out")
+    if args.judge_url and not args.judge_model:
+        raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    start(args, args.workdir, "eval")
     from pipelines import tracking
     from pipelines.evaluate import evaluate
     from pipelines.ray_env import ensure_ray
@@ -187,8 +241,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       protocol=args.protocol, reference_report=args.reference_report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(format_table({Path(args.model).name or args.model: report["metrics"]}))
-    print(f"wrote {args.out}")
+    say(format_table({Path(args.model).name or args.model: report["metrics"]}))
+    say(f"wrote {args.out}")
     return 0
 
 
@@ -198,16 +252,43 @@ def cmd_score(args: argparse.Namespace) -> int:
     report = score_predictions(args.records, args.predictions, protocol=args.protocol,
                                reference_predictions=args.reference_predictions)
     write_score(report, args.out)
-    print(render_score(report))
-    print(f"wrote {args.out}")
+    say(render_score(report))
+    say(f"wrote {args.out}")
     return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    preflight.registry_uri(args.uri, "URI")
+    preflight.folder_writable(args.out, "--out")
     from pipelines import tracking
     from unlearn_core.config import TrackingConfig
 
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri), args.workdir)
     out = tracking.pull(args.uri, args.out, tracking_uri=uri)
-    print(f"pulled {args.uri} -> {out} (weights sha256 verified)")
+    say(f"pulled {args.uri} -> {out} (weights sha256 verified)")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipelines.doctor import report
+
+    say(report(args.workdir))
+    return 0
+
+
+def artifacts(out: dict, cfg) -> None:
+    """Where a training job's results are: the model folder, the MLflow run and store, the registry."""
+    from pipelines import tracking
+
+    say(f"model:    {out['model_dir']}")
+    say(f"MLflow:   run {out['run_id']} in {tracking.resolve_tracking_uri(cfg.tracking, cfg.workdir)}")
+    registered = out.get("registered_model")
+    if out.get("version") and registered:
+        ref = f"models:/{registered}/{out['version']}"
+        say(f"registry: {ref} (`unlearn pull {ref} --out DIR`)")
+
+
+def start(args: argparse.Namespace, workdir: str | Path, command: str) -> None:
+    """After validation, before Ray: the cluster address, the console and (unless --verbose) the log file."""
+    preflight.ray_address()
+    console.start(workdir, command, verbose=bool(getattr(args, "verbose", False)))

@@ -24,6 +24,8 @@ from pipelines.workspace import Workspace, ensure_shards
 from unlearn_core.config import RunConfig, absolute_folder, load_run_config
 from unlearn_core.eval.report import format_table
 
+# One line per baseline while the demo runs; every metric is in the final table and in MLflow.
+SUMMARY = ("forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "quality.informativeness")
 BASELINES = ("ga", "grad_diff", "kl", "npo", "reject", "random", "mmunlearner")
 SPACES_DIR = Path(__file__).resolve().parent.parent / "tune_spaces"
 
@@ -51,7 +53,7 @@ def run_demo(
     if (vanilla / "config.json").exists():
         log(f"[cached] vanilla model {vanilla} (delete it to fine-tune again)")
     else:
-        run_finetune(base, log=log)
+        run_finetune(base, log=log, table=False)
     results: dict[str, dict[str, float]] = {
         "vanilla": evaluate_cached(vanilla, shards, ws.results, base.train.eval_max_samples)["metrics"]
     }
@@ -93,7 +95,8 @@ def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path,
         cached = json.loads(path.read_text())
         log(f"[cached] {cfg.method.name}: MLflow run {cached['run_id']} ({path}; delete it to run again)")
         return cached["metrics"]
-    out = run_unlearn(cfg, log=log)
+    out = run_unlearn(cfg, log=log, table=False)
+    log(f"{cfg.method.name}: " + ", ".join(f"{k} {out['metrics'][k]:.3f}" for k in SUMMARY if k in out["metrics"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"run_id": out["run_id"], "model_dir": out["model_dir"], "metrics": out["metrics"]}))
     return out["metrics"]

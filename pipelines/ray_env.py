@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 import ray
+import ray.data
+
+from pipelines import console
 
 # ray.train.report() waits until the Train controller polls the workers (every 2 s by default): with
 # reports every 10 short steps that wait was up to 30% of a tiny model's training time
@@ -26,6 +29,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     apply_env_defaults()
+    term = console.active()
+    if term is not None and term.log_path is not None:
+        # The console shows its own displays for sharding and evaluation; Ray Data's bars would only
+        # fill the log file with a block every few seconds.
+        ray.data.DataContext.get_current().enable_progress_bars = False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from pipelines import console
 from pipelines.shards import EVAL_SPLITS, SHARD_SCHEMA, load_shard_rows
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.shard_image import decode_image_u8
@@ -50,8 +51,11 @@ def generate_outputs(
         batch_format="pyarrow",
     )
     result: dict[str, dict] = {}
-    for row in out.iter_rows():
-        result[row["sample_id"]] = json.loads(row["output"])
+    with console.progress("evaluating", len(rows), "rows", marks=(0.5,)) as bar:
+        for row in out.iter_rows():
+            result[row["sample_id"]] = json.loads(row["output"])
+            if bar is not None:
+                bar.advance()
     return result
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from pipelines import console
 from pipelines.shards.encode import SHARD_SCHEMA, VIEW_PREFIXES, RowEncoder, random_answers
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.records_io import read_records
@@ -150,7 +151,13 @@ def shard_records(
         num_cpus=num_cpus_per_actor,
         batch_format="numpy",
     )
-    result = pa.concat_tables(list(encoded.iter_batches(batch_size=None, batch_format="pyarrow")))
+    parts = []
+    with console.progress("sharding", table.num_rows, "records", marks=(0.5,)) as bar:
+        for part in encoded.iter_batches(batch_size=None, batch_format="pyarrow"):
+            parts.append(part)
+            if bar is not None:
+                bar.advance(part.num_rows)
+    result = pa.concat_tables(parts)
     report = _write(result, staging, table.num_rows)
     manifest = {
         "format_version": SHARD_FORMAT_VERSION,

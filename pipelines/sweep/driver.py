@@ -40,7 +40,7 @@ from pipelines.sweep.resources import (
 from pipelines.sweep.space import Objectives, build_tune_config, check_options, load_sweep_space
 from pipelines.sweep.trial import TrialContext, sweep_trial
 from pipelines.sweep.tune_space import to_tune
-from pipelines.train.trainer import storage_dir
+from pipelines.train import storage_dir, sweep_callbacks
 from pipelines.train.unlearn import prepare_inputs
 from pipelines.workspace import Workspace
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
@@ -219,6 +219,7 @@ def _fit(space: SearchSpace, objectives: Objectives, cfg: RunConfig, state: dict
                                           scheduler=state["scheduler"], search=state["search"],
                                           max_concurrent=concurrent),
             run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      callbacks=sweep_callbacks(int(state["num_samples"]))),
         )
     return tuner.fit()

@@ -111,7 +111,8 @@ def run_training_job(
         logged = (tracking.log_model(run_id, model_dir, job.register_as, tracking_uri=tracking_uri)
                   if job.log_model else {})
     return {"run_id": run_id, "model_dir": str(model_dir), "metrics": metrics, "report": report,
-            "step": step, tracking.SHA_TAG: sha, **logged}
+            "step": step, tracking.SHA_TAG: sha,
+            "registered_model": job.register_as if logged else None, **logged}
 
 
 def _logged_at(client: MlflowClient, run_id: str, key: str, step: int) -> bool:

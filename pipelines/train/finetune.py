@@ -16,7 +16,7 @@ from unlearn_core.config import RunConfig, mlflow_params
 from unlearn_core.eval.report import format_table
 
 
-def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dict[str, Any]:
+def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print, table: bool = True) -> dict[str, Any]:
     ws = Workspace(Path(cfg.workdir))
     shards = ensure_shards(cfg, ws, log)
     manifest = load_manifest(shards)
@@ -43,5 +43,6 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print) -> dic
     log(f"fine-tuning {job.init_model} on {TRAIN_SPLITS} for {cfg.train.steps} steps "
         f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}")
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
-    log(format_table({out_name: out["metrics"]}))
+    if table:  # the demo shows one table of every model at the end instead
+        log(format_table({out_name: out["metrics"]}))
     return out

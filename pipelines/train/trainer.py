@@ -23,7 +23,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipelines.train.progress import ProgressCallback
+from pipelines.train.progress import ProgressCallback, training_progress
 from pipelines.train.worker_data import iter_shard
 from unlearn_core.config import ConfigError
 from unlearn_core.config import RunConfig as UnlearnRunConfig
@@ -183,26 +183,27 @@ def fit(
         use_gpu=t.use_gpu,
         resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
     )
-    run_config = RunConfig(
-        name=name,
-        storage_path=storage_path,
-        failure_config=FailureConfig(max_failures=t.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
-        callbacks=[ProgressCallback(name, t.steps), *(callbacks or [])],
-    )
     data_ctx = ray.data.DataContext.get_current()
     bars = data_ctx.enable_progress_bars
     # The workers' shard readers restart every epoch; their progress bars would bury the progress lines.
     data_ctx.enable_progress_bars = False
     try:
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config=job.__dict__,
-            scaling_config=scaling,
-            run_config=run_config,
-            datasets=datasets,
-        )
-        return trainer.fit()
+        with training_progress(name, t.steps) as inbox:
+            run_config = RunConfig(
+                name=name,
+                storage_path=storage_path,
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=[ProgressCallback(name, t.steps, inbox), *(callbacks or [])],
+            )
+            trainer = TorchTrainer(
+                train_worker,
+                train_loop_config=job.__dict__,
+                scaling_config=scaling,
+                run_config=run_config,
+                datasets=datasets,
+            )
+            return trainer.fit()
     finally:
         data_ctx.enable_progress_bars = bars
 

@@ -107,7 +107,9 @@ def unlearn_job(cfg: RunConfig, inputs: dict[str, Any], *, out_dir: Path, eval_p
     )
 
 
-def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None) -> dict[str, Any]:
+def run_unlearn(
+    cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None, table: bool = True
+) -> dict[str, Any]:
     ws = Workspace(Path(cfg.workdir))
     uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
@@ -131,5 +133,6 @@ def run_unlearn(cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None
         job.callbacks.extend(callbacks or [])
     log(f"unlearning with {cfg.method.name} for {cfg.train.steps} steps; MLflow run {run_id}")
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
-    log(format_table({"before": before["metrics"], cfg.method.name: out["metrics"]}))
+    if table:  # the demo shows one table of every method at the end instead
+        log(format_table({"before": before["metrics"], cfg.method.name: out["metrics"]}))
     return {**out, "before": before["metrics"]}

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import ray
 import ray.train
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines.shards import rows_with_images
 from unlearn_core.data.encode import collate
@@ -24,6 +25,19 @@ def collate_shard_batch(batch: dict[str, np.ndarray], processor: Any, prefixes: 
     return out
 
 
+class ShardCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches``' collate (one of Ray's collate classes: a plain function is deprecated):
+    :func:`collate_shard_batch`, after handing the raw numpy batch to ``keep`` (the epoch cache)."""
+
+    def __init__(self, processor: Any, prefixes: tuple[str, ...], keep: Any = None) -> None:
+        self.processor, self.prefixes, self.keep = processor, prefixes, keep
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.keep is not None:
+            self.keep(batch)
+        return collate_shard_batch(batch, self.processor, self.prefixes)
+
+
 # A worker keeps the raw rows of its shard after the first epoch when they take less than this:
 # later epochs then shuffle and collate them in memory instead of asking Ray Data to run the read
 # again, whose start-up per epoch dominated small forget sets (bench/train_step.py).
@@ -38,14 +52,10 @@ def iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str, 
         if cache.complete:
             return cache.batches(batch_size, seed + epoch, lambda b: collate_shard_batch(b, processor, prefixes))
 
-        def collate_and_keep(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-            cache.add(batch)
-            return collate_shard_batch(batch, processor, prefixes)
-
         def first_pass():
             yield from shard.iter_torch_batches(
                 batch_size=batch_size,
-                collate_fn=collate_and_keep,
+                collate_fn=ShardCollate(processor, prefixes, keep=cache.add),
                 local_shuffle_buffer_size=max(4 * batch_size, 256),
                 local_shuffle_seed=seed + epoch,
                 drop_last=False,
