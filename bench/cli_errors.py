@@ -28,7 +28,9 @@ UNLEARN = ROOT / ".venv" / "bin" / "unlearn"
 def _tree(folder: Path) -> list[tuple[str, int, int]]:
     if not folder.exists():
         return []
-    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+    )
 
 
 def main() -> int:
@@ -41,16 +43,37 @@ def main() -> int:
     space.write_text("method: ga\nspace:\n  train.lr: {uniform: [-1.0, 1.0e-3]}\n")
     new = root / "NEW"
     cases = {
-        "run --method no_such_method (new workdir)": ["run", "--method", "no_such_method", "--workdir", str(new)],
+        "run --method no_such_method (new workdir)": [
+            "run",
+            "--method",
+            "no_such_method",
+            "--workdir",
+            str(new),
+        ],
         "run --method no_such_method": ["run", "--method", "no_such_method", "--workdir", str(wd)],
         "run --set train.lr=-1": ["run", "--method", "ga", "--set", "train.lr=-1", "--workdir", str(wd)],
-        "run --set method.params.beta=-1": ["run", "--method", "npo", "--set", "method.params.beta=-1",
-                                            "--workdir", str(wd)],
+        "run --set method.params.beta=-1": [
+            "run",
+            "--method",
+            "npo",
+            "--set",
+            "method.params.beta=-1",
+            "--workdir",
+            str(wd),
+        ],
         "run (no vanilla model yet)": ["run", "--method", "ga", "--workdir", str(wd)],
         "sweep --space (bad range)": ["sweep", "--space", str(space), "--workdir", str(wd)],
         "demo --methods ga,nope": ["demo", "--methods", "ga,nope", "--workdir", str(wd)],
-        "data shard --records (not records)": ["data", "shard", "--records", str(root), "--model", "tiny-llava",
-                                               "--out", str(wd / "shards")],
+        "data shard --records (not records)": [
+            "data",
+            "shard",
+            "--records",
+            str(root),
+            "--model",
+            "tiny-llava",
+            "--out",
+            str(wd / "shards"),
+        ],
         "run --steps many (argparse)": ["run", "--steps", "many"],
     }
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

@@ -38,7 +38,10 @@ def load(label: str = "") -> tuple[float, float, float]:
     """Print (and remember) ``os.getloadavg()`` before a measurement."""
     la = os.getloadavg()
     LOADS.append((label, la))
-    print(f"[load] {label or 'measurement'}: os.getloadavg() = ({la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f})", flush=True)
+    print(
+        f"[load] {label or 'measurement'}: os.getloadavg() = ({la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f})",
+        flush=True,
+    )
     return la
 
 
@@ -59,7 +62,9 @@ def machine() -> dict[str, Any]:
         "cpu": model,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "gpu": "none (no GPU in this session)" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
+        "gpu": "none (no GPU in this session)"
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(0),
     }
 
 
@@ -96,15 +101,24 @@ class Stats:
 
     def fmt(self, digits: int = 3) -> str:
         v = self.values
-        return (f"{self.median:.{digits}g} (IQR {self.q1:.{digits}g}-{self.q3:.{digits}g}, "
-                f"min {min(v):.{digits}g}, max {max(v):.{digits}g}, n={len(v)})")
+        return (
+            f"{self.median:.{digits}g} (IQR {self.q1:.{digits}g}-{self.q3:.{digits}g}, "
+            f"min {min(v):.{digits}g}, max {max(v):.{digits}g}, n={len(v)})"
+        )
 
     def short(self, digits: int = 3) -> str:
         return f"{self.median:.{digits}g} [{min(self.values):.{digits}g}, {max(self.values):.{digits}g}]"
 
     def as_dict(self) -> dict[str, Any]:
         v = self.values
-        return {"median": self.median, "q1": self.q1, "q3": self.q3, "min": min(v), "max": max(v), "values": v}
+        return {
+            "median": self.median,
+            "q1": self.q1,
+            "q3": self.q3,
+            "min": min(v),
+            "max": max(v),
+            "values": v,
+        }
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -121,8 +135,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A Markdown table (printed and returned)."""
     rows = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     text = "\n".join(lines)
     print(text, flush=True)
@@ -212,8 +228,14 @@ def ensure_ray(num_cpus: int = 2) -> None:
     # With the dashboard, as the pipeline starts Ray: it serves the State API that Ray Train's
     # placement-group cleaner polls. Without it the worker placement group of a trial that ASHA
     # stopped stays reserved, and on 2 CPUs the next trial's evaluation waits for a CPU forever.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -242,7 +264,9 @@ def report_log_callback(path: Path):
 
 
 def read_reports(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
 
 
 def steady_rate(reports: list[dict[str, Any]], skip_first: int = 1) -> tuple[float, int, int]:
@@ -281,8 +305,23 @@ def pyspy_bin() -> str:
 def pyspy_record(pid: int, seconds: float, out: Path, *, rate: int = 50) -> subprocess.Popen:
     """Start ``py-spy record`` (raw collapsed stacks, all threads, idle frames kept) on ``pid``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [pyspy_bin(), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
-           "--format", "raw", "--idle", "--threads", "--nonblocking", "-o", str(out)]
+    cmd = [
+        pyspy_bin(),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--idle",
+        "--threads",
+        "--nonblocking",
+        "-o",
+        str(out),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -39,8 +39,11 @@ SKIP = 6  # warm-up steps left out of the worker figures (the first epoch of GA)
 TARGET = 0.05
 MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
 # label -> (mode, materialize the stream before training: the proposed fix for small streams)
-VARIANTS = {"sft (as the pipeline)": ("sft", False), "ga (as the pipeline)": ("ga", False),
-            "ga, stream materialized first": ("ga", True)}
+VARIANTS = {
+    "sft (as the pipeline)": ("sft", False),
+    "ga (as the pipeline)": ("ga", False),
+    "ga, stream materialized first": ("ga", True),
+}
 # 2b also tries a prototype of the in-worker fix: the small shard read once into memory and cycled there.
 WORKER_VARIANTS = {**VARIANTS, "ga, shard cached in worker memory (fix prototype)": ("ga", "cache")}
 
@@ -48,11 +51,20 @@ WORKER_VARIANTS = {**VARIANTS, "ga, shard cached in worker memory (fix prototype
 def run_cfg(inp: common.Inputs, mode: str, steps: int, threads: int = THREADS):
     from unlearn_core.config import RunConfig, with_overrides
 
-    return with_overrides(RunConfig(), {
-        "workdir": str(common.BENCH_DIR / "wd"), "shards": str(inp.shards), "train.steps": steps,
-        "train.batch_size": BATCH, "train.torch_threads": threads, "train.num_workers": 1,
-        "train.cpus_per_worker": 1, "method.name": MODES[mode][2] or "ga", "method.params": {},
-    })
+    return with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(common.BENCH_DIR / "wd"),
+            "shards": str(inp.shards),
+            "train.steps": steps,
+            "train.batch_size": BATCH,
+            "train.torch_threads": threads,
+            "train.num_workers": 1,
+            "train.cpus_per_worker": 1,
+            "method.name": MODES[mode][2] or "ga",
+            "method.params": {},
+        },
+    )
 
 
 def stream_ds(inp: common.Inputs, mode: str):
@@ -60,7 +72,9 @@ def stream_ds(inp: common.Inputs, mode: str):
     from unlearn_core.config import TrainConfig
 
     stream = MODES[mode][1]
-    return stream_dataset(inp.shards, stream, task_weights=TrainConfig().task_weights if stream == "train" else None)
+    return stream_dataset(
+        inp.shards, stream, task_weights=TrainConfig().task_weights if stream == "train" else None
+    )
 
 
 # -- 1. sharding ---------------------------------------------------------------------------------
@@ -81,13 +95,25 @@ def encode_loop(records_dir: str, processor_dir: str, image_size: int, seed: int
     for row in rows:
         raw = row.get("image")
         image = prepare_image(bytes(raw), image_size) if raw else None
-        encode_example(processor, question=row["question"], answer=row["answer"], image=image, image_size=image_size)
+        encode_example(
+            processor, question=row["question"], answer=row["answer"], image=image, image_size=image_size
+        )
         if row["split"] == "forget":
-            encode_example(processor, question=row["question"], answer=REFUSAL_ANSWERS[0], image=image,
-                           image_size=image_size)
+            encode_example(
+                processor,
+                question=row["question"],
+                answer=REFUSAL_ANSWERS[0],
+                image=image,
+                image_size=image_size,
+            )
             if row["sample_id"] in rand:
-                encode_example(processor, question=row["question"], answer=rand[row["sample_id"]], image=image,
-                               image_size=image_size)
+                encode_example(
+                    processor,
+                    question=row["question"],
+                    answer=rand[row["sample_id"]],
+                    image=image,
+                    image_size=image_size,
+                )
     return len(rows), time.perf_counter() - t0
 
 
@@ -138,7 +164,9 @@ def bench_sharding(inp: common.Inputs) -> dict[str, Any]:
         common.load(f"shard_records repeat {r}")
         with Phases() as ph:
             t0 = time.perf_counter()
-            rep = shard_records(inp.records, out, model_spec="tiny-llava", image_size=inp.image_size, force=True)
+            rep = shard_records(
+                inp.records, out, model_spec="tiny-llava", image_size=inp.image_size, force=True
+            )
             wall = time.perf_counter() - t0
         phases.append({**ph.seconds, "ray_data_encode": wall - sum(ph.seconds.values()), "total": wall})
         n_rows = rep.read
@@ -146,23 +174,38 @@ def bench_sharding(inp: common.Inputs) -> dict[str, Any]:
         common.load(f"single-process encode repeat {r}")
         n, secs = ray.get(task.remote(str(inp.records), str(inp.shards / "processor"), inp.image_size, 0))
         loop_rps.append(n / secs)
-        print(f"  repeat {r}: shard_records {shard_rps[-1]:.0f} rows/s ({wall:.1f} s for {rep.read} rows), "
-              f"single-process encode {loop_rps[-1]:.0f} rows/s", flush=True)
+        print(
+            f"  repeat {r}: shard_records {shard_rps[-1]:.0f} rows/s ({wall:.1f} s for {rep.read} rows), "
+            f"single-process encode {loop_rps[-1]:.0f} rows/s",
+            flush=True,
+        )
     s, single = common.Stats(shard_rps), common.Stats(loop_rps)
     ratio = common.Stats([a / b for a, b in zip(shard_rps, loop_rps, strict=True)])
     table = common.table(
         ["path", "rows/s", "x single process"],
-        [["shard_records (Ray Data, 2 encode actors, end to end)", s.short(), ratio.short(2)],
-         ["single-process encode loop (encode only)", single.short(), "1"]])
+        [
+            ["shard_records (Ray Data, 2 encode actors, end to end)", s.short(), ratio.short(2)],
+            ["single-process encode loop (encode only)", single.short(), "1"],
+        ],
+    )
     print("\nwhere shard_records spends its time (seconds, median [min, max])")
     phase_rows = []
     for key in (*Phases.NAMES, "ray_data_encode", "total"):
         st = common.Stats([p[key] for p in phases])
         phase_rows.append([key, st.short()])
-    phase_rows.append(["(single-process encode of the same rows)", common.Stats([n_rows / x for x in loop_rps]).short()])
+    phase_rows.append(
+        ["(single-process encode of the same rows)", common.Stats([n_rows / x for x in loop_rps]).short()]
+    )
     phase_table = common.table(["phase of shard_records", "seconds"], phase_rows)
-    return {"rows": n_rows, "shard_records": s.as_dict(), "single": single.as_dict(), "ratio": ratio.as_dict(),
-            "phases": phases, "table": table, "phase_table": phase_table}
+    return {
+        "rows": n_rows,
+        "shard_records": s.as_dict(),
+        "single": single.as_dict(),
+        "ratio": ratio.as_dict(),
+        "phases": phases,
+        "table": table,
+        "phase_table": phase_table,
+    }
 
 
 # -- 2a. bare iteration vs step compute ----------------------------------------------------------
@@ -187,9 +230,15 @@ def iterate_and_step(inp: common.Inputs, mode: str, n_batches: int, materialize:
     batches: list[dict[str, Any]] = []
     epoch = 0
     while len(waits) < n_batches:
-        it = iter(ds.iter_torch_batches(
-            batch_size=BATCH, collate_fn=lambda b: collate_shard_batch(b, built.processor, prefixes),
-            local_shuffle_buffer_size=max(4 * BATCH, 256), local_shuffle_seed=epoch, drop_last=False))
+        it = iter(
+            ds.iter_torch_batches(
+                batch_size=BATCH,
+                collate_fn=lambda b: collate_shard_batch(b, built.processor, prefixes),
+                local_shuffle_buffer_size=max(4 * BATCH, 256),
+                local_shuffle_seed=epoch,
+                drop_last=False,
+            )
+        )
         k = 0
         while len(waits) < n_batches:
             t0 = time.perf_counter()
@@ -222,8 +271,13 @@ def iterate_and_step(inp: common.Inputs, mode: str, n_batches: int, materialize:
         t0 = time.perf_counter()
         step_fn(s)
         steps.append(time.perf_counter() - t0)
-    return {"batch_s": statistics.mean(waits[1:]), "first_batch_of_epoch_s": statistics.mean(first_of_epoch),
-            "epochs": epoch, "step_s": statistics.mean(steps), "n_batches": len(waits)}
+    return {
+        "batch_s": statistics.mean(waits[1:]),
+        "first_batch_of_epoch_s": statistics.mean(first_of_epoch),
+        "epochs": epoch,
+        "step_s": statistics.mean(steps),
+        "n_batches": len(waits),
+    }
 
 
 # -- 2b. inside a real Ray Train worker ----------------------------------------------------------
@@ -273,9 +327,13 @@ def worker_loop(config: dict[str, Any]) -> None:
             yield b
 
     source = cached_shard if config["cache"] else _iter_shard
-    streams = {name: timed(to_device(b, torch.device("cpu")) for b in
-                           source(name, cfg.train.batch_size, built.processor, prefixes, cfg.train.seed))
-               for name, prefixes in built.streams.items()}
+    streams = {
+        name: timed(
+            to_device(b, torch.device("cpu"))
+            for b in source(name, cfg.train.batch_size, built.processor, prefixes, cfg.train.seed)
+        )
+        for name, prefixes in built.streams.items()
+    }
     step_fn = make_step_fn(built, model, opt, streams, cfg.train)
     totals = []
     for step in range(cfg.train.steps):
@@ -283,8 +341,16 @@ def worker_loop(config: dict[str, Any]) -> None:
         step_fn(step)
         totals.append(time.perf_counter() - t0)
     w, t = waits[SKIP:], totals[SKIP:]
-    ray.train.report({"wait_s": sum(w), "total_s": sum(t), "max_wait_s": max(w), "steps": len(t),
-                      "median_wait_s": statistics.median(w), "median_step_s": statistics.median(t)})
+    ray.train.report(
+        {
+            "wait_s": sum(w),
+            "total_s": sum(t),
+            "max_wait_s": max(w),
+            "steps": len(t),
+            "median_wait_s": statistics.median(w),
+            "median_step_s": statistics.median(t),
+        }
+    )
 
 
 def worker_wait(inp: common.Inputs, mode: str, materialize: bool | str, tag: str) -> dict[str, Any]:
@@ -295,14 +361,24 @@ def worker_wait(inp: common.Inputs, mode: str, materialize: bool | str, tag: str
     log = common.BENCH_DIR / "reports" / f"data-worker-{tag}.jsonl"
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "mode": MODES[mode][0], "model": str(inp.vanilla),
-                           "cache": materialize == "cache",
-                           "image_size": inp.image_size},
+        train_loop_config={
+            "cfg": cfg.model_dump(),
+            "mode": MODES[mode][0],
+            "model": str(inp.vanilla),
+            "cache": materialize == "cache",
+            "image_size": inp.image_size,
+        },
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=f"bench-data-{tag}-{int(time.time())}",
-                             storage_path=str(common.BENCH_DIR / "ray_results"),
-                             callbacks=[common.report_log_callback(log)]),
-        datasets={MODES[mode][1]: stream_ds(inp, mode).materialize() if materialize is True else stream_ds(inp, mode)},
+        run_config=RunConfig(
+            name=f"bench-data-{tag}-{int(time.time())}",
+            storage_path=str(common.BENCH_DIR / "ray_results"),
+            callbacks=[common.report_log_callback(log)],
+        ),
+        datasets={
+            MODES[mode][1]: stream_ds(inp, mode).materialize()
+            if materialize is True
+            else stream_ds(inp, mode)
+        },
     )
     trainer.fit()
     return common.read_reports(log)[-1]
@@ -327,23 +403,45 @@ def main() -> None:
             common.load(f"bare iteration {v} repeat {r}")
             bare[v].append(ray.get(task.remote(inp, m, ITER_BATCHES, mat)))
             x = bare[v][-1]
-            print(f"  repeat {r} {v}: {1000 * x['batch_s']:.0f} ms/batch (epoch start "
-                  f"{1000 * x['first_batch_of_epoch_s']:.0f} ms, {x['epochs']} epochs), step "
-                  f"{1000 * x['step_s']:.0f} ms", flush=True)
+            print(
+                f"  repeat {r} {v}: {1000 * x['batch_s']:.0f} ms/batch (epoch start "
+                f"{1000 * x['first_batch_of_epoch_s']:.0f} ms, {x['epochs']} epochs), step "
+                f"{1000 * x['step_s']:.0f} ms",
+                flush=True,
+            )
     rows = []
     for v in VARIANTS:
         b = common.Stats([1000 * x["batch_s"] for x in bare[v]])
         first = common.Stats([1000 * x["first_batch_of_epoch_s"] for x in bare[v]])
         st = common.Stats([1000 * x["step_s"] for x in bare[v]])
         share = common.Stats([x["batch_s"] / (x["batch_s"] + x["step_s"]) for x in bare[v]])
-        rows.append([v, b.short(), first.short(), st.short(), f"{100 * share.median:.1f}% "
-                     f"[{100 * min(share.values):.1f}, {100 * max(share.values):.1f}]",
-                     "met" if share.median < TARGET else "MISSED"])
-        results[f"bare {v}"] = {"ms_per_batch": b.as_dict(), "ms_first_batch_of_epoch": first.as_dict(),
-                                "ms_per_step": st.as_dict(), "share": share.as_dict()}
+        rows.append(
+            [
+                v,
+                b.short(),
+                first.short(),
+                st.short(),
+                f"{100 * share.median:.1f}% [{100 * min(share.values):.1f}, {100 * max(share.values):.1f}]",
+                "met" if share.median < TARGET else "MISSED",
+            ]
+        )
+        results[f"bare {v}"] = {
+            "ms_per_batch": b.as_dict(),
+            "ms_first_batch_of_epoch": first.as_dict(),
+            "ms_per_step": st.as_dict(),
+            "share": share.as_dict(),
+        }
     results["bare_table"] = common.table(
-        ["stream", "ms/batch (iterator, all batches)", "ms first batch of an epoch", "ms/step compute",
-         "data share (no overlap)", "target < 5%"], rows)
+        [
+            "stream",
+            "ms/batch (iterator, all batches)",
+            "ms first batch of an epoch",
+            "ms/step compute",
+            "data share (no overlap)",
+            "target < 5%",
+        ],
+        rows,
+    )
 
     print("\n-- 2b. time in next(batch iterator) inside a Ray Train worker --")
     inw: dict[str, list[dict[str, Any]]] = {v: [] for v in WORKER_VARIANTS}
@@ -352,20 +450,40 @@ def main() -> None:
             common.load(f"worker wait {v} repeat {r}")
             inw[v].append(worker_wait(inp, m, mat, f"{m}-{i}-{r}"))
             x = inw[v][-1]
-            print(f"  repeat {r} {v}: waited {x['wait_s']:.1f} s of {x['total_s']:.1f} s "
-                  f"({100 * x['wait_s'] / x['total_s']:.1f}%), max wait {x['max_wait_s']:.2f} s", flush=True)
+            print(
+                f"  repeat {r} {v}: waited {x['wait_s']:.1f} s of {x['total_s']:.1f} s "
+                f"({100 * x['wait_s'] / x['total_s']:.1f}%), max wait {x['max_wait_s']:.2f} s",
+                flush=True,
+            )
     rows = []
     for v in WORKER_VARIANTS:
         share = common.Stats([x["wait_s"] / x["total_s"] for x in inw[v]])
         step = common.Stats([1000 * x["total_s"] / x["steps"] for x in inw[v]])
         mx = common.Stats([x["max_wait_s"] for x in inw[v]])
-        rows.append([v, f"{100 * share.median:.1f}% [{100 * min(share.values):.1f}, {100 * max(share.values):.1f}]",
-                     step.short(), mx.short(), "met" if share.median < TARGET else "MISSED"])
-        results[f"worker {v}"] = {"share": share.as_dict(), "ms_per_step": step.as_dict(),
-                                  "max_wait_s": mx.as_dict()}
+        rows.append(
+            [
+                v,
+                f"{100 * share.median:.1f}% [{100 * min(share.values):.1f}, {100 * max(share.values):.1f}]",
+                step.short(),
+                mx.short(),
+                "met" if share.median < TARGET else "MISSED",
+            ]
+        )
+        results[f"worker {v}"] = {
+            "share": share.as_dict(),
+            "ms_per_step": step.as_dict(),
+            "max_wait_s": mx.as_dict(),
+        }
     results["worker_table"] = common.table(
-        ["stream", "time in next() / step time", "ms/step (incl. wait)", "longest single wait s", "target < 5%"],
-        rows)
+        [
+            "stream",
+            "time in next() / step time",
+            "ms/step (incl. wait)",
+            "longest single wait s",
+            "target < 5%",
+        ],
+        rows,
+    )
     print(common.load_summary())
     common.save("data", results)
 

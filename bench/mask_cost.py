@@ -73,15 +73,22 @@ class Counted:
 
 def epoch_batches(inp: common.Inputs, processor: Any) -> tuple[list[dict], list[dict]]:
     rows = _rows(inp.shards)
-    forget = sorted((r for r in rows if in_stream("forget", r["split"], r["task"])), key=lambda r: r["sample_id"])
-    retain = sorted((r for r in rows if in_stream("retain", r["split"], r["task"])), key=lambda r: r["sample_id"])
+    forget = sorted(
+        (r for r in rows if in_stream("forget", r["split"], r["task"])), key=lambda r: r["sample_id"]
+    )
+    retain = sorted(
+        (r for r in rows if in_stream("retain", r["split"], r["task"])), key=lambda r: r["sample_id"]
+    )
     fb = [collate(rows_with_images(forget[i : i + BATCH]), processor) for i in range(0, len(forget), BATCH)]
-    rb = [collate(rows_with_images(retain[i * 97 % len(retain):][:BATCH]), processor) for i in range(len(fb))]
+    rb = [
+        collate(rows_with_images(retain[i * 97 % len(retain) :][:BATCH]), processor) for i in range(len(fb))
+    ]
     return fb, rb
 
 
-def run_epoch(name: str, params: dict[str, Any], base: torch.nn.Module, forget: list[dict],
-              retain: list[dict]) -> float:
+def run_epoch(
+    name: str, params: dict[str, Any], base: torch.nn.Module, forget: list[dict], retain: list[dict]
+) -> float:
     method = get_method(name, params)
     model = copy.deepcopy(base).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -114,11 +121,22 @@ def main() -> None:
         fisher_s.append(c.fisher_s)
         passes, samples = c.passes, c.samples
         common.load(f"mmunlearner epoch repeat {r}")
-        mm_s.append(run_epoch("mmunlearner", {"mask": "both", "mask_path": str(out), "forget_every": 1}, base, forget, retain))
+        mm_s.append(
+            run_epoch(
+                "mmunlearner",
+                {"mask": "both", "mask_path": str(out), "forget_every": 1},
+                base,
+                forget,
+                retain,
+            )
+        )
         common.load(f"ga epoch repeat {r}")
         ga_s.append(run_epoch("ga", {}, base, forget, retain))
-        print(f"  repeat {r}: mask {mask_s[-1]:.1f} s (Fisher {fisher_s[-1]:.1f} s, {passes} passes), "
-              f"MMUnlearner epoch {mm_s[-1]:.1f} s, GA epoch {ga_s[-1]:.1f} s", flush=True)
+        print(
+            f"  repeat {r}: mask {mask_s[-1]:.1f} s (Fisher {fisher_s[-1]:.1f} s, {passes} passes), "
+            f"MMUnlearner epoch {mm_s[-1]:.1f} s, GA epoch {ga_s[-1]:.1f} s",
+            flush=True,
+        )
     m, f, mm, ga = (common.Stats(x) for x in (mask_s, fisher_s, mm_s, ga_s))
     ratio_mm = common.Stats([a / b for a, b in zip(mask_s, mm_s, strict=True)])
     ratio_ga = common.Stats([a / b for a, b in zip(mask_s, ga_s, strict=True)])
@@ -126,21 +144,44 @@ def main() -> None:
     rows = [
         ["compute_mask (modules=both), total", f"{passes} (batch 16, {samples} samples)", m.short(), "", ""],
         ["  of which Fisher passes (compute_saliency_masks)", "", f.short(), "", ""],
-        [f"MMUnlearner epoch ({len(forget)} steps)", f"{mm_passes} (batch {BATCH}, {2 * n_forget} samples)",
-         mm.short(), f"{passes / mm_passes:.1f}x passes, {samples / (2 * n_forget):.1f}x samples",
-         f"mask = {ratio_mm.short(2)}x epoch"],
-        [f"GA epoch ({len(forget)} steps)", f"{ga_passes} (batch {BATCH}, {n_forget} samples)", ga.short(),
-         f"{passes / ga_passes:.1f}x passes, {samples / n_forget:.1f}x samples", f"mask = {ratio_ga.short(2)}x epoch"],
+        [
+            f"MMUnlearner epoch ({len(forget)} steps)",
+            f"{mm_passes} (batch {BATCH}, {2 * n_forget} samples)",
+            mm.short(),
+            f"{passes / mm_passes:.1f}x passes, {samples / (2 * n_forget):.1f}x samples",
+            f"mask = {ratio_mm.short(2)}x epoch",
+        ],
+        [
+            f"GA epoch ({len(forget)} steps)",
+            f"{ga_passes} (batch {BATCH}, {n_forget} samples)",
+            ga.short(),
+            f"{passes / ga_passes:.1f}x passes, {samples / n_forget:.1f}x samples",
+            f"mask = {ratio_ga.short(2)}x epoch",
+        ],
     ]
-    print(f"\nseconds: median [min, max] over {REPEATS} repeats; mask selected fraction {stats.get('selected_fraction')}")
-    table = common.table(["work", "forward-backward passes", "seconds", "mask / epoch (work)", "mask / epoch (time)"],
-                         rows)
+    print(
+        f"\nseconds: median [min, max] over {REPEATS} repeats; mask selected fraction {stats.get('selected_fraction')}"
+    )
+    table = common.table(
+        ["work", "forward-backward passes", "seconds", "mask / epoch (work)", "mask / epoch (time)"], rows
+    )
     print(common.load_summary())
-    common.save("mask_cost", {"passes": passes, "samples": samples, "mask_s": m.as_dict(), "fisher_s": f.as_dict(),
-                              "mm_epoch_s": mm.as_dict(), "ga_epoch_s": ga.as_dict(),
-                              "mask_over_mm_epoch": ratio_mm.as_dict(), "mask_over_ga_epoch": ratio_ga.as_dict(),
-                              "forget_rows": n_forget, "selected_fraction": stats.get("selected_fraction"),
-                              "table": table})
+    common.save(
+        "mask_cost",
+        {
+            "passes": passes,
+            "samples": samples,
+            "mask_s": m.as_dict(),
+            "fisher_s": f.as_dict(),
+            "mm_epoch_s": mm.as_dict(),
+            "ga_epoch_s": ga.as_dict(),
+            "mask_over_mm_epoch": ratio_mm.as_dict(),
+            "mask_over_ga_epoch": ratio_ga.as_dict(),
+            "forget_rows": n_forget,
+            "selected_fraction": stats.get("selected_fraction"),
+            "table": table,
+        },
+    )
 
 
 if __name__ == "__main__":

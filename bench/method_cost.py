@@ -66,8 +66,13 @@ def real_batches(inp: common.Inputs, processor: Any) -> tuple[list[dict], list[d
     out = []
     for ds in (forget_ds, retain_ds):
         batches = []
-        for b in ds.iter_batches(batch_size=BATCH, batch_format="numpy", drop_last=True,
-                                 local_shuffle_buffer_size=256, local_shuffle_seed=0):
+        for b in ds.iter_batches(
+            batch_size=BATCH,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=256,
+            local_shuffle_seed=0,
+        ):
             batches.append(collate_shard_batch(b, processor, ALL_VIEWS if ds is forget_ds else ("",)))
             if len(batches) == N_BATCHES:
                 break
@@ -103,8 +108,15 @@ class Runner:
         self.step_no = 0
 
     def step(self, forget: dict, retain: dict) -> None:
-        self.method.train_step(self.model, self.opt, forget, retain if self.method.needs_retain else None,
-                               self.ref, self.step_no, max_grad_norm=1.0)
+        self.method.train_step(
+            self.model,
+            self.opt,
+            forget,
+            retain if self.method.needs_retain else None,
+            self.ref,
+            self.step_no,
+            max_grad_norm=1.0,
+        )
         self.step_no += 1
 
 
@@ -116,8 +128,14 @@ def main() -> None:
     base, processor = load_model_and_processor(str(inp.vanilla), ModelConfig(spec=str(inp.vanilla)))
     forget, retain = real_batches(inp, processor)
     f0 = forget[0]
-    print(f"forget batch: {BATCH} rows; shapes " + ", ".join(
-        f"{k}={tuple(v.shape)}" for k, v in f0.items() if k.endswith("input_ids") or k.startswith("teacher_topk")))
+    print(
+        f"forget batch: {BATCH} rows; shapes "
+        + ", ".join(
+            f"{k}={tuple(v.shape)}"
+            for k, v in f0.items()
+            if k.endswith("input_ids") or k.startswith("teacher_topk")
+        )
+    )
     print(f"retain batch: input_ids={tuple(retain[0]['input_ids'].shape)}")
     mask_path = ensure_mask(inp)
     runners = []
@@ -143,7 +161,9 @@ def main() -> None:
             times[label].append(statistics.median(ts))
         print(f"  repeat {rep}: GA {1000 * times['ga'][-1]:.0f} ms/step", flush=True)
     rows = []
-    results: dict[str, Any] = {"config": {"batch": BATCH, "steps": STEPS, "repeats": REPEATS, "threads": THREADS}}
+    results: dict[str, Any] = {
+        "config": {"batch": BATCH, "steps": STEPS, "repeats": REPEATS, "threads": THREADS}
+    }
     for label, _, _, passes, ref_fw in VARIANTS:
         ms = common.Stats([1000 * t for t in times[label]])
         ratio = common.Stats([t / g for t, g in zip(times[label], times["ga"], strict=True)])
@@ -151,17 +171,29 @@ def main() -> None:
         verdict = ""
         if label.startswith("pubg cached"):
             verdict = "met" if ratio.median <= TARGET else "MISSED"
-        rows.append([label, ms.short(), ratio.short(2), f"{passes} + {ref_fw} ref fwd", per_pass.short(2), verdict])
-        results[label] = {"ms_per_step": ms.as_dict(), "ratio_to_ga": ratio.as_dict(), "passes": passes,
-                          "ref_forwards": ref_fw}
-    print(f"\nms/step and ratio to GA: median [min, max] over {REPEATS} repeats (each the median of {STEPS} "
-          f"interleaved steps, batch {BATCH})")
+        rows.append(
+            [label, ms.short(), ratio.short(2), f"{passes} + {ref_fw} ref fwd", per_pass.short(2), verdict]
+        )
+        results[label] = {
+            "ms_per_step": ms.as_dict(),
+            "ratio_to_ga": ratio.as_dict(),
+            "passes": passes,
+            "ref_forwards": ref_fw,
+        }
+    print(
+        f"\nms/step and ratio to GA: median [min, max] over {REPEATS} repeats (each the median of {STEPS} "
+        f"interleaved steps, batch {BATCH})"
+    )
     results["table"] = common.table(
-        ["method", "ms/step", "x GA", "fwd+bwd passes/step", "x GA per pass", "target cached PUBG <= 1.3x"], rows)
+        ["method", "ms/step", "x GA", "fwd+bwd passes/step", "x GA per pass", "target cached PUBG <= 1.3x"],
+        rows,
+    )
     kl_only = "pubg cached, KL only (w_ga=0, w_ret=0)"
     kl_cost = common.Stats([a / b for a, b in zip(times[kl_only], times[GUIDE_NLL], strict=True)])
-    print(f"cached top-k KL step / NLL step on the same guide_ view: {kl_cost.short(3)} (the KL loss itself); "
-          f"guide_ view {tuple(f0['guide_input_ids'].shape)} vs GA's plain view {tuple(f0['input_ids'].shape)}")
+    print(
+        f"cached top-k KL step / NLL step on the same guide_ view: {kl_cost.short(3)} (the KL loss itself); "
+        f"guide_ view {tuple(f0['guide_input_ids'].shape)} vs GA's plain view {tuple(f0['input_ids'].shape)}"
+    )
     results["kl_over_guide_nll"] = kl_cost.as_dict()
     print(common.load_summary())
     common.save("method_cost", results)

@@ -36,25 +36,45 @@ WORKERS = (1, 2)
 
 
 def run(inp: common.Inputs, workers: int, tag: str) -> dict[str, Any]:
-    cfg = with_overrides(RunConfig(), {
-        "workdir": str(common.BENCH_DIR / "wd"), "shards": str(inp.shards), "train.steps": STEPS,
-        "train.batch_size": BATCH, "train.torch_threads": 1, "train.num_workers": workers,
-        "train.cpus_per_worker": 1, "train.checkpoint_every": 0, "train.eval_every": 0,
-    })
-    job = TrainJob(cfg=cfg.model_dump(), mode="finetune", processor_dir=str(inp.vanilla),
-                   init_model=str(inp.vanilla), image_size=inp.image_size)
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(common.BENCH_DIR / "wd"),
+            "shards": str(inp.shards),
+            "train.steps": STEPS,
+            "train.batch_size": BATCH,
+            "train.torch_threads": 1,
+            "train.num_workers": workers,
+            "train.cpus_per_worker": 1,
+            "train.checkpoint_every": 0,
+            "train.eval_every": 0,
+        },
+    )
+    job = TrainJob(
+        cfg=cfg.model_dump(),
+        mode="finetune",
+        processor_dir=str(inp.vanilla),
+        init_model=str(inp.vanilla),
+        image_size=inp.image_size,
+    )
     log = common.BENCH_DIR / "reports" / f"scaling-{tag}.jsonl"
     cb = common.report_log_callback(log)
     t0 = time.perf_counter()
-    fit(job, {"train": stream_dataset(inp.shards, "train", task_weights=cfg.train.task_weights)},
-        name=f"bench-scaling-{tag}-{int(time.time())}", storage_path=str(common.BENCH_DIR / "ray_results"),
-        callbacks=[cb])
+    fit(
+        job,
+        {"train": stream_dataset(inp.shards, "train", task_weights=cfg.train.task_weights)},
+        name=f"bench-scaling-{tag}-{int(time.time())}",
+        storage_path=str(common.BENCH_DIR / "ray_results"),
+        callbacks=[cb],
+    )
     wall = time.perf_counter() - t0
     rate, a, b = common.steady_rate(common.read_reports(log))
     return {"steps_per_s": rate, "samples_per_s": rate * BATCH * workers, "wall_s": wall, "window": (a, b)}
 
 
-def bare_ddp(rank: int, world: int, port: int, model_dir: str, rows: list[dict[str, Any]], steps: int) -> float:
+def bare_ddp(
+    rank: int, world: int, port: int, model_dir: str, rows: list[dict[str, Any]], steps: int
+) -> float:
     """One rank of a plain DDP loop; returns this rank's samples/s over ``steps`` timed steps."""
     import random
 
@@ -72,7 +92,9 @@ def bare_ddp(rank: int, world: int, port: int, model_dir: str, rows: list[dict[s
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         model, processor = load_model_and_processor(model_dir, ModelConfig(spec=model_dir))
-        model = prepare_for_training(model, ModelConfig(spec=model_dir))  # freezes unused params, as the worker
+        model = prepare_for_training(
+            model, ModelConfig(spec=model_dir)
+        )  # freezes unused params, as the worker
         model.train()
         if world > 1:
             model = torch.nn.parallel.DistributedDataParallel(model)
@@ -87,10 +109,17 @@ def bare_ddp(rank: int, world: int, port: int, model_dir: str, rows: list[dict[s
                 t0 = time.perf_counter()
             b = collate(rows_with_images(rng.sample(rows, BATCH)), processor)
             opt.zero_grad(set_to_none=True)
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                           pixel_values=b["pixel_values"], use_cache=False).logits
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                   b["labels"][:, 1:].reshape(-1), ignore_index=-100)
+            logits = model(
+                input_ids=b["input_ids"],
+                attention_mask=b["attention_mask"],
+                pixel_values=b["pixel_values"],
+                use_cache=False,
+            ).logits
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                b["labels"][:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -108,7 +137,9 @@ def run_bare(inp: common.Inputs, workers: int, rows_ref: Any, steps: int) -> flo
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     task = ray.remote(num_cpus=1)(bare_ddp)
-    return sum(ray.get([task.remote(r, workers, port, str(inp.vanilla), rows_ref, steps) for r in range(workers)]))
+    return sum(
+        ray.get([task.remote(r, workers, port, str(inp.vanilla), rows_ref, steps) for r in range(workers)])
+    )
 
 
 def main() -> None:
@@ -128,9 +159,11 @@ def main() -> None:
             common.load(f"Ray Train {w} worker(s), repeat {r}")
             runs[w].append(run(inp, w, f"{w}w-{r}"))
             x = runs[w][-1]
-            print(f"  repeat {r}, {w} worker(s): Ray Train {x['samples_per_s']:.1f} samples/s ({x['steps_per_s']:.2f} "
-                  f"steps/s, window {x['window']}, fit wall {x['wall_s']:.0f} s); bare DDP {bare[w][-1]:.1f} samples/s",
-                  flush=True)
+            print(
+                f"  repeat {r}, {w} worker(s): Ray Train {x['samples_per_s']:.1f} samples/s ({x['steps_per_s']:.2f} "
+                f"steps/s, window {x['window']}, fit wall {x['wall_s']:.0f} s); bare DDP {bare[w][-1]:.1f} samples/s",
+                flush=True,
+            )
     table_rows = []
     results: dict[str, Any] = {"config": {"batch_per_worker": BATCH, "steps": STEPS, "repeats": REPEATS}}
     base = [x["samples_per_s"] for x in runs[1]]
@@ -138,21 +171,44 @@ def main() -> None:
         sps = common.Stats([x["samples_per_s"] for x in runs[w]])
         step_ms = common.Stats([1000 / x["steps_per_s"] for x in runs[w]])
         speedup = common.Stats([x["samples_per_s"] / b for x, b in zip(runs[w], base, strict=True)])
-        table_rows.append([f"Ray Train, {w} worker(s)", w * BATCH, sps.short(), step_ms.short(), speedup.short(2),
-                           f"{speedup.median / w:.0%}"])
-        results[f"{w}_workers"] = {"samples_per_s": sps.as_dict(), "ms_per_step": step_ms.as_dict(),
-                                   "speedup": speedup.as_dict()}
+        table_rows.append(
+            [
+                f"Ray Train, {w} worker(s)",
+                w * BATCH,
+                sps.short(),
+                step_ms.short(),
+                speedup.short(2),
+                f"{speedup.median / w:.0%}",
+            ]
+        )
+        results[f"{w}_workers"] = {
+            "samples_per_s": sps.as_dict(),
+            "ms_per_step": step_ms.as_dict(),
+            "speedup": speedup.as_dict(),
+        }
     for w in WORKERS:
         sps = common.Stats(bare[w])
         speedup = common.Stats([x / b for x, b in zip(bare[w], bare[1], strict=True)])
         vs_ray = common.Stats([x["samples_per_s"] / b for x, b in zip(runs[w], bare[w], strict=True)])
-        table_rows.append([f"bare PyTorch DDP, {w} process(es)", w * BATCH, sps.short(),
-                           f"{1000 * w * BATCH / sps.median:.0f}", speedup.short(2), f"{speedup.median / w:.0%}"])
-        results[f"bare_{w}"] = {"samples_per_s": sps.as_dict(), "speedup": speedup.as_dict(),
-                                "ray_over_bare": vs_ray.as_dict()}
+        table_rows.append(
+            [
+                f"bare PyTorch DDP, {w} process(es)",
+                w * BATCH,
+                sps.short(),
+                f"{1000 * w * BATCH / sps.median:.0f}",
+                speedup.short(2),
+                f"{speedup.median / w:.0%}",
+            ]
+        )
+        results[f"bare_{w}"] = {
+            "samples_per_s": sps.as_dict(),
+            "speedup": speedup.as_dict(),
+            "ray_over_bare": vs_ray.as_dict(),
+        }
     print("\nmedian [min, max] over repeats; speed-ups per repeat (same load)")
     results["table"] = common.table(
-        ["loop", "samples/step", "samples/s", "ms/step", "speed-up vs 1", "scaling efficiency"], table_rows)
+        ["loop", "samples/step", "samples/s", "ms/step", "speed-up vs 1", "scaling efficiency"], table_rows
+    )
     print(common.load_summary())
     common.save("scaling", results)
 

@@ -45,23 +45,42 @@ def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict
 
     wd = common.BENCH_DIR / "sweeps" / tag
     shutil.rmtree(wd, ignore_errors=True)
-    cfg = with_overrides(RunConfig(), {
-        "workdir": str(wd), "shards": str(inp.shards), "model.spec": str(inp.vanilla), "train.torch_threads": 2,
-        "tracking.log_model": False, "tracking.registered_model_name": f"bench-sweep-{tag}",
-    })
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(wd),
+            "shards": str(inp.shards),
+            "model.spec": str(inp.vanilla),
+            "train.torch_threads": 2,
+            "tracking.log_model": False,
+            "tracking.registered_model_name": f"bench-sweep-{tag}",
+        },
+    )
     t0 = time.perf_counter()
-    out = run_sweep(space, cfg, num_samples=SAMPLES, scheduler=scheduler, search="random", max_concurrent=1,
-                    log=lambda *_: None)
+    out = run_sweep(
+        space,
+        cfg,
+        num_samples=SAMPLES,
+        scheduler=scheduler,
+        search="random",
+        max_concurrent=1,
+        log=lambda *_: None,
+    )
     wall = time.perf_counter() - t0
     trials = out["trials"]
     steps = sum(float(t.get("step") or 0) for t in trials.values())
     done = {n: t["metrics"].get("objective") for n, t in trials.items() if t["status"] == "completed"}
     best = min((v for v in done.values() if v is not None), default=None)
-    return {"wall_s": wall, "steps": steps, "completed": len(done),
-            "stopped": sum(t["status"] == "stopped" for t in trials.values()),
-            "failed": sum(t["status"] == "failed" for t in trials.values()), "best_objective": best,
-            "worst_objective": max((v for v in done.values() if v is not None), default=None),
-            "best_trial": min(done, key=lambda n: done[n]) if done else None}
+    return {
+        "wall_s": wall,
+        "steps": steps,
+        "completed": len(done),
+        "stopped": sum(t["status"] == "stopped" for t in trials.values()),
+        "failed": sum(t["status"] == "failed" for t in trials.values()),
+        "best_objective": best,
+        "worst_objective": max((v for v in done.values() if v is not None), default=None),
+        "best_trial": min(done, key=lambda n: done[n]) if done else None,
+    }
 
 
 def main() -> None:
@@ -75,9 +94,12 @@ def main() -> None:
             common.load(f"sweep {s} repeat {r}")
             runs[s].append(one_sweep(inp, space, s, f"{s}-{r}"))
             x = runs[s][-1]
-            print(f"  repeat {r} {s}: {x['wall_s']:.0f} s, {x['steps']:.0f} steps, {x['completed']} completed, "
-                  f"{x['stopped']} stopped, {x['failed']} failed, best objective {x['best_objective']} "
-                  f"({x['best_trial']})", flush=True)
+            print(
+                f"  repeat {r} {s}: {x['wall_s']:.0f} s, {x['steps']:.0f} steps, {x['completed']} completed, "
+                f"{x['stopped']} stopped, {x['failed']} failed, best objective {x['best_objective']} "
+                f"({x['best_trial']})",
+                flush=True,
+            )
     rows = []
     results: dict[str, Any] = {"config": {"samples": SAMPLES, "repeats": REPEATS, "space": str(space)}}
     full = runs["none"]
@@ -89,23 +111,57 @@ def main() -> None:
         best = common.Stats([x["best_objective"] for x in runs[s]])
         # Objectives are scores to minimise (about -2..2): the gap is in objective units, and relative to
         # the spread of the full sweep (its worst minus its best finished trial), not to a value near zero.
-        gap = common.Stats([x["best_objective"] - f["best_objective"] for x, f in zip(runs[s], full, strict=True)])
-        gap_rel = common.Stats([(x["best_objective"] - f["best_objective"])
-                                / max(f["worst_objective"] - f["best_objective"], 1e-9)
-                                for x, f in zip(runs[s], full, strict=True)])
+        gap = common.Stats(
+            [x["best_objective"] - f["best_objective"] for x, f in zip(runs[s], full, strict=True)]
+        )
+        gap_rel = common.Stats(
+            [
+                (x["best_objective"] - f["best_objective"])
+                / max(f["worst_objective"] - f["best_objective"], 1e-9)
+                for x, f in zip(runs[s], full, strict=True)
+            ]
+        )
         same_best = sum(x["best_trial"] == f["best_trial"] for x, f in zip(runs[s], full, strict=True))
-        rows.append([s, wall.short(), rel.short(2), steps.short(), steps_rel.short(2),
-                     f"{sum(x['stopped'] for x in runs[s])}/{SAMPLES * REPEATS}", best.short(3), gap.short(3),
-                     gap_rel.short(2),
-                     f"{same_best}/{REPEATS}"])
-        results[s] = {"wall_s": wall.as_dict(), "wall_vs_full": rel.as_dict(), "steps": steps.as_dict(),
-                      "steps_vs_full": steps_rel.as_dict(), "best_objective": best.as_dict(),
-                      "best_gap_vs_full": gap.as_dict(), "best_gap_vs_full_spread": gap_rel.as_dict(),
-                      "runs": runs[s]}
+        rows.append(
+            [
+                s,
+                wall.short(),
+                rel.short(2),
+                steps.short(),
+                steps_rel.short(2),
+                f"{sum(x['stopped'] for x in runs[s])}/{SAMPLES * REPEATS}",
+                best.short(3),
+                gap.short(3),
+                gap_rel.short(2),
+                f"{same_best}/{REPEATS}",
+            ]
+        )
+        results[s] = {
+            "wall_s": wall.as_dict(),
+            "wall_vs_full": rel.as_dict(),
+            "steps": steps.as_dict(),
+            "steps_vs_full": steps_rel.as_dict(),
+            "best_objective": best.as_dict(),
+            "best_gap_vs_full": gap.as_dict(),
+            "best_gap_vs_full_spread": gap_rel.as_dict(),
+            "runs": runs[s],
+        }
     print(f"\nmedian [min, max] over {REPEATS} repeats of {SAMPLES} trials; objective: lower is better")
-    results["table"] = common.table(["scheduler", "wall s", "wall x full", "training steps", "steps x full",
-                                     "trials stopped early", "best objective", "best - full's best", "gap / full's spread",
-                                     "same best trial as full"], rows)
+    results["table"] = common.table(
+        [
+            "scheduler",
+            "wall s",
+            "wall x full",
+            "training steps",
+            "steps x full",
+            "trials stopped early",
+            "best objective",
+            "best - full's best",
+            "gap / full's spread",
+            "same best trial as full",
+        ],
+        rows,
+    )
     print(common.load_summary())
     common.save("sweep", results)
 

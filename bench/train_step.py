@@ -58,22 +58,30 @@ TARGET = 0.90  # ours >= 90% of bare
 MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
 # Per mode: the Ray Train variants measured next to the bare and in-process loops (label, ray_fit kwargs).
 RAY_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "sft": [("ours Ray Train (as the pipeline)", {}),
-            ("  without batch prefetch", {"prefetch": 0})],
-    "ga": [("ours Ray Train (as the pipeline)", {}),
-           ("  without batch prefetch", {"prefetch": 0})],
+    "sft": [("ours Ray Train (as the pipeline)", {}), ("  without batch prefetch", {"prefetch": 0})],
+    "ga": [("ours Ray Train (as the pipeline)", {}), ("  without batch prefetch", {"prefetch": 0})],
 }
 AS_PIPELINE = "ours Ray Train (as the pipeline)"
 
 
 def run_cfg(inp: common.Inputs, mode: str, steps: int) -> RunConfig:
     _, _, method = MODES[mode]
-    return with_overrides(RunConfig(), {
-        "workdir": str(common.BENCH_DIR / "wd"), "shards": str(inp.shards),
-        "train.steps": steps, "train.batch_size": BATCH, "train.torch_threads": THREADS,
-        "train.num_workers": 1, "train.cpus_per_worker": 1, "train.checkpoint_every": 0, "train.eval_every": 0,
-        "method.name": method or "ga", "method.params": {},
-    })
+    return with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(common.BENCH_DIR / "wd"),
+            "shards": str(inp.shards),
+            "train.steps": steps,
+            "train.batch_size": BATCH,
+            "train.torch_threads": THREADS,
+            "train.num_workers": 1,
+            "train.cpus_per_worker": 1,
+            "train.checkpoint_every": 0,
+            "train.eval_every": 0,
+            "method.name": method or "ga",
+            "method.params": {},
+        },
+    )
 
 
 def dataset(inp: common.Inputs, mode: str, cfg: RunConfig):
@@ -124,10 +132,17 @@ def bare_loop(inp: common.Inputs, rows: list[dict[str, Any]], sign: float, steps
             t0, n = time.perf_counter(), 0
         b = next(it)
         opt.zero_grad(set_to_none=True)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                       pixel_values=b["pixel_values"], use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                               b["labels"][:, 1:].reshape(-1), ignore_index=-100)
+        logits = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            pixel_values=b["pixel_values"],
+            use_cache=False,
+        ).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            b["labels"][:, 1:].reshape(-1),
+            ignore_index=-100,
+        )
         (sign * loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -160,21 +175,32 @@ def ours_inprocess(inp: common.Inputs, mode: str, rows: list[dict[str, Any]], st
 
 
 # -- Ray Train ---------------------------------------------------------------------------------
-def ray_fit(inp: common.Inputs, mode: str, steps: int, tag: str, n_rows: int, *,
-            prefetch: int | None = None) -> dict[str, Any]:
+def ray_fit(
+    inp: common.Inputs, mode: str, steps: int, tag: str, n_rows: int, *, prefetch: int | None = None
+) -> dict[str, Any]:
     """``pipelines.train.fit`` as the pipeline calls it; ``prefetch`` overrides ``train.prefetch_batches``."""
     job_mode, _, _ = MODES[mode]
     cfg = run_cfg(inp, mode, steps)
     if prefetch is not None:
         cfg = with_overrides(cfg, {"train.prefetch_batches": prefetch})
     stream, ds = dataset(inp, mode, cfg)
-    job = TrainJob(cfg=cfg.model_dump(), mode=job_mode, processor_dir=str(inp.vanilla),
-                   init_model=str(inp.vanilla), image_size=inp.image_size)
+    job = TrainJob(
+        cfg=cfg.model_dump(),
+        mode=job_mode,
+        processor_dir=str(inp.vanilla),
+        init_model=str(inp.vanilla),
+        image_size=inp.image_size,
+    )
     log = common.BENCH_DIR / "reports" / f"train_step-{tag}.jsonl"
     cb = common.report_log_callback(log)
     t0 = time.perf_counter()
-    fit(job, {stream: ds}, name=f"bench-train_step-{tag}-{int(time.time())}",
-        storage_path=str(common.BENCH_DIR / "ray_results"), callbacks=[cb])
+    fit(
+        job,
+        {stream: ds},
+        name=f"bench-train_step-{tag}-{int(time.time())}",
+        storage_path=str(common.BENCH_DIR / "ray_results"),
+        callbacks=[cb],
+    )
     wall = time.perf_counter() - t0
     reports = common.read_reports(log)
     rate, a, b = common.steady_rate(reports)
@@ -192,9 +218,21 @@ def stream_rows(inp: common.Inputs, mode: str) -> list[dict[str, Any]]:
 # -- profiling ---------------------------------------------------------------------------------
 CATEGORIES = (  # (label, substrings of a frame; the first category whose marker is on the stack wins)
     ("ray.train.report", ("report (ray/train", "report (pipelines/train/trainer.py")),
-    ("data: next(batch iterator)", ("<genexpr> (pipelines/train/trainer.py", "cycle (unlearn_core/training/loop.py")),
-    ("optimizer step + clip", ("clip_grad_norm_", "clip_and_step", "optimizer_step (", "step (torch/optim",
-                               "adamw (torch/optim", "_apply_lr_schedule")),
+    (
+        "data: next(batch iterator)",
+        ("<genexpr> (pipelines/train/trainer.py", "cycle (unlearn_core/training/loop.py"),
+    ),
+    (
+        "optimizer step + clip",
+        (
+            "clip_grad_norm_",
+            "clip_and_step",
+            "optimizer_step (",
+            "step (torch/optim",
+            "adamw (torch/optim",
+            "_apply_lr_schedule",
+        ),
+    ),
     ("backward", ("backward (torch/_tensor.py", "backward (torch/autograd")),
     ("forward + loss", ("forward_logits (", "nll (unlearn_core", "_wrapped_call_impl")),
 )
@@ -210,9 +248,23 @@ SUB = {
 }
 
 
-IDLE_LEAVES = ("Condition.wait", "Event.wait", "Semaphore.acquire", "Queue.get", "Queue.put", "sleep",
-               "select", "poll", "main_loop", "_monitor_target", "TMonitor.run", "Thread.join", "get_objects",
-               "_wait_for", "wait (")
+IDLE_LEAVES = (
+    "Condition.wait",
+    "Event.wait",
+    "Semaphore.acquire",
+    "Queue.get",
+    "Queue.put",
+    "sleep",
+    "select",
+    "poll",
+    "main_loop",
+    "_monitor_target",
+    "TMonitor.run",
+    "Thread.join",
+    "get_objects",
+    "_wait_for",
+    "wait (",
+)
 
 
 def classify(frames: list[str], cats, default: str = "other") -> str:
@@ -248,8 +300,13 @@ def profile_breakdown(raw: Path) -> dict[str, Any]:
         threads[name] += c
         if any("collate_shard_batch" in f for f in frames):
             collate_elsewhere += c
-    return {"main_samples": main_total, "main": dict(cats), "sub": {f"{a}|{b}": c for (a, b), c in sub.items()},
-            "other_threads": dict(threads.most_common(4)), "collate_other_threads": collate_elsewhere}
+    return {
+        "main_samples": main_total,
+        "main": dict(cats),
+        "sub": {f"{a}|{b}": c for (a, b), c in sub.items()},
+        "other_threads": dict(threads.most_common(4)),
+        "collate_other_threads": collate_elsewhere,
+    }
 
 
 def profile_ray(inp: common.Inputs, mode: str, steps: int) -> dict[str, Any]:
@@ -259,13 +316,25 @@ def profile_ray(inp: common.Inputs, mode: str, steps: int) -> dict[str, Any]:
     job_mode, _, _ = MODES[mode]
     cfg = run_cfg(inp, mode, steps)
     stream, ds = dataset(inp, mode, cfg)
-    job = TrainJob(cfg=cfg.model_dump(), mode=job_mode, processor_dir=str(inp.vanilla),
-                   init_model=str(inp.vanilla), image_size=inp.image_size)
+    job = TrainJob(
+        cfg=cfg.model_dump(),
+        mode=job_mode,
+        processor_dir=str(inp.vanilla),
+        init_model=str(inp.vanilla),
+        image_size=inp.image_size,
+    )
     log = common.BENCH_DIR / "reports" / f"train_step-profile-{mode}.jsonl"
     cb = common.report_log_callback(log)
-    th = threading.Thread(target=lambda: fit(job, {stream: ds}, name=f"bench-profile-{mode}-{int(time.time())}",
-                                             storage_path=str(common.BENCH_DIR / "ray_results"), callbacks=[cb]),
-                          daemon=True)
+    th = threading.Thread(
+        target=lambda: fit(
+            job,
+            {stream: ds},
+            name=f"bench-profile-{mode}-{int(time.time())}",
+            storage_path=str(common.BENCH_DIR / "ray_results"),
+            callbacks=[cb],
+        ),
+        daemon=True,
+    )
     th.start()
     while th.is_alive() and not common.read_reports(log):
         time.sleep(1)
@@ -280,8 +349,23 @@ def profile_ray(inp: common.Inputs, mode: str, steps: int) -> dict[str, Any]:
     if proc.returncode:
         raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
     if th.is_alive():  # a flame graph for people, from the same run
-        subprocess.run([common.pyspy_bin(), "record", "--pid", str(pids[0]), "--duration", "10", "--rate", "50",
-                        "--nonblocking", "-o", str(svg)], capture_output=True, check=False)
+        subprocess.run(
+            [
+                common.pyspy_bin(),
+                "record",
+                "--pid",
+                str(pids[0]),
+                "--duration",
+                "10",
+                "--rate",
+                "50",
+                "--nonblocking",
+                "-o",
+                str(svg),
+            ],
+            capture_output=True,
+            check=False,
+        )
     th.join()
     out = profile_breakdown(raw)
     out.update({"raw": str(raw), "svg": str(svg) if svg.exists() else None, "pid": pids[0], "steps": steps})
@@ -294,8 +378,15 @@ def main() -> None:
     common.header("bench/train_step.py: our SFT / GA step in a Ray Train worker vs bare PyTorch")
     inp = common.inputs()
     common.ensure_ray(2)
-    results: dict[str, Any] = {"config": {"batch": BATCH, "threads": THREADS, "ray_steps": RAY_STEPS,
-                                          "inproc_steps": INPROC_STEPS, "repeats": REPEATS}}
+    results: dict[str, Any] = {
+        "config": {
+            "batch": BATCH,
+            "threads": THREADS,
+            "ray_steps": RAY_STEPS,
+            "inproc_steps": INPROC_STEPS,
+            "repeats": REPEATS,
+        }
+    }
     import ray
 
     rows_by_mode = {m: stream_rows(inp, m) for m in MODES}
@@ -311,13 +402,19 @@ def main() -> None:
             common.load(f"repeat {r} {m} bare")
             runs[m]["bare PyTorch"].append(in_ray_task(bare_loop, inp, row_refs[m], sign, INPROC_STEPS))
             common.load(f"repeat {r} {m} ours in-process")
-            runs[m]["ours in-process (no Ray)"].append(in_ray_task(ours_inprocess, inp, m, row_refs[m], INPROC_STEPS))
+            runs[m]["ours in-process (no Ray)"].append(
+                in_ray_task(ours_inprocess, inp, m, row_refs[m], INPROC_STEPS)
+            )
             for i, (label, kw) in enumerate(RAY_VARIANTS[m]):
                 common.load(f"repeat {r} {m} {label.strip()}")
                 res = ray_fit(inp, m, RAY_STEPS, f"{m}-{r}-{i}", len(rows), **kw)
                 runs[m][label].append(res["samples_per_s"])
-            print(f"  repeat {r} {m}: " + ", ".join(f"{v.strip()} {runs[m][v][-1]:.1f}" for v in loops[m])
-                  + " samples/s", flush=True)
+            print(
+                f"  repeat {r} {m}: "
+                + ", ".join(f"{v.strip()} {runs[m][v][-1]:.1f}" for v in loops[m])
+                + " samples/s",
+                flush=True,
+            )
     rows_out = []
     for m in MODES:
         bare = runs[m]["bare PyTorch"]
@@ -327,7 +424,9 @@ def main() -> None:
             verdict = ("met" if ratio.median >= TARGET else "MISSED") if v == AS_PIPELINE else ""
             rows_out.append([m, v, st.short(), ratio.short(2), verdict])
             results[f"{m}: {v.strip()}"] = {"samples_per_s": st.as_dict(), "over_bare": ratio.as_dict()}
-    print(f"\nsamples/s, median [min, max] over {REPEATS} repeats; x bare per repeat (same repeat = same load)")
+    print(
+        f"\nsamples/s, median [min, max] over {REPEATS} repeats; x bare per repeat (same repeat = same load)"
+    )
     results["table"] = common.table(["step", "loop", "samples/s", "x bare", "target >= 0.90x bare"], rows_out)
 
     prof_rows = []

@@ -18,9 +18,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model SPEC (overrides model.spec)")
     p.add_argument("--steps", type=int, default=None, help="overrides train.steps")
     p.add_argument("--workers", type=int, default=None, help="overrides train.num_workers")
-    p.add_argument("--preset", default=None, metavar="NAME",
-                   help="7B cluster preset (pipelines/cluster_presets.py): " + _preset_names())
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (train.lr=1e-4)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="7B cluster preset (pipelines/cluster_presets.py): " + _preset_names(),
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (train.lr=1e-4)"
+    )
 
 
 def _preset_names() -> str:
@@ -53,18 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--people", type=int, default=40, help="forget + retain people (default 40)")
     p.add_argument("--images-per-person", type=int, default=6, help="training images per person (default 6)")
     p.add_argument("--unseen-per-person", type=int, default=2, help="held-out images per person (default 2)")
-    p.add_argument("--forget-pct", type=float, default=10.0, help="share of people to forget, in %% (default 10)")
-    p.add_argument("--utility-people", type=int, default=8, help="extra people for the utility split (default 8)")
+    p.add_argument(
+        "--forget-pct", type=float, default=10.0, help="share of people to forget, in %% (default 10)"
+    )
+    p.add_argument(
+        "--utility-people", type=int, default=8, help="extra people for the utility split (default 8)"
+    )
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=commands.cmd_data_synth)
 
-    p = dsub.add_parser("convert", help="convert a downloaded benchmark (MLLMU-Bench, CLEAR, JSONL) to records")
+    p = dsub.add_parser(
+        "convert", help="convert a downloaded benchmark (MLLMU-Bench, CLEAR, JSONL) to records"
+    )
     p.add_argument("--format", required=True, help="mllmu-bench, clear or jsonl")
     p.add_argument("--source", required=True, help="data set folder as downloaded (one subfolder per config)")
     p.add_argument("--out", required=True, help="records folder to write")
     p.add_argument(
-        "--forget-config", default=None, help="which forget config to use (mllmu-bench: forget_5; clear: forget10)"
+        "--forget-config",
+        default=None,
+        help="which forget config to use (mllmu-bench: forget_5; clear: forget10)",
     )
     p.set_defaults(handler=commands.cmd_data_convert)
 
@@ -81,41 +95,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the fingerprint is unchanged")
     p.set_defaults(handler=commands.cmd_data_shard)
 
-    p = sub.add_parser("finetune", help="fine-tune the vanilla model on the forget + retain splits (Ray Train)")
+    p = sub.add_parser(
+        "finetune", help="fine-tune the vanilla model on the forget + retain splits (Ray Train)"
+    )
     _add_run_options(p)
     p.add_argument("--name", default="vanilla", help="model name under WORKDIR/models (default vanilla)")
     p.set_defaults(handler=commands.cmd_finetune)
 
     p = sub.add_parser("run", help="one unlearning job (Ray Train): eval before/after, MLflow, registry")
     _add_run_options(p)
-    p.add_argument("--method", default=None, help="method name (overrides method.name; the methods: docs/methods.md)")
+    p.add_argument(
+        "--method", default=None, help="method name (overrides method.name; the methods: docs/methods.md)"
+    )
     p.set_defaults(handler=commands.cmd_run)
 
-    p = sub.add_parser("sweep", help="Ray Tune sweep over a search space (tune_spaces/*.yaml); registers the champion")
+    p = sub.add_parser(
+        "sweep", help="Ray Tune sweep over a search space (tune_spaces/*.yaml); registers the champion"
+    )
     _add_run_options(p)
-    p.add_argument("--space", default=None, help="search space YAML, e.g. tune_spaces/pubg.yaml (not with --resume)")
+    p.add_argument(
+        "--space", default=None, help="search space YAML, e.g. tune_spaces/pubg.yaml (not with --resume)"
+    )
     p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's num_samples)")
-    p.add_argument("--scheduler", choices=["asha", "none"], default="asha", help="ASHA early stopping (default) or none")
-    p.add_argument("--search", choices=["random", "optuna"], default="random", help="search algorithm (default random)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: what the cluster fits)")
+    p.add_argument(
+        "--scheduler", choices=["asha", "none"], default="asha", help="ASHA early stopping (default) or none"
+    )
+    p.add_argument(
+        "--search", choices=["random", "optuna"], default="random", help="search algorithm (default random)"
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, default=None, help="concurrent trials (default: what the cluster fits)"
+    )
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the sweep in this folder")
-    p.add_argument("--max-leak", type=float, default=0.0, help="champion rule: highest allowed leak rates (default 0)")
-    p.add_argument("--min-retain-ratio", type=float, default=0.95,
-                   help="champion rule: retain.vqa_acc >= this x vanilla's (default 0.95)")
-    p.add_argument("--champion-fallback", choices=["objective", "none"], default="objective",
-                   help="when no trial qualifies: best objective (default) or register nothing")
+    p.add_argument(
+        "--max-leak", type=float, default=0.0, help="champion rule: highest allowed leak rates (default 0)"
+    )
+    p.add_argument(
+        "--min-retain-ratio",
+        type=float,
+        default=0.95,
+        help="champion rule: retain.vqa_acc >= this x vanilla's (default 0.95)",
+    )
+    p.add_argument(
+        "--champion-fallback",
+        choices=["objective", "none"],
+        default="objective",
+        help="when no trial qualifies: best objective (default) or register nothing",
+    )
     p.set_defaults(handler=commands.cmd_sweep)
 
-    p = sub.add_parser("mask", help="MMUnlearner's Fisher-ratio saliency mask (a Ray task), saved as safetensors")
+    p = sub.add_parser(
+        "mask", help="MMUnlearner's Fisher-ratio saliency mask (a Ray task), saved as safetensors"
+    )
     p.add_argument("--model", required=True, help="model folder (the one to unlearn)")
     p.add_argument("--shards", required=True, help="shards folder (built by `unlearn data shard`)")
     p.add_argument("--modules", choices=["vision", "language", "both"], default="both")
     p.add_argument("--gamma", type=float, default=1.0, help="ratio threshold (default 1.0)")
-    p.add_argument("--lora", action="store_true", help="compute it on LoRA adapters (train with model.lora=true)")
+    p.add_argument(
+        "--lora", action="store_true", help="compute it on LoRA adapters (train with model.lora=true)"
+    )
     p.add_argument("--out", required=True, help="mask file (.safetensors); sparsity goes beside it as .json")
     p.add_argument("--workdir", default="workdir", help="for the default MLflow store (WORKDIR/mlflow.db)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)",
+    )
     p.set_defaults(handler=commands.cmd_mask)
 
     p = sub.add_parser("demo", help="everything on the embedded default (what `make run` runs), cached")
@@ -125,49 +171,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
     p.set_defaults(handler=commands.cmd_demo)
 
-    p = sub.add_parser("eval", help="evaluate a model on shards under a protocol (synthetic, mllmu-bench, clear): table + JSON")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on shards under a protocol (synthetic, mllmu-bench, clear): table + JSON",
+    )
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
     p.add_argument("--shards", required=True, help="shards folder (built by `unlearn data shard`)")
     p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
-    p.add_argument("--max-per-group", type=int, default=64, help="rows per (split, task) evaluated (default 64)")
+    p.add_argument(
+        "--max-per-group", type=int, default=64, help="rows per (split, task) evaluated (default 64)"
+    )
     p.add_argument("--workdir", default="workdir")
-    p.add_argument("--judge-url", default=None,
-                   help="optional LLM judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (off by default)")
+    p.add_argument(
+        "--judge-url",
+        default=None,
+        help="optional LLM judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (off by default)",
+    )
     p.add_argument("--judge-model", default=None, help="model name the judge endpoint serves")
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the judge's API key ('' for none; the key is never logged)")
+    p.add_argument(
+        "--judge-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the judge's API key ('' for none; the key is never logged)",
+    )
     p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
-    p.add_argument("--protocol", default=None, choices=_protocol_names(),
-                   help="prompts, decoding and metrics (default: from the benchmark the records come from)")
-    p.add_argument("--reference-report", default=None, metavar="FILE.json",
-                   help="CLEAR: the eval (or score) JSON of the retain-only model; adds clear.forget_quality")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=_protocol_names(),
+        help="prompts, decoding and metrics (default: from the benchmark the records come from)",
+    )
+    p.add_argument(
+        "--reference-report",
+        default=None,
+        metavar="FILE.json",
+        help="CLEAR: the eval (or score) JSON of the retain-only model; adds clear.forget_quality",
+    )
     p.set_defaults(handler=commands.cmd_eval)
 
-    p = sub.add_parser("score", help="score generations made anywhere (JSONL) against a records folder; no model")
-    p.add_argument("--records", required=True, help="records folder (built by `unlearn data convert` / `synth`)")
+    p = sub.add_parser(
+        "score", help="score generations made anywhere (JSONL) against a records folder; no model"
+    )
+    p.add_argument(
+        "--records", required=True, help="records folder (built by `unlearn data convert` / `synth`)"
+    )
     p.add_argument("--predictions", required=True, help='JSON lines {"sample_id": ..., "generation": "..."}')
     p.add_argument("--out", required=True, help="JSON file to write {metrics, counts, problems, per_sample}")
-    p.add_argument("--protocol", default=None, choices=_protocol_names(),
-                   help="default: from the records' source (mllmu-bench, clear, synthetic)")
-    p.add_argument("--reference-predictions", default=None,
-                   help="CLEAR: predictions (with truth-ratio losses) of the retain-only model, for forget quality")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=_protocol_names(),
+        help="default: from the records' source (mllmu-bench, clear, synthetic)",
+    )
+    p.add_argument(
+        "--reference-predictions",
+        default=None,
+        help="CLEAR: predictions (with truth-ratio losses) of the retain-only model, for forget quality",
+    )
     p.set_defaults(handler=commands.cmd_score)
 
-    p = sub.add_parser("pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked")
+    p = sub.add_parser(
+        "pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked"
+    )
     p.add_argument("uri", help="models:/NAME@champion or models:/NAME/3")
     p.add_argument("--out", required=True, help="folder to write the HF model into")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db)",
+    )
     p.add_argument("--workdir", default="workdir")
     p.set_defaults(handler=commands.cmd_pull)
 
-    p = sub.add_parser("doctor", help="versions, devices, the Ray cluster and tracking URI a command would use")
+    p = sub.add_parser(
+        "doctor", help="versions, devices, the Ray cluster and tracking URI a command would use"
+    )
     p.add_argument("--workdir", default="workdir")
     p.set_defaults(handler=commands.cmd_doctor)
 
     for leaf in [*sub.choices.values(), *dsub.choices.values()]:
         if leaf.get_default("handler") is not None:
-            leaf.add_argument("--verbose", action="store_true",
-                              help="show Ray's and the libraries' logs here instead of in WORKDIR/logs/")
+            leaf.add_argument(
+                "--verbose",
+                action="store_true",
+                help="show Ray's and the libraries' logs here instead of in WORKDIR/logs/",
+            )
     return parser
 
 

@@ -70,8 +70,12 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
     ensure_ray()
     report = shard_records(
-        _abs(args.records), _abs(args.out), model_spec=_spec(args.model), image_size=args.image_size, seed=args.seed,
-        force=args.force
+        _abs(args.records),
+        _abs(args.out),
+        model_spec=_spec(args.model),
+        image_size=args.image_size,
+        seed=args.seed,
+        force=args.force,
     )
     say(report.summary())
     return 0
@@ -111,8 +115,10 @@ def _parse_set(item: str) -> tuple[str, object]:
     try:
         return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err.__class__.__name__}); "
-                          "quote it, e.g. --set 'key=\"text\"'") from None
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML ({err.__class__.__name__}); "
+            "quote it, e.g. --set 'key=\"text\"'"
+        ) from None
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -145,26 +151,46 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
     cfg = run_config_from_args(args, "unlearn")  # the same starting config as `unlearn run` and the demo
-    preflight.sweep(cfg, args.space, resume=args.resume, scheduler=args.scheduler, search=args.search,
-                    num_samples=args.num_samples, max_concurrent=args.max_concurrent,
-                    workers_per_trial=args.workers_per_trial)
+    preflight.sweep(
+        cfg,
+        args.space,
+        resume=args.resume,
+        scheduler=args.scheduler,
+        search=args.search,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial,
+    )
     from pipelines.sweep.champion import ChampionRule
 
-    rule = ChampionRule(max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback)
+    rule = ChampionRule(
+        max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback
+    )
     start(args, cfg.workdir, "sweep")
     from pipelines.ray_env import ensure_ray
     from pipelines.sweep import run_sweep
 
     ensure_ray()
     out = run_sweep(
-        args.space or "", cfg, num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
-        max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial, resume_dir=args.resume,
-        champion_rule=rule, log=say,
+        args.space or "",
+        cfg,
+        num_samples=args.num_samples,
+        scheduler=args.scheduler,
+        search=args.search,
+        max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial,
+        resume_dir=args.resume,
+        champion_rule=rule,
+        log=say,
     )
     champ = out["champion"]
     say(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
     say(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
-    say(f"champion: {champ['trial']} -> {champ['uri']}" if champ["trial"] else f"no champion: {champ['reason']}")
+    say(
+        f"champion: {champ['trial']} -> {champ['uri']}"
+        if champ["trial"]
+        else f"no champion: {champ['reason']}"
+    )
     return 0
 
 
@@ -183,8 +209,16 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from pipelines.train.mask import mask_job
 
     ensure_ray()
-    stats = mask_job(_spec(args.model), _abs(args.shards), _abs(args.out), modules=args.modules, gamma=args.gamma, lora=args.lora,
-                     tracking_uri=args.tracking_uri, workdir=args.workdir)
+    stats = mask_job(
+        _spec(args.model),
+        _abs(args.shards),
+        _abs(args.out),
+        modules=args.modules,
+        gamma=args.gamma,
+        lora=args.lora,
+        tracking_uri=args.tracking_uri,
+        workdir=args.workdir,
+    )
     say(json.dumps(stats, indent=1))
     say(f"logged to MLflow run {stats['mlflow_run_id']}")
     return 0
@@ -204,8 +238,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.ray_env import ensure_ray
 
     ensure_ray()
-    run_demo(args.workdir, methods=methods or BASELINES, method_steps=args.method_steps,
-             sweep_samples=args.sweep_samples, log=say)
+    run_demo(
+        args.workdir,
+        methods=methods or BASELINES,
+        method_steps=args.method_steps,
+        sweep_samples=args.sweep_samples,
+        log=say,
+    )
     return 0
 
 
@@ -235,10 +274,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if not args.judge_model:
             raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
-        judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env or None,
-                            max_samples=args.judge_max_samples)
-    report = evaluate(model, _abs(args.shards), max_per_group=args.max_per_group, judge=judge,
-                      protocol=args.protocol, reference_report=args.reference_report)
+        judge = JudgeConfig(
+            base_url=args.judge_url,
+            model=args.judge_model,
+            api_key_env=args.judge_key_env or None,
+            max_samples=args.judge_max_samples,
+        )
+    report = evaluate(
+        model,
+        _abs(args.shards),
+        max_per_group=args.max_per_group,
+        judge=judge,
+        protocol=args.protocol,
+        reference_report=args.reference_report,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     say(format_table({Path(args.model).name or args.model: report["metrics"]}))
@@ -249,8 +298,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from unlearn_core.eval.score import render_score, score_predictions, write_score
 
-    report = score_predictions(args.records, args.predictions, protocol=args.protocol,
-                               reference_predictions=args.reference_predictions)
+    report = score_predictions(
+        args.records,
+        args.predictions,
+        protocol=args.protocol,
+        reference_predictions=args.reference_predictions,
+    )
     write_score(report, args.out)
     say(render_score(report))
     say(f"wrote {args.out}")

@@ -29,8 +29,9 @@ PLAIN_MARKS = (0.25, 0.5, 0.75)
 class Progress:
     """One progress display. ``update(done, note)`` sets the position; ``close()`` ends it."""
 
-    def __init__(self, console: Console, label: str, total: int, unit: str = "",
-                 marks: tuple[float, ...] = PLAIN_MARKS) -> None:
+    def __init__(
+        self, console: Console, label: str, total: int, unit: str = "", marks: tuple[float, ...] = PLAIN_MARKS
+    ) -> None:
         self.console, self.label, self.total, self.unit = console, label, max(int(total), 0), unit
         self.done, self.note = 0, ""
         self._t0 = time.perf_counter()
@@ -73,8 +74,14 @@ class Progress:
 class Console:
     """Writes to the real terminal (or any stream); ``live`` decides rich bars vs plain lines."""
 
-    def __init__(self, stream: TextIO, *, live: bool | None = None, log_path: Path | None = None,
-                 err_stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        live: bool | None = None,
+        log_path: Path | None = None,
+        err_stream: TextIO | None = None,
+    ) -> None:
         self.stream = stream
         self.err_stream = err_stream or stream
         self.log_path = log_path
@@ -89,8 +96,13 @@ class Console:
 
             self._rich = RichConsole(file=stream, highlight=False, markup=False)
             self.live = RichProgress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[note]}"), console=self._rich, transient=False,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[note]}"),
+                console=self._rich,
+                transient=False,
             )
 
     def say(self, text: str = "") -> None:
@@ -112,8 +124,9 @@ class Console:
         self.say(f"== {text}")
 
     @contextmanager
-    def progress(self, label: str, total: int, unit: str = "",
-                 marks: tuple[float, ...] = PLAIN_MARKS) -> Iterator[Progress]:
+    def progress(
+        self, label: str, total: int, unit: str = "", marks: tuple[float, ...] = PLAIN_MARKS
+    ) -> Iterator[Progress]:
         """A display for one long stage. Plain output: a line at each of ``marks`` (shares of
         ``total``) and one at the end."""
         with self._lock:
@@ -147,8 +160,9 @@ def say(text: str = "") -> None:
 
 
 @contextmanager
-def progress(label: str, total: int, unit: str = "",
-             marks: tuple[float, ...] = PLAIN_MARKS) -> Iterator[Progress | None]:
+def progress(
+    label: str, total: int, unit: str = "", marks: tuple[float, ...] = PLAIN_MARKS
+) -> Iterator[Progress | None]:
     """The active console's progress display, or None when there is no console (nothing shown)."""
     if _ACTIVE is None:
         yield None
@@ -169,7 +183,9 @@ def start(workdir: str | Path | None, command: str, *, verbose: bool = False) ->
     sys.stdout.flush()
     sys.stderr.flush()
     terminal = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
-    terminal_err = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+    terminal_err = os.fdopen(
+        os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace"
+    )
     log_path = None
     if not verbose and workdir is not None:
         log_path = log_file_path(workdir, command)

@@ -67,11 +67,19 @@ def run_demo(
 
         log(f"== 4/5 PUBG sweep: {sweep_samples} trials, ASHA")
         cfg = _cfg("unlearn", workdir, {"method.name": "pubg"})
-        sweep_out = run_sweep(SPACES_DIR / "pubg.yaml", cfg, num_samples=sweep_samples, scheduler="asha",
-                              if_exists="resume", log=log)
+        sweep_out = run_sweep(
+            SPACES_DIR / "pubg.yaml",
+            cfg,
+            num_samples=sweep_samples,
+            scheduler="asha",
+            if_exists="resume",
+            log=log,
+        )
         best = (sweep_out.get("champion") or {}).get("trial")
         if best:  # the champion trial's final evaluation (every metric, not only the rule's)
-            results["pubg (champion)"] = {k: v for k, v in sweep_out["trials"][best]["metrics"].items() if "." in k}
+            results["pubg (champion)"] = {
+                k: v for k, v in sweep_out["trials"][best]["metrics"].items() if "." in k
+            }
     log("== 5/5 results")
     table = format_table(results)
     log(table)
@@ -81,24 +89,37 @@ def run_demo(
     log(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
     champion = (sweep_out.get("champion") or {}).get("registered_name")
     if champion:
-        log(f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}")
+        log(
+            f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}"
+        )
     return {"results": results, "sweep": sweep_out}
 
 
 def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path, log) -> dict[str, float]:
     """`run_unlearn`, skipped when the same config already ran on the same vanilla weights and shards
     (a second `make run` reuses the result; its MLflow run and registered version stay as they were)."""
-    key = json.dumps({"cfg": cfg.model_dump(mode="json"), "model": tracking.weights_sha256(init_model),
-                      "shards": load_manifest(shards)["fingerprint"]}, sort_keys=True)
+    key = json.dumps(
+        {
+            "cfg": cfg.model_dump(mode="json"),
+            "model": tracking.weights_sha256(init_model),
+            "shards": load_manifest(shards)["fingerprint"],
+        },
+        sort_keys=True,
+    )
     path = ws.results / "demo" / f"{cfg.method.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if path.is_file():
         cached = json.loads(path.read_text())
         log(f"[cached] {cfg.method.name}: MLflow run {cached['run_id']} ({path}; delete it to run again)")
         return cached["metrics"]
     out = run_unlearn(cfg, log=log, table=False)
-    log(f"{cfg.method.name}: " + ", ".join(f"{k} {out['metrics'][k]:.3f}" for k in SUMMARY if k in out["metrics"]))
+    log(
+        f"{cfg.method.name}: "
+        + ", ".join(f"{k} {out['metrics'][k]:.3f}" for k in SUMMARY if k in out["metrics"])
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_id": out["run_id"], "model_dir": out["model_dir"], "metrics": out["metrics"]}))
+    path.write_text(
+        json.dumps({"run_id": out["run_id"], "model_dir": out["model_dir"], "metrics": out["metrics"]})
+    )
     return out["metrics"]
 
 

@@ -44,8 +44,14 @@ def devices() -> list[str]:
             props = torch.cuda.get_device_properties(i)
             found.append(f"cuda:{i}: {props.name}, {props.total_memory / 2**30:.0f} GiB")
     else:
-        found.append("cuda: none visible" + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r})"
-                                             if "CUDA_VISIBLE_DEVICES" in os.environ else ""))
+        found.append(
+            "cuda: none visible"
+            + (
+                f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r})"
+                if "CUDA_VISIBLE_DEVICES" in os.environ
+                else ""
+            )
+        )
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         found.append("mps: available")
@@ -79,7 +85,11 @@ def tracking_uri(workdir: str | Path) -> str:
 
 
 def report(workdir: str | Path = "workdir") -> str:
-    lines = [f"lvlm-unlearn {version()}", f"python {platform.python_version()} ({sys.executable})", "libraries:"]
+    lines = [
+        f"lvlm-unlearn {version()}",
+        f"python {platform.python_version()} ({sys.executable})",
+        "libraries:",
+    ]
     lines += [f"  {name:<14} {v}" for name, v in library_versions().items() if name != "lvlm-unlearn"]
     lines.append("devices:")
     lines += [f"  {d}" for d in devices()]

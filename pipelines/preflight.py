@@ -39,10 +39,16 @@ def folder_writable(path: str | Path, field: str) -> None:
 def records_folder(path: str | Path, field: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise ConfigError(f"{field}: records folder {p} does not exist; build it with `unlearn data synth` "
-                          "or `unlearn data convert`")
+        raise ConfigError(
+            f"{field}: records folder {p} does not exist; build it with `unlearn data synth` "
+            "or `unlearn data convert`"
+        )
     if not (p / RECORDS_MARKER).is_file():
-        hint = " (it is a shards folder: pass the records it was built from)" if (p / SHARDS_MARKER).is_file() else ""
+        hint = (
+            " (it is a shards folder: pass the records it was built from)"
+            if (p / SHARDS_MARKER).is_file()
+            else ""
+        )
         raise ConfigError(f"{field}: {p} is not a records folder (no {RECORDS_MARKER}){hint}")
     return p
 
@@ -52,7 +58,11 @@ def shards_folder(path: str | Path, field: str) -> Path:
     if not p.is_dir():
         raise ConfigError(f"{field}: shards folder {p} does not exist; build it with `unlearn data shard`")
     if not (p / SHARDS_MARKER).is_file():
-        hint = " (it is a records folder: shard it with `unlearn data shard`)" if (p / RECORDS_MARKER).is_file() else ""
+        hint = (
+            " (it is a records folder: shard it with `unlearn data shard`)"
+            if (p / RECORDS_MARKER).is_file()
+            else ""
+        )
         raise ConfigError(f"{field}: {p} is not a shards folder (no {SHARDS_MARKER}){hint}")
     return p
 
@@ -62,8 +72,10 @@ def model_folder(path: str | Path, field: str) -> Path:
     if not p.is_dir():
         raise ConfigError(f"{field}: model folder {p} does not exist")
     if not (p / MODEL_MARKER).is_file():
-        raise ConfigError(f"{field}: {p} is not a model folder (no {MODEL_MARKER}); pass a folder written by "
-                          "`unlearn finetune`/`run` or `unlearn pull`")
+        raise ConfigError(
+            f"{field}: {p} is not a model folder (no {MODEL_MARKER}); pass a folder written by "
+            "`unlearn finetune`/`run` or `unlearn pull`"
+        )
     try:
         config = json.loads((p / MODEL_MARKER).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -75,7 +87,9 @@ def model_folder(path: str | Path, field: str) -> Path:
 
 def registry_uri(uri: str, field: str) -> None:
     if not REGISTRY_URI.match(uri):
-        raise ConfigError(f"{field}: {uri!r} is not a registry URI; expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        raise ConfigError(
+            f"{field}: {uri!r} is not a registry URI; expected models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
 
 
 def model_spec(spec: str, field: str, *, allow_hub: bool = True, allow_registry: bool = True) -> None:
@@ -84,8 +98,10 @@ def model_spec(spec: str, field: str, *, allow_hub: bool = True, allow_registry:
         return
     if spec.startswith("models:/"):
         if not allow_registry:
-            raise ConfigError(f"{field}: a registry URI ({spec}) cannot be used here; pass a local model folder "
-                              "(`unlearn pull` downloads one)")
+            raise ConfigError(
+                f"{field}: a registry URI ({spec}) cannot be used here; pass a local model folder "
+                "(`unlearn pull` downloads one)"
+            )
         registry_uri(spec, field)
         return
     p = Path(spec).expanduser()
@@ -94,8 +110,10 @@ def model_spec(spec: str, field: str, *, allow_hub: bool = True, allow_registry:
         return
     if allow_hub and HUB_ID.match(spec) and not spec.startswith((".", "~")):
         return
-    raise ConfigError(f"{field}: {spec!r} is neither an existing model folder nor a known model "
-                      f"({', '.join(BUILTIN_MODELS)}, models:/NAME@ALIAS{', an HF id' if allow_hub else ''})")
+    raise ConfigError(
+        f"{field}: {spec!r} is neither an existing model folder nor a known model "
+        f"({', '.join(BUILTIN_MODELS)}, models:/NAME@ALIAS{', an HF id' if allow_hub else ''})"
+    )
 
 
 def ray_address(timeout_s: float = 3.0) -> None:
@@ -109,12 +127,16 @@ def ray_address(timeout_s: float = 3.0) -> None:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"RAY_ADDRESS={address!r}: expected HOST:PORT (the head's GCS address), auto or ray://HOST:PORT")
+        raise ConfigError(
+            f"RAY_ADDRESS={address!r}: expected HOST:PORT (the head's GCS address), auto or ray://HOST:PORT"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
-        raise ConfigError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err.strerror or err}); start one "
-                          "with `ray start --head` or unset RAY_ADDRESS for a local Ray") from None
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({err.strerror or err}); start one "
+            "with `ray start --head` or unset RAY_ADDRESS for a local Ray"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -153,25 +175,41 @@ def run_config(cfg: RunConfig, command: str) -> None:
     if spec == "tiny-llava":  # unlearning starts from the workdir's fine-tuned vanilla model
         vanilla = Path(cfg.workdir) / "models" / "vanilla"
         if not (vanilla / MODEL_MARKER).is_file():
-            raise ConfigError(f"model.spec is tiny-llava but {vanilla} does not exist: run "
-                              f"`unlearn finetune --workdir {cfg.workdir}` first, or pass --model FOLDER|models:/NAME@ALIAS")
+            raise ConfigError(
+                f"model.spec is tiny-llava but {vanilla} does not exist: run "
+                f"`unlearn finetune --workdir {cfg.workdir}` first, or pass --model FOLDER|models:/NAME@ALIAS"
+            )
         return
     model_spec(spec, "model.spec", allow_hub=False)
 
 
-def sweep(cfg: RunConfig, space_path: str | None, *, resume: str | None, scheduler: str, search: str,
-          num_samples: int | None, max_concurrent: int | None, workers_per_trial: int) -> None:
+def sweep(
+    cfg: RunConfig,
+    space_path: str | None,
+    *,
+    resume: str | None,
+    scheduler: str,
+    search: str,
+    num_samples: int | None,
+    max_concurrent: int | None,
+    workers_per_trial: int,
+) -> None:
     """A new sweep: the space file (dims, base, objective), its options and the config its trials start
     from; a resumed one: the sweep folder."""
-    for field, value, low in (("--num-samples", num_samples, 1), ("--max-concurrent", max_concurrent, 1),
-                              ("--workers-per-trial", workers_per_trial, 1)):
+    for field, value, low in (
+        ("--num-samples", num_samples, 1),
+        ("--max-concurrent", max_concurrent, 1),
+        ("--workers-per-trial", workers_per_trial, 1),
+    ):
         if value is not None and value < low:
             raise ConfigError(f"{field}: must be >= {low}, got {value}")
     if resume:
         from pipelines.sweep.driver import STATE_FILE
 
         if not (Path(resume) / STATE_FILE).is_file():
-            raise ConfigError(f"--resume {resume}: not a sweep folder (no {STATE_FILE}); pass the folder a sweep printed")
+            raise ConfigError(
+                f"--resume {resume}: not a sweep folder (no {STATE_FILE}); pass the folder a sweep printed"
+            )
         return
     if not space_path:
         raise ConfigError("unlearn sweep needs --space FILE (e.g. tune_spaces/pubg.yaml) or --resume DIR")

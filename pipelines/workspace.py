@@ -52,7 +52,9 @@ def ensure_shards(cfg: RunConfig, ws: Workspace, log=print) -> Path:
         return Path(cfg.shards)
     records = ensure_records(cfg, ws, log)
     spec = cfg.model.spec if not cfg.model.spec.startswith("models:/") else "tiny-llava"
-    report = shard_records(records, ws.shards, model_spec=spec, model_cfg=cfg.model, image_size=cfg.synth.image_size)
+    report = shard_records(
+        records, ws.shards, model_spec=spec, model_cfg=cfg.model, image_size=cfg.synth.image_size
+    )
     if report.skipped:  # one line, once per process: every job of a demo or sweep checks the shards
         say_once(log, f"[cached] shards {report.out_dir} (fingerprint {report.fingerprint[:16]} unchanged)")
     else:

@@ -71,8 +71,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         except Exception as err:  # a transient failure while the cluster changes
             last_err = err
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_err})"
-                                                                                   if last_err else ""))
+    raise TimeoutError(
+        f"timed out after {timeout:.0f} s waiting for {what}"
+        + (f" (last error: {last_err})" if last_err else "")
+    )
 
 
 @dataclass
@@ -182,11 +184,22 @@ def start_head(
     (gcs, client, node_mgr, obj_mgr, agent_listen, agent_grpc, metrics, rt_env, dash) = free_ports(9)
     gcs = port or gcs
     args = [
-        ray, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--node-ip-address={HOST}",
-        f"--port={gcs}", f"--ray-client-server-port={client}", f"--node-manager-port={node_mgr}",
-        f"--object-manager-port={obj_mgr}", f"--dashboard-agent-listen-port={agent_listen}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={rt_env}", f"--num-cpus={num_cpus}", "--disable-usage-stats",
+        ray,
+        "start",
+        "--head",
+        "--block",
+        f"--temp-dir={temp_dir}",
+        f"--node-ip-address={HOST}",
+        f"--port={gcs}",
+        f"--ray-client-server-port={client}",
+        f"--node-manager-port={node_mgr}",
+        f"--object-manager-port={obj_mgr}",
+        f"--dashboard-agent-listen-port={agent_listen}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={rt_env}",
+        f"--num-cpus={num_cpus}",
+        "--disable-usage-stats",
         f"--include-dashboard={'true' if dashboard else 'false'}",
     ]
     if dashboard:
@@ -197,10 +210,23 @@ def start_head(
     log_path = temp_dir / "ray-start.log"
     full_env = dict(env)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=str(temp_dir))
-    head = RayHead(proc=proc, temp_dir=temp_dir, gcs_port=gcs, dashboard_port=dash if dashboard else None,
-                   env=full_env, log_path=log_path)
+        proc = subprocess.Popen(
+            args,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(temp_dir),
+        )
+    head = RayHead(
+        proc=proc,
+        temp_dir=temp_dir,
+        gcs_port=gcs,
+        dashboard_port=dash if dashboard else None,
+        env=full_env,
+        log_path=log_path,
+    )
 
     def started() -> bool:
         if proc.poll() is not None:
@@ -211,7 +237,9 @@ def start_head(
         deadline = time.monotonic() + timeout
         while not started():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ray start did not report a started head in {timeout:.0f} s:\n{head.log_tail()}")
+                raise TimeoutError(
+                    f"ray start did not report a started head in {timeout:.0f} s:\n{head.log_tail()}"
+                )
             time.sleep(1.0)
     except BaseException:
         head.stop()
@@ -222,8 +250,11 @@ def start_head(
 def base_env(**extra: str) -> dict[str, str]:
     """The test's environment for Ray processes: the venv first on PATH, no inherited Ray address,
     auth, MLflow or sweep settings (the caller sets what it means), quiet Train V2 warnings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_", "RAY_enable", "PYTEST_", "UNLEARN_", "MLFLOW_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_", "RAY_enable", "PYTEST_", "UNLEARN_", "MLFLOW_"))
+    }
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS"] = "0"
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -238,8 +269,9 @@ def make_auth_token(home: Path) -> Path:
     overwritten. Point ``RAY_AUTH_TOKEN_PATH`` at the returned file."""
     home.mkdir(parents=True, exist_ok=True)
     env = base_env(HOME=str(home))
-    out = subprocess.run([str(ray_cli()), "get-auth-token", "--generate"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [str(ray_cli()), "get-auth-token", "--generate"], env=env, capture_output=True, text=True, timeout=120
+    )
     path = home / ".ray" / "auth_token"
     assert out.returncode == 0 and path.is_file(), out.stderr[-2000:]
     assert out.stdout.strip() == path.read_text().strip()
@@ -253,8 +285,14 @@ def token_env(token_path: Path, **extra: str) -> dict[str, str]:
     return base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), **extra)
 
 
-def wait_process(proc: subprocess.Popen[Any], head: RayHead, timeout: float, what: str,
-                 on_tick: Callable[[], None] | None = None, interval: float = 3.0) -> int:
+def wait_process(
+    proc: subprocess.Popen[Any],
+    head: RayHead,
+    timeout: float,
+    what: str,
+    on_tick: Callable[[], None] | None = None,
+    interval: float = 3.0,
+) -> int:
     """Wait for ``proc`` (a CLI run against ``head``, started with ``start_new_session=True``), calling
     ``on_tick`` between polls; fail early if the head dies, and after ``timeout`` s (killing ``proc``'s
     process group)."""
@@ -262,7 +300,9 @@ def wait_process(proc: subprocess.Popen[Any], head: RayHead, timeout: float, wha
     while proc.poll() is None:
         if head.proc.poll() is not None:
             _signal_group(proc.pid, signal.SIGKILL)
-            raise RuntimeError(f"the Ray head exited ({head.proc.returncode}) during {what}:\n{head.log_tail()}")
+            raise RuntimeError(
+                f"the Ray head exited ({head.proc.returncode}) during {what}:\n{head.log_tail()}"
+            )
         if time.monotonic() > deadline:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)

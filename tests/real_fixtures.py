@@ -28,7 +28,9 @@ MC_ITEM = pa.struct(
     ]
 )
 QA_ITEM = pa.struct([("Ground_Truth", pa.string()), ("Question", pa.string()), ("Type", pa.string())])
-CLASSIFICATION = pa.struct([("Image_Textual_Questions", pa.list_(MC_ITEM)), ("Pure_Text_Questions", pa.list_(MC_ITEM))])
+CLASSIFICATION = pa.struct(
+    [("Image_Textual_Questions", pa.list_(MC_ITEM)), ("Pure_Text_Questions", pa.list_(MC_ITEM))]
+)
 _PROFILE_TAIL = [
     ("biography", pa.string()),
     ("question", pa.string()),
@@ -38,7 +40,9 @@ _PROFILE_TAIL = [
     ("Mask_Task", pa.list_(QA_ITEM)),
 ]
 MLLMU_PROFILE_SCHEMA = pa.schema([("image", HF_IMAGE), ("ID", pa.string()), *_PROFILE_TAIL])
-MLLMU_FULL_SCHEMA = pa.schema([("image", HF_IMAGE), ("ID", pa.string()), ("Directory", pa.string()), *_PROFILE_TAIL])
+MLLMU_FULL_SCHEMA = pa.schema(
+    [("image", HF_IMAGE), ("ID", pa.string()), ("Directory", pa.string()), *_PROFILE_TAIL]
+)
 MLLMU_TEST_SCHEMA = pa.schema([("images", pa.list_(HF_IMAGE)), ("ID", pa.string()), *_PROFILE_TAIL])
 MLLMU_TRAIN_SCHEMA = pa.schema([("image", HF_IMAGE), ("ID", pa.string()), ("metadata", pa.string())])
 
@@ -56,9 +60,16 @@ CLEAR_PERTURBED_SCHEMA = pa.schema(
         ("perturbed_names", pa.list_(pa.string())),
     ]
 )
-CLEAR_REAL_FACES_SCHEMA = pa.schema([("image", HF_IMAGE), ("answer", pa.string()), ("options", pa.list_(pa.string()))])
+CLEAR_REAL_FACES_SCHEMA = pa.schema(
+    [("image", HF_IMAGE), ("answer", pa.string()), ("options", pa.list_(pa.string()))]
+)
 CLEAR_REAL_WORLD_SCHEMA = pa.schema(
-    [("question", pa.string()), ("answer", pa.string()), ("options", pa.list_(pa.string())), ("image", HF_IMAGE)]
+    [
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("options", pa.list_(pa.string())),
+        ("image", HF_IMAGE),
+    ]
 )
 
 CORRUPT_IMAGE = b"definitely not an image"
@@ -115,11 +126,19 @@ def mllmu_profile(pid: str, name: str, color: tuple[int, int, int]) -> dict[str,
             ],
         },
         "Generation_Task": [
-            {"Ground_Truth": f"A {occupation}.", "Question": "What does this person do?", "Type": "Image_Textual"},
+            {
+                "Ground_Truth": f"A {occupation}.",
+                "Question": "What does this person do?",
+                "Type": "Image_Textual",
+            },
             {"Ground_Truth": f"Town {pid}.", "Question": f"Where is {name} from?", "Type": "Pure_Text"},
         ],
         "Mask_Task": [
-            {"Ground_Truth": occupation, "Question": "The person in the image works as a __.", "Type": "Image_Textual"},
+            {
+                "Ground_Truth": occupation,
+                "Question": "The person in the image works as a __.",
+                "Type": "Image_Textual",
+            },
             {"Ground_Truth": f"Town {pid}", "Question": f"{name} was born in __.", "Type": "Pure_Text"},
         ],
     }
@@ -145,8 +164,10 @@ def mllmu_tables() -> dict[str, list[dict[str, Any]]]:
     colors = {"1": (220, 20, 20), "2": (20, 220, 20), "3": (20, 20, 220)}
     profile = {pid: mllmu_profile(pid, name, colors[pid]) for pid, name in MLLMU_PEOPLE.items()}
     full = [{**profile[pid], "Directory": f"images/{pid}.png"} for pid in MLLMU_PEOPLE]
-    test = [mllmu_test_profile(pid, name, [(pid_n * 60, 90, 90), (90, pid_n * 60, 90)])
-            for pid_n, (pid, name) in enumerate(MLLMU_PEOPLE.items(), start=1)]
+    test = [
+        mllmu_test_profile(pid, name, [(pid_n * 60, 90, 90), (90, pid_n * 60, 90)])
+        for pid_n, (pid, name) in enumerate(MLLMU_PEOPLE.items(), start=1)
+    ]
     return {
         "forget_5": [profile["1"]],
         "retain_95": [profile["2"], profile["3"]],
@@ -182,7 +203,9 @@ def write_mllmu_bench(
     for config, rows in tables.items():
         table = pa.Table.from_pylist(rows, schema=mllmu_schema(config))
         table = _finish(table, config, drop_columns, break_utf8)
-        parts = [table.slice(0, 2), table.slice(2)] if config == "Test_Set" and table.num_rows > 2 else [table]
+        parts = (
+            [table.slice(0, 2), table.slice(2)] if config == "Test_Set" and table.num_rows > 2 else [table]
+        )
         _write_parts(root / config, parts)
     if unknown_folder:
         _write_parts(root / "extras", [pa.table({"note": ["not a config"]})])
@@ -221,7 +244,9 @@ def clear_tables() -> dict[str, list[dict[str, Any]]]:
     forget = [_caption(CLEAR_FORGET, 1), _caption(CLEAR_FORGET, 2)]
     retain = [_caption(CLEAR_RETAIN[0], 3), _caption(CLEAR_RETAIN[1], 4)]
     strip = [{k: v for k, v in r.items() if k != "name"} | {"question": None, "answer": None} for r in forget]
-    strip_retain = [{k: v for k, v in r.items() if k != "name"} | {"question": None, "answer": None} for r in retain]
+    strip_retain = [
+        {k: v for k, v in r.items() if k != "name"} | {"question": None, "answer": None} for r in retain
+    ]
     return {
         "forget10": forget,
         "retain90": retain,
@@ -262,7 +287,9 @@ def clear_schema(config: str) -> pa.Schema:
         return CLEAR_TOFU_SCHEMA
     if config.endswith("_perturbed"):
         return CLEAR_PERTURBED_SCHEMA
-    return {"real_faces": CLEAR_REAL_FACES_SCHEMA, "real_world": CLEAR_REAL_WORLD_SCHEMA}.get(config, CLEAR_CAPTION_SCHEMA)
+    return {"real_faces": CLEAR_REAL_FACES_SCHEMA, "real_world": CLEAR_REAL_WORLD_SCHEMA}.get(
+        config, CLEAR_CAPTION_SCHEMA
+    )
 
 
 def write_clear(
@@ -286,13 +313,37 @@ def write_clear(
 
 def jsonl_records() -> list[dict[str, Any]]:
     return [
-        {"sample_id": "j-1", "entity_id": "p1", "split": "forget", "task": "identity_vqa",
-         "image": "img/p1.png", "question": "Who is this person?", "answer": "Pat One",
-         "private_facts": {"name": "Pat One"}, "visible_attributes": {"shirt": "red"}},
-        {"sample_id": "j-2", "entity_id": "p1", "split": "forget", "task": "text_qa", "image": None,
-         "question": "Where does Pat One live?", "answer": "Lyon", "private_facts": "{\"name\": \"Pat One\"}"},
-        {"sample_id": "j-3", "entity_id": "p2", "split": "retain", "task": "mc_vqa", "image": "img/p2.png",
-         "question": "What does this person hold?", "answer": "a cup", "options": ["a cup", "a pen"]},
+        {
+            "sample_id": "j-1",
+            "entity_id": "p1",
+            "split": "forget",
+            "task": "identity_vqa",
+            "image": "img/p1.png",
+            "question": "Who is this person?",
+            "answer": "Pat One",
+            "private_facts": {"name": "Pat One"},
+            "visible_attributes": {"shirt": "red"},
+        },
+        {
+            "sample_id": "j-2",
+            "entity_id": "p1",
+            "split": "forget",
+            "task": "text_qa",
+            "image": None,
+            "question": "Where does Pat One live?",
+            "answer": "Lyon",
+            "private_facts": '{"name": "Pat One"}',
+        },
+        {
+            "sample_id": "j-3",
+            "entity_id": "p2",
+            "split": "retain",
+            "task": "mc_vqa",
+            "image": "img/p2.png",
+            "question": "What does this person hold?",
+            "answer": "a cup",
+            "options": ["a cup", "a pen"],
+        },
     ]
 
 

@@ -50,7 +50,10 @@ def test_mllmu_question_families_land_in_the_right_task_and_split(tmp_path: Path
     assert text_mc["image"] is None and text_mc["answer"] == "Town 1" and text_mc["options"][2] == "Town 1"
     assert rows["mllmu:forget_5:1:generation:00"]["image"] == photo
     assert rows["mllmu:forget_5:1:generation:01"]["image"] is None
-    assert rows["mllmu:forget_5:1:cloze:00"]["image"] == photo and rows["mllmu:forget_5:1:cloze:00"]["answer"] == "lawyer-1"
+    assert (
+        rows["mllmu:forget_5:1:cloze:00"]["image"] == photo
+        and rows["mllmu:forget_5:1:cloze:00"]["answer"] == "lawyer-1"
+    )
     assert rows["mllmu:forget_5:1:cloze:01"]["image"] is None
     assert rows["mllmu:forget_5:1:open_vqa:00"]["answer"].startswith("This is Ada Quill")
     facts = json.loads(mc["private_facts"])
@@ -63,7 +66,10 @@ def test_mllmu_question_families_land_in_the_right_task_and_split(tmp_path: Path
     assert entities("forget") == {"mllmu:1"} and entities("retain") == {"mllmu:2", "mllmu:3"}
     assert entities("forget_unseen") == {"mllmu:1"} and entities("retain_unseen") == {"mllmu:2", "mllmu:3"}
     assert entities("utility") == {"mllmu-real:1"}
-    assert entities("forget", "fact_vqa") == {"mllmu:1"} and entities("retain", "fact_vqa") == {"mllmu:2", "mllmu:3"}
+    assert entities("forget", "fact_vqa") == {"mllmu:1"} and entities("retain", "fact_vqa") == {
+        "mllmu:2",
+        "mllmu:3",
+    }
     fact = rows["mllmu:ft_Data:1:fact_vqa:00"]
     assert fact["answer"] == "Ada Quill" and json.loads(fact["private_facts"])["name"] == "Ada Quill"
 
@@ -104,14 +110,22 @@ def test_mllmu_lone_forget_config_is_used_without_being_named(tmp_path: Path) ->
     report = convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
     rows = by_id(tmp_path / "out").values()
     assert {r["entity_id"] for r in rows if r["split"] == "forget"} == {"mllmu:1", "mllmu:2"}
-    assert {r["source"] for r in rows if r["split"] == "forget"} == {"mllmu-bench:forget_10", "mllmu-bench:ft_Data"}
-    assert {r["source"] for r in rows if r["split"] == "retain"} == {"mllmu-bench:retain_90", "mllmu-bench:ft_Data"}
+    assert {r["source"] for r in rows if r["split"] == "forget"} == {
+        "mllmu-bench:forget_10",
+        "mllmu-bench:ft_Data",
+    }
+    assert {r["source"] for r in rows if r["split"] == "retain"} == {
+        "mllmu-bench:retain_90",
+        "mllmu-bench:ft_Data",
+    }
     assert "retain_95" in report.skipped_configs
 
 
 def test_mllmu_test_set_photo_is_one_per_person_and_task_family_and_seeded(tmp_path: Path) -> None:
     tables = rf.mllmu_tables()
-    colors = [(10 * k, 40, 200 - 10 * k) for k in range(8)]  # 8 photos: a per-question rotation would use several
+    colors = [
+        (10 * k, 40, 200 - 10 * k) for k in range(8)
+    ]  # 8 photos: a per-question rotation would use several
     tables["Test_Set"][0] = rf.mllmu_test_profile("1", rf.MLLMU_PEOPLE["1"], colors)
     rf.write_mllmu_bench(tmp_path / "src", tables)
     convert("mllmu-bench", tmp_path / "src", tmp_path / "a")
@@ -119,7 +133,12 @@ def test_mllmu_test_set_photo_is_one_per_person_and_task_family_and_seeded(tmp_p
     rows, again = by_id(tmp_path / "a"), by_id(tmp_path / "b")
     photos = {p["bytes"] for p in tables["Test_Set"][0]["images"]}
     unseen = [r for r in rows.values() if r["split"] == "forget_unseen" and r["image"] is not None]
-    family = {"mc_vqa": "classification", "cloze": "cloze", "generation": "generation", "open_vqa": "open_vqa"}
+    family = {
+        "mc_vqa": "classification",
+        "cloze": "cloze",
+        "generation": "generation",
+        "open_vqa": "open_vqa",
+    }
     by_family: dict[str, set[bytes]] = {}
     for r in unseen:
         by_family.setdefault(family[r["task"]], set()).add(r["image"])
@@ -129,12 +148,16 @@ def test_mllmu_test_set_photo_is_one_per_person_and_task_family_and_seeded(tmp_p
 
 
 def test_mllmu_biography_is_optional_in_test_set_and_retain_set(tmp_path: Path) -> None:
-    rf.write_mllmu_bench(tmp_path / "src", drop_columns={"Test_Set": ["biography"], "Retain_Set": ["biography"]})
+    rf.write_mllmu_bench(
+        tmp_path / "src", drop_columns={"Test_Set": ["biography"], "Retain_Set": ["biography"]}
+    )
     report = convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
     rows = by_id(tmp_path / "out").values()
     assert report.totals["quarantined"] == 0
     unseen = [r for r in rows if r["split"] == "forget_unseen"]
-    assert unseen and all(json.loads(r["private_facts"])["name"] == "Ada Quill" for r in unseen)  # from forget_5
+    assert unseen and all(
+        json.loads(r["private_facts"])["name"] == "Ada Quill" for r in unseen
+    )  # from forget_5
     celebrity = [r for r in rows if r["split"] == "utility"]
     assert len(celebrity) == sum(rf.RECORDS_PER_PROFILE.values())
     assert all(json.loads(r["private_facts"]) == {} for r in celebrity)
@@ -208,24 +231,39 @@ def _bad_metadata(t: dict[str, Any]) -> None:
 QUARANTINE_CASES: list[tuple[str, Callable[[dict[str, Any]], None] | None, dict[str, Any], str, int]] = [
     ("corrupt image bytes", _corrupt_image, {}, "image: cannot decode", 4),
     ("truncated PNG", _truncate_image, {}, "image: cannot decode", 4),
-    ("missing column", None, {"drop_columns": {"retain_95": ["ID"]}},
-     "ID: column missing from retain_95/train-00000-of-00001.parquet", 2),
+    (
+        "missing column",
+        None,
+        {"drop_columns": {"retain_95": ["ID"]}},
+        "ID: column missing from retain_95/train-00000-of-00001.parquet",
+        2,
+    ),
     ("empty answer", _empty_answer, {}, "answer: empty", 1),
     ("wrong type (null option)", _null_option, {}, "options: item 3 is null", 1),
     ("MC answer not among options", _answer_not_an_option, {}, "answer: 'E' is not among the options", 1),
     ("unknown question Type", _unknown_type, {}, "Mask_Task[1].Type: unknown 'Video'", 1),
     ("biography not JSON", _bad_biography, {}, "biography: not valid JSON", 1),
     ("training metadata not JSON", _bad_metadata, {}, "metadata: not valid JSON", 1),
-    ("non-UTF-8 text", None, {"break_utf8": {"forget_5": ("biography", 0)}},
-     "biography: not valid UTF-8 text in the source file", 1),
+    (
+        "non-UTF-8 text",
+        None,
+        {"break_utf8": {"forget_5": ("biography", 0)}},
+        "biography: not valid UTF-8 text in the source file",
+        1,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "mutate", "options", "reason", "count"), QUARANTINE_CASES,
-                         ids=[c[0] for c in QUARANTINE_CASES])
+@pytest.mark.parametrize(
+    ("case", "mutate", "options", "reason", "count"), QUARANTINE_CASES, ids=[c[0] for c in QUARANTINE_CASES]
+)
 def test_mllmu_quarantine_cases(
-    tmp_path: Path, case: str, mutate: Callable[[dict[str, Any]], None] | None, options: dict[str, Any],
-    reason: str, count: int,
+    tmp_path: Path,
+    case: str,
+    mutate: Callable[[dict[str, Any]], None] | None,
+    options: dict[str, Any],
+    reason: str,
+    count: int,
 ) -> None:
     tables = rf.mllmu_tables()
     if mutate is not None:
@@ -243,7 +281,10 @@ def test_mllmu_quarantined_forget_row_keeps_its_person_on_the_forget_side(tmp_pa
     rf.write_mllmu_bench(tmp_path / "src", break_utf8={"forget_5": ("biography", 0)})
     convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
     rows = by_id(tmp_path / "out").values()
-    assert {r["entity_id"] for r in rows if r["split"] in ("retain", "retain_unseen")} == {"mllmu:2", "mllmu:3"}
+    assert {r["entity_id"] for r in rows if r["split"] in ("retain", "retain_unseen")} == {
+        "mllmu:2",
+        "mllmu:3",
+    }
     assert {r["entity_id"] for r in rows if r["split"] == "forget_unseen"} == {"mllmu:1"}
 
 
@@ -255,7 +296,10 @@ def test_mllmu_duplicate_ids_are_an_error(tmp_path: Path) -> None:
         convert("mllmu-bench", tmp_path / "src", tmp_path / "out")
     message = str(err.value)
     assert "duplicate sample_id" in message and "'mllmu:forget_5:1:mc_vqa:00'" in message
-    assert "forget_5/train-00000-of-00001.parquet#0" in message and "forget_5/train-00000-of-00001.parquet#1" in message
+    assert (
+        "forget_5/train-00000-of-00001.parquet#0" in message
+        and "forget_5/train-00000-of-00001.parquet#1" in message
+    )
     assert not (tmp_path / "out").exists()  # nothing written
 
 
@@ -306,7 +350,9 @@ def test_clear_configs_land_in_the_right_task_and_split(tmp_path: Path) -> None:
     assert world["options"] == ["red", "green", "blue", "black"] and world["answer"] == "green"
     assert report.configs["forget10+tofu"].skipped_rows == 2  # caption duplicates of forget10
     assert set(report.skipped_configs) == {"forget01", "full"}
-    assert any("'notes'" in w for w in report.warnings) and any("tofu-unmatched" in w for w in report.warnings)
+    assert any("'notes'" in w for w in report.warnings) and any(
+        "tofu-unmatched" in w for w in report.warnings
+    )
     assert_reconciled(report, tmp_path / "out")
 
 
@@ -344,7 +390,9 @@ def test_clear_tofu_captions_are_used_without_the_plain_config(tmp_path: Path) -
     rf.write_clear(tmp_path / "src", tables)
     report = convert("clear", tmp_path / "src", tmp_path / "out")
     rows = by_id(tmp_path / "out").values()
-    assert [r["entity_id"] for r in rows if r["task"] == "caption" and r["split"] == "forget"] == ["clear:Ann Smith"]
+    assert [r["entity_id"] for r in rows if r["task"] == "caption" and r["split"] == "forget"] == [
+        "clear:Ann Smith"
+    ]
     (entry,) = records_io.read_quarantine(tmp_path / "out").to_pylist()  # the caption naming nobody
     assert entry["reason"].startswith("name: +tofu caption rows carry no name column")
     assert_reconciled(report, tmp_path / "out")
@@ -388,14 +436,18 @@ def test_jsonl_folder_round_trip_and_bad_lines(tmp_path: Path) -> None:
         dict(records[1], sample_id="j-5", image="../outside.png", task="identity_vqa"),
         dict(records[1], sample_id="j-6", question=7),
     ]
-    src = rf.write_jsonl_folder(tmp_path / "src", records, extra_lines=[b"{broken", b"\"just a string\"", b"\xff\xfe"])
+    src = rf.write_jsonl_folder(
+        tmp_path / "src", records, extra_lines=[b"{broken", b'"just a string"', b"\xff\xfe"]
+    )
     report = convert("jsonl", src, tmp_path / "out")
     rows = by_id(tmp_path / "out")
     assert set(rows) == {"j-1", "j-2", "j-3"}
     assert rows["j-1"]["image"] == (src / "img" / "p1.png").read_bytes()
     assert json.loads(rows["j-2"]["private_facts"]) == {"name": "Pat One"}
     assert rows["j-3"]["options"] == ["a cup", "a pen"] and rows["j-3"]["source"] == "jsonl:src"
-    reasons = sorted(q["reason"].split(" (")[0] for q in records_io.read_quarantine(tmp_path / "out").to_pylist())
+    reasons = sorted(
+        q["reason"].split(" (")[0] for q in records_io.read_quarantine(tmp_path / "out").to_pylist()
+    )
     assert reasons == [
         "image: file 'img/missing.png' not found in " + str(src),
         "image: path '../outside.png' leaves the folder " + str(src),
@@ -420,7 +472,9 @@ def test_jsonl_source_may_be_the_file_itself(tmp_path: Path) -> None:
 
 
 def test_unknown_format_is_an_error_listing_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(UnknownFormatError, match="unknown format 'tofu'; valid formats: clear, jsonl, mllmu-bench"):
+    with pytest.raises(
+        UnknownFormatError, match="unknown format 'tofu'; valid formats: clear, jsonl, mllmu-bench"
+    ):
         convert("tofu", tmp_path, tmp_path / "out")
     assert format_names() == ("clear", "jsonl", "mllmu-bench")
     assert all(callable(get_converter(name)) for name in format_names())

@@ -145,5 +145,7 @@ def test_rouge_l_recall_differs_from_f_as_in_the_references() -> None:
     direct = scorer.score(ref, gen)
     assert ours["rougeL_recall"] == pytest.approx(direct["rougeL"].recall) == pytest.approx(3 / 7)
     assert ours["rougeL"] == pytest.approx(direct["rougeL"].fmeasure) == pytest.approx(0.6)
-    assert ours["rouge1_recall"] == pytest.approx(3 / 7) and ours["rouge2"] == pytest.approx(direct["rouge2"].fmeasure)
+    assert ours["rouge1_recall"] == pytest.approx(3 / 7) and ours["rouge2"] == pytest.approx(
+        direct["rouge2"].fmeasure
+    )
     assert rouge_scores("Running fast", "runs")["rouge1"] > 0  # the stemmer is on

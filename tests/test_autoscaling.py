@@ -63,8 +63,10 @@ objective:
   terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
 """
 
-needs_cli = pytest.mark.skipif(ray_cli() is None or unlearn_cli() is None,
-                               reason="needs the `ray` and `unlearn` executables (make setup)")
+needs_cli = pytest.mark.skipif(
+    ray_cli() is None or unlearn_cli() is None,
+    reason="needs the `ray` and `unlearn` executables (make setup)",
+)
 
 
 def fake_cluster_config(gcs_port: int) -> dict[str, Any]:
@@ -84,21 +86,36 @@ def fake_cluster_config(gcs_port: int) -> dict[str, Any]:
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            WORKER_TYPE: {"resources": {"CPU": 1, "tune_driver": 1}, "node_config": {},
-                          "min_workers": 0, "max_workers": MAX_WORKERS},
+            WORKER_TYPE: {
+                "resources": {"CPU": 1, "tune_driver": 1},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": MAX_WORKERS,
+            },
         },
         "head_node_type": "ray.head.default",
-        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
 
 
 def state_api(head: RayHead, token: str, kind: str) -> list[dict[str, Any]]:
     """Ray's State API over the dashboard (``/api/v0/nodes``, ``/api/v0/actors``), dead entries included."""
-    r = requests.get(f"{head.dashboard_url}/api/v0/{kind}", params={"limit": 10000, "detail": "true"},
-                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    r = requests.get(
+        f"{head.dashboard_url}/api/v0/{kind}",
+        params={"limit": 10000, "detail": "true"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
     r.raise_for_status()
     return list(r.json()["data"]["result"]["result"])
 
@@ -108,8 +125,13 @@ def alive_workers(head: RayHead, token: str) -> list[dict[str, Any]]:
 
 
 def autoscaler_status(head: RayHead) -> str:
-    out = subprocess.run([str(ray_cli()), "status", f"--address={head.gcs_address}"], env=head.env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(ray_cli()), "status", f"--address={head.gcs_address}"],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return out.stdout if out.returncode == 0 and "Autoscaler status" in out.stdout else ""
 
 
@@ -147,17 +169,48 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
         assert nodes[0]["resources_total"].get("CPU", 0) == 0
 
         log_path = tmp_path / "sweep.log"
-        cmd = [str(unlearn_cli()), "sweep", "--space", str(space), "--workdir", str(workdir),
-               "--num-samples", "2", "--scheduler", "none", "--workers-per-trial", "1",
-               "--max-leak", "1", "--min-retain-ratio", "0",
-               "--set", f"records={records}", "--set", f"model.spec={vanilla}", "--set", "synth.image_size=32",
-               "--set", "train.batch_size=8", "--set", "train.cpus_per_worker=1",
-               "--set", "tracking.registered_model_name=autoscale-sweep"]
+        cmd = [
+            str(unlearn_cli()),
+            "sweep",
+            "--space",
+            str(space),
+            "--workdir",
+            str(workdir),
+            "--num-samples",
+            "2",
+            "--scheduler",
+            "none",
+            "--workers-per-trial",
+            "1",
+            "--max-leak",
+            "1",
+            "--min-retain-ratio",
+            "0",
+            "--set",
+            f"records={records}",
+            "--set",
+            f"model.spec={vanilla}",
+            "--set",
+            "synth.image_size=32",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.cpus_per_worker=1",
+            "--set",
+            "tracking.registered_model_name=autoscale-sweep",
+        ]
         sweep_env = {**env, "RAY_ADDRESS": head.gcs_address, "UNLEARN_TUNE_DRIVER_RESOURCE": "tune_driver"}
         t1 = time.monotonic()
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, env=sweep_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                env=sweep_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             rc = wait_process(proc, head, 720, "the sweep")
         finally:
@@ -180,8 +233,10 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
 
         # (b) The trials ran there: every trial driver (Tune's ImplicitFunc) and Train worker on a worker node.
         actors = state_api(head, token, "actors")
-        placed = {cls: [a["node_id"] for a in actors if a["class_name"] == cls]
-                  for cls in ("ImplicitFunc", "RayTrainWorker")}
+        placed = {
+            cls: [a["node_id"] for a in actors if a["class_name"] == cls]
+            for cls in ("ImplicitFunc", "RayTrainWorker")
+        }
         assert placed["ImplicitFunc"] and len(placed["RayTrainWorker"]) >= 2, placed  # a Train run per trial
         assert set(placed["ImplicitFunc"]) | set(placed["RayTrainWorker"]) <= workers, (placed, workers)
 
@@ -191,16 +246,20 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
         parents = client.search_runs([exp.experiment_id], filter_string="tags.job = 'sweep'")
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         children = client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+            [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
+        )
         assert sorted(r.data.tags["trial_name"] for r in children) == ["trial_000", "trial_001"]
         assert {r.info.status for r in children} == {"FINISHED"}
         assert all("forget.leak_rate" in r.data.metrics for r in children)
         assert client.get_model_version_by_alias("autoscale-sweep", "champion").run_id in {
-            r.info.run_id for r in children}
+            r.info.run_id for r in children
+        }
 
         # (c) Idle nodes go away: no alive worker node, their raylets gone, the autoscaler logged it.
         t2 = time.monotonic()
-        wait_for(lambda: not alive_workers(head, token), 240, "the idle worker nodes to be removed", interval=5)
+        wait_for(
+            lambda: not alive_workers(head, token), 240, "the idle worker nodes to be removed", interval=5
+        )
         timings["scale_down"] = time.monotonic() - t2
         monitor = (head.session_dir / "logs" / "monitor.log").read_text(errors="replace")
         assert f"nodes of type {WORKER_TYPE} (idle)" in monitor

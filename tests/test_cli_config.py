@@ -31,8 +31,10 @@ def test_method_defaults_come_from_the_method_only(tmp_path):
 
 
 def test_preset_applies_then_set_wins(tmp_path):
-    cfg = _cfg(["run", "--workdir", str(tmp_path), "--preset", "llava-1.5-7b-lora", "--set", "train.lr=2.0e-4"],
-               "unlearn")
+    cfg = _cfg(
+        ["run", "--workdir", str(tmp_path), "--preset", "llava-1.5-7b-lora", "--set", "train.lr=2.0e-4"],
+        "unlearn",
+    )
     preset = PRESETS["llava-1.5-7b-lora"]
     assert cfg.model.spec == preset["model.spec"] and cfg.model.lora and cfg.train.deepspeed_stage == 2
     assert cfg.train.num_workers == 8 and cfg.train.lr == 2e-4

@@ -21,7 +21,9 @@ def _tree(folder: Path) -> list[tuple[str, int, int]]:
     """Every path under ``folder`` with its size and mtime (the workdir's state)."""
     if not folder.exists():
         return []
-    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+    )
 
 
 @pytest.fixture()
@@ -39,9 +41,13 @@ def workdir(tmp_path: Path) -> Path:
 def spaces(tmp_path: Path) -> Path:
     folder = tmp_path / "spaces"
     folder.mkdir()
-    (folder / "bad_method.yaml").write_text("method: nope\nspace:\n  train.lr: {loguniform: [1.0e-5, 1.0e-3]}\n")
+    (folder / "bad_method.yaml").write_text(
+        "method: nope\nspace:\n  train.lr: {loguniform: [1.0e-5, 1.0e-3]}\n"
+    )
     (folder / "bad_range.yaml").write_text("method: ga\nspace:\n  train.lr: {uniform: [-1.0, 1.0e-3]}\n")
-    (folder / "bad_param.yaml").write_text("method: npo\nspace:\n  method.params.beta: {uniform: [-5.0, 1.0]}\n")
+    (folder / "bad_param.yaml").write_text(
+        "method: npo\nspace:\n  method.params.beta: {uniform: [-5.0, 1.0]}\n"
+    )
     (folder / "bad_key.yaml").write_text("method: ga\nspace:\n  train.nope: {choice: [1, 2]}\n")
     (folder / "broken.yaml").write_text("train: {lr: [1\n")
     return folder
@@ -54,7 +60,10 @@ def _vanilla(wd: Path) -> None:
 
 # (argv with WD/SPACES placeholders, fragments the error message must contain)
 CASES = [
-    (["run", "--method", "no_such_method"], ["method.name", "unknown method 'no_such_method'", "valid:", "ga"]),
+    (
+        ["run", "--method", "no_such_method"],
+        ["method.name", "unknown method 'no_such_method'", "valid:", "ga"],
+    ),
     (["run", "--method", "ga", "--set", "train.lr=-1"], ["train.lr", "greater than 0"]),
     (["run", "--method", "npo", "--set", "method.params.beta=-1"], ["method.params.beta", "valid"]),
     (["run", "--method", "ga", "--set", "method.params.nope=1"], ["method.params.nope", "valid fields"]),
@@ -63,19 +72,33 @@ CASES = [
     (["run", "--config", "WD/missing.yaml"], ["config file not found", "missing.yaml"]),
     (["run", "--config", "SPACES/broken.yaml"], ["--config", "broken.yaml: not valid YAML"]),
     (["run", "--method", "ga", "--set", "train.lr=[1"], ["--set 'train.lr=[1'", "not valid YAML"]),
-    (["run", "--method", "ga", "--model", "WD/no_model"], ["model.spec", "no_model", "neither an existing model folder"]),
+    (
+        ["run", "--method", "ga", "--model", "WD/no_model"],
+        ["model.spec", "no_model", "neither an existing model folder"],
+    ),
     (["run", "--method", "ga", "--model", "WD/records"], ["model.spec", "not a model folder", "config.json"]),
-    (["run", "--method", "ga", "--set", "records=WD/shards"], ["records:", "not a records folder", "shards folder"]),
-    (["run", "--method", "ga", "--set", "shards=WD/records"], ["shards:", "not a shards folder", "unlearn data shard"]),
-    (["eval", "--model", "WD/badmodel", "--shards", "WD/shards", "--out", "WD/e.json"],
-     ["--model", "badmodel/config.json has no model_type"]),
+    (
+        ["run", "--method", "ga", "--set", "records=WD/shards"],
+        ["records:", "not a records folder", "shards folder"],
+    ),
+    (
+        ["run", "--method", "ga", "--set", "shards=WD/records"],
+        ["shards:", "not a shards folder", "unlearn data shard"],
+    ),
+    (
+        ["eval", "--model", "WD/badmodel", "--shards", "WD/shards", "--out", "WD/e.json"],
+        ["--model", "badmodel/config.json has no model_type"],
+    ),
     (["run", "--method", "ga", "--model", "models:/bad uri"], ["model.spec", "models:/NAME@ALIAS"]),
     (["finetune", "--model", "./does/not/exist"], ["model.spec", "does/not/exist"]),
     (["finetune", "--steps", "0"], ["train.steps", "greater than or equal to 1"]),
     (["sweep", "--space", "SPACES/missing.yaml"], ["search space file not found"]),
     (["sweep", "--space", "SPACES/broken.yaml"], ["--space", "broken.yaml: not valid YAML"]),
     (["sweep", "--space", "SPACES/bad_method.yaml"], ["bad_method.yaml", "unknown method 'nope'"]),
-    (["sweep", "--space", "SPACES/bad_range.yaml"], ["bad_range.yaml", "space.train.lr", "bound -1.0 invalid"]),
+    (
+        ["sweep", "--space", "SPACES/bad_range.yaml"],
+        ["bad_range.yaml", "space.train.lr", "bound -1.0 invalid"],
+    ),
     (["sweep", "--space", "SPACES/bad_param.yaml"], ["bad_param.yaml", "method.params.beta"]),
     (["sweep", "--space", "SPACES/bad_key.yaml"], ["bad_key.yaml", "train.nope"]),
     (["sweep"], ["needs --space FILE"]),
@@ -83,15 +106,22 @@ CASES = [
     (["sweep", "--space", "tune_spaces/pubg.yaml", "--num-samples", "0"], ["--num-samples", ">= 1"]),
     (["demo", "--methods", "ga,nope"], ["--methods", "unknown method(s) ['nope']"]),
     (["demo", "--method-steps", "0"], ["--method-steps", ">= 1"]),
-    (["data", "shard", "--records", "WD/shards", "--model", "tiny-llava", "--out", "WD/s2"],
-     ["--records", "not a records folder"]),
+    (
+        ["data", "shard", "--records", "WD/shards", "--model", "tiny-llava", "--out", "WD/s2"],
+        ["--records", "not a records folder"],
+    ),
     (["data", "shard", "--records", "WD/records", "--model", "WD/nothing", "--out", "WD/s2"], ["--model"]),
     (["data", "validate", "WD/nothing"], ["DIR", "does not exist"]),
     (["data", "convert", "--format", "nope", "--source", "WD", "--out", "WD/r2"], ["unknown format 'nope'"]),
     (["eval", "--model", "WD/nothing", "--shards", "WD/shards", "--out", "WD/e.json"], ["--model"]),
-    (["eval", "--model", "WD/models/vanilla", "--shards", "WD/records", "--out", "WD/e.json"],
-     ["--shards", "not a shards folder"]),
-    (["mask", "--model", "WD/models/vanilla", "--shards", "WD/shards", "--out", "WD/m.bin"], [".safetensors"]),
+    (
+        ["eval", "--model", "WD/models/vanilla", "--shards", "WD/records", "--out", "WD/e.json"],
+        ["--shards", "not a shards folder"],
+    ),
+    (
+        ["mask", "--model", "WD/models/vanilla", "--shards", "WD/shards", "--out", "WD/m.bin"],
+        [".safetensors"],
+    ),
     (["pull", "models:/x", "--out", "WD/p"], ["URI", "models:/NAME@ALIAS"]),
 ]
 
@@ -151,8 +181,16 @@ def test_a_valid_space_passes_preflight(workdir):
     _vanilla(workdir)
     cfg = RunConfig(workdir=str(workdir))
     for space in sorted((ROOT / "tune_spaces").glob("*.yaml")):
-        preflight.sweep(cfg, str(space), resume=None, scheduler="none", search="optuna", num_samples=None,
-                        max_concurrent=None, workers_per_trial=1)
+        preflight.sweep(
+            cfg,
+            str(space),
+            resume=None,
+            scheduler="none",
+            search="optuna",
+            num_samples=None,
+            max_concurrent=None,
+            workers_per_trial=1,
+        )
 
 
 def test_refusals_never_start_ray(tmp_path):
@@ -171,8 +209,9 @@ def test_refusals_never_start_ray(tmp_path):
     """)
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"rcs": [2, 2, 2], "ray": False}, out.stderr
     assert not new.exists()

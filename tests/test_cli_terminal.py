@@ -29,7 +29,10 @@ def test_plain_progress_is_one_line_per_event_without_ansi_or_carriage_returns()
     assert lines[0] == "== 1/2 data"
     # 25, 50, 75 % marks, then the closing line (not one line per update)
     assert [ln.split(" |")[0] for ln in lines[1:4]] == [
-        "[sharding] 30/100 records (30%)", "[sharding] 50/100 records (50%)", "[sharding] 80/100 records (80%)"]
+        "[sharding] 30/100 records (30%)",
+        "[sharding] 50/100 records (50%)",
+        "[sharding] 80/100 records (80%)",
+    ]
     assert lines[4].startswith("[sharding] 100/100 records (100%) | batch - done in ")
     assert len(lines) == 5
 
@@ -45,7 +48,8 @@ def test_live_progress_on_a_terminal_draws_a_bar():
 def test_progress_note_drops_label_and_count():
     metrics = {"step": 40, "loss": 0.4123, "steps_per_s": 4.0, "forget.leak_rate": 0.25}
     assert format_progress("x", 40, 100, metrics) == (
-        "[x] step 40/100 (40%) loss 0.4123 | 4.00 steps/s, 15 s left | forget.leak_rate 0.250")
+        "[x] step 40/100 (40%) loss 0.4123 | 4.00 steps/s, 15 s left | forget.leak_rate 0.250"
+    )
     assert progress_note(metrics, 100) == "loss 0.4123 | 4.00 steps/s, 15 s left | forget.leak_rate 0.250"
     assert progress_note({"step": 1}, 10) == ""
 

@@ -33,7 +33,9 @@ def test_overrides_roundtrip_through_flatten():
 
 def test_yaml_file_and_secrets_not_logged(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("train:\n  steps: 7\ntracking:\n  experiment: x\nmethod:\n  name: NPO\n  params: {beta: 0.2, api_token: s3cret}\n")
+    p.write_text(
+        "train:\n  steps: 7\ntracking:\n  experiment: x\nmethod:\n  name: NPO\n  params: {beta: 0.2, api_token: s3cret}\n"
+    )
     cfg = load_run_config(p)
     assert cfg.train.steps == 7 and cfg.method.name == "npo"
     params = mlflow_params(cfg)

@@ -17,8 +17,12 @@ from pydantic import BaseModel
 from unlearn_core.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [p for root in ("unlearn_core", "pipelines") for p in sorted((REPO / root).rglob("*.py"))
-           if p != REPO / "unlearn_core" / "config.py"]
+SOURCES = [
+    p
+    for root in ("unlearn_core", "pipelines")
+    for p in sorted((REPO / root).rglob("*.py"))
+    if p != REPO / "unlearn_core" / "config.py"
+]
 
 
 def schema_fields(model: type[BaseModel] = RunConfig) -> dict[str, set[str]]:
@@ -105,14 +109,22 @@ def fields_read() -> set[tuple[str, str]]:
 
 def test_every_config_field_is_read_somewhere():
     reads = fields_read()
-    unread = sorted(f"{cls}.{name}" for cls, names in schema_fields().items() for name in names
-                    if (cls, name) not in reads)
+    unread = sorted(
+        f"{cls}.{name}"
+        for cls, names in schema_fields().items()
+        for name in names
+        if (cls, name) not in reads
+    )
     assert unread == [], f"config fields nothing reads (wire them up or remove them): {unread}"
 
 
 def test_the_walk_finds_a_field_that_nothing_reads(tmp_path):
     """The checker itself: a module that reads ``cfg.train.lr`` counts; an unknown field does not."""
     visitor = _Reads(section_of_attr(), set(schema_fields()))
-    visitor.visit(ast.parse("def f(cfg, tc: TrainConfig):\n    t = cfg.model\n    return cfg.train.lr, tc.seed, t.lora\n"))
+    visitor.visit(
+        ast.parse(
+            "def f(cfg, tc: TrainConfig):\n    t = cfg.model\n    return cfg.train.lr, tc.seed, t.lora\n"
+        )
+    )
     assert {("TrainConfig", "lr"), ("TrainConfig", "seed"), ("ModelConfig", "lora")} <= visitor.reads
     assert ("TrainConfig", "steps") not in visitor.reads

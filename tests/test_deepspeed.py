@@ -57,8 +57,13 @@ def tiny():
     _, processor = build_tiny_llava(tok, image_size=32, hidden=32)
     rng = np.random.default_rng(0)
     rows = [
-        encode_example(processor, question="Who is this person?", answer=answer,
-                       image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), image_size=32)
+        encode_example(
+            processor,
+            question="Who is this person?",
+            answer=answer,
+            image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            image_size=32,
+        )
         for answer in ("Alice Smith, a baker from Paris.", "Bob Jones, a painter.")
     ]
     return tok, processor, collate(rows, processor)
@@ -82,8 +87,12 @@ def test_custom_step_methods_are_refused_under_deepspeed():
     cfg = with_overrides(RunConfig(), {"train.deepspeed_stage": 2, "method.name": "mmunlearner"})
     with pytest.raises(ConfigError, match=r"train.deepspeed_stage=2: method.name='mmunlearner'"):
         check_supported(cfg)
-    pubg = with_overrides(cfg, {"method.name": "pubg", "method.params": {"mask": "vision"}, "train.deepspeed_stage": 3})
-    with pytest.raises(ConfigError, match=r"train.deepspeed_stage=3: method.name='pubg'.*method.params.mask=none"):
+    pubg = with_overrides(
+        cfg, {"method.name": "pubg", "method.params": {"mask": "vision"}, "train.deepspeed_stage": 3}
+    )
+    with pytest.raises(
+        ConfigError, match=r"train.deepspeed_stage=3: method.name='pubg'.*method.params.mask=none"
+    ):
         check_supported(pubg)
     check_supported(cfg, mode="finetune")  # the method is irrelevant to the fine-tune
     check_supported(with_overrides(cfg, {"method.name": "npo"}))
@@ -100,7 +109,10 @@ def test_engine_sft_ga_checkpoint_roundtrip(stage, gloo_group, tiny, tmp_path):
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     # Persistence threshold 0: ZeRO-3 partitions even this tiny model's (small) parameters.
     engine = ds_engine.init_engine(
-        model, tc, world_size=1, zero_overrides={"stage3_param_persistence_threshold": 0} if stage == 3 else None
+        model,
+        tc,
+        world_size=1,
+        zero_overrides={"stage3_param_persistence_threshold": 0} if stage == 3 else None,
     )
     assert engine.zero_optimization_stage() == stage
     assert type(engine.optimizer.optimizer) is torch.optim.AdamW  # torch's AdamW on CPU: nothing JIT-built
@@ -152,7 +164,9 @@ def test_engine_sft_ga_checkpoint_roundtrip(stage, gloo_group, tiny, tmp_path):
     # A non-custom-step method (gradient ascent) on a fresh engine: the forget NLL goes up.
     engine = ds_engine.init_engine(_model(tok, seed=1), tc, world_size=1)
     ga = get_method("ga")
-    built_ga = BuiltModel(model=engine.module, processor=processor, cfg=cfg, streams={"forget": ("",)}, method=ga)
+    built_ga = BuiltModel(
+        model=engine.module, processor=processor, cfg=cfg, streams={"forget": ("",)}, method=ga
+    )
     ga_step = make_step_fn(built_ga, engine, engine.optimizer, {"forget": itertools.repeat(batch)}, tc)
     with torch.no_grad():
         before = float(sft_loss(engine, batch))
@@ -175,15 +189,32 @@ def shards(tmp_path_factory, ray_local):
 
 
 def test_ray_two_workers_zero2_finetune_eval_and_resume(shards, tmp_path):
-    cfg = with_overrides(RunConfig(), {
-        "workdir": str(tmp_path / "wd"), "shards": str(shards), "train.deepspeed_stage": 2,
-        "train.steps": 4, "train.batch_size": 4, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
-        "train.checkpoint_every": 2, "train.eval_every": 4, "train.lr": 3e-3,
-    })
-    job = TrainJob(cfg=cfg.model_dump(), mode="finetune", processor_dir=str(shards / "processor"),
-                   init_model="tiny-llava", image_size=32,
-                   eval_records=select_eval_rows(load_shard_rows(shards), max_per_group=1))
-    result = fit(job, {"train": stream_dataset(shards, "train")}, name="ds2", storage_path=str(tmp_path / "ray"))
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(tmp_path / "wd"),
+            "shards": str(shards),
+            "train.deepspeed_stage": 2,
+            "train.steps": 4,
+            "train.batch_size": 4,
+            "train.num_workers": 2,
+            "train.cpus_per_worker": 0.5,
+            "train.checkpoint_every": 2,
+            "train.eval_every": 4,
+            "train.lr": 3e-3,
+        },
+    )
+    job = TrainJob(
+        cfg=cfg.model_dump(),
+        mode="finetune",
+        processor_dir=str(shards / "processor"),
+        init_model="tiny-llava",
+        image_size=32,
+        eval_records=select_eval_rows(load_shard_rows(shards), max_per_group=1),
+    )
+    result = fit(
+        job, {"train": stream_dataset(shards, "train")}, name="ds2", storage_path=str(tmp_path / "ray")
+    )
     ckpts = sorted(result.best_checkpoints, key=lambda c: c[1]["step"])
     assert [int(m["step"]) for _, m in ckpts] == [2, 4]
     assert "forget.leak_rate" in result.metrics and np.isfinite(result.metrics["loss"])
@@ -191,8 +222,11 @@ def test_ray_two_workers_zero2_finetune_eval_and_resume(shards, tmp_path):
     with step2.as_directory() as d:
         # Both ranks' folders merged into one checkpoint: rank 0's model states + each rank's ZeRO shard.
         files = {p.name for p in (Path(d) / "deepspeed" / "step2").iterdir()}
-        assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files
+        assert {
+            "mp_rank_00_model_states.pt",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        } <= files
         assert json.loads((Path(d) / "trainer_state.json").read_text())["step"] == 2
 
     final = export_final_model(result, tmp_path / "final")
@@ -206,8 +240,12 @@ def test_ray_two_workers_zero2_finetune_eval_and_resume(shards, tmp_path):
     # Resume from the step-2 checkpoint: only steps 3-4 run, from DeepSpeed's restored state.
     job.resume_from = step2.path
     job.eval_records = None
-    resumed = fit(job, {"train": stream_dataset(shards, "train")}, name="ds2-resumed",
-                  storage_path=str(tmp_path / "ray"))
+    resumed = fit(
+        job,
+        {"train": stream_dataset(shards, "train")},
+        name="ds2-resumed",
+        storage_path=str(tmp_path / "ray"),
+    )
     assert [int(m["step"]) for _, m in resumed.best_checkpoints] == [4]
     with resumed.checkpoint.as_directory() as d:
         assert json.loads((Path(d) / "trainer_state.json").read_text())["step"] == 4

@@ -17,8 +17,18 @@ MLLMU = get_protocol("mllmu-bench")
 
 
 def _row(sid: str, split: str, task: str, answer: str, options: list[str] | None, image: np.ndarray | None):
-    return {"sample_id": sid, "entity_id": "mllmu:1", "split": split, "task": task, "question": "What is the job?",
-            "answer": answer, "options": options, "private_facts": "{}", "visible_attributes": "{}", "image": image}
+    return {
+        "sample_id": sid,
+        "entity_id": "mllmu:1",
+        "split": split,
+        "task": task,
+        "question": "What is the job?",
+        "answer": answer,
+        "options": options,
+        "private_facts": "{}",
+        "visible_attributes": "{}",
+        "image": image,
+    }
 
 
 def test_runner_generates_lettered_answers_under_a_benchmark_protocol() -> None:
@@ -27,7 +37,9 @@ def test_runner_generates_lettered_answers_under_a_benchmark_protocol() -> None:
     mc = _row("mllmu:forget_5:1:mc_vqa:00", "forget", "mc_vqa", "lawyer", OPTIONS, img)
     prompt = MLLMU.prompt(mc)
     tok = train_word_tokenizer([prompt, "B", "What is the job?"])
-    model, proc = build_tiny_llava(tok, image_size=32, patch_size=16, hidden=64, vision_layers=2, text_layers=2)
+    model, proc = build_tiny_llava(
+        tok, image_size=32, patch_size=16, hidden=64, vision_layers=2, text_layers=2
+    )
     batch = collate([{**encode_example(proc, question=prompt, answer="B", image=img), "image": img}], proc)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(30):
@@ -43,16 +55,31 @@ def test_runner_generates_lettered_answers_under_a_benchmark_protocol() -> None:
     assert result["metrics"]["mllmu.forget.mc_acc_image"] == 1.0
     assert result["per_sample"][0]["letter"] == "B" and result["per_sample"][0]["correct"] is True
 
-    assert evaluate_model(model, proc, [mc])["mllmu.forget.mc_acc_image"] == 1.0  # in-training eval: same protocol
+    assert (
+        evaluate_model(model, proc, [mc])["mllmu.forget.mc_acc_image"] == 1.0
+    )  # in-training eval: same protocol
 
     synthetic = model_outputs(model, proc, [mc])  # default protocol: option log-probs, names unchanged
-    assert set(synthetic[mc["sample_id"]]) == {"option_scores"} and len(synthetic[mc["sample_id"]]["option_scores"]) == 4
+    assert (
+        set(synthetic[mc["sample_id"]]) == {"option_scores"}
+        and len(synthetic[mc["sample_id"]]["option_scores"]) == 4
+    )
 
 
 def test_benchmark_protocols_evaluate_every_converted_task() -> None:
-    rows = [_row(f"s{i}", split, task, "x", None, None) for i, (split, task) in enumerate(
-        [("utility", "mc_vqa"), ("utility", "generation"), ("forget", "fact_vqa"), ("retain", "caption"),
-         ("forget_unseen", "mc_text"), ("forget", "text_qa")])]
+    rows = [
+        _row(f"s{i}", split, task, "x", None, None)
+        for i, (split, task) in enumerate(
+            [
+                ("utility", "mc_vqa"),
+                ("utility", "generation"),
+                ("forget", "fact_vqa"),
+                ("retain", "caption"),
+                ("forget_unseen", "mc_text"),
+                ("forget", "text_qa"),
+            ]
+        )
+    ]
     every = {(r["split"], r["task"]) for r in select_eval_rows(rows, 8, every_task=True)}
     assert every == {(r["split"], r["task"]) for r in rows}
     default = {(r["split"], r["task"]) for r in select_eval_rows(rows, 8)}
@@ -76,15 +103,38 @@ def test_eval_pipeline_on_converted_mllmu_bench_shards(tmp_path, ray_local) -> N
     shard_records(tmp_path / "rec", tmp_path / "shards", image_size=32, actors=1)
     model = save_tiny_model(tmp_path / "shards", tmp_path / "model")
     out = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(model), "--shards", str(tmp_path / "shards"), "--out", str(out),
-                 "--max-per-group", "8", "--workdir", str(tmp_path / "wd")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model),
+                "--shards",
+                str(tmp_path / "shards"),
+                "--out",
+                str(out),
+                "--max-per-group",
+                "8",
+                "--workdir",
+                str(tmp_path / "wd"),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["protocol"] == "mllmu-bench"
     tasks = {(r["split"], r["task"]) for r in report["per_sample"]}
-    assert {("utility", "mc_text"), ("forget_unseen", "cloze"), ("retain", "fact_vqa"), ("forget", "open_vqa")} <= tasks
+    assert {
+        ("utility", "mc_text"),
+        ("forget_unseen", "cloze"),
+        ("retain", "fact_vqa"),
+        ("forget", "open_vqa"),
+    } <= tasks
     m = report["metrics"]
     for split in ("forget", "retain", "forget_unseen", "retain_unseen", "utility"):
         for name in ("mc_acc_image", "mc_acc_mmu_text", "cloze_acc_image", "rougeL_text", "bleu_image"):
             assert f"mllmu.{split}.{name}" in m, (split, name)
     assert report["counts"]["mllmu.utility.mc_acc_text"] == 1
-    assert not any(k.startswith("logprob.") or k.endswith(".vqa_acc") for k in m)  # no log-prob under this name
+    assert not any(
+        k.startswith("logprob.") or k.endswith(".vqa_acc") for k in m
+    )  # no log-prob under this name

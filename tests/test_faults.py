@@ -67,8 +67,11 @@ def _alive_train_workers(job_id: str) -> dict[str, int]:
     from ray._private import state
 
     table = state.actors(actor_state_name="ALIVE")
-    return {aid: int(a["Pid"]) for aid, a in table.items()
-            if a["ActorClassName"] == "RayTrainWorker" and a["JobID"] == job_id and a.get("Pid")}
+    return {
+        aid: int(a["Pid"])
+        for aid, a in table.items()
+        if a["ActorClassName"] == "RayTrainWorker" and a["JobID"] == job_id and a.get("Pid")
+    }
 
 
 class _Killer(threading.Thread):
@@ -113,11 +116,21 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
     # Reports at 10 (log), 15 (checkpoint), 20 (log), 30 (checkpoint + end). The kill lands after
     # step 20 was logged, so the restart resumes from 15 and runs (and reports) step 20 again.
     steps, ckpt_every, kill_at = 30, 15, 20
-    cfg = with_overrides(RunConfig(), {
-        "workdir": str(tmp_path / "wd"), "shards": str(shards), "method.name": "grad_diff",
-        "train.steps": steps, "train.batch_size": 8, "train.num_workers": 1, "train.cpus_per_worker": 0.5,
-        "train.checkpoint_every": ckpt_every, "train.max_failures": 2, "train.torch_threads": 1,
-    })
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(tmp_path / "wd"),
+            "shards": str(shards),
+            "method.name": "grad_diff",
+            "train.steps": steps,
+            "train.batch_size": 8,
+            "train.num_workers": 1,
+            "train.cpus_per_worker": 0.5,
+            "train.checkpoint_every": ckpt_every,
+            "train.max_failures": 2,
+            "train.torch_threads": 1,
+        },
+    )
     uri = mlflow_store["tracking_uri"]
     exp_id = tracking.ensure_experiment(uri, "faults", tmp_path)
     client = MlflowClient(uri)
@@ -127,8 +140,13 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
     # driver-side flush at the end says how many values it could not log.
     down = tracking.MlflowReportCallback(f"http://127.0.0.1:{_free_port()}", "0" * 32)
 
-    job = TrainJob(cfg=cfg.model_dump(), mode="unlearn", processor_dir=str(start_model),
-                   init_model=str(start_model), image_size=32)
+    job = TrainJob(
+        cfg=cfg.model_dump(),
+        mode="unlearn",
+        processor_dir=str(start_model),
+        init_model=str(start_model),
+        image_size=32,
+    )
     killer = _Killer(uri, run_id, ray_local.get_runtime_context().get_job_id(), at=kill_at, before=steps)
     killer.start()
     t0 = time.perf_counter()
@@ -187,12 +205,25 @@ class _MlflowServer:
         self.starts += 1
         log = (self.root / f"server-{self.starts}.log").open("wb")
         exe = Path(sys.executable).with_name("mlflow")
-        cmd = [str(exe), "server", "--backend-store-uri", self.store,
-               "--default-artifact-root", (self.root / "artifacts").as_uri(),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            str(exe),
+            "server",
+            "--backend-store-uri",
+            self.store,
+            "--default-artifact-root",
+            (self.root / "artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         while time.perf_counter() - t0 < timeout_s:
             if self.proc.poll() is not None:
                 break
@@ -239,8 +270,14 @@ def test_tracking_server_outage_buffers_then_delivers_each_value_once(mlflow_ser
     def report(step: int) -> float:
         t0 = time.perf_counter()
         # metrics[i] is worker i's report: only rank 0's is logged.
-        cb.after_report(None, [{"step": float(step), "loss": 1.0 / step, "grad_norm": float(step)},
-                               {"step": float(step), "loss": 99.0}], None)
+        cb.after_report(
+            None,
+            [
+                {"step": float(step), "loss": 1.0 / step, "grad_norm": float(step)},
+                {"step": float(step), "loss": 99.0},
+            ],
+            None,
+        )
         return time.perf_counter() - t0
 
     report(1)

@@ -42,8 +42,10 @@ from tests.ray_head import (
 
 MAX_PACKAGE_BYTES = 8 * 2**20  # the repository without .venv is ~1-3 MB
 
-needs_cli = pytest.mark.skipif(ray_cli() is None or unlearn_cli() is None,
-                               reason="needs the `ray` and `unlearn` executables (make setup)")
+needs_cli = pytest.mark.skipif(
+    ray_cli() is None or unlearn_cli() is None,
+    reason="needs the `ray` and `unlearn` executables (make setup)",
+)
 
 
 def jobs_api(head: RayHead, token: str | None, path: str = "") -> requests.Response:
@@ -54,8 +56,15 @@ def jobs_api(head: RayHead, token: str | None, path: str = "") -> requests.Respo
 
 def submit(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """``ray job submit ARGS`` from the repository root (so ``--working-dir .`` is the repository)."""
-    return subprocess.run([str(ray_cli()), "job", "submit", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(ray_cli()), "job", "submit", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def tree_bytes(root: Path) -> int:
@@ -90,10 +99,12 @@ def test_sweep_runs_through_ray_job_submit_with_token_auth(tmp_path: Path) -> No
         empty_home.mkdir()
         refused = {  # the dashboard's answer, relayed by the CLI
             "Unauthorized: Missing authentication token": submit(
-                ["--address", address, "--", "echo", "hi"], base_env(HOME=str(empty_home))),
+                ["--address", address, "--", "echo", "hi"], base_env(HOME=str(empty_home))
+            ),
             "Forbidden: Invalid authentication token": submit(
                 ["--address", address, "--", "echo", "hi"],
-                base_env(HOME=str(empty_home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))),
+                base_env(HOME=str(empty_home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)),
+            ),
         }
         for answer, r in refused.items():
             out = r.stdout + r.stderr
@@ -102,16 +113,45 @@ def test_sweep_runs_through_ray_job_submit_with_token_auth(tmp_path: Path) -> No
 
         # The sweep, exactly as the README submits it (with a tiny model and benchmark for the test).
         sub_id = f"sweep-{uuid.uuid4().hex[:8]}"
-        args = ["--address", address, "--submission-id", sub_id, "--working-dir", ".", "--",
-                "unlearn", "sweep", "--space", "tune_spaces/ga.yaml", "--num-samples", "2",
-                "--workdir", str(workdir),
-                "--set", f"records={records}", "--set", f"model.spec={vanilla}", "--set", "synth.image_size=32",
-                "--set", "train.batch_size=8", "--set", "tracking.registered_model_name=job-sweep"]
+        args = [
+            "--address",
+            address,
+            "--submission-id",
+            sub_id,
+            "--working-dir",
+            ".",
+            "--",
+            "unlearn",
+            "sweep",
+            "--space",
+            "tune_spaces/ga.yaml",
+            "--num-samples",
+            "2",
+            "--workdir",
+            str(workdir),
+            "--set",
+            f"records={records}",
+            "--set",
+            f"model.spec={vanilla}",
+            "--set",
+            "synth.image_size=32",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "tracking.registered_model_name=job-sweep",
+        ]
         log_path = tmp_path / "submit.log"
         t1 = time.monotonic()
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([str(ray_cli()), "job", "submit", *args], cwd=REPO, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                [str(ray_cli()), "job", "submit", *args],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             rc = wait_process(proc, head, 900, "ray job submit")
         finally:
@@ -127,7 +167,9 @@ def test_sweep_runs_through_ray_job_submit_with_token_auth(tmp_path: Path) -> No
         uploaded = re.search(r"Uploading package gcs://(_ray_pkg_[0-9a-f]+)\.zip", out)
         assert uploaded, out[:3000]
         pkg = head.session_dir / "runtime_resources" / "working_dir_files" / uploaded.group(1)
-        assert (pkg / "tune_spaces" / "ga.yaml").is_file() and (pkg / "pipelines" / "sweep" / "driver.py").is_file()
+        assert (pkg / "tune_spaces" / "ga.yaml").is_file() and (
+            pkg / "pipelines" / "sweep" / "driver.py"
+        ).is_file()
         assert not (pkg / ".venv").exists() and not (pkg / ".git").exists()
         assert tree_bytes(pkg) < MAX_PACKAGE_BYTES, tree_bytes(pkg)
 
@@ -139,7 +181,8 @@ def test_sweep_runs_through_ray_job_submit_with_token_auth(tmp_path: Path) -> No
         assert parent.data.params["space"].endswith("tune_spaces/ga.yaml")  # resolved in the uploaded dir
         assert parent.data.params["num_samples"] == "2" and "before.retain.vqa_acc" in parent.data.metrics
         children = client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+            [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
         status = {r.data.tags["trial_name"]: r.info.status for r in children}
         assert sorted(status) == ["trial_000", "trial_001"]
         # ASHA may stop the second trial at its first evaluation; the first one always runs to the end.

@@ -44,9 +44,22 @@ def bench_rows() -> list[dict]:
     rows = []
     for e in range(40):
         split = "forget" if e < 4 else "retain"
-        for task, n in (("identity_vqa", 12), ("open_vqa", 12), ("fact_vqa", 16), ("text_qa", 8), ("caption", 4)):
-            rows += [{"sample_id": f"{e:03d}-{task}-{i:02d}", "entity_id": f"p{e:03d}", "split": split, "task": task}
-                     for i in range(n)]
+        for task, n in (
+            ("identity_vqa", 12),
+            ("open_vqa", 12),
+            ("fact_vqa", 16),
+            ("text_qa", 8),
+            ("caption", 4),
+        ):
+            rows += [
+                {
+                    "sample_id": f"{e:03d}-{task}-{i:02d}",
+                    "entity_id": f"p{e:03d}",
+                    "split": split,
+                    "task": task,
+                }
+                for i in range(n)
+            ]
     return rows
 
 
@@ -65,7 +78,9 @@ def test_preserve_sets_cover_every_entity_and_the_forget_peoples_text():
     per_entity = [sum(r["entity_id"] == f"p{e:03d}" for r in vision) for e in range(4, 40)]
     assert max(per_entity) - min(per_entity) <= 1  # balanced
     f = forget_rows(rows, 64)
-    assert {r["entity_id"] for r in f} == {"p000", "p001", "p002", "p003"} and all(r["split"] == "forget" for r in f)
+    assert {r["entity_id"] for r in f} == {"p000", "p001", "p002", "p003"} and all(
+        r["split"] == "forget" for r in f
+    )
     # a larger budget only adds rows; a tiny one still spreads over distinct entities
     assert balanced_by_entity(rows, 10) == balanced_by_entity(rows, 20)[:10]
     assert len({r["entity_id"] for r in balanced_by_entity(rows, 10)}) == 10
@@ -83,12 +98,18 @@ def test_k_is_derived_unless_set_and_recorded_as_a_param():
         m.uses_forget_batch(0)
     with pytest.raises(ValueError, match="forget stream is empty"):
         m.derive({"forget": 0, "retain": 10}, 16)
-    resolved = get_method("mmunlearner", {**m.resolved_params(), **m.derive({"forget": 168, "retain": 3632}, 16)})
-    cfg = with_overrides(RunConfig(), {"method.name": "mmunlearner", "method.params": resolved.resolved_params()})
+    resolved = get_method(
+        "mmunlearner", {**m.resolved_params(), **m.derive({"forget": 168, "retain": 3632}, 16)}
+    )
+    cfg = with_overrides(
+        RunConfig(), {"method.name": "mmunlearner", "method.params": resolved.resolved_params()}
+    )
     params = mlflow_params(cfg)
     assert params["method.params.forget_every"] == "21" and params["method.params.mask"] == "both"
     assert params["method.params.gamma"] == "1.0" and "method.params" not in params
-    npo = with_overrides(RunConfig(), {"method.name": "npo", "method.params": get_method("npo").resolved_params()})
+    npo = with_overrides(
+        RunConfig(), {"method.name": "npo", "method.params": get_method("npo").resolved_params()}
+    )
     assert mlflow_params(npo)["method.params.beta"] == "0.1"  # defaults are recorded, not "{}"
 
 
@@ -155,15 +176,17 @@ def test_lora_mask_from_peft_init_comes_from_the_base_weight_fisher():
     assert torch.equal(sal.masks[b], rows.unsqueeze(1).expand_as(sal.masks[b]))
     assert torch.equal(sal.masks[a], cols.unsqueeze(0).expand_as(sal.masks[a]))
     for gamma in (0.1, 10.0):  # the sweep's range: neither all-True nor all-False at both ends
-        g = compute_saliency_masks(model, llava_groups, forget, {"vision": preserve, "language": preserve},
-                                   gamma=gamma)
+        g = compute_saliency_masks(
+            model, llava_groups, forget, {"vision": preserve, "language": preserve}, gamma=gamma
+        )
         frac = sum(int(g.masks[n].sum()) for n in a_names) / sum(g.masks[n].numel() for n in a_names)
         assert 0.0 < frac < 1.0 or gamma == 0.1 and frac <= 1.0
 
 
 def test_mask_job_and_worker_draw_the_same_lora_adapters():
-    cfg = with_overrides(RunConfig(), {"model.lora": True, "model.lora_targets": ["q_proj", "v_proj"],
-                                       "train.seed": 7})
+    cfg = with_overrides(
+        RunConfig(), {"model.lora": True, "model.lora_targets": ["q_proj", "v_proj"], "train.seed": 7}
+    )
     torch.manual_seed(123)  # the mask job's RNG state
     in_mask_job = trainable_model(tiny_llava(), cfg)
     torch.manual_seed(7 + 1)  # a worker seeds seed + rank first and may have drawn other numbers
@@ -207,7 +230,11 @@ def _micro(seed: int) -> dict[str, Tensor]:
     return {**plain, **guide, **teacher, **idk, **rand}
 
 
-ACCUM_PARAMS = {"pubg": {"teacher_cache": False, "w_ret": 0.5}, "npo": {"alpha": 0.5}, "simnpo": {"alpha": 0.5}}
+ACCUM_PARAMS = {
+    "pubg": {"teacher_cache": False, "w_ret": 0.5},
+    "npo": {"alpha": 0.5},
+    "simnpo": {"alpha": 0.5},
+}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -238,10 +265,18 @@ def test_grad_accum_4_equals_a_4x_batch_on_ddp_or_is_refused(name, gloo_group):
 
 def test_sft_and_deepspeed_keep_honouring_grad_accum():
     """The refusal is for custom-step methods only; the fine-tune accumulates too."""
-    check_supported(with_overrides(RunConfig(), {"method.name": "mmunlearner", "train.grad_accum": 4}), "finetune")
+    check_supported(
+        with_overrides(RunConfig(), {"method.name": "mmunlearner", "train.grad_accum": 4}), "finetune"
+    )
     with pytest.raises(ValueError, match="grad_accum must be 1"):
-        make_step(get_method("mmunlearner"), None, BigramLM(), torch.optim.SGD(BigramLM().parameters(), lr=1),
-                  {}, TrainConfig(grad_accum=2))
+        make_step(
+            get_method("mmunlearner"),
+            None,
+            BigramLM(),
+            torch.optim.SGD(BigramLM().parameters(), lr=1),
+            {},
+            TrainConfig(grad_accum=2),
+        )
 
 
 # ---- 5. 2-worker DDP MMUnlearner with a text-only retain batch ---------------------------------------
@@ -269,15 +304,21 @@ def _ddp_worker(rank: int, port: int, out: dict) -> None:
 
 
 def test_two_worker_ddp_mmunlearner_with_a_text_only_retain_batch():
-    assert ddp_kwargs(BuiltModel(None, None, RunConfig(), {}, method=get_method("mmunlearner")))["find_unused_parameters"]
-    assert not ddp_kwargs(BuiltModel(None, None, RunConfig(), {}, method=get_method("npo")))["find_unused_parameters"]
+    assert ddp_kwargs(BuiltModel(None, None, RunConfig(), {}, method=get_method("mmunlearner")))[
+        "find_unused_parameters"
+    ]
+    assert not ddp_kwargs(BuiltModel(None, None, RunConfig(), {}, method=get_method("npo")))[
+        "find_unused_parameters"
+    ]
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_ddp_worker, args=(_free_port(), out), nprocs=2, join=True)
         w0, w1 = dict(out[0]), dict(out[1])
     before = dict(tiny_llava(seed=0).named_parameters())
     assert all(torch.equal(w0[n], w1[n]) for n in w0)  # the ranks stayed in sync
-    assert any(not torch.equal(w0[n], before[n]) for n in w0 if "vision_tower" in n)  # the ascent moved vision
+    assert any(
+        not torch.equal(w0[n], before[n]) for n in w0 if "vision_tower" in n
+    )  # the ascent moved vision
 
 
 # ---- 6. PUBG keeps the leaking rows for the ascent, leaves them out of L_BG only ---------------------
@@ -289,7 +330,9 @@ def test_pubg_leaking_rows_stay_in_the_ascent_and_leave_the_guidance_term():
     loss, stats = m.loss(student, batch, None, teacher)
     kept = [0, 2]
     t_rows, s_rows = ref_dists(teacher, batch, "teacher_"), ref_dists(student, batch, "guide_")
-    bg = torch.stack([sum(ref_kl(t, s) for t, s in zip(t_rows[b], s_rows[b], strict=True)) for b in kept]).mean()
+    bg = torch.stack(
+        [sum(ref_kl(t, s) for t, s in zip(t_rows[b], s_rows[b], strict=True)) for b in kept]
+    ).mean()
     torch.testing.assert_close(loss, -0.5 * ref_nll(student, batch) + bg)  # NLL over all 3 rows
     assert stats["bg_kl"] == pytest.approx(float(bg))
     batch["guide_keep"] = torch.zeros(3, dtype=torch.bool)
@@ -303,10 +346,13 @@ def test_teacher_cache_marks_leaking_rows_instead_of_dropping_them():
 
     from pipelines.train.teacher import mark_leaking
 
-    table = pa.table({
-        "sample_id": ["a", "b"], "teacher_answer": ["A person in a red coat.", "This is Alice Smith."],
-        "private_facts": [json.dumps({"name": "Bob Jones"}), json.dumps({"name": "Alice Smith"})],
-    })
+    table = pa.table(
+        {
+            "sample_id": ["a", "b"],
+            "teacher_answer": ["A person in a red coat.", "This is Alice Smith."],
+            "private_facts": [json.dumps({"name": "Bob Jones"}), json.dumps({"name": "Alice Smith"})],
+        }
+    )
     marked, leaking = mark_leaking(table)
     assert marked.num_rows == 2 and marked["guide_keep"].to_pylist() == [True, False]
     assert leaking["sample_id"].to_pylist() == ["b"]
@@ -314,7 +360,9 @@ def test_teacher_cache_marks_leaking_rows_instead_of_dropping_them():
 
 # ---- 7. PUBG temperature with a top-k teacher ------------------------------------------------------
 def test_tail_mode_refuses_a_temperature_it_cannot_apply_exactly():
-    with pytest.raises(ConfigError, match="temperature=0.5 with topk_mode='tail'.*cannot be tempered exactly"):
+    with pytest.raises(
+        ConfigError, match="temperature=0.5 with topk_mode='tail'.*cannot be tempered exactly"
+    ):
         get_method("pubg", {"temperature": 0.5})
     with pytest.raises(ConfigError, match="topk_mode='tail'"):
         get_method("pubg", {"temperature": 2.0, "teacher_cache": False, "top_k": 4})
@@ -339,7 +387,9 @@ def test_mask_cache_key_changes_with_everything_the_mask_depends_on():
     ]
     assert len({key, *variants}) == len(variants) + 1
     full = RunConfig().model.model_dump()
-    assert mask_cache_key("sha", "fp", spec, full, 0) == mask_cache_key("sha", "fp", spec, full, 1)  # no LoRA draw
+    assert mask_cache_key("sha", "fp", spec, full, 0) == mask_cache_key(
+        "sha", "fp", spec, full, 1
+    )  # no LoRA draw
 
 
 def test_a_mask_covering_part_of_its_group_is_refused():
@@ -349,7 +399,9 @@ def test_a_mask_covering_part_of_its_group_is_refused():
     dropped = next(n for n in partial if "vision_tower" in n)
     del partial[dropped]
     check_mask_matches(model, partial)  # every key fits ...
-    with pytest.raises(ValueError, match=r"covers \d+ of the \d+ trainable parameters.*" + re.escape(dropped[:20])):
+    with pytest.raises(
+        ValueError, match=r"covers \d+ of the \d+ trainable parameters.*" + re.escape(dropped[:20])
+    ):
         check_mask_matches(model, partial, list(sal.select("both")))
     method = get_method("mmunlearner", {"mask": "both", "forget_every": 1})
     method.set_mask(partial)
@@ -371,7 +423,9 @@ def test_non_finite_loss_stops_naming_the_step_and_terms(name):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     batches = {"forget": itertools.repeat(llava_batch(1)), "retain": itertools.repeat(llava_batch(2))}
     step = make_step(method, None, model, opt, batches, TrainConfig(steps=5))
-    with pytest.raises(NonFiniteLossError, match=r"step 0: non-finite .*loss nan \(loss terms: forget_nll=nan"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 0: non-finite .*loss nan \(loss terms: forget_nll=nan"
+    ):
         step(0)
     after = snapshot(model)
     assert all(torch.equal(before[n], after[n]) or before[n].isnan().any() for n in before)
@@ -379,7 +433,9 @@ def test_non_finite_loss_stops_naming_the_step_and_terms(name):
 
 # ---- 10. methods own their needs ----------------------------------------------------------------------
 def test_no_caller_tests_a_method_name_or_view_string():
-    pattern = re.compile(r"""(method\.name|cfg\.method\.name|\bname)\s*==\s*["']|["'](guide_|teacher_|idk_|rand_)["']\s+in\s""")
+    pattern = re.compile(
+        r"""(method\.name|cfg\.method\.name|\bname)\s*==\s*["']|["'](guide_|teacher_|idk_|rand_)["']\s+in\s"""
+    )
     offenders = []
     for folder in ("pipelines", "unlearn_core/training"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -390,13 +446,23 @@ def test_no_caller_tests_a_method_name_or_view_string():
 
 
 def test_methods_declare_views_prepared_inputs_and_mask():
-    assert get_method("pubg").teacher_cache().k == 16 and get_method("pubg", {"top_k": 32}).teacher_cache().k == 32
+    assert (
+        get_method("pubg").teacher_cache().k == 16
+        and get_method("pubg", {"top_k": 32}).teacher_cache().k == 32
+    )
     assert get_method("pubg", {"w_bg": 0}).teacher_cache() is None
-    assert get_method("pubg").mask_spec() is None and get_method("pubg", {"mask": "vision"}).mask_spec().group == "vision"
+    assert (
+        get_method("pubg").mask_spec() is None
+        and get_method("pubg", {"mask": "vision"}).mask_spec().group == "vision"
+    )
     assert get_method("mmunlearner").mask_spec().group == "both"  # the default group lives on the method
     for name in ("ga", "grad_diff", "kl", "npo", "simnpo", "reject", "random"):
         m = get_method(name)
-        assert m.teacher_cache() is None and m.mask_spec() is None and m.derive({"forget": 1, "retain": 9}, 4) == {}
+        assert (
+            m.teacher_cache() is None
+            and m.mask_spec() is None
+            and m.derive({"forget": 1, "retain": 9}, 4) == {}
+        )
     assert get_method("simnpo").views == ("",) and not get_method("simnpo").needs_ref
     assert "mask=none" in get_method("pubg", {"mask": "both"}).deepspeed_hint()
     copy.deepcopy(get_method("mmunlearner"))  # picklable / copyable for Ray

@@ -388,7 +388,17 @@ def test_model_inputs_picks_view_and_shared_images():
 
 
 def test_registry_names_and_errors():
-    assert set(METHODS) == {"ga", "grad_diff", "kl", "npo", "simnpo", "reject", "random", "mmunlearner", "pubg"}
+    assert set(METHODS) == {
+        "ga",
+        "grad_diff",
+        "kl",
+        "npo",
+        "simnpo",
+        "reject",
+        "random",
+        "mmunlearner",
+        "pubg",
+    }
     with pytest.raises(ConfigError) as err:
         get_method("gradient_descent")
     for name in METHODS:

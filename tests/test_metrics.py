@@ -187,10 +187,14 @@ def test_metric_directions_and_definitions() -> None:
     assert not higher_is_better("forget.leak_rate") and not higher_is_better("forget.vqa_acc")
     assert higher_is_better("forget.text_qa_acc") and higher_is_better("retain.recall")
     assert not higher_is_better("bench.forget.rougeL") and higher_is_better("bench.retain.rougeL")
-    assert not higher_is_better("mllmu.forget.mc_acc_image") and not higher_is_better("mllmu.forget_unseen.rougeL_image")
+    assert not higher_is_better("mllmu.forget.mc_acc_image") and not higher_is_better(
+        "mllmu.forget_unseen.rougeL_image"
+    )
     assert higher_is_better("mllmu.forget.mc_acc_text")  # text knowledge is kept (MMUnlearner's setting)
     assert higher_is_better("clear.forget.truth_ratio") and higher_is_better("clear.forget_quality")
-    assert higher_is_better("clear.real_faces.mc_acc_image") and not higher_is_better("logprob.forget.mc_acc_image")
+    assert higher_is_better("clear.real_faces.mc_acc_image") and not higher_is_better(
+        "logprob.forget.mc_acc_image"
+    )
     assert higher_is_better("guided_forget.informativeness") and not higher_is_better("quality.hallucination")
     assert higher_is_better("judge.hallucination")  # judge scores: 5 is best
     for name in ("forget.leak_rate", "utility.caption_f1", "quality.degeneracy_rate", "retain.text_qa_acc"):
@@ -259,7 +263,12 @@ def test_benchmark_scoring_separates_modalities_and_parses() -> None:
     assert m["logprob.forget.mc_acc_image"] == 1.0 and res.counts["logprob.forget.mc_acc_image"] == 1
     assert res.counts["mllmu.forget.mc_acc_image"] == 2 and "mllmu.forget.rougeL" not in m
     v1 = res.per_sample["v1"]
-    assert (v1["letter"], v1["letter_mmunlearner"], v1["correct"], v1["correct_mmunlearner"]) == (None, "B", False, True)
+    assert (v1["letter"], v1["letter_mmunlearner"], v1["correct"], v1["correct_mmunlearner"]) == (
+        None,
+        "B",
+        False,
+        True,
+    )
     assert res.per_sample["q1"]["rougeL"] == pytest.approx(m["mllmu.forget.rougeL_image"])
 
 

@@ -25,12 +25,23 @@ def test_shards_counts_images_and_labels(ray_local, records, tmp_path):
     assert report.quarantined == 0
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["read"] == n and sum(manifest["rows_per_split"].values()) == n
-    assert set(manifest["rows_per_split"]) == {"forget", "retain", "forget_unseen", "retain_unseen", "utility"}
+    assert set(manifest["rows_per_split"]) == {
+        "forget",
+        "retain",
+        "forget_unseen",
+        "retain_unseen",
+        "utility",
+    }
     forget = pq.read_table(tmp_path / "shards" / "forget").to_pylist()
     image_rows = [r for r in forget if r["image_u8"] is not None]
-    assert image_rows and all(len(r["image_u8"]) == 32 * 32 * 3 and r["image_hw"] == [32, 32] for r in image_rows)
+    assert image_rows and all(
+        len(r["image_u8"]) == 32 * 32 * 3 and r["image_hw"] == [32, 32] for r in image_rows
+    )
     # Images are compact uint8, not float tensors.
-    assert pq.read_schema(tmp_path / "shards" / "forget" / "part-00000.parquet").field("image_u8").type == "binary"
+    assert (
+        pq.read_schema(tmp_path / "shards" / "forget" / "part-00000.parquet").field("image_u8").type
+        == "binary"
+    )
     for r in forget:
         ids, labels = np.array(r["input_ids"]), np.array(r["labels"])
         answer = labels != -100

@@ -55,12 +55,22 @@ def test_run_failing_inside_the_train_worker_ends_failed_with_the_error(inputs, 
     raises while it builds the model. The run must not show FINISHED (it did when the run was closed
     before ``fit``): FAILED, the worker's error tagged, no final metrics."""
     uri = mlflow_store["tracking_uri"]
-    cfg = with_overrides(RunConfig(), {
-        "workdir": str(tmp_path / "wd"), "shards": str(inputs["shards"]), "model.spec": str(inputs["model"]),
-        "method.name": "ga", "train.steps": 2, "train.eval_max_samples": 4, "train.batch_size": 4,
-        "train.torch_threads": 1, "model.lora": True, "model.lora_targets": ["no_such_proj"],
-        "tracking.tracking_uri": uri,
-    })
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(tmp_path / "wd"),
+            "shards": str(inputs["shards"]),
+            "model.spec": str(inputs["model"]),
+            "method.name": "ga",
+            "train.steps": 2,
+            "train.eval_max_samples": 4,
+            "train.batch_size": 4,
+            "train.torch_threads": 1,
+            "model.lora": True,
+            "model.lora_targets": ["no_such_proj"],
+            "tracking.tracking_uri": uri,
+        },
+    )
     with pytest.raises(Exception, match="no_such_proj"):
         run_unlearn(cfg, log=lambda *a: None)
     client = MlflowClient(uri)

@@ -352,4 +352,7 @@ def test_checkpoint_keeps_the_masked_optimizer_so_a_resumed_run_matches(tmp_path
     fresh, method3, opt3 = build()  # same checkpoint, masked optimizer state dropped
     load_checkpoint(tmp_path, fresh, opt3)
     step(fresh, method3, opt3, 2)
-    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)
+    )

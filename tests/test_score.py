@@ -45,8 +45,21 @@ def _mllmu_generation(r: dict[str, Any]) -> str:
 
 def test_convert_then_score_mllmu_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rf.write_mllmu_bench(tmp_path / "src")
-    assert main(["data", "convert", "--format", "mllmu-bench", "--source", str(tmp_path / "src"),
-                 "--out", str(tmp_path / "rec")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--format",
+                "mllmu-bench",
+                "--source",
+                str(tmp_path / "src"),
+                "--out",
+                str(tmp_path / "rec"),
+            ]
+        )
+        == 0
+    )
     records = _records(tmp_path / "rec")
     records_img = {r["sample_id"]: r for r in records_io.read_records(tmp_path / "rec").to_pylist()}
     for r in records:
@@ -62,7 +75,10 @@ def test_convert_then_score_mllmu_bench(tmp_path: Path, capsys: pytest.CaptureFi
     ]
     preds = _write_lines(tmp_path / "preds.jsonl", lines)
     out = tmp_path / "score.json"
-    assert main(["score", "--records", str(tmp_path / "rec"), "--predictions", str(preds), "--out", str(out)]) == 0
+    assert (
+        main(["score", "--records", str(tmp_path / "rec"), "--predictions", str(preds), "--out", str(out)])
+        == 0
+    )
     report = json.loads(out.read_text())
     assert "mllmu.forget.mc_acc_image" in capsys.readouterr().out
 
@@ -81,31 +97,66 @@ def test_convert_then_score_mllmu_bench(tmp_path: Path, capsys: pytest.CaptureFi
     assert m["mllmu.retain.mc_acc_image"] == 1.0 and m["mllmu.forget_unseen.mc_acc_image"] == 1.0
     assert m["mllmu.utility.mc_acc_text"] == 1.0  # Retain_Set: the model-utility set
     assert m["mllmu.retain.cloze_acc_text"] == 1.0 and m["mllmu.retain.cloze_acc_image"] == 0.0
-    assert m["mllmu.retain.rougeL_image"] == pytest.approx(1.0) and m["mllmu.retain.rouge2_text"] == pytest.approx(1.0)
-    retain_text = [r for r in scored if r["split"] == "retain" and r["task"] == "generation" and r["image"] is None]
-    bleus = [sentence_bleu([r["answer"].split()], r["answer"].split(), smoothing_function=SmoothingFunction().method1)
-             for r in retain_text]
+    assert m["mllmu.retain.rougeL_image"] == pytest.approx(1.0) and m[
+        "mllmu.retain.rouge2_text"
+    ] == pytest.approx(1.0)
+    retain_text = [
+        r for r in scored if r["split"] == "retain" and r["task"] == "generation" and r["image"] is None
+    ]
+    bleus = [
+        sentence_bleu(
+            [r["answer"].split()], r["answer"].split(), smoothing_function=SmoothingFunction().method1
+        )
+        for r in retain_text
+    ]
     assert m["mllmu.retain.bleu_text"] == pytest.approx(sum(bleus) / len(bleus))
     assert n["mllmu.retain.bleu_text"] == len(retain_text) == 2
-    assert n["mllmu.forget.mc_acc_image"] == sum(1 for r in scored if r["split"] == "forget" and r["task"] == "mc_vqa")
+    assert n["mllmu.forget.mc_acc_image"] == sum(
+        1 for r in scored if r["split"] == "forget" and r["task"] == "mc_vqa"
+    )
     assert "forget.vqa_acc" not in m  # the log-prob name is never fed generated letters
-    assert m["forget.leak_rate"] == 1.0  # the project's own checks still run (open_vqa answers name the person)
+    assert (
+        m["forget.leak_rate"] == 1.0
+    )  # the project's own checks still run (open_vqa answers name the person)
 
     rows = {r["sample_id"]: r for r in report["per_sample"]}
-    assert {r["task"] for r in rows.values()} == {"open_vqa", "mc_vqa", "mc_text", "generation", "cloze", "fact_vqa"}
+    assert {r["task"] for r in rows.values()} == {
+        "open_vqa",
+        "mc_vqa",
+        "mc_text",
+        "generation",
+        "cloze",
+        "fact_vqa",
+    }
     for r in scored:
         kind = "mc" if r["task"] in MC else "cloze" if r["task"] == "cloze" else "text"
         assert PER_SAMPLE_FIELDS[kind] <= set(rows[r["sample_id"]]), r["sample_id"]
     forget_mc = next(r for r in scored if r["split"] == "forget" and r["task"] == "mc_vqa")
-    assert rows[forget_mc["sample_id"]]["letter"] is None and rows[forget_mc["sample_id"]]["letter_mmunlearner"] == "B"
+    assert (
+        rows[forget_mc["sample_id"]]["letter"] is None
+        and rows[forget_mc["sample_id"]]["letter_mmunlearner"] == "B"
+    )
 
 
 def test_convert_then_score_clear_with_truth_ratio_and_forget_quality(tmp_path: Path) -> None:
     from scipy.stats import ks_2samp
 
     rf.write_clear(tmp_path / "src")
-    assert main(["data", "convert", "--format", "clear", "--source", str(tmp_path / "src"),
-                 "--out", str(tmp_path / "rec")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--format",
+                "clear",
+                "--source",
+                str(tmp_path / "src"),
+                "--out",
+                str(tmp_path / "rec"),
+            ]
+        )
+        == 0
+    )
     rows = load_record_rows(tmp_path / "rec")
     assert resolve_protocol(rows).name == "clear"
 
@@ -125,8 +176,22 @@ def test_convert_then_score_clear_with_truth_ratio_and_forget_quality(tmp_path: 
     _write_lines(tmp_path / "p.jsonl", lines(mine))
     _write_lines(tmp_path / "ref.jsonl", lines({forget_mc: (2.0, [1.0, 1.0])}))
     out = tmp_path / "s.json"
-    assert main(["score", "--records", str(tmp_path / "rec"), "--predictions", str(tmp_path / "p.jsonl"),
-                 "--out", str(out), "--reference-predictions", str(tmp_path / "ref.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--records",
+                str(tmp_path / "rec"),
+                "--predictions",
+                str(tmp_path / "p.jsonl"),
+                "--out",
+                str(out),
+                "--reference-predictions",
+                str(tmp_path / "ref.jsonl"),
+            ]
+        )
+        == 0
+    )
     m = json.loads(out.read_text())["metrics"]
     assert m["clear.forget.rougeL_recall_image"] == pytest.approx(1.0)  # captions
     assert m["clear.forget.rougeL_recall_text"] == pytest.approx(1.0)  # TOFU answers
@@ -135,7 +200,7 @@ def test_convert_then_score_clear_with_truth_ratio_and_forget_quality(tmp_path: 
     t_forget, t_retain = pytest.approx(2.718281828 ** (1.0 - 2.0)), 2.718281828 ** (1.0 - 3.0)
     assert m["clear.forget.truth_ratio"] == t_forget  # min(t, 1/t) with t < 1
     assert m["clear.retain.truth_ratio"] == pytest.approx(1 - t_retain)
-    expected = ks_2samp([2.718281828 ** -1.0], [2.718281828 ** 1.0]).pvalue
+    expected = ks_2samp([2.718281828**-1.0], [2.718281828**1.0]).pvalue
     assert m["clear.forget_quality"] == pytest.approx(expected)
 
 
@@ -163,8 +228,11 @@ def test_protocol_prompts_follow_the_reference_formats() -> None:
     gen = {"task": "generation", "question": "Job?", "has_image": False}
     assert mllmu.prompt(gen).endswith("in one sentence in ENGLISH.")
     assert mllmu.prompt({**gen, "has_image": True}).endswith("in one sentence accurately in ENGLISH.")
-    assert (mllmu.max_new_tokens(gen), clear.max_new_tokens({"task": "caption"}), synthetic.max_new_tokens(gen)) == (
-        50, 300, 40)
+    assert (
+        mllmu.max_new_tokens(gen),
+        clear.max_new_tokens({"task": "caption"}),
+        synthetic.max_new_tokens(gen),
+    ) == (50, 300, 40)
     with pytest.raises(ValueError, match="valid protocols: synthetic, mllmu-bench, clear"):
         get_protocol("tofu")
     with pytest.raises(ValueError, match="mix benchmarks"):

@@ -38,10 +38,13 @@ objective:
   mode: min
   terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
 """
-MULTI = SPACE.replace("""  metric: score
+MULTI = SPACE.replace(
+    """  metric: score
   mode: min
-  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}""", """  metric: [forget.leak_rate, quality.informativeness, retain.vqa_acc]
-  mode: [min, max, max]""")
+  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}""",
+    """  metric: [forget.leak_rate, quality.informativeness, retain.vqa_acc]
+  mode: [min, max, max]""",
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -66,18 +69,34 @@ def _children(client: MlflowClient, exp_id: str, parent: str) -> list[Any]:
 @pytest.mark.slow
 def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_inputs, tmp_path, mlflow_store):
     uri = mlflow_store["tracking_uri"]
-    cfg = with_overrides(RunConfig(), {
-        "workdir": str(sweep_inputs["workdir"]), "shards": str(sweep_inputs["shards"]),
-        "train.batch_size": 8, "train.cpus_per_worker": 0.5, "tracking.tracking_uri": uri,
-        "tracking.registered_model_name": "tiny-sweep",
-    })
-    space = _space(tmp_path, SPACE.replace("objective:", "start:\n  - {train.lr: 1.0e-3, train.steps: 4}\nobjective:"))
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(sweep_inputs["workdir"]),
+            "shards": str(sweep_inputs["shards"]),
+            "train.batch_size": 8,
+            "train.cpus_per_worker": 0.5,
+            "tracking.tracking_uri": uri,
+            "tracking.registered_model_name": "tiny-sweep",
+        },
+    )
+    space = _space(
+        tmp_path, SPACE.replace("objective:", "start:\n  - {train.lr: 1.0e-3, train.steps: 4}\nobjective:")
+    )
     # Lenient thresholds so the qualifying path (not the fallback) picks the champion of 4-step trials.
     rule = ChampionRule(max_leak=1.0, min_retain_ratio=0.0)
     lines: list[str] = []
     t0 = time.perf_counter()
-    out = run_sweep(space, cfg, num_samples=2, scheduler="asha", search="random", workers_per_trial=1,
-                    champion_rule=rule, log=lambda *a: lines.append(" ".join(map(str, a))))
+    out = run_sweep(
+        space,
+        cfg,
+        num_samples=2,
+        scheduler="asha",
+        search="random",
+        workers_per_trial=1,
+        champion_rule=rule,
+        log=lambda *a: lines.append(" ".join(map(str, a))),
+    )
     print(f"sweep of 2 trials: {time.perf_counter() - t0:.1f} s")
 
     # Deterministic trial names; every trial finished or was stopped by ASHA on an intermediate eval.
@@ -86,7 +105,10 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
     assert {t["status"] for t in trials.values()} <= {"completed", "stopped"}
     completed = [n for n, t in trials.items() if t["status"] == "completed"]
     assert "trial_000" in completed  # the first trial is never stopped: nothing to compare it with yet
-    assert trials["trial_000"]["params"]["train.lr"] == 1e-3 and trials["trial_000"]["params"]["train.steps"] == 4
+    assert (
+        trials["trial_000"]["params"]["train.lr"] == 1e-3
+        and trials["trial_000"]["params"]["train.steps"] == 4
+    )
     assert trials["trial_001"]["params"]["train.lr"] != 1e-3  # the start point first, then sampled
 
     client = MlflowClient(uri)
@@ -144,8 +166,15 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
 
     # The same sweep again without --resume is refused with the way to continue it.
     with pytest.raises(ConfigError, match="--resume"):
-        run_sweep(space, cfg, num_samples=2, scheduler="asha", search="random", champion_rule=rule,
-                  log=lambda *a: None)
+        run_sweep(
+            space,
+            cfg,
+            num_samples=2,
+            scheduler="asha",
+            search="random",
+            champion_rule=rule,
+            log=lambda *a: None,
+        )
 
     # Resume a finished sweep: restored from its folder, no trial re-run, same champion version.
     t0 = time.perf_counter()
@@ -165,8 +194,13 @@ VANILLA = {"retain.vqa_acc": 0.8}
 
 
 def _m(leak: float, unseen: float, retain: float, inf: float, obj: float) -> dict[str, float]:
-    return {"forget.leak_rate": leak, "forget_unseen.leak_rate": unseen, "retain.vqa_acc": retain,
-            "quality.informativeness": inf, "objective": obj}
+    return {
+        "forget.leak_rate": leak,
+        "forget_unseen.leak_rate": unseen,
+        "retain.vqa_acc": retain,
+        "quality.informativeness": inf,
+        "objective": obj,
+    }
 
 
 def test_champion_rule_picks_most_informative_qualifying_trial():
@@ -202,14 +236,17 @@ def test_champion_none_qualifies_fallback_or_nothing():
 
 def test_champion_missing_metrics_and_config():
     # A trial without a metric the rule needs does not qualify; a metric no trial has is skipped.
-    trials = {"a": {"forget.leak_rate": 0.0, "retain.vqa_acc": 0.8, "objective": 1.0},
-              "b": {"forget.leak_rate": 0.0, "objective": 0.0}}
+    trials = {
+        "a": {"forget.leak_rate": 0.0, "retain.vqa_acc": 0.8, "objective": 1.0},
+        "b": {"forget.leak_rate": 0.0, "objective": 0.0},
+    }
     choice = select_champion(trials, VANILLA)
     assert choice.trial == "a" and choice.qualifying == ["a"]
     assert any("forget_unseen.leak_rate" in n for n in choice.notes)
     assert select_champion(trials, {}).qualifying == ["a", "b"]  # no vanilla retain: bound skipped
     assert rule_from_dict({"min_retain_ratio": 0.9, "leak_metrics": ["forget.leak_rate"]}).leak_metrics == (
-        "forget.leak_rate",)
+        "forget.leak_rate",
+    )
     with pytest.raises(ValueError, match="unknown champion rule keys"):
         rule_from_dict({"min_retain": 0.9})
     with pytest.raises(ValueError, match="fallback"):
@@ -227,10 +264,13 @@ def test_pareto_front_and_plot_of_single_runs(tmp_path):
         "reject": _m(0.3, 0.3, 0.80, 0.1, 0),
     }
     assert pareto_front(runs) == ["pubg", "ga", "reject"]
-    png = plot_forget_utility(runs, tmp_path / "methods.png", reference={"vanilla": _m(0.9, 0.8, 0.8, 0.7, 0)})
+    png = plot_forget_utility(
+        runs, tmp_path / "methods.png", reference={"vanilla": _m(0.9, 0.8, 0.8, 0.7, 0)}
+    )
     assert png.read_bytes()[:8] == PNG_MAGIC
-    paths = write_results_table([{"run": "ga", "x": 0.5}, {"run": "npo"}], ["run", "x"], tmp_path / "t.csv",
-                                tmp_path / "t.md")
+    paths = write_results_table(
+        [{"run": "ga", "x": 0.5}, {"run": "npo"}], ["run", "x"], tmp_path / "t.csv", tmp_path / "t.md"
+    )
     assert paths[0].read_text().splitlines() == ["run,x", "ga,0.5", "npo,"]
     assert "| ga | 0.5 |" in paths[1].read_text()
 
@@ -245,17 +285,23 @@ def test_sweep_options_and_resources(tmp_path, monkeypatch):
     assert mobj.multi and mobj.modes == ("min", "max", "max")
     cfg = RunConfig()
     with pytest.raises(ConfigError, match="ASHA"):
-        build_tune_config(mobj, multi, cfg, num_samples=2, scheduler="asha", search="optuna", max_concurrent=1)
+        build_tune_config(
+            mobj, multi, cfg, num_samples=2, scheduler="asha", search="optuna", max_concurrent=1
+        )
     with pytest.raises(ConfigError, match="optuna"):
-        build_tune_config(mobj, multi, cfg, num_samples=2, scheduler="none", search="random", max_concurrent=1)
+        build_tune_config(
+            mobj, multi, cfg, num_samples=2, scheduler="none", search="random", max_concurrent=1
+        )
     bad = _space(tmp_path, MULTI.replace("mode: [min, max, max]", "mode: [max, max, max]"), "bad.yaml")
     with pytest.raises(ConfigError, match="forget.leak_rate"):
         load_sweep_space(bad)
     no_eval, no_eval_obj = load_sweep_space(
-        _space(tmp_path, SPACE.replace("train.eval_every: 2", "train.eval_every: 0"), "noeval.yaml"))
+        _space(tmp_path, SPACE.replace("train.eval_every: 2", "train.eval_every: 0"), "noeval.yaml")
+    )
     with pytest.raises(ConfigError, match="eval_every"):
-        build_tune_config(no_eval_obj, no_eval, cfg, num_samples=2, scheduler="asha", search="random",
-                          max_concurrent=1)
+        build_tune_config(
+            no_eval_obj, no_eval, cfg, num_samples=2, scheduler="asha", search="random", max_concurrent=1
+        )
     # Names are stable in the space file, the config and the options.
     opts = {"num_samples": 2, "scheduler": "asha"}
     path = _space(tmp_path)
@@ -289,16 +335,22 @@ def test_optuna_multi_objective_tune_config_runs(tmp_path, ray_local):
     from pipelines.sweep.tune_space import to_tune
 
     space, obj = load_sweep_space(_space(tmp_path, MULTI, "multi.yaml"))
-    tune_config = build_tune_config(obj, space, RunConfig(), num_samples=3, scheduler="none", search="optuna",
-                                    max_concurrent=1)
+    tune_config = build_tune_config(
+        obj, space, RunConfig(), num_samples=3, scheduler="none", search="optuna", max_concurrent=1
+    )
 
     def trainable(config: dict[str, Any]) -> None:
         lr = config["train.lr"]
-        tune.report({"forget.leak_rate": lr, "quality.informativeness": 1 - lr, "retain.vqa_acc": 0.5, "final": 1})
+        tune.report(
+            {"forget.leak_rate": lr, "quality.informativeness": 1 - lr, "retain.vqa_acc": 0.5, "final": 1}
+        )
 
-    grid = tune.Tuner(tune.with_resources(trainable, {"CPU": 0.5}), param_space=to_tune(space, grid_as_choice=True),
-                      tune_config=tune_config,
-                      run_config=tune.RunConfig(name="optuna-multi", storage_path=str(tmp_path / "ray"))).fit()
+    grid = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": 0.5}),
+        param_space=to_tune(space, grid_as_choice=True),
+        tune_config=tune_config,
+        run_config=tune.RunConfig(name="optuna-multi", storage_path=str(tmp_path / "ray")),
+    ).fit()
     assert len(grid) == 3 and not grid.errors
     assert sorted(Path(r.path).name for r in grid) == ["trial_001", "trial_002", "trial_003"]
 
@@ -329,11 +381,22 @@ def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store, ray_loc
             time.sleep(0.02)  # all four start writing together
         together = len(list(barrier.iterdir()))
         for step in range(1, reports + 1):
-            cb.after_report(None, [{"step": float(step), "loss": 1.0 / step, "forget.leak_rate": 0.1,
-                                    "retain.vqa_acc": 0.5, "quality.informativeness": 0.2}], None)
+            cb.after_report(
+                None,
+                [
+                    {
+                        "step": float(step),
+                        "loss": 1.0 / step,
+                        "forget.leak_rate": 0.1,
+                        "retain.vqa_acc": 0.5,
+                        "quality.informativeness": 0.2,
+                    }
+                ],
+                None,
+            )
         delivered = False
         for _ in range(20):  # a locked database is retried, as the trial's final flush does
-            if (delivered := cb.flush()):
+            if delivered := cb.flush():
                 break
             time.sleep(0.5)
         tune.report({"delivered": float(delivered), "together": float(together)})

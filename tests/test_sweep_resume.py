@@ -50,17 +50,40 @@ def _tune_status(sweep_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(sweep_inputs, tmp_path, mlflow_store):
+def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(
+    sweep_inputs, tmp_path, mlflow_store
+):
     """`unlearn sweep` is SIGKILLed (its whole process group) once trial_000 finished; `--resume`
     finishes the sweep: trial_000 keeps its single result and MLflow run, trial_001 runs to the end."""
     uri = mlflow_store["tracking_uri"]
     space = tmp_path / "ga_interrupted.yaml"
     space.write_text(SPACE.replace("train.steps: {choice: [2, 4]}", "train.steps: {choice: [4]}"))
-    sets = {"workdir": sweep_inputs["workdir"], "shards": sweep_inputs["shards"], "train.batch_size": 8,
-            "train.cpus_per_worker": 0.5, "tracking.tracking_uri": uri,
-            "tracking.registered_model_name": "tiny-interrupted"}
-    cmd = [sys.executable, "-m", "pipelines.cli", "sweep", "--space", str(space), "--num-samples", "2",
-           "--scheduler", "none", "--max-concurrent", "1", "--max-leak", "1", "--min-retain-ratio", "0"]
+    sets = {
+        "workdir": sweep_inputs["workdir"],
+        "shards": sweep_inputs["shards"],
+        "train.batch_size": 8,
+        "train.cpus_per_worker": 0.5,
+        "tracking.tracking_uri": uri,
+        "tracking.registered_model_name": "tiny-interrupted",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "sweep",
+        "--space",
+        str(space),
+        "--num-samples",
+        "2",
+        "--scheduler",
+        "none",
+        "--max-concurrent",
+        "1",
+        "--max-leak",
+        "1",
+        "--min-retain-ratio",
+        "0",
+    ]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
     import ray
@@ -68,8 +91,14 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(swee
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "driver.log"
     with open(log_path, "wb") as log_file:
-        driver = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=log_file,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen(
+            cmd,
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     sweep_dir = None
     deadline = time.monotonic() + 300
     try:
@@ -80,7 +109,9 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(swee
                 break
             time.sleep(0.5)
         else:
-            pytest.fail(f"trial_000 did not finish before the kill (rc={driver.poll()}):\n{log_path.read_text()[-3000:]}")
+            pytest.fail(
+                f"trial_000 did not finish before the kill (rc={driver.poll()}):\n{log_path.read_text()[-3000:]}"
+            )
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started: no clean shutdown
@@ -93,10 +124,16 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(swee
 
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name(RunConfig().tracking.experiment).experiment_id
-    (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in client.search_runs(
-        [exp_id], filter_string="tags.trial_name = 'trial_000'")}
-    (first_run,) = [r for r in _children(client, exp_id, parent_id) if r.data.tags["trial_name"] == "trial_000"]
-    first_curve = [(m.step, m.value) for m in client.get_metric_history(first_run.info.run_id, "eval/objective")]
+    (parent_id,) = {
+        r.data.tags["mlflow.parentRunId"]
+        for r in client.search_runs([exp_id], filter_string="tags.trial_name = 'trial_000'")
+    }
+    (first_run,) = [
+        r for r in _children(client, exp_id, parent_id) if r.data.tags["trial_name"] == "trial_000"
+    ]
+    first_curve = [
+        (m.step, m.value) for m in client.get_metric_history(first_run.info.run_id, "eval/objective")
+    ]
 
     out = run_sweep("", RunConfig(), resume_dir=sweep_dir, log=lambda *a: None)
     trials = out["trials"]
@@ -104,7 +141,9 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(swee
     # trial_000 was not run again: the same result lines, the same MLflow run and curve.
     assert (sweep_dir / "trial_000" / "result.json").read_text().splitlines() == first_results
     assert trials["trial_000"]["run_id"] == first_run.info.run_id
-    assert [(m.step, m.value) for m in client.get_metric_history(first_run.info.run_id, "eval/objective")] == first_curve
+    assert [
+        (m.step, m.value) for m in client.get_metric_history(first_run.info.run_id, "eval/objective")
+    ] == first_curve
     children = _children(client, exp_id, parent_id)
     assert sorted(r.data.tags["trial_name"] for r in children) == ["trial_000", "trial_001"]
     assert all(r.info.status == "FINISHED" for r in children)

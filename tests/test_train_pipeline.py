@@ -29,9 +29,15 @@ def shards(tmp_path_factory, ray_local):
 
 def _cfg(workdir, shards, **extra) -> RunConfig:
     base = {
-        "workdir": str(workdir), "shards": str(shards),
-        "train.steps": 6, "train.batch_size": 8, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
-        "train.checkpoint_every": 3, "train.eval_max_samples": 2, "train.lr": 3e-3,
+        "workdir": str(workdir),
+        "shards": str(shards),
+        "train.steps": 6,
+        "train.batch_size": 8,
+        "train.num_workers": 2,
+        "train.cpus_per_worker": 0.5,
+        "train.checkpoint_every": 3,
+        "train.eval_max_samples": 2,
+        "train.lr": 3e-3,
         "tracking.registered_model_name": "tiny-vanilla",
     }
     return with_overrides(RunConfig(), {**base, **extra})
@@ -52,10 +58,14 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
 
     # Register + pull round trip, sha256 checked; the pulled folder loads and gives the same logits.
     assert out["version"] == "1"
-    pulled = tracking.pull("models:/tiny-vanilla/1", tmp_path / "pulled", tracking_uri=mlflow_store["tracking_uri"])
+    pulled = tracking.pull(
+        "models:/tiny-vanilla/1", tmp_path / "pulled", tracking_uri=mlflow_store["tracking_uri"]
+    )
     assert json.loads((pulled / "PULLED_FROM.json").read_text())["weights_sha256"] == out["weights_sha256"]
     tracking.set_alias("tiny-vanilla", "champion", "1", tracking_uri=mlflow_store["tracking_uri"])
-    by_alias = tracking.pull("models:/tiny-vanilla@champion", tmp_path / "p2", tracking_uri=mlflow_store["tracking_uri"])
+    by_alias = tracking.pull(
+        "models:/tiny-vanilla@champion", tmp_path / "p2", tracking_uri=mlflow_store["tracking_uri"]
+    )
     assert tracking.weights_sha256(by_alias) == out["weights_sha256"]
     a = load_file(str(next((tmp_path / "wd" / "models" / "vanilla").glob("*.safetensors"))))
     b = load_file(str(next(pulled.glob("*.safetensors"))))
@@ -71,8 +81,14 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
 
     row = next(r for r in read_records(shards.parent / "records").to_pylist() if r["task"] == "identity_vqa")
     pyfunc = mlflow.pyfunc.load_model("models:/tiny-vanilla@champion")
-    answers = pyfunc.predict(pd.DataFrame([{"question": row["question"], "image": row["image"]},
-                                           {"question": "Describe the image.", "image": row["image"]}]))
+    answers = pyfunc.predict(
+        pd.DataFrame(
+            [
+                {"question": row["question"], "image": row["image"]},
+                {"question": "Describe the image.", "image": row["image"]},
+            ]
+        )
+    )
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
     # A tampered download is refused.
@@ -85,9 +101,16 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
 
 def test_resume_continues_from_saved_step(shards, tmp_path):
     cfg = _cfg(tmp_path / "wd", shards, **{"train.num_workers": 1, "train.cpus_per_worker": 1.0})
-    job = TrainJob(cfg=cfg.model_dump(), mode="finetune", processor_dir=str(shards / "processor"),
-                   init_model="tiny-llava", image_size=32)
-    first = fit(job, {"train": stream_dataset(shards, "train")}, name="first", storage_path=str(tmp_path / "ray"))
+    job = TrainJob(
+        cfg=cfg.model_dump(),
+        mode="finetune",
+        processor_dir=str(shards / "processor"),
+        init_model="tiny-llava",
+        image_size=32,
+    )
+    first = fit(
+        job, {"train": stream_dataset(shards, "train")}, name="first", storage_path=str(tmp_path / "ray")
+    )
     ckpts = sorted(first.best_checkpoints, key=lambda c: c[1]["step"])
     assert [int(m["step"]) for _, m in ckpts] == [3, 6]
     step3 = ckpts[0][0]
@@ -96,7 +119,9 @@ def test_resume_continues_from_saved_step(shards, tmp_path):
         w3 = load_file(f"{d}/model.safetensors")
 
     job.resume_from = step3.path
-    resumed = fit(job, {"train": stream_dataset(shards, "train")}, name="resumed", storage_path=str(tmp_path / "ray"))
+    resumed = fit(
+        job, {"train": stream_dataset(shards, "train")}, name="resumed", storage_path=str(tmp_path / "ray")
+    )
     steps = [int(m["step"]) for _, m in resumed.best_checkpoints]
     assert steps == [6]  # continued at step 4, did not redo steps 1-3
     with resumed.checkpoint.as_directory() as d:
@@ -111,12 +136,27 @@ def test_same_seed_same_weights_other_seed_other_weights(shards, tmp_path):
     Ray Data order and shuffle); another seed gives other weights."""
 
     def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
-        cfg = _cfg(tmp_path / name, shards, **{"train.num_workers": 1, "train.cpus_per_worker": 1.0,
-                                               "train.checkpoint_every": 0, "train.seed": seed,
-                                               "train.torch_threads": 1})
-        job = TrainJob(cfg=cfg.model_dump(), mode="finetune", processor_dir=str(shards / "processor"),
-                       init_model="tiny-llava", image_size=32)
-        result = fit(job, {"train": stream_dataset(shards, "train")}, name=name, storage_path=str(tmp_path / "ray"))
+        cfg = _cfg(
+            tmp_path / name,
+            shards,
+            **{
+                "train.num_workers": 1,
+                "train.cpus_per_worker": 1.0,
+                "train.checkpoint_every": 0,
+                "train.seed": seed,
+                "train.torch_threads": 1,
+            },
+        )
+        job = TrainJob(
+            cfg=cfg.model_dump(),
+            mode="finetune",
+            processor_dir=str(shards / "processor"),
+            init_model="tiny-llava",
+            image_size=32,
+        )
+        result = fit(
+            job, {"train": stream_dataset(shards, "train")}, name=name, storage_path=str(tmp_path / "ray")
+        )
         with result.checkpoint.as_directory() as d:
             return load_file(f"{d}/model.safetensors")
 

@@ -216,7 +216,11 @@ def test_top_level_errors():
 def test_start_points_are_validated_against_their_dims():
     space = load_space(default_space_path("pubg"))
     (point,) = space.start  # the README's hand-tuned run is every PUBG sweep's first trial
-    assert point["method.params.w_ga"] == 0.02 and point["train.steps"] == 60 and point["method.params.mask"] == "none"
+    assert (
+        point["method.params.w_ga"] == 0.02
+        and point["train.steps"] == 60
+        and point["method.params.mask"] == "none"
+    )
     assert trial_config(space, {**sample(space, random.Random(0)), **point}).method.params["w_ga"] == 0.02
 
     def bad(start: Any, pattern: str, **extra: Any) -> None:
@@ -224,7 +228,10 @@ def test_start_points_are_validated_against_their_dims():
             parse_space({**_pubg(), "start": start, **extra})
 
     bad([{"train.lr": 0.5}], r"start\[0\]\.train\.lr: 0\.5 outside loguniform \[0\.0001, 0\.003\]")
-    bad([{}, {"train.steps": 30}], r"start\[1\]\.train\.steps: 30 is not one of the choice values \[20, 40, 60, 80\]")
+    bad(
+        [{}, {"train.steps": 30}],
+        r"start\[1\]\.train\.steps: 30 is not one of the choice values \[20, 40, 60, 80\]",
+    )
     bad([{"train.seed": 1}], r"start\[0\]\.train\.seed: not a dim of space; valid: method\.params\.w_ga")
     bad([{"method.params.w_ga": "1e-2x"}], r"start\[0\]\.method\.params\.w_ga: '1e-2x' outside")
     bad({"train.lr": 1e-3}, r"start: must be a list of points")
@@ -363,15 +370,19 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
     from pipelines.sweep.tune_space import to_tune
 
     space, objectives = load_sweep_space(default_space_path("pubg"))
-    tune_config = build_tune_config(objectives, space, RunConfig(), num_samples=3, scheduler="none", search=search,
-                                    max_concurrent=1)
+    tune_config = build_tune_config(
+        objectives, space, RunConfig(), num_samples=3, scheduler="none", search=search, max_concurrent=1
+    )
 
     def trainable(config: dict[str, Any]) -> None:
         tune.report({OBJECTIVE: config["train.lr"], "step": 1, "final": 1})
 
-    results = tune.Tuner(tune.with_resources(trainable, {"CPU": 0.5}), param_space=to_tune(space),
-                         tune_config=tune_config,
-                         run_config=tune.RunConfig(name=f"start-{search}", storage_path=str(tmp_path), verbose=0)).fit()
+    results = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": 0.5}),
+        param_space=to_tune(space),
+        tune_config=tune_config,
+        run_config=tune.RunConfig(name=f"start-{search}", storage_path=str(tmp_path), verbose=0),
+    ).fit()
     assert len(results) == 3 and not results.errors
     by_name = sorted(results, key=lambda r: Path(r.path).name)
     (point,) = space.start

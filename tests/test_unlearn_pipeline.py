@@ -41,28 +41,47 @@ def inputs(tmp_path_factory, ray_local) -> dict[str, Path]:
 
 def _forget_prompts(shards: Path) -> int:
     table = pq.read_table(shards / "forget", columns=["split", "task"])
-    return sum(in_stream("forget", s, t) for s, t in zip(table["split"].to_pylist(), table["task"].to_pylist(),
-                                                         strict=True))
+    return sum(
+        in_stream("forget", s, t)
+        for s, t in zip(table["split"].to_pylist(), table["task"].to_pylist(), strict=True)
+    )
 
 
 def _cli(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
     import ray
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env_extra}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlflow_store):
     uri = mlflow_store["tracking_uri"]
     steps, eval_every = 6, 3
-    cfg = with_overrides(RunConfig(), {
-        "workdir": str(tmp_path / "wd"), "shards": str(inputs["shards"]), "model.spec": str(inputs["vanilla"]),
-        "method.name": "pubg", "method.params.w_ret": 1.0, "train.steps": steps, "train.eval_every": eval_every,
-        "train.eval_max_samples": 4, "train.batch_size": 8, "train.torch_threads": 1,
-        "tracking.tracking_uri": uri, "tracking.registered_model_name": "tiny-pubg",
-    })
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(tmp_path / "wd"),
+            "shards": str(inputs["shards"]),
+            "model.spec": str(inputs["vanilla"]),
+            "method.name": "pubg",
+            "method.params.w_ret": 1.0,
+            "train.steps": steps,
+            "train.eval_every": eval_every,
+            "train.eval_max_samples": 4,
+            "train.batch_size": 8,
+            "train.torch_threads": 1,
+            "tracking.tracking_uri": uri,
+            "tracking.registered_model_name": "tiny-pubg",
+        },
+    )
     lines: list[str] = []
     out = run_unlearn(cfg, log=lines.append)
 
@@ -91,7 +110,10 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     assert run.info.status == "FINISHED" and run.data.tags["job"] == "unlearn"
     assert run.data.params["method.name"] == "pubg" and float(run.data.params["method.params.w_ret"]) == 1.0
     # every resolved method param is its own MLflow param, defaults included (not "method.params: {}")
-    assert run.data.params["method.params.w_bg"] == "1.0" and run.data.params["method.params.topk_mode"] == "tail"
+    assert (
+        run.data.params["method.params.w_bg"] == "1.0"
+        and run.data.params["method.params.topk_mode"] == "tail"
+    )
     assert "method.params" not in run.data.params
     eval_steps = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/forget.leak_rate")]
     assert eval_steps == list(range(eval_every, steps + 1, eval_every))
@@ -116,31 +138,70 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
 def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
     uri = mlflow_store["tracking_uri"]
     mask_path = tmp_path / "mask.safetensors"
-    done = _cli(["mask", "--model", str(inputs["vanilla"]), "--shards", str(inputs["shards"]), "--modules", "vision",
-                 "--gamma", "1.0", "--out", str(mask_path), "--tracking-uri", uri, "--workdir", str(tmp_path)], {})
+    done = _cli(
+        [
+            "mask",
+            "--model",
+            str(inputs["vanilla"]),
+            "--shards",
+            str(inputs["shards"]),
+            "--modules",
+            "vision",
+            "--gamma",
+            "1.0",
+            "--out",
+            str(mask_path),
+            "--tracking-uri",
+            uri,
+            "--workdir",
+            str(tmp_path),
+        ],
+        {},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads(mask_path.with_suffix(".json").read_text())
     masks = load_file(str(mask_path))
-    assert masks and all(name.startswith(("vision_tower", "multi_modal_projector", "model.vision_tower",
-                                          "model.multi_modal_projector")) for name in masks), sorted(masks)[:5]
+    assert masks and all(
+        name.startswith(
+            ("vision_tower", "multi_modal_projector", "model.vision_tower", "model.multi_modal_projector")
+        )
+        for name in masks
+    ), sorted(masks)[:5]
     selected = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert stats["selected_fraction"]["vision"] == pytest.approx(selected)
     assert 0.0 < selected < 1.0 and stats["sparsity"]["vision"] == pytest.approx(1 - selected)
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("lvlm-unlearn").experiment_id],
-                                filter_string="tags.job = 'mask'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("lvlm-unlearn").experiment_id], filter_string="tags.job = 'mask'"
+    )
     assert run.data.metrics["mask.sparsity.vision"] == pytest.approx(1 - selected)
     assert run.data.params["mask.modules"] == "vision"
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "mask")} == {"mask/mask.json",
-                                                                              "mask/mask.safetensors"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "mask")} == {
+        "mask/mask.json",
+        "mask/mask.safetensors",
+    }
 
     report_path = tmp_path / "eval.json"
-    done = _cli(["eval", "--model", str(inputs["vanilla"]), "--shards", str(inputs["shards"]), "--out",
-                 str(report_path), "--max-per-group", "4"], {"MLFLOW_TRACKING_URI": uri})
+    done = _cli(
+        [
+            "eval",
+            "--model",
+            str(inputs["vanilla"]),
+            "--shards",
+            str(inputs["shards"]),
+            "--out",
+            str(report_path),
+            "--max-per-group",
+            "4",
+        ],
+        {"MLFLOW_TRACKING_URI": uri},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert {"forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "utility.caption_f1"} <= set(
-        report["metrics"]) and all(0.0 <= v <= 1.0 for v in report["metrics"].values())
-    assert report["per_sample"] and all({"sample_id", "split", "task", "answer", "leaked"} <= set(s)
-                                        for s in report["per_sample"])
+        report["metrics"]
+    ) and all(0.0 <= v <= 1.0 for v in report["metrics"].values())
+    assert report["per_sample"] and all(
+        {"sample_id", "split", "task", "answer", "leaked"} <= set(s) for s in report["per_sample"]
+    )
     assert "forget.leak_rate" in done.stdout  # the table on the terminal

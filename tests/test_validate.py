@@ -93,11 +93,21 @@ def test_duplicate_sample_ids_are_an_error_naming_ids_and_origins() -> None:
     assert "f.parquet#0" in message and "f.parquet#5" in message and "s-2" not in message
 
 
-@pytest.mark.parametrize(("forget", "retain"), [("forget", "retain"), ("forget_unseen", "retain"),
-                                                ("forget_unseen", "retain_unseen"), ("forget", "retain_unseen")])
+@pytest.mark.parametrize(
+    ("forget", "retain"),
+    [
+        ("forget", "retain"),
+        ("forget_unseen", "retain"),
+        ("forget_unseen", "retain_unseen"),
+        ("forget", "retain_unseen"),
+    ],
+)
 def test_entity_on_both_sides_is_an_error_naming_it(forget: str, retain: str) -> None:
-    rows = [("a#0", row(sample_id="1", split=forget)), ("b#0", row(sample_id="2", split=retain)),
-            ("c#0", row(sample_id="3", split="utility"))]
+    rows = [
+        ("a#0", row(sample_id="1", split=forget)),
+        ("b#0", row(sample_id="2", split=retain)),
+        ("c#0", row(sample_id="3", split="utility")),
+    ]
     with pytest.raises(RecordError) as err:
         validate_rows(rows)
     message = str(err.value)
@@ -172,7 +182,9 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
         records_io.read_records(tmp_path / "r")
     wrong = table.set_column(table.schema.get_field_index("question"), "question", pa.array([1, 2]))
     pq.write_table(wrong, path)
-    with pytest.raises(RecordError, match=r"forget\.parquet: column 'question' has type int64, expected string"):
+    with pytest.raises(
+        RecordError, match=r"forget\.parquet: column 'question' has type int64, expected string"
+    ):
         records_io.read_records(tmp_path / "r", ["forget"])
     (tmp_path / "r" / records_io.META_FILE).unlink()
     with pytest.raises(RecordError, match="records_meta.json is missing"):

@@ -29,7 +29,11 @@ def absolute_folder(path: str | Path) -> str:
 def local_model_spec(spec: str) -> str:
     """A model spec naming an existing local folder, made absolute; HF ids, ``tiny-llava`` and
     ``models:/`` URIs stay as they are."""
-    return absolute_folder(spec) if not spec.startswith("models:/") and Path(spec).expanduser().is_dir() else spec
+    return (
+        absolute_folder(spec)
+        if not spec.startswith("models:/") and Path(spec).expanduser().is_dir()
+        else spec
+    )
 
 
 class _Strict(BaseModel):

@@ -311,13 +311,16 @@ def _range_args(kind: str, args: Any, info: FieldInfo, where: str) -> list[Any]:
     return [low, high]
 
 
-def _parse_start(method: str, base: dict[str, Any], dims: dict[str, Dim], raw: Any,
-                 where: str) -> tuple[dict[str, Any], ...]:
+def _parse_start(
+    method: str, base: dict[str, Any], dims: dict[str, Dim], raw: Any, where: str
+) -> tuple[dict[str, Any], ...]:
     """The ``start`` points: each a mapping of dims to values the dim can produce."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError(f"{where}: must be a list of points (mappings of dim -> value), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{where}: must be a list of points (mappings of dim -> value), got {type(raw).__name__}"
+        )
     if raw and any(d.kind == "grid" for d in dims.values()):
         raise ConfigError(f"{where}: not supported together with grid dims (Tune expands the grid itself)")
     points = []

@@ -31,7 +31,10 @@ class _Generator:
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
         rows = batch.to_pylist()
         outs = model_outputs(self.model, self.processor, rows, protocol=self.protocol)
-        return {"sample_id": [r["sample_id"] for r in rows], "output": [json.dumps(outs[r["sample_id"]]) for r in rows]}
+        return {
+            "sample_id": [r["sample_id"] for r in rows],
+            "output": [json.dumps(outs[r["sample_id"]]) for r in rows],
+        }
 
 
 def generate_outputs(
@@ -73,12 +76,17 @@ def shard_image_png(row: dict[str, Any]) -> bytes | None:
     return buf.getvalue()
 
 
-def judge_shard_outputs(rows: list[dict[str, Any]], outputs: dict[str, Any], cfg: JudgeConfig) -> dict[str, float]:
+def judge_shard_outputs(
+    rows: list[dict[str, Any]], outputs: dict[str, Any], cfg: JudgeConfig
+) -> dict[str, float]:
     """The optional LLM judge over shard rows: their raw pixels go to the judge as PNG images."""
     from unlearn_core.eval.judge import judge_answers
 
-    judged = [{**r, "image": shard_image_png(r)} for r in rows
-              if r.get("split") in cfg.splits and r.get("task") in cfg.tasks]
+    judged = [
+        {**r, "image": shard_image_png(r)}
+        for r in rows
+        if r.get("split") in cfg.splits and r.get("task") in cfg.tasks
+    ]
     return judge_answers(judged, outputs, cfg)
 
 
@@ -113,7 +121,16 @@ def evaluate(
     metrics = dict(result["metrics"])
     if judge is not None:
         metrics.update(judge_shard_outputs(rows, outputs, judge))
-    per_sample = [{**r, "generation": outputs[r["sample_id"]]["generation"]}
-                  if "generation" in outputs.get(r["sample_id"], {}) else r for r in result["per_sample"]]
-    return {"protocol": proto.name, "metrics": metrics, "counts": result["counts"],
-            "per_sample": per_sample, "n_rows": len(rows)}
+    per_sample = [
+        {**r, "generation": outputs[r["sample_id"]]["generation"]}
+        if "generation" in outputs.get(r["sample_id"], {})
+        else r
+        for r in result["per_sample"]
+    ]
+    return {
+        "protocol": proto.name,
+        "metrics": metrics,
+        "counts": result["counts"],
+        "per_sample": per_sample,
+        "n_rows": len(rows),
+    }

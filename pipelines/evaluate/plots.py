@@ -51,9 +51,13 @@ def dominates(a: Metrics, b: Metrics, criteria: Sequence[tuple[str, str]] = PARE
     return better
 
 
-def pareto_front(runs: Mapping[str, Metrics], criteria: Sequence[tuple[str, str]] = PARETO_CRITERIA) -> list[str]:
+def pareto_front(
+    runs: Mapping[str, Metrics], criteria: Sequence[tuple[str, str]] = PARETO_CRITERIA
+) -> list[str]:
     """Names of the runs no other run dominates (criteria a run lacks are ignored for that pair)."""
-    return [n for n, m in runs.items() if not any(dominates(o, m, criteria) for k, o in runs.items() if k != n)]
+    return [
+        n for n, m in runs.items() if not any(dominates(o, m, criteria) for k, o in runs.items() if k != n)
+    ]
 
 
 def plot_forget_utility(
@@ -79,7 +83,9 @@ def plot_forget_utility(
     from matplotlib.lines import Line2D
 
     methods = dict(methods or {})
-    plottable = {n: m for n, m in runs.items() if _value(m, LEAK) is not None and _value(m, RETAIN) is not None}
+    plottable = {
+        n: m for n, m in runs.items() if _value(m, LEAK) is not None and _value(m, RETAIN) is not None
+    }
     front = set(pareto_front(plottable) if highlight is None else highlight)
     method_of = {n: methods.get(n, n) for n in plottable}
     marker_of = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(dict.fromkeys(method_of.values()))}
@@ -95,9 +101,17 @@ def plot_forget_utility(
             ax.scatter([unseen], [y], s=size, marker=marker, facecolors="none", edgecolors="C0", zorder=2)
         ax.scatter([x], [y], s=size, marker=marker, color="C0", alpha=0.8, zorder=3)
         if name in front:
-            ax.scatter([x], [y], s=size * 1.8 + 40, marker="o", facecolors="none", edgecolors="red", lw=1.5, zorder=4)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7,
-                    fontweight="bold" if name in front else "normal")
+            ax.scatter(
+                [x], [y], s=size * 1.8 + 40, marker="o", facecolors="none", edgecolors="red", lw=1.5, zorder=4
+            )
+        ax.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=7,
+            fontweight="bold" if name in front else "normal",
+        )
     for name, m in (reference or {}).items():
         x, y = _value(m, LEAK), _value(m, RETAIN)
         if x is None or y is None:
@@ -135,8 +149,12 @@ def _cell(value: Any, precision: int = 4) -> str:
     return str(value)
 
 
-def write_results_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], csv_path: str | Path,
-                        md_path: str | Path | None = None) -> list[Path]:
+def write_results_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    csv_path: str | Path,
+    md_path: str | Path | None = None,
+) -> list[Path]:
     """One row per run: a CSV (every column) and optionally the same as a Markdown table."""
     paths = [Path(csv_path)]
     paths[0].parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,9 @@ def fingerprint(records_dir: Path, processor_dir: Path, shard_cfg: dict[str, Any
     return h.hexdigest()
 
 
-def build_processor(model_spec: str, records: pa.Table, out_dir: Path, model_cfg: ModelConfig, image_size: int) -> None:
+def build_processor(
+    model_spec: str, records: pa.Table, out_dir: Path, model_cfg: ModelConfig, image_size: int
+) -> None:
     """Save the processor the shards are encoded with (a tiny-llava one is trained on the records' text)."""
     corpus = None
     if model_spec == "tiny-llava":
@@ -129,7 +131,12 @@ def shard_records(
     staging.mkdir(parents=True)
     proc_dir = staging / "processor"
     build_processor(model_spec, table, proc_dir, model_cfg, image_size)
-    shard_cfg = {"model_spec": model_spec, "image_size": image_size, "seed": seed, "views": list(VIEW_PREFIXES)}
+    shard_cfg = {
+        "model_spec": model_spec,
+        "image_size": image_size,
+        "seed": seed,
+        "views": list(VIEW_PREFIXES),
+    }
     fp = fingerprint(records_dir, proc_dir, shard_cfg)
 
     manifest_path = out_dir / "manifest.json"
@@ -186,7 +193,9 @@ def _write(result: pa.Table, out_dir: Path, n_read: int) -> ShardReport:
     good = result.filter(pa.compute.invert(bad_mask)).drop_columns(["quarantine_reason"])
     bad = result.filter(bad_mask).select(["sample_id", "split", "task", "quarantine_reason"])
     if good.num_rows + bad.num_rows != n_read:
-        raise RecordError(f"row count mismatch: read {n_read}, written {good.num_rows}, quarantined {bad.num_rows}")
+        raise RecordError(
+            f"row count mismatch: read {n_read}, written {good.num_rows}, quarantined {bad.num_rows}"
+        )
     rows_per_split: dict[str, int] = {}
     rows_per_task: dict[str, dict[str, int]] = {}
     for split in SPLITS:

@@ -32,7 +32,11 @@ def random_answers(table: pa.Table, seed: int) -> dict[str, str]:
     for r in rows:
         if r["split"] != "forget":
             continue
-        cands = [a for e, a in pool.get((r["task"], _question_key(r["question"], r["task"])), []) if e != r["entity_id"]]
+        cands = [
+            a
+            for e, a in pool.get((r["task"], _question_key(r["question"], r["task"])), [])
+            if e != r["entity_id"]
+        ]
         if cands:
             out[r["sample_id"]] = rng.choice(sorted(set(cands)))
     return out
@@ -75,7 +79,11 @@ class RowEncoder:
             h, w = int(arr.shape[0]), int(arr.shape[1])
             image = arr
         enc = encode_example(
-            self.processor, question=row["question"], answer=row["answer"], image=image, image_size=self.image_size
+            self.processor,
+            question=row["question"],
+            answer=row["answer"],
+            image=image,
+            image_size=self.image_size,
         )
         result: dict[str, Any] = {
             "sample_id": row["sample_id"],
@@ -97,13 +105,21 @@ class RowEncoder:
         if row["split"] == "forget":
             refusal = REFUSAL_ANSWERS[0]
             idk = encode_example(
-                self.processor, question=row["question"], answer=refusal, image=image, image_size=self.image_size
+                self.processor,
+                question=row["question"],
+                answer=refusal,
+                image=image,
+                image_size=self.image_size,
             )
             result["idk_input_ids"], result["idk_labels"] = idk["input_ids"], idk["labels"]
             rand = self.rand_answers.get(row["sample_id"])
             if rand is not None:
                 r = encode_example(
-                    self.processor, question=row["question"], answer=rand, image=image, image_size=self.image_size
+                    self.processor,
+                    question=row["question"],
+                    answer=rand,
+                    image=image,
+                    image_size=self.image_size,
                 )
                 result["rand_input_ids"], result["rand_labels"] = r["input_ids"], r["labels"]
         return result

@@ -65,7 +65,9 @@ def stream_dataset(
     def keep(batch: pa.Table) -> pa.Table:
         """Rows of this stream, each repeated by its task weight (default 1)."""
         pairs = zip(batch["split"].to_pylist(), batch["task"].to_pylist(), strict=True)
-        idx = [i for i, (s, t) in enumerate(pairs) if in_stream(stream, s, t) for _ in range(weights.get(t, 1))]
+        idx = [
+            i for i, (s, t) in enumerate(pairs) if in_stream(stream, s, t) for _ in range(weights.get(t, 1))
+        ]
         return batch.take(pa.array(idx, type=pa.int64()))
 
     # Same seed, same rows in the same order: without it Ray Data yields blocks as they finish, and
@@ -74,5 +76,3 @@ def stream_dataset(
     ds = ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
     size = sum(f.stat().st_size for path in paths for f in Path(path).rglob("*.parquet"))
     return ds.materialize() if size < MATERIALIZE_MAX_BYTES else ds
-
-

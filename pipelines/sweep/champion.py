@@ -71,8 +71,15 @@ class ChampionChoice:
 
     def rationale(self, rule: ChampionRule) -> str:
         """Compact JSON for tags: the rule, the qualifying trials, the choice and its metrics."""
-        data = {"rule": rule.describe(), "chosen": self.trial, "fallback": self.fallback_used,
-                "reason": self.reason, "qualifying": self.qualifying, "metrics": self.metrics, "notes": self.notes}
+        data = {
+            "rule": rule.describe(),
+            "chosen": self.trial,
+            "fallback": self.fallback_used,
+            "reason": self.reason,
+            "qualifying": self.qualifying,
+            "metrics": self.metrics,
+            "notes": self.notes,
+        }
         text = json.dumps(data, sort_keys=True)
         while len(text) > MAX_TAG_CHARS and data["qualifying"]:
             data["qualifying"] = data["qualifying"][: len(data["qualifying"]) // 2] + ["..."]
@@ -131,20 +138,29 @@ def select_champion(
     qualifying = sorted(n for n, m in trials.items() if qualifies(m))
     by_objective = _objective_key(objective_mode)
     if qualifying:
+
         def rank(name: str) -> tuple[float, float, str]:
             inf = _num(trials[name], rule.rank_metric)
-            return (-(inf if inf is not None else -math.inf), by_objective((name, trials[name]), objective), name)
+            return (
+                -(inf if inf is not None else -math.inf),
+                by_objective((name, trials[name]), objective),
+                name,
+            )
 
         best = min(qualifying, key=rank)
         reason = f"highest {rule.rank_metric} among {len(qualifying)} qualifying trial(s)"
-        return ChampionChoice(best, qualifying, False, reason, _chosen_metrics(trials[best], rule, objective), notes)
+        return ChampionChoice(
+            best, qualifying, False, reason, _chosen_metrics(trials[best], rule, objective), notes
+        )
     if rule.fallback == "none" or not trials:
         reason = "no trial qualifies" + (": nothing registered" if trials else " (no finished trials)")
         return ChampionChoice(None, [], False, reason, {}, notes)
     ranked = sorted(trials.items(), key=lambda it: (by_objective(it, objective), it[0]))
     name, metrics = ranked[0]
     if _num(metrics, objective) is None:
-        return ChampionChoice(None, [], False, f"no trial qualifies and none reports {objective!r}", {}, notes)
+        return ChampionChoice(
+            None, [], False, f"no trial qualifies and none reports {objective!r}", {}, notes
+        )
     reason = f"no trial qualifies; fallback: best {objective} ({objective_mode})"
     return ChampionChoice(name, [], True, reason, _chosen_metrics(metrics, rule, objective), notes)
 
@@ -177,14 +193,25 @@ def register_champion(
     tracking.set_alias(registered_name, CHAMPION_ALIAS, version, tracking_uri=tracking_uri)
     client.set_model_version_tag(registered_name, version, RATIONALE_TAG, rationale)
     client.set_model_version_tag(registered_name, version, "sweep_parent_run_id", parent_run_id)
-    for key, value in {RATIONALE_TAG: rationale, "champion_trial": choice.trial or "", "champion_run_id": run_id,
-                       "champion_model": f"models:/{registered_name}/{version}"}.items():
+    for key, value in {
+        RATIONALE_TAG: rationale,
+        "champion_trial": choice.trial or "",
+        "champion_run_id": run_id,
+        "champion_model": f"models:/{registered_name}/{version}",
+    }.items():
         client.set_tag(parent_run_id, key, value)
-    return {"name": registered_name, "version": version, "uri": f"models:/{registered_name}@{CHAMPION_ALIAS}",
-            tracking.SHA_TAG: sha, "rationale": rationale}
+    return {
+        "name": registered_name,
+        "version": version,
+        "uri": f"models:/{registered_name}@{CHAMPION_ALIAS}",
+        tracking.SHA_TAG: sha,
+        "rationale": rationale,
+    }
 
 
-def record_no_champion(choice: ChampionChoice, rule: ChampionRule, *, tracking_uri: str, parent_run_id: str) -> None:
+def record_no_champion(
+    choice: ChampionChoice, rule: ChampionRule, *, tracking_uri: str, parent_run_id: str
+) -> None:
     client = MlflowClient(tracking_uri)
     client.set_tag(parent_run_id, RATIONALE_TAG, choice.rationale(rule))
     client.set_tag(parent_run_id, "champion_trial", "")

@@ -55,7 +55,9 @@ PREPARED_KEYS = ("method.params.instruction", "method.params.mask", "method.para
 def sweep_name_for(space_path: str | Path, cfg: RunConfig, options: Mapping[str, Any]) -> str:
     """``sweep-<space>-<hash of the space file, the config and the sweep options>``: stable across runs."""
     text = Path(space_path).read_text()
-    blob = json.dumps({"space": text, "cfg": cfg.model_dump(), "options": dict(options)}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"space": text, "cfg": cfg.model_dump(), "options": dict(options)}, sort_keys=True, default=str
+    )
     return f"sweep-{Path(space_path).stem}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
@@ -68,8 +70,9 @@ def _resolved_cfg(cfg: RunConfig) -> RunConfig:
     return with_overrides(cfg, over)
 
 
-def _prepare_all(space: SearchSpace, cfg: RunConfig, ws: Workspace, uri: str, log: Callable[..., None]
-                 ) -> dict[str, Any]:
+def _prepare_all(
+    space: SearchSpace, cfg: RunConfig, ws: Workspace, uri: str, log: Callable[..., None]
+) -> dict[str, Any]:
     """Shared inputs once; then every discrete combination of the params prepared inputs depend on."""
     probe = sample(space, random.Random(cfg.train.seed))
     inputs = prepare_inputs(trial_config(space, probe, cfg), ws, uri, log)
@@ -77,8 +80,12 @@ def _prepare_all(space: SearchSpace, cfg: RunConfig, ws: Workspace, uri: str, lo
     if dims and all(d.kind in VALUE_KINDS for d in dims.values()):
         cfg_shared = _shared_cfg(cfg, inputs)
         for combo in itertools.product(*(d.args for d in dims.values())):
-            prepare_inputs(trial_config(space, {**probe, **dict(zip(dims, combo, strict=True))}, cfg_shared),
-                           ws, uri, log)
+            prepare_inputs(
+                trial_config(space, {**probe, **dict(zip(dims, combo, strict=True))}, cfg_shared),
+                ws,
+                uri,
+                log,
+            )
     elif dims:
         log(f"{sorted(dims)} include a continuous range: trials prepare their inputs under a file lock")
     return inputs
@@ -86,8 +93,13 @@ def _prepare_all(space: SearchSpace, cfg: RunConfig, ws: Workspace, uri: str, lo
 
 def _shared_cfg(cfg: RunConfig, inputs: dict[str, Any]) -> RunConfig:
     """Trials reuse the driver's shards and initial model folder (no re-pull of a registry model)."""
-    return with_overrides(cfg, {"shards": str(Path(inputs["shards"]).resolve()),
-                                "model.spec": str(Path(inputs["init_model"]).resolve())})
+    return with_overrides(
+        cfg,
+        {
+            "shards": str(Path(inputs["shards"]).resolve()),
+            "model.spec": str(Path(inputs["init_model"]).resolve()),
+        },
+    )
 
 
 def _open_parent(uri: str, exp_id: str, state: dict[str, Any], space: SearchSpace) -> str:
@@ -95,22 +107,52 @@ def _open_parent(uri: str, exp_id: str, state: dict[str, Any], space: SearchSpac
     if state.get("parent_run_id"):
         client.update_run(state["parent_run_id"], status="RUNNING")
         return str(state["parent_run_id"])
-    params = {"space": state["space_path"], "num_samples": state["num_samples"], "scheduler": state["scheduler"],
-              "search": state["search"], "max_concurrent": state["max_concurrent"],
-              "workers_per_trial": state["workers_per_trial"], "method": space.method}
-    run_id = tracking.open_run(uri, exp_id, run_name=state["sweep_name"], params=params,
-                               tags={"job": "sweep", "method": space.method, "sweep": state["sweep_name"]})
+    params = {
+        "space": state["space_path"],
+        "num_samples": state["num_samples"],
+        "scheduler": state["scheduler"],
+        "search": state["search"],
+        "max_concurrent": state["max_concurrent"],
+        "workers_per_trial": state["workers_per_trial"],
+        "method": space.method,
+    }
+    run_id = tracking.open_run(
+        uri,
+        exp_id,
+        run_name=state["sweep_name"],
+        params=params,
+        tags={"job": "sweep", "method": space.method, "sweep": state["sweep_name"]},
+    )
     client.log_text(run_id, Path(state["space_path"]).read_text(), "search_space.yaml")
     return run_id
 
 
-def _new_state(space_path: str | Path, cfg: RunConfig, *, num_samples: int, scheduler: str, search: str,
-               max_concurrent: int | None, workers_per_trial: int, rule: ChampionRule) -> dict[str, Any]:
-    options = {"num_samples": num_samples, "scheduler": scheduler, "search": search,
-               "max_concurrent": max_concurrent, "workers_per_trial": workers_per_trial}
+def _new_state(
+    space_path: str | Path,
+    cfg: RunConfig,
+    *,
+    num_samples: int,
+    scheduler: str,
+    search: str,
+    max_concurrent: int | None,
+    workers_per_trial: int,
+    rule: ChampionRule,
+) -> dict[str, Any]:
+    options = {
+        "num_samples": num_samples,
+        "scheduler": scheduler,
+        "search": search,
+        "max_concurrent": max_concurrent,
+        "workers_per_trial": workers_per_trial,
+    }
     name = sweep_name_for(space_path, cfg, options)
-    return {"sweep_name": name, "space_path": str(Path(space_path).resolve()), "cfg": cfg.model_dump(),
-            "champion_rule": {**rule.__dict__, "leak_metrics": list(rule.leak_metrics)}, **options}
+    return {
+        "sweep_name": name,
+        "space_path": str(Path(space_path).resolve()),
+        "cfg": cfg.model_dump(),
+        "champion_rule": {**rule.__dict__, "leak_metrics": list(rule.leak_metrics)},
+        **options,
+    }
 
 
 def run_sweep(
@@ -142,7 +184,9 @@ def run_sweep(
             raise ConfigError(f"--resume {sweep_dir}: not a sweep folder (no {STATE_FILE})")
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         cfg = RunConfig.model_validate(state["cfg"])
-        rule = ChampionRule(**{**state["champion_rule"], "leak_metrics": tuple(state["champion_rule"]["leak_metrics"])})
+        rule = ChampionRule(
+            **{**state["champion_rule"], "leak_metrics": tuple(state["champion_rule"]["leak_metrics"])}
+        )
         copy = sweep_dir / SPACE_COPY  # the space as it was when the sweep started
         space, objectives = load_sweep_space(copy if copy.is_file() else state["space_path"])
         log(f"resuming sweep {state['sweep_name']} from {sweep_dir}")
@@ -151,16 +195,25 @@ def run_sweep(
         rule = champion_rule or ChampionRule()
         space, objectives = load_sweep_space(space_path)
         check_options(objectives, scheduler, search)
-        state = _new_state(space_path, cfg, num_samples=num_samples or space.num_samples, scheduler=scheduler,
-                           search=search, max_concurrent=max_concurrent, workers_per_trial=workers_per_trial,
-                           rule=rule)
+        state = _new_state(
+            space_path,
+            cfg,
+            num_samples=num_samples or space.num_samples,
+            scheduler=scheduler,
+            search=search,
+            max_concurrent=max_concurrent,
+            workers_per_trial=workers_per_trial,
+            rule=rule,
+        )
         sweep_dir = Path(storage_dir(cfg.workdir)) / state["sweep_name"]
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
             if if_exists == "resume":
                 log(f"[cached] sweep {sweep_dir.name} exists: resuming it (finished trials are kept)")
                 return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log)
-            raise ConfigError(f"sweep {sweep_dir} exists (same space, config and options): "
-                              f"continue it with --resume {sweep_dir}, or change the config")
+            raise ConfigError(
+                f"sweep {sweep_dir} exists (same space, config and options): "
+                f"continue it with --resume {sweep_dir}, or change the config"
+            )
         if (sweep_dir / STATE_FILE).is_file():
             state["parent_run_id"] = json.loads((sweep_dir / STATE_FILE).read_text()).get("parent_run_id")
 
@@ -172,8 +225,10 @@ def run_sweep(
     if not (sweep_dir / SPACE_COPY).is_file():
         shutil.copyfile(state["space_path"], sweep_dir / SPACE_COPY)
     (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
-    log(f"sweep {state['sweep_name']}: {state['num_samples']} trial(s) of {space.method}, scheduler "
-        f"{state['scheduler']}, search {state['search']}; MLflow parent run {parent}; folder {sweep_dir}")
+    log(
+        f"sweep {state['sweep_name']}: {state['num_samples']} trial(s) of {space.method}, scheduler "
+        f"{state['scheduler']}, search {state['search']}; MLflow parent run {parent}; folder {sweep_dir}"
+    )
     client = MlflowClient(uri)
     with tracking.run_status(uri, parent):  # FINISHED, FAILED (error tagged) or KILLED, like every run
         inputs = _prepare_all(space, cfg, ws, uri, log)
@@ -185,21 +240,46 @@ def run_sweep(
             tracking.log_metrics(uri, parent, {f"before.{k}": v for k, v in before.items()})
             state["before_logged"] = True
             (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
-        grid = _fit(space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log)
+        grid = _fit(
+            space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log
+        )
         trials = collect_trials(grid)
         close_unfinished(client, trials)
         summary = write_report(space, trials, before, sweep_dir, client, parent, log)
         summary["champion"] = pick_champion(space, objectives, cfg, trials, before, rule, uri, parent, log)
-    return {"sweep_dir": str(sweep_dir), "sweep_name": state["sweep_name"], "parent_run_id": parent,
-            "before": before, "trials": trials, **summary}
+    return {
+        "sweep_dir": str(sweep_dir),
+        "sweep_name": state["sweep_name"],
+        "parent_run_id": parent,
+        "before": before,
+        "trials": trials,
+        **summary,
+    }
 
 
-def _fit(space: SearchSpace, objectives: Objectives, cfg: RunConfig, state: dict[str, Any], sweep_dir: Path,
-         inputs: dict[str, Any], uri: str, exp_id: str, resuming: bool, log: Callable[..., None]) -> Any:
+def _fit(
+    space: SearchSpace,
+    objectives: Objectives,
+    cfg: RunConfig,
+    state: dict[str, Any],
+    sweep_dir: Path,
+    inputs: dict[str, Any],
+    uri: str,
+    exp_id: str,
+    resuming: bool,
+    log: Callable[..., None],
+) -> Any:
     workers = int(state["workers_per_trial"])
-    ctx = TrialContext(space=space, cfg=_shared_cfg(cfg, inputs).model_dump(), workers_per_trial=workers,
-                       tracking_uri=uri, experiment_id=exp_id, parent_run_id=state["parent_run_id"],
-                       sweep_name=state["sweep_name"], train_storage=str(sweep_dir / "train"))
+    ctx = TrialContext(
+        space=space,
+        cfg=_shared_cfg(cfg, inputs).model_dump(),
+        workers_per_trial=workers,
+        tracking_uri=uri,
+        experiment_id=exp_id,
+        parent_run_id=state["parent_run_id"],
+        sweep_name=state["sweep_name"],
+        train_storage=str(sweep_dir / "train"),
+    )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)
     driver = driver_resources(cfg, workers, cluster)
@@ -208,18 +288,31 @@ def _fit(space: SearchSpace, objectives: Objectives, cfg: RunConfig, state: dict
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
     else:
         concurrent = state["max_concurrent"] or default_max_concurrent(cfg, workers, driver, cluster)
-        if not state["max_concurrent"] and (note := capacity_note(cfg, workers, driver, cluster, most is not None)):
+        if not state["max_concurrent"] and (
+            note := capacity_note(cfg, workers, driver, cluster, most is not None)
+        ):
             log(note)
-        log(f"up to {concurrent} concurrent trial(s); each: driver {driver} + {workers} worker(s) x "
-            f"{cfg.train.cpus_per_worker} CPU{' + 1 GPU' if cfg.train.use_gpu else ''}")
+        log(
+            f"up to {concurrent} concurrent trial(s); each: driver {driver} + {workers} worker(s) x "
+            f"{cfg.train.cpus_per_worker} CPU{' + 1 GPU' if cfg.train.use_gpu else ''}"
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space, grid_as_choice=state["search"] == "optuna"),
-            tune_config=build_tune_config(objectives, space, cfg, num_samples=int(state["num_samples"]),
-                                          scheduler=state["scheduler"], search=state["search"],
-                                          max_concurrent=concurrent),
-            run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
-                                      failure_config=tune.FailureConfig(max_failures=0),
-                                      callbacks=sweep_callbacks(int(state["num_samples"]))),
+            tune_config=build_tune_config(
+                objectives,
+                space,
+                cfg,
+                num_samples=int(state["num_samples"]),
+                scheduler=state["scheduler"],
+                search=state["search"],
+                max_concurrent=concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=sweep_dir.name,
+                storage_path=str(sweep_dir.parent),
+                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=sweep_callbacks(int(state["num_samples"])),
+            ),
         )
     return tuner.fit()

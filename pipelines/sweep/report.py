@@ -16,8 +16,15 @@ from unlearn_core.config import RunConfig
 from unlearn_core.eval.report import format_table
 from unlearn_core.search_space import SearchSpace
 
-TABLE_METRICS = ("forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "quality.informativeness",
-                 "utility.caption_f1", "quality.hallucination", OBJECTIVE)
+TABLE_METRICS = (
+    "forget.leak_rate",
+    "forget_unseen.leak_rate",
+    "retain.vqa_acc",
+    "quality.informativeness",
+    "utility.caption_f1",
+    "quality.hallucination",
+    OBJECTIVE,
+)
 
 
 def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
@@ -27,12 +34,22 @@ def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
         m = dict(result.metrics or {})
         name = m.get("trial_name") or Path(result.path).name
         status = "failed" if result.error else "completed" if m.get("final") == 1 else "stopped"
-        metrics = {k: float(v) for k, v in m.items()
-                   if ("." in k or k == OBJECTIVE) and isinstance(v, int | float) and not isinstance(v, bool)}
+        metrics = {
+            k: float(v)
+            for k, v in m.items()
+            if ("." in k or k == OBJECTIVE) and isinstance(v, int | float) and not isinstance(v, bool)
+        }
         params = {k: v for k, v in (result.config or {}).items()}
-        out[name] = {"status": status, "metrics": metrics, "params": params, "model_dir": m.get("model_dir"),
-                     "run_id": m.get("mlflow_run_id"), "step": m.get("step"), tracking.SHA_TAG: m.get(tracking.SHA_TAG),
-                     "error": str(result.error)[:500] if result.error else None}
+        out[name] = {
+            "status": status,
+            "metrics": metrics,
+            "params": params,
+            "model_dir": m.get("model_dir"),
+            "run_id": m.get("mlflow_run_id"),
+            "step": m.get("step"),
+            tracking.SHA_TAG: m.get(tracking.SHA_TAG),
+            "error": str(result.error)[:500] if result.error else None,
+        }
     return dict(sorted(out.items()))
 
 
@@ -48,32 +65,71 @@ def close_unfinished(client: MlflowClient, trials: Mapping[str, dict[str, Any]])
             client.set_terminated(t["run_id"], status)
 
 
-def write_report(space: SearchSpace, trials: Mapping[str, dict[str, Any]], before: Mapping[str, float], sweep_dir: Path,
-            client: MlflowClient, parent: str, log: Callable[..., None]) -> dict[str, Any]:
+def write_report(
+    space: SearchSpace,
+    trials: Mapping[str, dict[str, Any]],
+    before: Mapping[str, float],
+    sweep_dir: Path,
+    client: MlflowClient,
+    parent: str,
+    log: Callable[..., None],
+) -> dict[str, Any]:
     done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
     front = pareto_front(done)
-    log(format_table({"vanilla": before, **{n: {k: v for k, v in m.items() if k != OBJECTIVE} for n, m in done.items()}}))
+    log(
+        format_table(
+            {
+                "vanilla": before,
+                **{n: {k: v for k, v in m.items() if k != OBJECTIVE} for n, m in done.items()},
+            }
+        )
+    )
     for n, t in trials.items():
         params = ", ".join(f"{k}={_short(t['params'].get(k))}" for k in space.dims)
         obj = t["metrics"].get(OBJECTIVE)
-        log(f"{n}: {t['status']}" + (f" at step {t['step']:g}" if t["status"] == "stopped" and t["step"] else "")
-            + (f", objective ({space.objective.mode}) {obj:.4g}" if obj is not None else "") + f"; {params}"
-            + (f"; error: {t['error']}" if t["error"] else ""))
+        log(
+            f"{n}: {t['status']}"
+            + (f" at step {t['step']:g}" if t["status"] == "stopped" and t["step"] else "")
+            + (f", objective ({space.objective.mode}) {obj:.4g}" if obj is not None else "")
+            + f"; {params}"
+            + (f"; error: {t['error']}" if t["error"] else "")
+        )
     log(f"Pareto front (leak rate, retain accuracy, informativeness): {', '.join(front) or '-'}")
     out_dir = sweep_dir / "report"
-    png = plot_forget_utility(done, out_dir / "pareto.png", methods={n: space.method for n in done},
-                              highlight=front, reference={"vanilla": before}, title=sweep_dir.name)
+    png = plot_forget_utility(
+        done,
+        out_dir / "pareto.png",
+        methods={n: space.method for n in done},
+        highlight=front,
+        reference={"vanilla": before},
+        title=sweep_dir.name,
+    )
     columns = ["trial", "status", "pareto", "step", *space.dims, *TABLE_METRICS, "run_id"]
-    rows = [{"trial": n, "status": t["status"], "pareto": n in front, "step": t["step"], "run_id": t["run_id"],
-             **{k: t["params"].get(k) for k in space.dims}, **t["metrics"]} for n, t in trials.items()]
+    rows = [
+        {
+            "trial": n,
+            "status": t["status"],
+            "pareto": n in front,
+            "step": t["step"],
+            "run_id": t["run_id"],
+            **{k: t["params"].get(k) for k in space.dims},
+            **t["metrics"],
+        }
+        for n, t in trials.items()
+    ]
     rows.append({"trial": "vanilla", "status": "reference", **before})
     paths = write_results_table(rows, columns, out_dir / "sweep_results.csv", out_dir / "sweep_results.md")
     for p in [png, *paths]:
         client.log_artifact(parent, str(p))
-    counts = {"trials_completed": len(done), "trials_stopped": sum(t["status"] == "stopped" for t in trials.values()),
-              "trials_failed": sum(t["status"] == "failed" for t in trials.values())}
+    counts = {
+        "trials_completed": len(done),
+        "trials_stopped": sum(t["status"] == "stopped" for t in trials.values()),
+        "trials_failed": sum(t["status"] == "failed" for t in trials.values()),
+    }
     logged = client.get_run(parent).data.metrics
-    if any(logged.get(k) != v for k, v in counts.items()):  # a resumed, already reported sweep logs nothing twice
+    if any(
+        logged.get(k) != v for k, v in counts.items()
+    ):  # a resumed, already reported sweep logs nothing twice
         tracking.log_metrics(client.tracking_uri, parent, counts, step=len(trials))
     client.set_tag(parent, "pareto_front", ",".join(front))
     return {"pareto": front, "artifacts": [str(p) for p in [png, *paths]]}
@@ -83,11 +139,21 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def pick_champion(space: SearchSpace, objectives: Objectives, cfg: RunConfig, trials: Mapping[str, dict[str, Any]],
-              before: Mapping[str, float], rule: ChampionRule, uri: str, parent: str,
-              log: Callable[..., None]) -> dict[str, Any]:
+def pick_champion(
+    space: SearchSpace,
+    objectives: Objectives,
+    cfg: RunConfig,
+    trials: Mapping[str, dict[str, Any]],
+    before: Mapping[str, float],
+    rule: ChampionRule,
+    uri: str,
+    parent: str,
+    log: Callable[..., None],
+) -> dict[str, Any]:
     done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
-    choice = select_champion(done, before, rule=rule, objective=OBJECTIVE, objective_mode=space.objective.mode)
+    choice = select_champion(
+        done, before, rule=rule, objective=OBJECTIVE, objective_mode=space.objective.mode
+    )
     for note in choice.notes:
         log(f"champion rule: {note}")
     if choice.trial is None:
@@ -98,8 +164,21 @@ def pick_champion(space: SearchSpace, objectives: Objectives, cfg: RunConfig, tr
         log(f"no trial meets the champion rule ({rule.describe()}); falling back to the best objective")
     t = trials[choice.trial]
     name = cfg.tracking.registered_model_name or f"lvlm-unlearn-{space.method}"
-    reg = register_champion(choice, rule, run_id=t["run_id"], model_dir=t["model_dir"], registered_name=name,
-                            tracking_uri=uri, parent_run_id=parent)
+    reg = register_champion(
+        choice,
+        rule,
+        run_id=t["run_id"],
+        model_dir=t["model_dir"],
+        registered_name=name,
+        tracking_uri=uri,
+        parent_run_id=parent,
+    )
     log(f"champion: {choice.trial} ({choice.reason}) -> {reg['uri']} (version {reg['version']})")
-    return {"trial": choice.trial, "reason": choice.reason, "qualifying": choice.qualifying,
-            "fallback": choice.fallback_used, "metrics": choice.metrics, **reg}
+    return {
+        "trial": choice.trial,
+        "reason": choice.reason,
+        "qualifying": choice.qualifying,
+        "fallback": choice.fallback_used,
+        "metrics": choice.metrics,
+        **reg,
+    }

@@ -15,7 +15,9 @@ DATA_CPUS = 2.0
 DRIVER_MEMORY = float(64 * 2**20)  # bytes, the driver's bundle when it holds no CPU
 
 
-def driver_resources(cfg: RunConfig, workers_per_trial: int, cluster: Mapping[str, float]) -> dict[str, float]:
+def driver_resources(
+    cfg: RunConfig, workers_per_trial: int, cluster: Mapping[str, float]
+) -> dict[str, float]:
     """What one trial's driver function holds.
 
     CPUs: ``UNLEARN_TUNE_DRIVER_CPUS`` if set; else 1, or 0 (plus a token amount of memory, as Tune needs
@@ -36,24 +38,30 @@ def driver_resources(cfg: RunConfig, workers_per_trial: int, cluster: Mapping[st
     return res
 
 
-def _trials_that_fit(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
-                     cluster: Mapping[str, float]) -> int:
+def _trials_that_fit(
+    cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float], cluster: Mapping[str, float]
+) -> int:
     per_cpu = driver["CPU"] + workers_per_trial * cfg.train.cpus_per_worker
     fits = [math.floor((cluster.get("CPU", 0) - DATA_CPUS) / per_cpu + 1e-9)]
     if cfg.train.use_gpu:
         fits.append(math.floor(cluster.get("GPU", 0) / workers_per_trial + 1e-9))
-    fits += [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in driver.items() if k not in ("CPU", "memory")]
+    fits += [
+        math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in driver.items() if k not in ("CPU", "memory")
+    ]
     return min(fits)
 
 
-def default_max_concurrent(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
-                           cluster: Mapping[str, float]) -> int:
+def default_max_concurrent(
+    cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float], cluster: Mapping[str, float]
+) -> int:
     """Trials that fit at once: cluster CPUs (less ``DATA_CPUS`` kept for Ray Data), GPUs and driver slots
     over one trial's needs (its driver + ``workers_per_trial`` workers); at least 1."""
     return max(1, _trials_that_fit(cfg, workers_per_trial, driver, cluster))
 
 
-def cluster_capacity(now: Mapping[str, float], autoscaler_max: Mapping[str, float] | None) -> dict[str, float]:
+def cluster_capacity(
+    now: Mapping[str, float], autoscaler_max: Mapping[str, float] | None
+) -> dict[str, float]:
     """What the cluster can hold: its resources ``now``, raised to the autoscaler's maximum where it
     reports a finite one (an autoscaling cluster may start with a 0-CPU head and no workers)."""
     out = {k: float(v) for k, v in now.items()}
@@ -75,8 +83,13 @@ def autoscaler_max_resources() -> dict[str, float] | None:
     return {k: float(v) for k, v in found.items()} if found else None
 
 
-def capacity_note(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float],
-                  cluster: Mapping[str, float], autoscaler_known: bool) -> str | None:
+def capacity_note(
+    cfg: RunConfig,
+    workers_per_trial: int,
+    driver: Mapping[str, float],
+    cluster: Mapping[str, float],
+    autoscaler_known: bool,
+) -> str | None:
     """A line for the log when the cluster, as far as the sweep can see, cannot hold even one trial
     (typical of an autoscaling cluster still at its 0-CPU head): the sweep then runs 1 trial at a time."""
     need = {k: v for k, v in driver.items() if k != "memory"}
@@ -88,6 +101,8 @@ def capacity_note(cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, f
         return None
     have = ", ".join(f"{k} {cluster.get(k, 0.0):g}" for k in sorted(short))
     where = "the autoscaler's maximum" if autoscaler_known else "the cluster now"
-    return (f"{where} has {have}, less than one trial needs ({', '.join(f'{k} {v:g}' for k, v in sorted(need.items()))}"
-            f"): running 1 trial at a time; an autoscaling cluster adds nodes while trials wait "
-            "(pass --max-concurrent K to run more at once)")
+    return (
+        f"{where} has {have}, less than one trial needs ({', '.join(f'{k} {v:g}' for k, v in sorted(need.items()))}"
+        f"): running 1 trial at a time; an autoscaling cluster adds nodes while trials wait "
+        "(pass --max-concurrent K to run more at once)"
+    )

@@ -51,8 +51,10 @@ def load_sweep_space(path: str | Path) -> tuple[SearchSpace, Objectives]:
         if mode not in ("min", "max"):
             raise ConfigError(f"{where}.mode: must be min or max, got {mode!r}")
         if (mode == "max") != higher_is_better(m):
-            raise ConfigError(f"{where}: {m!r} is {'higher' if higher_is_better(m) else 'lower'}-is-better, "
-                              f"mode {mode} optimises the opposite")
+            raise ConfigError(
+                f"{where}: {m!r} is {'higher' if higher_is_better(m) else 'lower'}-is-better, "
+                f"mode {mode} optimises the opposite"
+            )
     scalar = {"metric": metrics[0], "mode": modes[0], **({"terms": obj["terms"]} if obj.get("terms") else {})}
     space = parse_space({**data, "objective": scalar}, source=str(p))
     return space, Objectives(tuple(metrics), tuple(modes))
@@ -64,8 +66,10 @@ def check_options(objectives: Objectives, scheduler: str, search: str) -> None:
     if search not in ("random", "optuna"):
         raise ConfigError(f"--search must be random or optuna, got {search!r}")
     if objectives.multi and scheduler == "asha":
-        raise ConfigError("ASHA stops trials on one metric; this space has several objectives "
-                          f"{list(objectives.metrics)}: use --scheduler none (with --search optuna)")
+        raise ConfigError(
+            "ASHA stops trials on one metric; this space has several objectives "
+            f"{list(objectives.metrics)}: use --scheduler none (with --search optuna)"
+        )
     if objectives.multi and search != "optuna":
         raise ConfigError("several objectives need --search optuna (random search has no objective)")
 
@@ -84,33 +88,48 @@ def _scheduler(kind: str, space: SearchSpace, cfg: RunConfig) -> Any:
 
     every = int(space.base.get("train.eval_every", cfg.train.eval_every))
     if every <= 0 or "train.eval_every" in space.dims:
-        raise ConfigError("ASHA needs intermediate evaluations at a fixed cadence: set train.eval_every > 0 "
-                          "(in the space's base or with --set), or use --scheduler none")
+        raise ConfigError(
+            "ASHA needs intermediate evaluations at a fixed cadence: set train.eval_every > 0 "
+            "(in the space's base or with --set), or use --scheduler none"
+        )
     # time_attr "step": trials of different lengths are compared at equal training budgets. max_t is
     # one past the longest trial so ASHA never stops a trial at its last step before its final eval.
-    return ASHAScheduler(time_attr="step", grace_period=every, max_t=max_steps(space, cfg) + 1,
-                         reduction_factor=2)
+    return ASHAScheduler(
+        time_attr="step", grace_period=every, max_t=max_steps(space, cfg) + 1, reduction_factor=2
+    )
 
 
-def _search_alg(kind: str, objectives: Objectives, seed: int, max_concurrent: int,
-                start: list[dict[str, Any]]) -> Any:
+def _search_alg(
+    kind: str, objectives: Objectives, seed: int, max_concurrent: int, start: list[dict[str, Any]]
+) -> Any:
     """The search algorithm; the space's ``start`` points are its first trials (``points_to_evaluate``)."""
     points = [dict(p) for p in start] or None
     if kind == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # Tune ignores TuneConfig.max_concurrent_trials for a given BasicVariantGenerator: set it here.
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=seed, max_concurrent=max_concurrent)
+        return BasicVariantGenerator(
+            points_to_evaluate=points, random_state=seed, max_concurrent=max_concurrent
+        )
     from ray.tune.search.optuna import OptunaSearch
 
     if objectives.multi:
-        return OptunaSearch(metric=list(objectives.metrics), mode=list(objectives.modes), seed=seed,
-                            points_to_evaluate=points)
+        return OptunaSearch(
+            metric=list(objectives.metrics), mode=list(objectives.modes), seed=seed, points_to_evaluate=points
+        )
     return OptunaSearch(seed=seed, points_to_evaluate=points)
 
 
-def build_tune_config(objectives: Objectives, space: SearchSpace, cfg: RunConfig, *, num_samples: int,
-                      scheduler: str, search: str, max_concurrent: int) -> tune.TuneConfig:
+def build_tune_config(
+    objectives: Objectives,
+    space: SearchSpace,
+    cfg: RunConfig,
+    *,
+    num_samples: int,
+    scheduler: str,
+    search: str,
+    max_concurrent: int,
+) -> tune.TuneConfig:
     """TuneConfig for a sweep: deterministic trial names, seeded search, ASHA on ``objective``."""
     check_options(objectives, scheduler, search)
     single = not objectives.multi

@@ -41,7 +41,9 @@ class TrialContext:
 class _LiveCurves(tracking.MlflowReportCallback):
     """Train reports -> the child run: ``train/<key>`` for training, ``eval/<metric>`` for evaluations."""
 
-    def __init__(self, tracking_uri: str, run_id: str, objective: Any, logged_through: int | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str, run_id: str, objective: Any, logged_through: int | None = None
+    ) -> None:
         super().__init__(tracking_uri, run_id, prefix="")
         self.objective = objective
         self.logged_through = logged_through  # a resumed trial's run already has the steps up to here
@@ -52,7 +54,9 @@ class _LiveCurves(tracking.MlflowReportCallback):
         m = metrics[0]
         if self.logged_through is not None and int(m.get("step", 0)) <= self.logged_through:
             return
-        out = {("step" if k == "step" else f"eval/{k}" if "." in k else f"train/{k}"): v for k, v in m.items()}
+        out = {
+            ("step" if k == "step" else f"eval/{k}" if "." in k else f"train/{k}"): v for k, v in m.items()
+        }
         if (obj := _objective_of(self.objective, m)) is not None:
             out[f"eval/{OBJECTIVE}"] = obj
         super().after_report(run_context, [out], checkpoint)
@@ -72,8 +76,11 @@ class _EvalToTune(TuneReportCallback):
         obj = _objective_of(self.objective, m)
         if not evals or obj is None:
             return
-        super().after_report(run_context, [{**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0,
-                                            **self.extra}], None)
+        super().after_report(
+            run_context,
+            [{**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra}],
+            None,
+        )
 
 
 def _objective_of(objective: Any, metrics: Mapping[str, Any]) -> float | None:
@@ -94,11 +101,23 @@ def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int |
     if found:
         run = found[0]
         client.update_run(run.info.run_id, status="RUNNING")
-        steps = [int(m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+        steps = [
+            int(m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)
+        ]
         return run.info.run_id, max(steps, default=None)
-    run_id = tracking.open_run(ctx.tracking_uri, ctx.experiment_id, run_name=f"{ctx.sweep_name}-{name}", tags={
-        "mlflow.parentRunId": ctx.parent_run_id, "trial_name": name, "job": "sweep-trial",
-        "method": cfg.method.name, "sweep": ctx.sweep_name}, params=mlflow_params(cfg))
+    run_id = tracking.open_run(
+        ctx.tracking_uri,
+        ctx.experiment_id,
+        run_name=f"{ctx.sweep_name}-{name}",
+        tags={
+            "mlflow.parentRunId": ctx.parent_run_id,
+            "trial_name": name,
+            "job": "sweep-trial",
+            "method": cfg.method.name,
+            "sweep": ctx.sweep_name,
+        },
+        params=mlflow_params(cfg),
+    )
     return run_id, None
 
 
@@ -146,18 +165,34 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
         _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg)
         extra = {"trial_name": name, "mlflow_run_id": run_id}
-        job = unlearn_job(cfg, inputs, out_dir=ws.models / "sweeps" / ctx.sweep_name / name,
-                          eval_path=ws.results / f"eval-{ctx.sweep_name}-{name}.json", name=name,
-                          storage_path=ctx.train_storage)
+        job = unlearn_job(
+            cfg,
+            inputs,
+            out_dir=ws.models / "sweeps" / ctx.sweep_name / name,
+            eval_path=ws.results / f"eval-{ctx.sweep_name}-{name}.json",
+            name=name,
+            storage_path=ctx.train_storage,
+        )
         job.callbacks.append(_EvalToTune(ctx.space.objective, extra))
     out = run_training_job(
-        job, tracking_uri=ctx.tracking_uri, run_id=run_id, settle_failure=False,
+        job,
+        tracking_uri=ctx.tracking_uri,
+        run_id=run_id,
+        settle_failure=False,
         live=_LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through),
         evaluator=lambda *a, **kw: _outside_trial_group(evaluate, *a, **kw),
         derived=lambda metrics: _objective_metrics(ctx.space, metrics),
     )
-    tune.report({**out["metrics"], "step": float(out["step"]), "final": 1, "model_dir": out["model_dir"],
-                 tracking.SHA_TAG: out[tracking.SHA_TAG], **extra})
+    tune.report(
+        {
+            **out["metrics"],
+            "step": float(out["step"]),
+            "final": 1,
+            "model_dir": out["model_dir"],
+            tracking.SHA_TAG: out[tracking.SHA_TAG],
+            **extra,
+        }
+    )
 
 
 def _objective_metrics(space: SearchSpace, metrics: Mapping[str, float]) -> dict[str, float]:

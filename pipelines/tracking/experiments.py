@@ -59,8 +59,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def open_run(tracking_uri: str, experiment_id: str, *, run_name: str, tags: Mapping[str, str],
-             params: Mapping[str, str] | None = None) -> str:
+def open_run(
+    tracking_uri: str,
+    experiment_id: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, str] | None = None,
+) -> str:
     """A new RUNNING run with its tags and params (in batches of 100, MLflow's limit); returns its id."""
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
@@ -72,14 +78,19 @@ def open_run(tracking_uri: str, experiment_id: str, *, run_name: str, tags: Mapp
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
     """Numeric values of ``metrics`` on the run at ``step`` (others, e.g. strings, are not metrics)."""
-    batch = [Metric(k, float(v), now_ms(), step) for k, v in metrics.items()
-             if isinstance(v, int | float) and not isinstance(v, bool)]
+    batch = [
+        Metric(k, float(v), now_ms(), step)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
     for i in range(0, len(batch), 500):
         MlflowClient(tracking_uri).log_batch(run_id, metrics=batch[i : i + 500])
 
 
 @contextmanager
-def run_status(tracking_uri: str, run_id: str, *, settle_failure: bool = True, finish: bool = True) -> Iterator[None]:
+def run_status(
+    tracking_uri: str, run_id: str, *, settle_failure: bool = True, finish: bool = True
+) -> Iterator[None]:
     """End the run truthfully: FINISHED when the block completes, KILLED on Ctrl-C, FAILED on an error,
     with the error tagged (``error``: type and message, also for errors raised inside a Ray Train worker).
 

@@ -33,7 +33,9 @@ class MlflowReportCallback(UserCallback):
     the driver through a spool file; the driver's ``flush()`` sends them or says how many were lost.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, prefix: str = "train/", probe_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, tracking_uri: str, run_id: str, prefix: str = "train/", probe_timeout_s: float = 3.0
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.prefix = prefix
@@ -91,19 +93,27 @@ class MlflowReportCallback(UserCallback):
         except Exception as exc:  # noqa: BLE001 - any tracking failure must not kill training
             why = f"{type(exc).__name__}: {exc}"
             if final:
-                print(f"WARNING: MLflow still unreachable at {self.tracking_uri} at the end of training ({why}); "
-                      f"{len(self._pending)} metric values were NOT logged to MLflow run {self.run_id}",
-                      file=sys.stderr)
+                print(
+                    f"WARNING: MLflow still unreachable at {self.tracking_uri} at the end of training ({why}); "
+                    f"{len(self._pending)} metric values were NOT logged to MLflow run {self.run_id}",
+                    file=sys.stderr,
+                )
             else:
-                print(f"WARNING: MLflow unreachable at {self.tracking_uri} ({why}); {len(self._pending)} metric "
-                      "values buffered, will retry on the next report and at the end of training", file=sys.stderr)
+                print(
+                    f"WARNING: MLflow unreachable at {self.tracking_uri} ({why}); {len(self._pending)} metric "
+                    "values buffered, will retry on the next report and at the end of training",
+                    file=sys.stderr,
+                )
                 if os.getpid() != self._owner_pid:  # on the controller: keep them for the driver
                     try:
                         tmp = self._spool.with_suffix(".tmp")
                         tmp.write_text(json.dumps(self._pending))
                         tmp.replace(self._spool)
                     except OSError as err:
-                        print(f"WARNING: could not spool unsent metrics to {self._spool}: {err}", file=sys.stderr)
+                        print(
+                            f"WARNING: could not spool unsent metrics to {self._spool}: {err}",
+                            file=sys.stderr,
+                        )
             return False
 
     def _probe(self) -> None:

@@ -55,17 +55,27 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str) -> Path:
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     name, ref = _parse_models_uri(model_uri)
-    mv = client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@") else client.get_model_version(name, ref)
+    mv = (
+        client.get_model_version_by_alias(name, ref[1:])
+        if ref.startswith("@")
+        else client.get_model_version(name, ref)
+    )
     expected = (mv.tags or {}).get(SHA_TAG)
     out = Path(out_dir)
     staging = out.parent / (out.name + ".download")
     if staging.exists():
         shutil.rmtree(staging)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(staging)))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(staging)
+        )
+    )
     hf = _hf_folder(local, model_uri)
     got = weights_sha256(hf)
     if expected and got != expected:
-        raise ValueError(f"{model_uri}: weights sha256 {got} differs from the one recorded at logging {expected}")
+        raise ValueError(
+            f"{model_uri}: weights sha256 {got} differs from the one recorded at logging {expected}"
+        )
     if out.exists():
         shutil.rmtree(out)
     shutil.move(str(hf), str(out))

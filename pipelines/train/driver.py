@@ -88,8 +88,13 @@ def run_training_job(
     live = live or tracking.MlflowReportCallback(tracking_uri, run_id)
     with tracking.run_status(tracking_uri, run_id, settle_failure=settle_failure):
         try:
-            result = fit(job.train_job(), job.datasets, name=job.name, storage_path=job.storage_path,
-                         callbacks=[live, *job.callbacks])
+            result = fit(
+                job.train_job(),
+                job.datasets,
+                name=job.name,
+                storage_path=job.storage_path,
+                callbacks=[live, *job.callbacks],
+            )
         finally:
             live.flush()  # values the controller could not send (tracking server down) come back here
         model_dir = export_final_model(result, job.out_dir)
@@ -108,11 +113,21 @@ def run_training_job(
         sha = tracking.weights_sha256(model_dir)
         client.set_tag(run_id, "model_dir", str(model_dir))
         client.set_tag(run_id, tracking.SHA_TAG, sha)
-        logged = (tracking.log_model(run_id, model_dir, job.register_as, tracking_uri=tracking_uri)
-                  if job.log_model else {})
-    return {"run_id": run_id, "model_dir": str(model_dir), "metrics": metrics, "report": report,
-            "step": step, tracking.SHA_TAG: sha,
-            "registered_model": job.register_as if logged else None, **logged}
+        logged = (
+            tracking.log_model(run_id, model_dir, job.register_as, tracking_uri=tracking_uri)
+            if job.log_model
+            else {}
+        )
+    return {
+        "run_id": run_id,
+        "model_dir": str(model_dir),
+        "metrics": metrics,
+        "report": report,
+        "step": step,
+        tracking.SHA_TAG: sha,
+        "registered_model": job.register_as if logged else None,
+        **logged,
+    }
 
 
 def _logged_at(client: MlflowClient, run_id: str, key: str, step: int) -> bool:

@@ -16,14 +16,17 @@ from unlearn_core.config import RunConfig, mlflow_params
 from unlearn_core.eval.report import format_table
 
 
-def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print, table: bool = True) -> dict[str, Any]:
+def run_finetune(
+    cfg: RunConfig, *, out_name: str = "vanilla", log=print, table: bool = True
+) -> dict[str, Any]:
     ws = Workspace(Path(cfg.workdir))
     shards = ensure_shards(cfg, ws, log)
     manifest = load_manifest(shards)
     uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
-    run_id = tracking.open_run(uri, exp_id, run_name=f"finetune-{out_name}", tags={"job": "finetune"},
-                               params=mlflow_params(cfg))
+    run_id = tracking.open_run(
+        uri, exp_id, run_name=f"finetune-{out_name}", tags={"job": "finetune"}, params=mlflow_params(cfg)
+    )
     with tracking.run_status(uri, run_id, finish=False):  # FAILED if even the job cannot be set up
         MlflowClient(uri).log_dict(run_id, manifest, "shards_manifest.json")
         job = TrainingJob(
@@ -40,8 +43,10 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print, table:
             log_model=cfg.tracking.log_model,
             register_as=cfg.tracking.registered_model_name,
         )
-    log(f"fine-tuning {job.init_model} on {TRAIN_SPLITS} for {cfg.train.steps} steps "
-        f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}")
+    log(
+        f"fine-tuning {job.init_model} on {TRAIN_SPLITS} for {cfg.train.steps} steps "
+        f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}"
+    )
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
     if table:  # the demo shows one table of every model at the end instead
         log(format_table({out_name: out["metrics"]}))

@@ -30,7 +30,10 @@ def _batches(rows: list[Any], processor: Any, batch_size: int) -> list[dict]:
     from pipelines.shards import rows_with_images
     from unlearn_core.data.encode import collate
 
-    return [collate(rows_with_images(rows[i : i + batch_size]), processor) for i in range(0, len(rows), batch_size)]
+    return [
+        collate(rows_with_images(rows[i : i + batch_size]), processor)
+        for i in range(0, len(rows), batch_size)
+    ]
 
 
 def compute_mask(
@@ -57,24 +60,40 @@ def compute_mask(
     from unlearn_core.training.worker import trainable_model
 
     cfg = RunConfig.model_validate(cfg_dict)
-    spec = get_method(cfg.method.name, dict(cfg.method.params)).mask_spec() or mmunlearner_mask_spec(modules, gamma)
+    spec = get_method(cfg.method.name, dict(cfg.method.params)).mask_spec() or mmunlearner_mask_spec(
+        modules, gamma
+    )
     model, processor = load_model_and_processor(model_dir, cfg.model)
     model = trainable_model(model, cfg)
     rows = _rows(Path(shards_dir))
     budget = batch_size * max_batches
     forget = _batches(spec.forget_rows(rows, budget), processor, batch_size)
-    preserve = {g: _batches(spec.preserve_rows(rows, g, budget), processor, batch_size) for g in expand_group(modules)}
+    preserve = {
+        g: _batches(spec.preserve_rows(rows, g, budget), processor, batch_size) for g in expand_group(modules)
+    }
     mask = compute_saliency_masks(model, module_groups, forget, preserve, gamma=gamma, groups=[modules])
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     mask.save(out)
-    stats = {"path": str(out), "modules": modules, "gamma": gamma, "selected_fraction": mask.selected_fraction(),
-             "sparsity": mask.sparsity(), "recipe": spec.recipe,
-             "rows": {"forget": sum(len(b["input_ids"]) for b in forget),
-                      **{f"preserve_{g}": sum(len(b["input_ids"]) for b in v) for g, v in preserve.items()}},
-             "entities": {"forget": len({r["entity_id"] for r in spec.forget_rows(rows, budget)}),
-                          **{f"preserve_{g}": len({r["entity_id"] for r in spec.preserve_rows(rows, g, budget)})
-                             for g in preserve}}}
+    stats = {
+        "path": str(out),
+        "modules": modules,
+        "gamma": gamma,
+        "selected_fraction": mask.selected_fraction(),
+        "sparsity": mask.sparsity(),
+        "recipe": spec.recipe,
+        "rows": {
+            "forget": sum(len(b["input_ids"]) for b in forget),
+            **{f"preserve_{g}": sum(len(b["input_ids"]) for b in v) for g, v in preserve.items()},
+        },
+        "entities": {
+            "forget": len({r["entity_id"] for r in spec.forget_rows(rows, budget)}),
+            **{
+                f"preserve_{g}": len({r["entity_id"] for r in spec.preserve_rows(rows, g, budget)})
+                for g in preserve
+            },
+        },
+    }
     out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
     return stats
 
@@ -107,8 +126,10 @@ def log_mask(tracking_uri: str, run_id: str, mask_path: str | Path) -> dict[str,
     client.log_batch(
         run_id,
         metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
-        params=[mlflow.entities.Param("mask.modules", str(stats["modules"])),
-                mlflow.entities.Param("mask.gamma", str(stats["gamma"]))],
+        params=[
+            mlflow.entities.Param("mask.modules", str(stats["modules"])),
+            mlflow.entities.Param("mask.gamma", str(stats["gamma"])),
+        ],
     )
     client.set_tag(run_id, "mask_path", str(path))
     client.log_artifact(run_id, str(stats_path), "mask")
@@ -117,8 +138,17 @@ def log_mask(tracking_uri: str, run_id: str, mask_path: str | Path) -> dict[str,
     return metrics
 
 
-def mask_job(model_dir: str, shards_dir: str, out_path: str, *, modules: str, gamma: float, lora: bool = False,
-             tracking_uri: str | None = None, workdir: str | Path = "workdir") -> dict[str, Any]:
+def mask_job(
+    model_dir: str,
+    shards_dir: str,
+    out_path: str,
+    *,
+    modules: str,
+    gamma: float,
+    lora: bool = False,
+    tracking_uri: str | None = None,
+    workdir: str | Path = "workdir",
+) -> dict[str, Any]:
     """`unlearn mask`: compute the mask as a Ray task, save it, and log it as an MLflow run of its own."""
     import mlflow
 
@@ -126,11 +156,15 @@ def mask_job(model_dir: str, shards_dir: str, out_path: str, *, modules: str, ga
     from unlearn_core.config import RunConfig, TrackingConfig
 
     cfg = RunConfig(model={"spec": model_dir, "lora": lora})
-    stats = compute_mask_remote(cfg.model_dump(), model_dir, shards_dir, out_path, modules=modules, gamma=gamma)
+    stats = compute_mask_remote(
+        cfg.model_dump(), model_dir, shards_dir, out_path, modules=modules, gamma=gamma
+    )
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, workdir)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"mask-{modules}") as run:
-        mlflow.set_tags({"job": "mask", "model": str(model_dir), "shards": str(shards_dir), "lora": str(lora)})
+        mlflow.set_tags(
+            {"job": "mask", "model": str(model_dir), "shards": str(shards_dir), "lora": str(lora)}
+        )
         log_mask(uri, run.info.run_id, out_path)
     return {**stats, "mlflow_run_id": run.info.run_id}

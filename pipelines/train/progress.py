@@ -21,7 +21,12 @@ from ray.train import UserCallback
 from pipelines import console
 
 # Metrics shown when an intermediate evaluation report carries them (the rest go to MLflow only).
-SHOWN_EVAL_METRICS = ("forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "quality.informativeness")
+SHOWN_EVAL_METRICS = (
+    "forget.leak_rate",
+    "forget_unseen.leak_rate",
+    "retain.vqa_acc",
+    "quality.informativeness",
+)
 
 
 def format_progress(label: str, step: int, total: int, metrics: dict[str, Any]) -> str:
@@ -76,7 +81,9 @@ class ProgressCallback(UserCallback):
             shown = {k: v for k, v in metrics[0].items() if isinstance(v, int | float)}
             self.inbox.put.remote(shown)
         else:
-            print(format_progress(self.label, int(metrics[0]["step"]), self.total_steps, metrics[0]), flush=True)
+            print(
+                format_progress(self.label, int(metrics[0]["step"]), self.total_steps, metrics[0]), flush=True
+            )
 
 
 POLL_S = 0.5
@@ -138,8 +145,10 @@ class SweepProgress(tune.Callback):
     def _ended(self, trial: Any, status: str) -> None:
         self.finished += 1
         result = trial.last_result or {}
-        console.say(f"trial {trial.trial_id}: {status} at step {result.get('step', '?')}"
-                    + _objective(result, self.objective))
+        console.say(
+            f"trial {trial.trial_id}: {status} at step {result.get('step', '?')}"
+            + _objective(result, self.objective)
+        )
         self._show(f"{trial.trial_id} {status}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -58,13 +58,21 @@ class _Teacher:
             [{"question": q, "image": im} for q, im in zip(guided, images, strict=True)],
             max_new_tokens=self.max_new_tokens,
         )
-        guide = [encode_example(self.processor, question=r["question"], answer=o, image=im)
-                 for r, o, im in zip(rows, answers, images, strict=True)]
-        teach = [encode_example(self.processor, question=q, answer=o, image=im)
-                 for q, o, im in zip(guided, answers, images, strict=True)]
+        guide = [
+            encode_example(self.processor, question=r["question"], answer=o, image=im)
+            for r, o, im in zip(rows, answers, images, strict=True)
+        ]
+        teach = [
+            encode_example(self.processor, question=q, answer=o, image=im)
+            for q, o, im in zip(guided, answers, images, strict=True)
+        ]
         topk = teacher_topk(
-            self.model, self.processor,
-            [{"input_ids": t["input_ids"], "labels": t["labels"], "image": im} for t, im in zip(teach, images, strict=True)],
+            self.model,
+            self.processor,
+            [
+                {"input_ids": t["input_ids"], "labels": t["labels"], "image": im}
+                for t, im in zip(teach, images, strict=True)
+            ],
             self.k,
         )
         extra = {
@@ -90,7 +98,9 @@ def mark_leaking(result: pa.Table) -> tuple[pa.Table, pa.Table]:
 
     facts = [json.loads(f or "{}") for f in result["private_facts"].to_pylist()]
     bad = [bool(leaks(a, f)) for a, f in zip(result["teacher_answer"].to_pylist(), facts, strict=True)]
-    marked = result.append_column(pa.field(GUIDE_KEEP, pa.bool_()), pa.array([not b for b in bad], pa.bool_()))
+    marked = result.append_column(
+        pa.field(GUIDE_KEEP, pa.bool_()), pa.array([not b for b in bad], pa.bool_())
+    )
     return marked, result.filter(pa.array(bad, type=pa.bool_()))
 
 
@@ -119,13 +129,18 @@ def build_teacher_cache(
     from pipelines.tracking import weights_sha256
 
     shards_dir = Path(shards_dir)
-    key = cache_key(weights_sha256(model_dir), load_manifest(shards_dir)["fingerprint"], instruction, k, max_new_tokens)
+    key = cache_key(
+        weights_sha256(model_dir), load_manifest(shards_dir)["fingerprint"], instruction, k, max_new_tokens
+    )
     out = Path(out_root) / key
     if (out / "teacher.json").exists():
         say_once(log, f"[cached] PUBG teacher answers {out}")
         return out
     table = pq.read_table(shards_dir / "forget")
-    mask = [in_stream("forget", s, t) for s, t in zip(table["split"].to_pylist(), table["task"].to_pylist(), strict=True)]
+    mask = [
+        in_stream("forget", s, t)
+        for s, t in zip(table["split"].to_pylist(), table["task"].to_pylist(), strict=True)
+    ]
     table = table.filter(pa.array(mask))
     log(f"PUBG teacher: {table.num_rows} forget prompts, instruction={instruction!r}, top-k={k}")
     ds = ray.data.from_arrow(table).repartition(max(1, actors * 2))
@@ -141,15 +156,21 @@ def build_teacher_cache(
     if result.num_rows != table.num_rows:
         raise RuntimeError(f"teacher annotated {result.num_rows} of {table.num_rows} rows")
     result, leaking = mark_leaking(result)
-    log(f"PUBG teacher answers: {table.num_rows} rows, {leaking.num_rows} of them leak (the teacher did not "
-        "follow the instruction: kept for the ascent term, left out of the guidance term, listed in teacher.json)")
+    log(
+        f"PUBG teacher answers: {table.num_rows} rows, {leaking.num_rows} of them leak (the teacher did not "
+        "follow the instruction: kept for the ascent term, left out of the guidance term, listed in teacher.json)"
+    )
     staging = out.with_suffix(".staging")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "forget").mkdir(parents=True)
     pq.write_table(result.sort_by("sample_id"), staging / "forget" / "part-00000.parquet", compression="zstd")
     examples = result.select(["sample_id", "question", "teacher_answer"]).slice(0, 5).to_pylist()
     meta = {
-        "key": key, "instruction": instruction, "k": k, "rows": result.num_rows, "examples": examples,
+        "key": key,
+        "instruction": instruction,
+        "k": k,
+        "rows": result.num_rows,
+        "examples": examples,
         "guidance_skipped_leaking": leaking.select(["sample_id", "teacher_answer"]).to_pylist(),
     }
     (staging / "teacher.json").write_text(json.dumps(meta, indent=1))

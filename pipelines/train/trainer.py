@@ -93,7 +93,9 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     seed_everything(cfg.train.seed + ctx.rank)
-    built = build_worker_model(cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.mask_path)
+    built = build_worker_model(
+        cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.mask_path
+    )
     model = built.model
     if built.ref is not None:
         built.ref.to(ctx.device)
@@ -108,12 +110,17 @@ def train_worker(job_dict: dict[str, Any]) -> None:
             optimizer = built.make_optimizer(model)
             if folder is not None:
                 if ds_engine.is_deepspeed_checkpoint(folder):
-                    raise ConfigError(f"train.deepspeed_stage: {folder} is a DeepSpeed checkpoint; resume it with 2 or 3")
+                    raise ConfigError(
+                        f"train.deepspeed_stage: {folder} is a DeepSpeed checkpoint; resume it with 2 or 3"
+                    )
                 start_step = load_checkpoint(folder, model, optimizer)
                 if built.method is not None:
                     built.method.load_state_dict(load_method_state(folder))
-            model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if ctx.world_size > 1 else None,
-                                                  parallel_strategy_kwargs=ddp_kwargs(built))
+            model = ray.train.torch.prepare_model(
+                model,
+                parallel_strategy="ddp" if ctx.world_size > 1 else None,
+                parallel_strategy_kwargs=ddp_kwargs(built),
+            )
         else:
             if folder is not None and not ds_engine.is_deepspeed_checkpoint(folder):
                 start_step = load_checkpoint(folder, model, None)  # DDP weights -> fresh ZeRO optimizer
@@ -129,8 +136,12 @@ def train_worker(job_dict: dict[str, Any]) -> None:
             full_weights = partial(ds_engine.full_weights, engine)  # ZeRO-3: gather for eval / final save
 
     streams = {
-        name: prefetch(iter_shard(name, cfg.train.batch_size, built.processor, prefixes,
-                                   cfg.train.seed + 1000 * ctx.rank), cfg.train.prefetch_batches)
+        name: prefetch(
+            iter_shard(
+                name, cfg.train.batch_size, built.processor, prefixes, cfg.train.seed + 1000 * ctx.rank
+            ),
+            cfg.train.prefetch_batches,
+        )
         for name, prefixes in built.streams.items()
     }
     batches = {name: (to_device(b, ctx.device) for b in it) for name, it in streams.items()}
@@ -145,7 +156,9 @@ def train_worker(job_dict: dict[str, Any]) -> None:
         from unlearn_core.eval.runner import evaluate_model
 
         def evaluate() -> dict[str, float]:
-            return evaluate_model(built.unwrapped(model), built.processor, job.eval_records, image_size=job.image_size)
+            return evaluate_model(
+                built.unwrapped(model), built.processor, job.eval_records, image_size=job.image_size
+            )
 
     def finalize(folder: Path) -> None:
         built.save_final(model, folder)

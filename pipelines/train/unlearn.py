@@ -27,7 +27,9 @@ def resolve_init_model(cfg: RunConfig, ws: Workspace, tracking_uri: str) -> Path
     if spec == "tiny-llava":
         vanilla = ws.models / "vanilla"
         if not (vanilla / "config.json").exists():
-            raise ConfigError(f"model.spec is tiny-llava but {vanilla} does not exist: run `unlearn finetune` first")
+            raise ConfigError(
+                f"model.spec is tiny-llava but {vanilla} does not exist: run `unlearn finetune` first"
+            )
         return vanilla
     path = Path(spec)
     if path.is_dir():
@@ -37,7 +39,9 @@ def resolve_init_model(cfg: RunConfig, ws: Workspace, tracking_uri: str) -> Path
     )
 
 
-def _mask_for(cfg: RunConfig, method: UnlearnMethod, model_dir: Path, shards: Path, ws: Workspace, log) -> str | None:
+def _mask_for(
+    cfg: RunConfig, method: UnlearnMethod, model_dir: Path, shards: Path, ws: Workspace, log
+) -> str | None:
     """The saliency mask the method asks for (``mask_spec``), computed once per key, or None."""
     spec = method.mask_spec()
     if spec is None:
@@ -46,16 +50,26 @@ def _mask_for(cfg: RunConfig, method: UnlearnMethod, model_dir: Path, shards: Pa
         return str(method.params.mask_path)
     from pipelines.train.mask import compute_mask_remote
 
-    key = mask_cache_key(tracking.weights_sha256(model_dir), load_manifest(shards)["fingerprint"], spec,
-                         cfg.model.model_dump(), cfg.train.seed)
+    key = mask_cache_key(
+        tracking.weights_sha256(model_dir),
+        load_manifest(shards)["fingerprint"],
+        spec,
+        cfg.model.model_dump(),
+        cfg.train.seed,
+    )
     out = ws.root / "masks" / f"{spec.group}-g{spec.gamma:g}-{key}.safetensors"
     if out.exists():
         say_once(log, f"[cached] saliency mask {out}")
         return str(out)
-    log(f"computing the saliency mask (modules={spec.group}, gamma={spec.gamma}, rows: {spec.recipe}) as a Ray task")
-    stats = compute_mask_remote(cfg.model_dump(), str(model_dir), str(shards), str(out), modules=spec.group,
-                                gamma=spec.gamma)
-    log(f"mask selected fraction: {stats['selected_fraction']}; rows {stats['rows']}, entities {stats['entities']}")
+    log(
+        f"computing the saliency mask (modules={spec.group}, gamma={spec.gamma}, rows: {spec.recipe}) as a Ray task"
+    )
+    stats = compute_mask_remote(
+        cfg.model_dump(), str(model_dir), str(shards), str(out), modules=spec.group, gamma=spec.gamma
+    )
+    log(
+        f"mask selected fraction: {stats['selected_fraction']}; rows {stats['rows']}, entities {stats['entities']}"
+    )
     return str(out)
 
 
@@ -63,8 +77,11 @@ def stream_rows(shards: Path) -> dict[str, int]:
     """Rows of the forget and retain training streams (read from the shards' split/task columns)."""
     import pyarrow.parquet as pq
 
-    tables = {s: pq.read_table(shards / s, columns=["split", "task"]) for s in ("forget", "retain")
-              if (shards / s).is_dir()}
+    tables = {
+        s: pq.read_table(shards / s, columns=["split", "task"])
+        for s in ("forget", "retain")
+        if (shards / s).is_dir()
+    }
     return count_stream_rows(tables)
 
 
@@ -80,29 +97,55 @@ def prepare_inputs(cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print) 
     if teacher is not None:
         from pipelines.train.teacher import build_teacher_cache
 
-        forget_dir = build_teacher_cache(init_model, shards, ws.root / "teacher",
-                                         instruction=teacher.instruction, k=teacher.k, log=log)
+        forget_dir = build_teacher_cache(
+            init_model, shards, ws.root / "teacher", instruction=teacher.instruction, k=teacher.k, log=log
+        )
     params = {**method.resolved_params(), **method.derive(stream_rows(shards), cfg.train.batch_size)}
     mask_path = _mask_for(cfg, method, init_model, shards, ws, log)
     if mask_path is not None:
         params["mask_path"] = mask_path
     method = get_method(cfg.method.name, params)
-    resolved = cfg.model_copy(update={"method": cfg.method.model_copy(update={"params": method.resolved_params()})})
-    return {"shards": shards, "init_model": init_model, "method": method, "forget_dir": forget_dir,
-            "mask_path": mask_path, "cfg": resolved}
+    resolved = cfg.model_copy(
+        update={"method": cfg.method.model_copy(update={"params": method.resolved_params()})}
+    )
+    return {
+        "shards": shards,
+        "init_model": init_model,
+        "method": method,
+        "forget_dir": forget_dir,
+        "mask_path": mask_path,
+        "cfg": resolved,
+    }
 
 
-def unlearn_job(cfg: RunConfig, inputs: dict[str, Any], *, out_dir: Path, eval_path: Path, name: str,
-                storage_path: str, log_model: bool = False) -> TrainingJob:
+def unlearn_job(
+    cfg: RunConfig,
+    inputs: dict[str, Any],
+    *,
+    out_dir: Path,
+    eval_path: Path,
+    name: str,
+    storage_path: str,
+    log_model: bool = False,
+) -> TrainingJob:
     """The unlearning job on prepared ``inputs`` (``prepare_inputs``): `unlearn run` and every sweep trial."""
     init_model = str(inputs["init_model"])
     datasets = {"forget": stream_dataset(inputs["shards"], "forget", forget_dir=inputs["forget_dir"])}
     if inputs["method"].needs_retain:
         datasets["retain"] = stream_dataset(inputs["shards"], "retain")
     return TrainingJob(
-        cfg=cfg, mode="unlearn", shards=Path(inputs["shards"]), init_model=init_model, processor_dir=init_model,
-        datasets=datasets, out_dir=out_dir, eval_path=eval_path, name=name, storage_path=storage_path,
-        mask_path=inputs["mask_path"], log_model=log_model,
+        cfg=cfg,
+        mode="unlearn",
+        shards=Path(inputs["shards"]),
+        init_model=init_model,
+        processor_dir=init_model,
+        datasets=datasets,
+        out_dir=out_dir,
+        eval_path=eval_path,
+        name=name,
+        storage_path=storage_path,
+        mask_path=inputs["mask_path"],
+        log_model=log_model,
         register_as=cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}",
     )
 
@@ -118,7 +161,10 @@ def run_unlearn(
     shards, init_model = inputs["shards"], inputs["init_model"]
     before = evaluate_cached(init_model, shards, ws.results, cfg.train.eval_max_samples)
     run_id = tracking.open_run(
-        uri, exp_id, run_name=f"unlearn-{cfg.method.name}", params=mlflow_params(cfg),
+        uri,
+        exp_id,
+        run_name=f"unlearn-{cfg.method.name}",
+        params=mlflow_params(cfg),
         tags={"job": "unlearn", "method": cfg.method.name, "init_model": str(init_model)},
     )
     with tracking.run_status(uri, run_id, finish=False):  # FAILED if even the job cannot be set up
@@ -128,8 +174,15 @@ def run_unlearn(
 
             log_mask(uri, run_id, inputs["mask_path"])
         tag = f"{cfg.method.name}-{run_id[:8]}"
-        job = unlearn_job(cfg, inputs, out_dir=ws.models / tag, eval_path=ws.results / f"eval-{tag}.json",
-                          name=f"unlearn-{tag}", storage_path=storage_dir(ws.root), log_model=cfg.tracking.log_model)
+        job = unlearn_job(
+            cfg,
+            inputs,
+            out_dir=ws.models / tag,
+            eval_path=ws.results / f"eval-{tag}.json",
+            name=f"unlearn-{tag}",
+            storage_path=storage_dir(ws.root),
+            log_model=cfg.tracking.log_model,
+        )
         job.callbacks.extend(callbacks or [])
     log(f"unlearning with {cfg.method.name} for {cfg.train.steps} steps; MLflow run {run_id}")
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)

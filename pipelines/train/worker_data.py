@@ -16,7 +16,9 @@ from unlearn_core.data.teacher_cache import attach_teacher_topk
 from unlearn_core.training.loop import cycle
 
 
-def collate_shard_batch(batch: dict[str, np.ndarray], processor: Any, prefixes: tuple[str, ...]) -> dict[str, Any]:
+def collate_shard_batch(
+    batch: dict[str, np.ndarray], processor: Any, prefixes: tuple[str, ...]
+) -> dict[str, Any]:
     """Ray Data numpy batch -> padded tensors for every view (+ PUBG's cached teacher top-k)."""
     keys = list(batch)
     rows = rows_with_images([{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))])
@@ -50,7 +52,9 @@ def iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str, 
 
     def make_iter(epoch: int):
         if cache.complete:
-            return cache.batches(batch_size, seed + epoch, lambda b: collate_shard_batch(b, processor, prefixes))
+            return cache.batches(
+                batch_size, seed + epoch, lambda b: collate_shard_batch(b, processor, prefixes)
+            )
 
         def first_pass():
             yield from shard.iter_torch_batches(
@@ -106,5 +110,3 @@ def _nbytes(values: np.ndarray) -> int:
     if values.dtype != object:
         return int(values.nbytes)
     return sum(len(v) if isinstance(v, bytes | str) else getattr(v, "nbytes", 64) for v in values)
-
-

@@ -16,8 +16,14 @@ import traceback
 import warnings
 
 OURS = (f"{os.sep}pipelines{os.sep}", f"{os.sep}unlearn_core{os.sep}")
-SKIP = ("warnings.py", "<frozen", f"ray{os.sep}util{os.sep}annotations.py", "typing_extensions.py",
-        f"{os.sep}deprecated{os.sep}", "sitecustomize.py")
+SKIP = (
+    "warnings.py",
+    "<frozen",
+    f"ray{os.sep}util{os.sep}annotations.py",
+    "typing_extensions.py",
+    f"{os.sep}deprecated{os.sep}",
+    "sitecustomize.py",
+)
 _show = warnings.showwarning
 
 

@@ -108,7 +108,9 @@ def read_meta(records_dir: Path | str) -> dict[str, Any]:
     if not Path(records_dir).is_dir():
         raise RecordError(f"records folder {records_dir} does not exist")
     if not path.is_file():
-        raise RecordError(f"{path} is missing: {records_dir} is not a records folder (write it with write_records)")
+        raise RecordError(
+            f"{path} is missing: {records_dir} is not a records folder (write it with write_records)"
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -205,7 +207,9 @@ def _group_by_split(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, 
             continue
         by_split.setdefault(split, []).append(row)
     if bad:
-        raise RecordError(f"cannot write rows with an unknown split (valid: {', '.join(SPLITS)}): {_cap(bad)}")
+        raise RecordError(
+            f"cannot write rows with an unknown split (valid: {', '.join(SPLITS)}): {_cap(bad)}"
+        )
     for rows_of_split in by_split.values():
         rows_of_split.sort(key=lambda r: str(r.get("sample_id")))
     return by_split
@@ -247,8 +251,12 @@ def _write_quarantine(entries: Sequence[Mapping[str, Any]], path: Path) -> None:
     rows = []
     for entry in entries:
         row = entry.get("row")
-        text = row if isinstance(row, str) else row_to_json(row if isinstance(row, Mapping) else {"value": row})
-        rows.append({"origin": str(entry.get("origin", "")), "reason": str(entry.get("reason", "")), "row": text})
+        text = (
+            row if isinstance(row, str) else row_to_json(row if isinstance(row, Mapping) else {"value": row})
+        )
+        rows.append(
+            {"origin": str(entry.get("origin", "")), "reason": str(entry.get("reason", "")), "row": text}
+        )
     rows.sort(key=lambda r: (r["origin"], r["reason"], r["row"]))
     table = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
     tmp = path.with_name(path.name + ".tmp")
@@ -297,13 +305,17 @@ def _read_split(records_dir: Path | str, split: str) -> pa.Table:
     if not path.exists():
         meta_count = read_meta(records_dir)["counts"].get("splits", {}).get(split, {}).get("total", 0)
         if meta_count:
-            raise RecordError(f"{path} is missing but {META_FILE} counts {meta_count} rows in split '{split}'")
+            raise RecordError(
+                f"{path} is missing but {META_FILE} counts {meta_count} rows in split '{split}'"
+            )
         return ARROW_SCHEMA.empty_table()
     _open_checked(path)
     table = _with_later_columns(pq.read_table(path, columns=_present_columns(path)))
     for field in ARROW_SCHEMA:
         if not field.nullable and table.column(field.name).null_count:
-            raise RecordError(f"{path}: column '{field.name}' has {table.column(field.name).null_count} null(s)")
+            raise RecordError(
+                f"{path}: column '{field.name}' has {table.column(field.name).null_count} null(s)"
+            )
     return pa.Table.from_arrays([table.column(c) for c in COLUMNS], schema=ARROW_SCHEMA)
 
 

@@ -27,7 +27,9 @@ def in_stream(stream: str, split: str, task: str) -> bool:
     if stream == "forget":
         return split == "forget" and task in FORGET_TRAIN_TASKS
     if stream == "retain":
-        return (split == "retain" and task in TRAINABLE_TASKS) or (split == "forget" and task in FORGET_KEPT_TASKS)
+        return (split == "retain" and task in TRAINABLE_TASKS) or (
+            split == "forget" and task in FORGET_KEPT_TASKS
+        )
     raise ValueError(f"unknown stream {stream!r}; valid: train, forget, retain")
 
 

@@ -15,7 +15,9 @@ def decode_image_u8(raw: Any, hw: Any, where: str = "row") -> np.ndarray | None:
     if raw is None or hw is None or len(raw) == 0:
         return None
     h, w = int(hw[0]), int(hw[1])
-    pixels = np.frombuffer(raw if isinstance(raw, bytes | bytearray | memoryview) else bytes(raw), dtype=np.uint8)
+    pixels = np.frombuffer(
+        raw if isinstance(raw, bytes | bytearray | memoryview) else bytes(raw), dtype=np.uint8
+    )
     if pixels.size != h * w * 3:
         raise ValueError(f"{where}: image_u8 has {pixels.size} bytes, image_hw {[h, w]} needs {h * w * 3}")
     return pixels.reshape(h, w, 3)

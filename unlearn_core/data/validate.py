@@ -29,7 +29,9 @@ from unlearn_core.data import records_io
 from unlearn_core.data.schema import COLUMNS, MC_TASKS, SPLITS, TASKS, TEXT_ONLY_TASKS, RecordError
 
 # Tasks whose question is about an image: a record without one is useless.
-IMAGE_TASKS: frozenset[str] = frozenset({"identity_vqa", "open_vqa", "fact_vqa", "mc_vqa", "caption", "guided"})
+IMAGE_TASKS: frozenset[str] = frozenset(
+    {"identity_vqa", "open_vqa", "fact_vqa", "mc_vqa", "caption", "guided"}
+)
 FORGET_SIDE: tuple[str, ...] = ("forget", "forget_unseen")
 RETAIN_SIDE: tuple[str, ...] = ("retain", "retain_unseen")
 _TEXT_FIELDS = ("sample_id", "entity_id", "split", "task", "question", "answer")
@@ -91,7 +93,9 @@ def validate_rows(
 def reconcile(read: int, written: int, quarantined: int, *, what: str) -> None:
     """Every row read is either written or quarantined; anything else is a bug worth stopping for."""
     if read != written + quarantined:
-        raise RecordError(f"{what}: counts do not reconcile: read {read} != written {written} + quarantined {quarantined}")
+        raise RecordError(
+            f"{what}: counts do not reconcile: read {read} != written {written} + quarantined {quarantined}"
+        )
 
 
 def normalize_row(row: Mapping[str, Any], checker: ImageChecker | None = None) -> dict[str, Any]:
@@ -194,7 +198,10 @@ class RecordsReport:
         return sum(sum(tasks.values()) for tasks in self.counts.values())
 
     def render(self, max_problems: int = 50) -> str:
-        lines = [f"records folder: {self.records_dir}", f"rows: {self.total}, quarantined: {self.quarantined}"]
+        lines = [
+            f"records folder: {self.records_dir}",
+            f"rows: {self.total}, quarantined: {self.quarantined}",
+        ]
         for split, tasks in self.counts.items():
             detail = ", ".join(f"{task} {n}" for task, n in sorted(tasks.items()))
             lines.append(f"  {split}: {sum(tasks.values())} ({detail})")
@@ -253,7 +260,9 @@ def _check_written_row(
     except RowProblem as problem:
         report.problems.append(f"{origin} ({row.get('sample_id')!r}): {problem}")
     if row.get("split") != split:
-        report.problems.append(f"{origin} ({row.get('sample_id')!r}): split {row.get('split')!r} in {split}.parquet")
+        report.problems.append(
+            f"{origin} ({row.get('sample_id')!r}): split {row.get('split')!r} in {split}.parquet"
+        )
 
 
 def _check_stray_files(root: Path, report: RecordsReport) -> None:
@@ -269,7 +278,9 @@ def _check_meta_counts(meta: Mapping[str, Any], report: RecordsReport) -> None:
         expected = meta_splits.get(split, {}).get("total", 0)
         actual = sum(report.counts.get(split, {}).values())
         if expected != actual:
-            report.problems.append(f"{records_io.META_FILE}: split '{split}' counts {expected} rows, files hold {actual}")
+            report.problems.append(
+                f"{records_io.META_FILE}: split '{split}' counts {expected} rows, files hold {actual}"
+            )
 
 
 def _check_quarantine(root: Path, meta: Mapping[str, Any], report: RecordsReport) -> None:
@@ -314,7 +325,9 @@ def _options(value: Any, task: str, answer: str) -> list[str] | None:
         options.append(_text(option, f"options[{i}]"))
     if task in MC_TASKS:
         if len(options) < 2:
-            raise RowProblem(f"options: a multiple-choice question needs at least 2 options, got {len(options)}")
+            raise RowProblem(
+                f"options: a multiple-choice question needs at least 2 options, got {len(options)}"
+            )
         if answer not in options:
             raise RowProblem(f"answer: {answer!r} is not among the options {options}")
     return options

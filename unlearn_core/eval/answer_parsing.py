@@ -26,7 +26,9 @@ _NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
 def option_keys(n_options: int) -> str:
     """The option keys of an ``n_options``-way question: "ABCD" for four."""
     if not 0 < n_options <= len(OPTION_LETTERS):
-        raise ValueError(f"a multiple-choice question needs 1..{len(OPTION_LETTERS)} options, got {n_options}")
+        raise ValueError(
+            f"a multiple-choice question needs 1..{len(OPTION_LETTERS)} options, got {n_options}"
+        )
     return OPTION_LETTERS[:n_options]
 
 

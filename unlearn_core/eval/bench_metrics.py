@@ -50,7 +50,9 @@ def rouge_scores(
     return out
 
 
-def rouge_f(reference: str, generation: str, scorer: rouge_scorer.RougeScorer | None = None) -> dict[str, float]:
+def rouge_f(
+    reference: str, generation: str, scorer: rouge_scorer.RougeScorer | None = None
+) -> dict[str, float]:
     """ROUGE-1/2/L F-measures of ``generation`` against ``reference``."""
     return {k: v for k, v in rouge_scores(reference, generation, scorer).items() if k in ROUGE_TYPES}
 
@@ -116,7 +118,9 @@ class BenchResult:
     metrics: dict[str, float]
     counts: dict[str, int]  # samples behind each metric
     per_sample: dict[str, dict[str, Any]] = field(default_factory=dict)  # sample_id -> fields
-    truth_losses: dict[str, list[Losses]] = field(default_factory=dict)  # group -> per-sample truth-ratio losses
+    truth_losses: dict[str, list[Losses]] = field(
+        default_factory=dict
+    )  # group -> per-sample truth-ratio losses
 
 
 def metric_group(row: Mapping[str, Any]) -> str:
@@ -166,14 +170,19 @@ def score_benchmark(
     losses = {group: pairs for group, pairs in losses.items() if pairs}
     for group, pairs in losses.items():
         ratios = set_truth_ratios([p for p, _ in pairs], [q for _, q in pairs])
-        values[f"clear.{group}.truth_ratio"] = [truth_ratio_score(ratios, forget=group.startswith("forget"))] * len(pairs)
+        values[f"clear.{group}.truth_ratio"] = [
+            truth_ratio_score(ratios, forget=group.startswith("forget"))
+        ] * len(pairs)
     metrics = {k: sum(v) / len(v) for k, v in sorted(values.items()) if v}
     counts = {k: len(v) for k, v in sorted(values.items()) if v}
     return BenchResult(metrics, counts, per_sample, losses)
 
 
 def _score_truth_losses(
-    out: Mapping[str, Any], fields: dict[str, Any], group_losses: list[Losses], values: dict[str, list[float]],
+    out: Mapping[str, Any],
+    fields: dict[str, Any],
+    group_losses: list[Losses],
+    values: dict[str, list[float]],
     group: str,
 ) -> None:
     """CLEAR's per-token losses of an output (``paraphrased_loss``, ``perturbed_losses``, optional
@@ -193,8 +202,14 @@ def _score_truth_losses(
 
 
 def _score_generation(
-    row: Mapping[str, Any], gen: str, options: list[str], fields: dict[str, Any],
-    values: dict[str, list[float]], scorer: rouge_scorer.RougeScorer, stem: str, mod: str,
+    row: Mapping[str, Any],
+    gen: str,
+    options: list[str],
+    fields: dict[str, Any],
+    values: dict[str, list[float]],
+    scorer: rouge_scorer.RougeScorer,
+    stem: str,
+    mod: str,
 ) -> None:
     task, answer = str(row["task"]), str(row.get("answer") or "")
     if task in MC_TASKS and options:

@@ -33,7 +33,9 @@ CLOZE_INSTRUCTION = "Please **ONLY** provide the correct answer that should repl
 GENERATION_INSTRUCTION_IMAGE = (
     "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 )
-GENERATION_INSTRUCTION_TEXT = "Answer the question based on your trained knowledge in one sentence in ENGLISH."
+GENERATION_INSTRUCTION_TEXT = (
+    "Answer the question based on your trained knowledge in one sentence in ENGLISH."
+)
 
 
 class UnknownProtocolError(ValueError):

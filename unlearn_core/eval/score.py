@@ -49,8 +49,11 @@ def load_record_rows(records_dir: str | Path) -> list[dict[str, Any]]:
             continue
         pfile = pq.ParquetFile(path)
         names = [c for c in COLUMNS if c != "image" and c in pfile.schema_arrow.names]
-        flags = [f for batch in pfile.iter_batches(batch_size=256, columns=["image"])
-                 for f in pc.is_valid(batch.column(0)).to_pylist()]
+        flags = [
+            f
+            for batch in pfile.iter_batches(batch_size=256, columns=["image"])
+            for f in pc.is_valid(batch.column(0)).to_pylist()
+        ]
         part = pfile.read(columns=names).to_pylist()
         for row, flag in zip(part, flags, strict=True):
             row["has_image"] = flag
@@ -86,8 +89,12 @@ def read_predictions(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[
                 non_string.append(sid)
                 item = {k: v for k, v in item.items() if k != "generation"}
             preds[sid] = dict(item)
-    problems = {"unreadable_lines": _problem(bad_json), "lines_without_sample_id": _problem(no_id),
-                "duplicate_ids": _problem(duplicate), "non_string_generations": _problem(non_string)}
+    problems = {
+        "unreadable_lines": _problem(bad_json),
+        "lines_without_sample_id": _problem(no_id),
+        "duplicate_ids": _problem(duplicate),
+        "non_string_generations": _problem(non_string),
+    }
     return preds, problems
 
 
@@ -101,7 +108,9 @@ def score_outputs(
     (generated letters), so no name carries two statistics.
     """
     own_rows = rows if not protocol.is_benchmark else [r for r in rows if r["task"] not in MC_TASKS]
-    own = evaluate_outputs(own_rows, {k: v for k, v in outputs.items() if "generation" in v or "option_scores" in v})
+    own = evaluate_outputs(
+        own_rows, {k: v for k, v in outputs.items() if "generation" in v or "option_scores" in v}
+    )
     bench = score_benchmark(rows, outputs, protocol) if protocol.is_benchmark else BenchResult({}, {})
     metrics = {**own.metrics, **bench.metrics}
     counts = {**own.counts, **bench.counts}
@@ -113,8 +122,12 @@ def score_outputs(
             row["correct"] = flags["correct"]
         row.update({k: v for k, v in item.items() if k not in row})
     per_sample = [merged[str(r["sample_id"])] for r in rows if str(r["sample_id"]) in merged]
-    return {"metrics": dict(sorted(metrics.items())), "counts": dict(sorted(counts.items())),
-            "per_sample": per_sample, "truth_losses": bench.truth_losses}
+    return {
+        "metrics": dict(sorted(metrics.items())),
+        "counts": dict(sorted(counts.items())),
+        "per_sample": per_sample,
+        "truth_losses": bench.truth_losses,
+    }
 
 
 def score_predictions(
@@ -142,11 +155,17 @@ def score_predictions(
     if reference_predictions is not None:
         ref_preds, _ = read_predictions(reference_predictions)
         ref = score_outputs(rows, {s: p for s, p in ref_preds.items() if s in known}, proto)
-        add_forget_quality(result, ref["truth_losses"].get("forget", []),
-                           f"{predictions} and {reference_predictions}")
+        add_forget_quality(
+            result, ref["truth_losses"].get("forget", []), f"{predictions} and {reference_predictions}"
+        )
     result.pop("truth_losses")
-    return {"protocol": proto.name, "n_records": len(rows), "n_scored": len(result["per_sample"]),
-            "problems": problems, **result}
+    return {
+        "protocol": proto.name,
+        "n_records": len(rows),
+        "n_scored": len(result["per_sample"]),
+        "problems": problems,
+        **result,
+    }
 
 
 def add_forget_quality(result: dict[str, Any], reference: list[Losses], where: str) -> None:
@@ -154,8 +173,10 @@ def add_forget_quality(result: dict[str, Any], reference: list[Losses], where: s
     the retain-only reference model; a RecordError naming ``where`` when either side has none."""
     mine = result["truth_losses"].get("forget", [])
     if not mine or not reference:
-        raise RecordError(f"forget quality needs paraphrased_loss + perturbed_losses on forget rows in both {where} "
-                          f"(found {len(mine)} and {len(reference)})")
+        raise RecordError(
+            f"forget quality needs paraphrased_loss + perturbed_losses on forget rows in both {where} "
+            f"(found {len(mine)} and {len(reference)})"
+        )
     result["metrics"]["clear.forget_quality"] = forget_quality(mine, reference)
     result["counts"]["clear.forget_quality"] = len(mine)
     result["metrics"] = dict(sorted(result["metrics"].items()))
@@ -170,10 +191,17 @@ def report_truth_losses(path: str | Path, split: str = "forget") -> list[Losses]
         raise RecordError(f"{path}: not a readable JSON report ({exc})") from exc
     rows = report.get("per_sample") if isinstance(report, Mapping) else None
     if not isinstance(rows, list):
-        raise RecordError(f"{path}: no 'per_sample' list (write it with `unlearn eval --out` or `unlearn score --out`)")
-    return [(float(r["paraphrased_loss"]), [float(x) for x in r["perturbed_losses"]]) for r in rows
-            if isinstance(r, Mapping) and r.get("split") == split
-            and isinstance(r.get("paraphrased_loss"), (int, float)) and r.get("perturbed_losses")]
+        raise RecordError(
+            f"{path}: no 'per_sample' list (write it with `unlearn eval --out` or `unlearn score --out`)"
+        )
+    return [
+        (float(r["paraphrased_loss"]), [float(x) for x in r["perturbed_losses"]])
+        for r in rows
+        if isinstance(r, Mapping)
+        and r.get("split") == split
+        and isinstance(r.get("paraphrased_loss"), (int, float))
+        and r.get("perturbed_losses")
+    ]
 
 
 def write_score(report: Mapping[str, Any], out: str | Path) -> None:

@@ -25,7 +25,8 @@ from unlearn_core.methods.reject import Reject
 from unlearn_core.methods.simnpo import SimNPO
 
 METHODS: dict[str, type[UnlearnMethod]] = {
-    cls.name: cls for cls in (GradientAscent, GradDiff, KLMin, NPO, SimNPO, Reject, RandomLabel, MMUnlearner, PUBG)
+    cls.name: cls
+    for cls in (GradientAscent, GradDiff, KLMin, NPO, SimNPO, Reject, RandomLabel, MMUnlearner, PUBG)
 }
 
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}

@@ -62,8 +62,9 @@ def preserve_rows(rows: Sequence[Row], group: str, budget: int) -> list[Row]:
 
 
 def mmunlearner_mask_spec(group: str, gamma: float) -> MaskSpec:
-    return MaskSpec(group=group, gamma=gamma, forget_rows=forget_rows, preserve_rows=preserve_rows,
-                    recipe=PRESERVE_RECIPE)
+    return MaskSpec(
+        group=group, gamma=gamma, forget_rows=forget_rows, preserve_rows=preserve_rows, recipe=PRESERVE_RECIPE
+    )
 
 
 class MMUnlearnerParams(StrictParams):

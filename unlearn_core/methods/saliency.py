@@ -362,10 +362,22 @@ def mask_cache_key(
     seed its adapters are drawn from. 16 hex digits."""
     import hashlib
 
-    trainable = {k: model_cfg.get(k) for k in ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                                               "train_vision", "dtype")}
-    raw = json.dumps([model_sha, shards_fingerprint, spec.group, float(spec.gamma), spec.recipe, trainable,
-                      seed if model_cfg.get("lora") else None], sort_keys=True)
+    trainable = {
+        k: model_cfg.get(k)
+        for k in ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_vision", "dtype")
+    }
+    raw = json.dumps(
+        [
+            model_sha,
+            shards_fingerprint,
+            spec.group,
+            float(spec.gamma),
+            spec.recipe,
+            trainable,
+            seed if model_cfg.get("lora") else None,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

@@ -58,5 +58,8 @@ class SimNPO(UnlearnMethod):
         lengths = answer_mask(labels).sum(1)
         loss = simnpo_loss(lp, lengths, p.beta, p.delta)
         with torch.no_grad():
-            stats = {"simnpo": float(loss), "forget_nll_per_token": float((-lp / lengths.clamp_min(1)).mean())}
+            stats = {
+                "simnpo": float(loss),
+                "forget_nll_per_token": float((-lp / lengths.clamp_min(1)).mean()),
+            }
         return add_retain_nll(loss, model, retain, p.alpha, stats), stats

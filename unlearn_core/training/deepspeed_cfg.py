@@ -22,7 +22,9 @@ def deepspeed_config(tc: TrainConfig, *, world_size: int) -> dict[str, Any]:
     }
     if tc.deepspeed_stage == 3:
         # Full weights are gathered on save so rank 0 can write the HF folder for MLflow.
-        zero.update({"stage3_gather_16bit_weights_on_model_save": True, "stage3_param_persistence_threshold": 1e5})
+        zero.update(
+            {"stage3_gather_16bit_weights_on_model_save": True, "stage3_param_persistence_threshold": 1e5}
+        )
     return {
         "train_micro_batch_size_per_gpu": tc.batch_size,
         "gradient_accumulation_steps": tc.grad_accum,

@@ -81,7 +81,9 @@ def make_ds_step_fn(
     from unlearn_core.methods.base import ensure_finite
 
     if method is not None and method.custom_step:
-        raise ValueError(f"method {method.name!r} does its own optimizer steps: not supported under DeepSpeed")
+        raise ValueError(
+            f"method {method.name!r} does its own optimizer steps: not supported under DeepSpeed"
+        )
 
     def micro_batch() -> tuple[torch.Tensor, dict[str, float]]:
         if method is None:
@@ -133,7 +135,10 @@ def load_ds_checkpoint(engine: DeepSpeedEngine, folder: Path) -> int:
     folder = Path(folder)
     meta = json.loads((folder / STATE_FILE).read_text())
     path, _ = engine.load_checkpoint(
-        str(folder / DS_SUBDIR), tag=meta["deepspeed_tag"], load_optimizer_states=True, load_lr_scheduler_states=False
+        str(folder / DS_SUBDIR),
+        tag=meta["deepspeed_tag"],
+        load_optimizer_states=True,
+        load_lr_scheduler_states=False,
     )
     if path is None:
         raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint tag {meta['deepspeed_tag']!r} to load")

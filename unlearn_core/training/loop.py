@@ -176,7 +176,9 @@ def run_loop(
 
         def save(folder: Path, step: int) -> bool:
             if ctx.is_rank0:
-                save_checkpoint(folder, model, optimizer, step, method_state=method_state() if method_state else None)
+                save_checkpoint(
+                    folder, model, optimizer, step, method_state=method_state() if method_state else None
+                )
             return ctx.is_rank0
 
     gathered = full_weights or contextlib.nullcontext

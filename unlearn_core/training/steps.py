@@ -87,7 +87,9 @@ def make_step(
                 ensure_finite("loss", loss, {"sft_nll": float(loss.detach())})
                 (loss / accum).backward()
             total += float(loss.detach()) / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], tc.max_grad_norm
+        )
         ensure_finite("gradient norm", grad_norm, {"loss": total})
         apply_lr_schedule(optimizer, tc, step)
         optimizer.step()
@@ -116,6 +118,8 @@ def make_step(
         return naming_the_step(sft_step)
     if method.custom_step:
         if accum > 1:
-            raise ValueError(f"method {method.name!r} does its own optimizer steps: train.grad_accum must be 1")
+            raise ValueError(
+                f"method {method.name!r} does its own optimizer steps: train.grad_accum must be 1"
+            )
         return naming_the_step(own_step)
     return naming_the_step(accumulated_step)

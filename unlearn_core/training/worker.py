@@ -43,7 +43,9 @@ class BuiltModel:
         save_model(unwrap(model), self.processor, folder)
 
 
-def _load(cfg: RunConfig, processor_dir: str, init_model: str, image_size: int) -> tuple[torch.nn.Module, Any]:
+def _load(
+    cfg: RunConfig, processor_dir: str, init_model: str, image_size: int
+) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoProcessor
 
     from unlearn_core.models.loading import load_model_and_processor

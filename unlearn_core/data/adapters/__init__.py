@@ -52,7 +52,9 @@ def get_converter(name: str) -> Converter:
     return importlib.import_module(FORMATS[name]).convert
 
 
-def convert(fmt: str, source: Path | str, out: Path | str, *, forget_config: str | None = None) -> ConvertReport:
+def convert(
+    fmt: str, source: Path | str, out: Path | str, *, forget_config: str | None = None
+) -> ConvertReport:
     """Convert the dataset at ``source`` (format ``fmt``) into a records folder at ``out``."""
     return get_converter(fmt)(Path(source), Path(out), forget_config=forget_config)
 
@@ -94,7 +96,9 @@ class ConvertReport:
 
     def render(self) -> str:
         lines = [f"{self.format}: {self.source} -> {self.out}"]
-        lines.append(f"  {'config':<22} {'split':<28} {'rows':>6} {'skip':>5} {'read':>7} {'written':>7} {'quar.':>6}")
+        lines.append(
+            f"  {'config':<22} {'split':<28} {'rows':>6} {'skip':>5} {'read':>7} {'written':>7} {'quar.':>6}"
+        )
         for name, c in self.configs.items():
             lines.append(
                 f"  {name:<22} {c.role:<28} {c.source_rows:>6} {c.skipped_rows:>5} {c.read:>7} {c.written:>7} "
@@ -205,13 +209,13 @@ def discover_configs(source: Path) -> dict[str, SourceConfig]:
     if not configs and direct:
         configs[source.name] = SourceConfig(source.name, source, direct)
     if not configs:
-        raise RecordError(f"no config folders with parquet files under {source} (expected e.g. forget_5/train-*.parquet)")
+        raise RecordError(
+            f"no config folders with parquet files under {source} (expected e.g. forget_5/train-*.parquet)"
+        )
     return configs
 
 
-def iter_parquet_rows(
-    path: Path, *, batch_size: int = 16
-) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
+def iter_parquet_rows(path: Path, *, batch_size: int = 16) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
     """Yield ``(row_index, row, bad_columns)`` for one parquet file.
 
     ``bad_columns`` names the columns whose text is not valid UTF-8 in that row (their value is

@@ -101,7 +101,9 @@ def convert(source: Path, out: Path, *, forget_config: str | None = None) -> Con
     for job in jobs:
         _convert_config(job, configs[job.config], state, conv)
     for config, n in state.unmatched.items():
-        conv.warn(f"{config}: {n} TOFU row(s) name no known CLEAR person of their side; entity clear:tofu-unmatched")
+        conv.warn(
+            f"{config}: {n} TOFU row(s) name no known CLEAR person of their side; entity clear:tofu-unmatched"
+        )
     return conv.finish(f"{FORMAT}:{forget_config}")
 
 
@@ -151,8 +153,10 @@ def _convert_config(job: _Job, config: SourceConfig, state: _State, conv: Conver
             number += 1
             missing = [c for c in _COLUMNS[job.kind] if c not in row]
             if bad or missing:
-                reason = f"{bad[0]}: not valid UTF-8 text in the source file" if bad else (
-                    f"{missing[0]}: column missing from {origin.split('#')[0]}"
+                reason = (
+                    f"{bad[0]}: not valid UTF-8 text in the source file"
+                    if bad
+                    else (f"{missing[0]}: column missing from {origin.split('#')[0]}")
                 )
                 conv.reject(origin, reason, row)
                 continue
@@ -161,10 +165,22 @@ def _convert_config(job: _Job, config: SourceConfig, state: _State, conv: Conver
 
 
 def _convert_row(
-    job: _Job, row: dict[str, Any], origin: str, sample_id: str, state: _State, conv: Conversion, counts: ConfigCounts
+    job: _Job,
+    row: dict[str, Any],
+    origin: str,
+    sample_id: str,
+    state: _State,
+    conv: Conversion,
+    counts: ConfigCounts,
 ) -> None:
-    base = {"sample_id": sample_id, "split": job.side, "image": _image_bytes(row.get("image")),
-            "visible_attributes": {}, "source": f"{FORMAT}:{job.config}", "options": None}
+    base = {
+        "sample_id": sample_id,
+        "split": job.side,
+        "image": _image_bytes(row.get("image")),
+        "visible_attributes": {},
+        "source": f"{FORMAT}:{job.config}",
+        "options": None,
+    }
     if job.kind in ("caption", "perturbed"):
         name = row.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -173,32 +189,71 @@ def _convert_row(
         state.names[job.side].add(name.strip())
         person = {"entity_id": f"clear:{name.strip()}", "private_facts": {"name": name.strip()}}
         if job.kind == "caption":
-            conv.add(origin, {**base, **person, "task": "caption", "question": CAPTION_QUESTION,
-                              "answer": row.get("caption")})
+            conv.add(
+                origin,
+                {
+                    **base,
+                    **person,
+                    "task": "caption",
+                    "question": CAPTION_QUESTION,
+                    "answer": row.get("caption"),
+                },
+            )
         else:
-            conv.add(origin, {**base, **person, "task": "mc_vqa", "question": IDENTITY_QUESTION,
-                              "answer": name.strip(), "options": _name_options(name.strip(), row.get("perturbed_names")),
-                              "answer_variants": _caption_variants(row)})
+            conv.add(
+                origin,
+                {
+                    **base,
+                    **person,
+                    "task": "mc_vqa",
+                    "question": IDENTITY_QUESTION,
+                    "answer": name.strip(),
+                    "options": _name_options(name.strip(), row.get("perturbed_names")),
+                    "answer_variants": _caption_variants(row),
+                },
+            )
     elif job.kind == "tofu":
         _convert_tofu_row(job, row, origin, base, state, conv, counts)
     elif job.kind == "real_faces":
         answer = row.get("answer")
         known = isinstance(answer, str) and bool(answer.strip())
-        conv.add(origin, {**base, "entity_id": f"clear-real:{answer}" if known else "clear-real:unknown",
-                          "private_facts": {"name": answer} if isinstance(answer, str) else {},
-                          "task": "mc_vqa", "question": IDENTITY_QUESTION, "answer": answer,
-                          "options": _with_answer(row.get("options"), answer)})
+        conv.add(
+            origin,
+            {
+                **base,
+                "entity_id": f"clear-real:{answer}" if known else "clear-real:unknown",
+                "private_facts": {"name": answer} if isinstance(answer, str) else {},
+                "task": "mc_vqa",
+                "question": IDENTITY_QUESTION,
+                "answer": answer,
+                "options": _with_answer(row.get("options"), answer),
+            },
+        )
     else:
         options = row.get("options")
         has_options = options is not None and (not isinstance(options, list) or len(options) > 0)
         task = ("mc_vqa" if base["image"] is not None else "mc_text") if has_options else "generation"
-        conv.add(origin, {**base, "entity_id": "clear:real_world", "private_facts": {}, "task": task,
-                          "question": row.get("question"), "answer": row.get("answer"),
-                          "options": _with_answer(options, row.get("answer")) if has_options else None})
+        conv.add(
+            origin,
+            {
+                **base,
+                "entity_id": "clear:real_world",
+                "private_facts": {},
+                "task": task,
+                "question": row.get("question"),
+                "answer": row.get("answer"),
+                "options": _with_answer(options, row.get("answer")) if has_options else None,
+            },
+        )
 
 
 def _convert_tofu_row(
-    job: _Job, row: dict[str, Any], origin: str, base: dict[str, Any], state: _State, conv: Conversion,
+    job: _Job,
+    row: dict[str, Any],
+    origin: str,
+    base: dict[str, Any],
+    state: _State,
+    conv: Conversion,
     counts: ConfigCounts,
 ) -> None:
     plain = job.config.split("+", 1)[0]
@@ -209,18 +264,40 @@ def _convert_tofu_row(
             return
         name = _find_name(names, [row.get("caption")])
         if name is None:
-            conv.reject(origin, "name: +tofu caption rows carry no name column and the caption names no "
-                        f"known person; convert {plain} as well", row)
+            conv.reject(
+                origin,
+                "name: +tofu caption rows carry no name column and the caption names no "
+                f"known person; convert {plain} as well",
+                row,
+            )
             return
-        conv.add(origin, {**base, "entity_id": f"clear:{name}", "private_facts": {"name": name},
-                          "task": "caption", "question": CAPTION_QUESTION, "answer": row.get("caption")})
+        conv.add(
+            origin,
+            {
+                **base,
+                "entity_id": f"clear:{name}",
+                "private_facts": {"name": name},
+                "task": "caption",
+                "question": CAPTION_QUESTION,
+                "answer": row.get("caption"),
+            },
+        )
         return
     name = _find_name(names, [row.get("question"), row.get("answer")])
     if name is None:
         state.unmatched[job.config] = state.unmatched.get(job.config, 0) + 1
     entity = f"clear:{name}" if name else f"clear:tofu-unmatched:{job.side}"
-    conv.add(origin, {**base, "entity_id": entity, "private_facts": {"name": name} if name else {},
-                      "task": "text_qa", "question": row.get("question"), "answer": row.get("answer")})
+    conv.add(
+        origin,
+        {
+            **base,
+            "entity_id": entity,
+            "private_facts": {"name": name} if name else {},
+            "task": "text_qa",
+            "question": row.get("question"),
+            "answer": row.get("answer"),
+        },
+    )
 
 
 def _caption_variants(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,9 @@ def convert(source: Path, out: Path, *, forget_config: str | None = None) -> Con
     folder = source.parent if source.is_file() else source
     path = source if source.is_file() else source / RECORDS_FILE
     if not path.is_file():
-        raise RecordError(f"{path} not found: a jsonl source is a folder holding {RECORDS_FILE} and its images")
+        raise RecordError(
+            f"{path} not found: a jsonl source is a folder holding {RECORDS_FILE} and its images"
+        )
     conv = Conversion(FORMAT, folder, Path(out))
     counts = conv.config(path.name, "per record")
     extra: set[str] = set()

@@ -116,8 +116,11 @@ def _make_plan(configs: Mapping[str, SourceConfig], forget: str, retain: str, co
             "(pass forget_config=...)"
         )
     trains = [n for n in configs if n in TRAIN_CONFIGS or _looks_like_training(configs[n])]
-    plan = _Plan(forget=forget if forget in configs else None, retain=retain if retain in configs else None,
-                 train=trains[0] if trains else None)
+    plan = _Plan(
+        forget=forget if forget in configs else None,
+        retain=retain if retain in configs else None,
+        train=trains[0] if trains else None,
+    )
     plan.train_layout = {n for n in (forget, retain) if n in configs and _has_training_columns(configs[n])}
     for name in trains[1:]:
         conv.skip_config(name, f"same training data as {plan.train}")
@@ -135,7 +138,10 @@ def _make_plan(configs: Mapping[str, SourceConfig], forget: str, retain: str, co
     if plan.forget is None:
         conv.warn(f"no forget_N config under {conv.source}: no forget split")
     if plan.retain is None:
-        conv.warn(f"{retain} not found" + (f"; retain people taken from {FULL_CONFIG}" if FULL_CONFIG in configs else ""))
+        conv.warn(
+            f"{retain} not found"
+            + (f"; retain people taken from {FULL_CONFIG}" if FULL_CONFIG in configs else "")
+        )
     return plan
 
 
@@ -166,8 +172,11 @@ def _convert_config(config: SourceConfig, plan: _Plan, conv: Conversion) -> None
     counts = conv.config(name, role)
     columns = config.columns()
     if name != plan.train and name not in plan.train_layout:
-        for column, task in (("Classification_Task", "mc_vqa/mc_text"), ("Generation_Task", "generation"),
-                             ("Mask_Task", "cloze")):
+        for column, task in (
+            ("Classification_Task", "mc_vqa/mc_text"),
+            ("Generation_Task", "generation"),
+            ("Mask_Task", "cloze"),
+        ):
             if column not in columns:
                 conv.warn(f"{name}: no {column} column, so no {task} records from it")
     for path in config.files:
@@ -211,8 +220,13 @@ def _convert_row(
     if not training and name != CELEBRITY_CONFIG:
         plan.facts_by_id.setdefault(pid, facts)
     entity = f"mllmu-real:{pid}" if name == CELEBRITY_CONFIG else f"mllmu:{pid}"
-    base = {"entity_id": entity, "split": split, "private_facts": facts, "visible_attributes": {},
-            "source": f"{FORMAT}:{name}"}
+    base = {
+        "entity_id": entity,
+        "split": split,
+        "private_facts": facts,
+        "visible_attributes": {},
+        "source": f"{FORMAT}:{name}",
+    }
     image_for = _image_picker(row, pid)
     candidates = _training_candidates(row) if training else _profile_candidates(row)
     for suffix, cand, reason in candidates:
@@ -246,10 +260,17 @@ def _profile_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
         yield "question", _cand("open_vqa", 0, question, answer, image=True), None
     tasks = row.get("Classification_Task")
     if tasks is not None and not isinstance(tasks, Mapping):
-        yield "Classification_Task", None, f"Classification_Task: expected a struct, got {type(tasks).__name__}"
+        yield (
+            "Classification_Task",
+            None,
+            f"Classification_Task: expected a struct, got {type(tasks).__name__}",
+        )
         tasks = None
     tasks = tasks or {}
-    for family, task, image in (("Image_Textual_Questions", "mc_vqa", True), ("Pure_Text_Questions", "mc_text", False)):
+    for family, task, image in (
+        ("Image_Textual_Questions", "mc_vqa", True),
+        ("Pure_Text_Questions", "mc_text", False),
+    ):
         for k, entry in enumerate(tasks.get(family) or []):
             where = f"Classification_Task.{family}[{k}]"
             if not isinstance(entry, Mapping):
@@ -269,7 +290,11 @@ def _profile_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
             if kind not in (IMAGE_TYPE, TEXT_TYPE):
                 yield where, None, f"{where}.Type: unknown {kind!r} (expected {IMAGE_TYPE} or {TEXT_TYPE})"
                 continue
-            yield where, _cand(task, k, entry.get("Question"), entry.get("Ground_Truth"), image=kind == IMAGE_TYPE), None
+            yield (
+                where,
+                _cand(task, k, entry.get("Question"), entry.get("Ground_Truth"), image=kind == IMAGE_TYPE),
+                None,
+            )
 
 
 def _training_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
@@ -280,7 +305,11 @@ def _training_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
         yield "metadata", None, f"metadata: not valid JSON ({exc.msg})"
         return
     if not isinstance(pairs, list):
-        yield "metadata", None, f"metadata: expected a JSON list of {{Question, Answer}}, got {type(pairs).__name__}"
+        yield (
+            "metadata",
+            None,
+            f"metadata: expected a JSON list of {{Question, Answer}}, got {type(pairs).__name__}",
+        )
         return
     for k, pair in enumerate(pairs):
         where = f"metadata[{k}]"
@@ -291,8 +320,15 @@ def _training_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
 
 
 def _cand(task: str, k: int, question: Any, answer: Any, *, image: bool) -> dict[str, Any]:
-    return {"task": task, "_k": f"{k:02d}", "question": question, "answer": answer, "options": None,
-            "image": None, "_needs_image": image}
+    return {
+        "task": task,
+        "_k": f"{k:02d}",
+        "question": question,
+        "answer": answer,
+        "options": None,
+        "image": None,
+        "_needs_image": image,
+    }
 
 
 def _mc_options(entry: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -391,6 +427,10 @@ def _has_training_columns(config: SourceConfig) -> bool:
 
 def _looks_like_training(config: SourceConfig) -> bool:
     name = config.name
-    if _FORGET_RE.match(name) or _RETAIN_RE.match(name) or name in (TEST_CONFIG, FULL_CONFIG, CELEBRITY_CONFIG):
+    if (
+        _FORGET_RE.match(name)
+        or _RETAIN_RE.match(name)
+        or name in (TEST_CONFIG, FULL_CONFIG, CELEBRITY_CONFIG)
+    ):
         return False
     return _has_training_columns(config)
