@@ -18,9 +18,9 @@ from pipelines import tracking
 from pipelines.evaluate.plots import pareto_front, plot_forget_utility, write_results_table
 from pipelines.sweep import run_sweep
 from pipelines.sweep.champion import ChampionRule, rule_from_dict, select_champion
-from pipelines.sweep.driver import sweep_name_for
 from pipelines.sweep.resources import default_max_concurrent, driver_resources
 from pipelines.sweep.space import Objectives, build_tune_config, load_sweep_space
+from pipelines.sweep.state import sweep_name_for
 from tests.pipeline_fixtures import write_sweep_inputs
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 

@@ -13,12 +13,11 @@ the parent run, and registers the champion (``pipelines.sweep.champion``).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import random
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from pipelines.sweep.resources import (
     driver_resources,
 )
 from pipelines.sweep.space import Objectives, build_tune_config, check_options, load_sweep_space
+from pipelines.sweep.state import SPACE_COPY, STATE_FILE, new_state, open_parent
 from pipelines.sweep.trial import TrialContext, sweep_trial
 from pipelines.sweep.tune_space import to_tune
 from pipelines.train import storage_dir, sweep_callbacks
@@ -46,19 +46,8 @@ from pipelines.workspace import Workspace
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 from unlearn_core.search_space import VALUE_KINDS, SearchSpace, sample, trial_config
 
-STATE_FILE = "sweep.json"
-SPACE_COPY = "search_space.yaml"  # the space file as the sweep started, beside sweep.json
 # Params whose value changes a prepared input: PUBG's teacher cache and the saliency mask.
 PREPARED_KEYS = ("method.params.instruction", "method.params.mask", "method.params.gamma")
-
-
-def sweep_name_for(space_path: str | Path, cfg: RunConfig, options: Mapping[str, Any]) -> str:
-    """``sweep-<space>-<hash of the space file, the config and the sweep options>``: stable across runs."""
-    text = Path(space_path).read_text()
-    blob = json.dumps(
-        {"space": text, "cfg": cfg.model_dump(), "options": dict(options)}, sort_keys=True, default=str
-    )
-    return f"sweep-{Path(space_path).stem}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
 def _resolved_cfg(cfg: RunConfig) -> RunConfig:
@@ -102,59 +91,6 @@ def _shared_cfg(cfg: RunConfig, inputs: dict[str, Any]) -> RunConfig:
     )
 
 
-def _open_parent(uri: str, exp_id: str, state: dict[str, Any], space: SearchSpace) -> str:
-    client = MlflowClient(uri)
-    if state.get("parent_run_id"):
-        client.update_run(state["parent_run_id"], status="RUNNING")
-        return str(state["parent_run_id"])
-    params = {
-        "space": state["space_path"],
-        "num_samples": state["num_samples"],
-        "scheduler": state["scheduler"],
-        "search": state["search"],
-        "max_concurrent": state["max_concurrent"],
-        "workers_per_trial": state["workers_per_trial"],
-        "method": space.method,
-    }
-    run_id = tracking.open_run(
-        uri,
-        exp_id,
-        run_name=state["sweep_name"],
-        params=params,
-        tags={"job": "sweep", "method": space.method, "sweep": state["sweep_name"]},
-    )
-    client.log_text(run_id, Path(state["space_path"]).read_text(), "search_space.yaml")
-    return run_id
-
-
-def _new_state(
-    space_path: str | Path,
-    cfg: RunConfig,
-    *,
-    num_samples: int,
-    scheduler: str,
-    search: str,
-    max_concurrent: int | None,
-    workers_per_trial: int,
-    rule: ChampionRule,
-) -> dict[str, Any]:
-    options = {
-        "num_samples": num_samples,
-        "scheduler": scheduler,
-        "search": search,
-        "max_concurrent": max_concurrent,
-        "workers_per_trial": workers_per_trial,
-    }
-    name = sweep_name_for(space_path, cfg, options)
-    return {
-        "sweep_name": name,
-        "space_path": str(Path(space_path).resolve()),
-        "cfg": cfg.model_dump(),
-        "champion_rule": {**rule.__dict__, "leak_metrics": list(rule.leak_metrics)},
-        **options,
-    }
-
-
 def run_sweep(
     space_path: str | Path,
     cfg: RunConfig,
@@ -195,7 +131,7 @@ def run_sweep(
         rule = champion_rule or ChampionRule()
         space, objectives = load_sweep_space(space_path)
         check_options(objectives, scheduler, search)
-        state = _new_state(
+        state = new_state(
             space_path,
             cfg,
             num_samples=num_samples or space.num_samples,
@@ -220,7 +156,7 @@ def run_sweep(
     ws = Workspace(Path(cfg.workdir))
     uri = state.setdefault("tracking_uri", tracking.resolve_tracking_uri(cfg.tracking, ws.root))
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
-    parent = state["parent_run_id"] = _open_parent(uri, exp_id, state, space)
+    parent = state["parent_run_id"] = open_parent(uri, exp_id, state, space)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not (sweep_dir / SPACE_COPY).is_file():
         shutil.copyfile(state["space_path"], sweep_dir / SPACE_COPY)
