@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipelines import commands, console
+from pipelines import commands, console, data_commands
 from unlearn_core.config import ConfigError
 from unlearn_core.data.schema import RecordError
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=commands.cmd_data_synth)
+    p.set_defaults(handler=data_commands.cmd_data_synth)
 
     p = dsub.add_parser(
         "convert", help="convert a downloaded benchmark (MLLMU-Bench, CLEAR, JSONL) to records"
@@ -80,11 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="which forget config to use (mllmu-bench: forget_5; clear: forget10)",
     )
-    p.set_defaults(handler=commands.cmd_data_convert)
+    p.set_defaults(handler=data_commands.cmd_data_convert)
 
     p = dsub.add_parser("validate", help="check a records folder: schema, images, duplicates, split overlap")
     p.add_argument("dir", help="records folder")
-    p.set_defaults(handler=commands.cmd_data_validate)
+    p.set_defaults(handler=data_commands.cmd_data_validate)
 
     p = dsub.add_parser("shard", help="tokenize records into Parquet shards with Ray Data")
     p.add_argument("--records", required=True, help="records folder")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64, help="resize images to this side (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if the fingerprint is unchanged")
-    p.set_defaults(handler=commands.cmd_data_shard)
+    p.set_defaults(handler=data_commands.cmd_data_shard)
 
     p = sub.add_parser(
         "finetune", help="fine-tune the vanilla model on the forget + retain splits (Ray Train)"
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="CLEAR: predictions (with truth-ratio losses) of the retain-only model, for forget quality",
     )
-    p.set_defaults(handler=commands.cmd_score)
+    p.set_defaults(handler=data_commands.cmd_score)
 
     p = sub.add_parser(
         "pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked"

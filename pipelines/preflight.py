@@ -204,7 +204,7 @@ def sweep(
         if value is not None and value < low:
             raise ConfigError(f"{field}: must be >= {low}, got {value}")
     if resume:
-        from pipelines.sweep.driver import STATE_FILE
+        from pipelines.sweep.state import STATE_FILE
 
         if not (Path(resume) / STATE_FILE).is_file():
             raise ConfigError(
