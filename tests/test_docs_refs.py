@@ -12,7 +12,6 @@ from pipelines.cli import build_parser
 REPO = Path(__file__).resolve().parents[1]
 # Documents outside the repository that older code cited; nothing may cite them again.
 OUTSIDE = re.compile(r"\bDESIGN\b|pipelines\.registry")
-# Written on another branch of the same change (metrics with their definitions); drop once merged.
 
 
 def _help_texts() -> list[str]:
