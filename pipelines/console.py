@@ -147,6 +147,8 @@ class Console:
 
 
 _ACTIVE: Console | None = None
+# (stdout fd, its saved copy, stderr fd, its saved copy, log file) for each redirecting ``start``.
+_REDIRECTED: list[tuple[int, int, int, int, Any]] = []
 
 
 def active() -> Console | None:
@@ -190,9 +192,11 @@ def start(workdir: str | Path | None, command: str, *, verbose: bool = False) ->
     if not verbose and workdir is not None:
         log_path = log_file_path(workdir, command)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-        os.dup2(log.fileno(), sys.stdout.fileno())
-        os.dup2(log.fileno(), sys.stderr.fileno())
+        log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed by stop()
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+        _REDIRECTED.append((out_fd, os.dup(out_fd), err_fd, os.dup(err_fd), log))
+        os.dup2(log.fileno(), out_fd)
+        os.dup2(log.fileno(), err_fd)
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in the log file's worker prefixes
         os.environ.setdefault("TQDM_DISABLE", "1")  # libraries' own bars would only fill the log
     _ACTIVE = Console(terminal, log_path=log_path, err_stream=terminal_err)
@@ -202,6 +206,19 @@ def start(workdir: str | Path | None, command: str, *, verbose: bool = False) ->
 
 
 def stop() -> None:
-    """Forget the active console (tests; the process's file descriptors stay as they are)."""
+    """Forget the active console and point stdout/stderr back where they were before ``start``, so a
+    command run in-process (tests, notebooks) leaves its caller's file descriptors as it found them."""
     global _ACTIVE
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    while _REDIRECTED:
+        out_fd, saved_out, err_fd, saved_err, log = _REDIRECTED.pop()
+        os.dup2(saved_out, out_fd)
+        os.dup2(saved_err, err_fd)
+        os.close(saved_out)
+        os.close(saved_err)
+        log.close()
     _ACTIVE = None

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline_fixtures import TINY_SYNTH, write_tiny_records
+from tests.ray_head import short_temp_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = ROOT / "tests" / "deprecation_guard"
@@ -35,7 +36,7 @@ def _guarded_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONWARNINGS")}
     env["PYTHONPATH"] = os.pathsep.join([str(GUARD), str(ROOT)])
     env["DEPRECATION_LOG"] = str(tmp_path / "deprecations.log")
-    env.setdefault("RAY_TMPDIR", str(tmp_path / "ray"))
+    env.setdefault("RAY_TMPDIR", str(short_temp_dir("rc")))  # Ray's socket paths must stay short
     return env
 
 
