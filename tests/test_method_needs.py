@@ -326,7 +326,7 @@ def test_pubg_leaking_rows_stay_in_the_ascent_and_leave_the_guidance_term():
     student, teacher = BigramLM(seed=0), BigramLM(seed=4)
     batch = guide_batch()
     batch["guide_keep"] = torch.tensor([True, False, True])
-    m = get_method("pubg", {"w_ga": 0.5, "teacher_cache": False})
+    m = get_method("pubg", {"w_ga": 0.5, "w_ret": 0.0, "teacher_cache": False})
     loss, stats = m.loss(student, batch, None, teacher)
     kept = [0, 2]
     t_rows, s_rows = ref_dists(teacher, batch, "teacher_"), ref_dists(student, batch, "guide_")
