@@ -21,7 +21,7 @@ run: setup
 test: setup
 	$(PY) -m ruff check unlearn_core pipelines tests bench
 	$(PY) -m ruff format --check unlearn_core pipelines tests bench
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=25 tests
 
 lint: setup
 	$(PY) -m ruff check unlearn_core pipelines tests bench

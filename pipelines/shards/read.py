@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import ray
 
 from unlearn_core.data.selection import in_stream
 from unlearn_core.data.shard_image import decode_image_u8
+
+log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("forget", "forget_unseen", "retain", "retain_unseen", "utility")
 
@@ -75,4 +78,50 @@ def stream_dataset(
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
     size = sum(f.stat().st_size for path in paths for f in Path(path).rglob("*.parquet"))
-    return ds.materialize() if size < MATERIALIZE_MAX_BYTES else ds
+    return (
+        materialize_with_retry(ds, what=f"{stream} stream of {paths}") if size < MATERIALIZE_MAX_BYTES else ds
+    )
+
+
+NODE_LOSS_RETRIES = 2
+
+
+def materialize_with_retry(
+    ds: ray.data.Dataset, *, what: str, retries: int = NODE_LOSS_RETRIES
+) -> ray.data.Dataset:
+    """``ds.materialize()``, run again when a node it used went away (an autoscaler removed an idle node).
+
+    On an autoscaling cluster Ray Data can place a read task or its Parquet footer reader on a node
+    the autoscaler is terminating as idle; the read then fails with an ``ActorDiedError`` /
+    ``NodeDiedError`` although nothing is wrong with the data. Reading again is safe (same files, same
+    order); any other error is raised at once.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return ds.materialize()
+        except Exception as err:  # Ray wraps the cause; look through the chain for a node loss
+            if attempt == retries or not _lost_a_node(err):
+                raise
+            log.warning(
+                "reading the %s failed because a node went away (%s); reading again", what, _first_line(err)
+            )
+    raise AssertionError("unreachable")
+
+
+def _lost_a_node(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None:
+            return False
+        text = f"{type(seen).__name__}: {seen}"
+        if any(
+            s in text
+            for s in ("ActorDiedError", "NodeDiedError", "node has died", "Terminated by autoscaler")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
