@@ -82,15 +82,14 @@ def encode_loop(records_dir: str, processor_dir: str, image_size: int, seed: int
     """Single-process: the same per-row encode as the shard actors; returns (rows, seconds)."""
     from transformers import AutoProcessor
 
-    from pipelines.shards.encode import random_answers
+    from pipelines.shards.encode import view_answers
     from unlearn_core.data.encode import encode_example, prepare_image
     from unlearn_core.data.records_io import read_records
-    from unlearn_core.prompts import REFUSAL_ANSWERS
 
     table = read_records(records_dir)
     processor = AutoProcessor.from_pretrained(processor_dir)
     t0 = time.perf_counter()
-    rand = random_answers(table, seed)
+    answers = view_answers(table, seed)
     rows = table.to_pylist()
     for row in rows:
         raw = row.get("image")
@@ -99,21 +98,15 @@ def encode_loop(records_dir: str, processor_dir: str, image_size: int, seed: int
             processor, question=row["question"], answer=row["answer"], image=image, image_size=image_size
         )
         if row["split"] == "forget":
-            encode_example(
-                processor,
-                question=row["question"],
-                answer=REFUSAL_ANSWERS[0],
-                image=image,
-                image_size=image_size,
-            )
-            if row["sample_id"] in rand:
-                encode_example(
-                    processor,
-                    question=row["question"],
-                    answer=rand[row["sample_id"]],
-                    image=image,
-                    image_size=image_size,
-                )
+            for per_row in answers.values():
+                if row["sample_id"] in per_row:
+                    encode_example(
+                        processor,
+                        question=row["question"],
+                        answer=per_row[row["sample_id"]],
+                        image=image,
+                        image_size=image_size,
+                    )
     return len(rows), time.perf_counter() - t0
 
 
@@ -121,7 +114,7 @@ class Phases:
     """Times the steps of ``shard_records`` by wrapping the module functions it calls; what is left
     is the Ray Data part (from_arrow, repartition, the encode actor pool, collecting the result)."""
 
-    NAMES = ("read_records", "build_processor", "fingerprint", "random_answers", "_write")
+    NAMES = ("read_records", "build_processor", "fingerprint", "view_answers", "_write")
 
     def __init__(self) -> None:
         import pipelines.shards.build as pre

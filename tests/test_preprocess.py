@@ -7,10 +7,13 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from transformers import AutoProcessor
 
 from pipelines.shards.build import shard_records
 from tests.pipeline_fixtures import write_tiny_records
 from unlearn_core.data.records_io import read_records, write_records
+from unlearn_core.methods import METHODS, ShardView
+from unlearn_core.methods.ga import GradientAscent
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +82,32 @@ def test_corrupt_image_is_quarantined_with_reason(ray_local, records, tmp_path):
     q = pq.read_table(tmp_path / "shards" / "quarantine.parquet").to_pylist()
     assert q[0]["sample_id"] == victim["sample_id"]
     assert "image" in q[0]["quarantine_reason"].lower() or "identify" in q[0]["quarantine_reason"].lower()
+
+
+class _EchoQuestion(GradientAscent):
+    """A method that needs a new shard view: each forget row answered with its own question."""
+
+    name = "echo_question"
+    views = ("echo_",)
+    shard_views = (ShardView("echo_", lambda rows, seed: {r["sample_id"]: r["question"] for r in rows}),)
+
+
+def test_a_method_declaring_a_shard_view_gets_it_written_without_touching_the_pipeline(
+    ray_local, records, tmp_path, monkeypatch
+):
+    """One file plus one registry line: registering the method is all it takes for every set of shards
+    to carry its view (the fingerprint changes with it, so existing shards are rebuilt)."""
+    plain = shard_records(records, tmp_path / "s", image_size=32)
+    monkeypatch.setitem(METHODS, _EchoQuestion.name, _EchoQuestion)
+    report = shard_records(records, tmp_path / "s", image_size=32)
+    assert not report.skipped and report.fingerprint != plain.fingerprint
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["config"]["views"] == ["idk_", "rand_", "echo_"]
+    tok = AutoProcessor.from_pretrained(tmp_path / "s" / "processor").tokenizer
+    forget = pq.read_table(tmp_path / "s" / "forget").to_pylist()
+    for r in forget:
+        ids, labels = np.array(r["echo_input_ids"]), np.array(r["echo_labels"])
+        answer = tok.decode(ids[labels != -100], skip_special_tokens=True)
+        assert answer.split() == tok.decode(tok(r["question"])["input_ids"], skip_special_tokens=True).split()
+    retain = pq.read_table(tmp_path / "s" / "retain").to_pylist()
+    assert retain and all(r["echo_input_ids"] is None for r in retain)

@@ -1,8 +1,8 @@
 """`unlearn data shard`: canonical records -> tokenized Parquet shards with Ray Data.
 
 Per row: validate, decode + resize the image to uint8, apply the model's processor and chat
-template with answer-only labels. Forget rows also get the views the baselines need
-(``idk_``: a refusal answer for `reject`, ``rand_``: another entity's answer for `random`).
+template with answer-only labels. Forget rows also get the views the registered methods declare
+(``shard_views``: ``idk_``, a refusal answer for `reject`; ``rand_``, another entity's answer for `random`).
 Output: ``OUT/<split>/part-*.parquet``, ``OUT/processor/`` and ``OUT/manifest.json``. The manifest
 fingerprints records + processor + config; an identical fingerprint skips the work.
 """
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines import console
-from pipelines.shards.encode import SHARD_SCHEMA, VIEW_PREFIXES, RowEncoder, random_answers
+from pipelines.shards.encode import RowEncoder, shard_schema, view_answers
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.records_io import read_records
 from unlearn_core.data.schema import SPLITS, RecordError
@@ -131,11 +131,12 @@ def shard_records(
     staging.mkdir(parents=True)
     proc_dir = staging / "processor"
     build_processor(model_spec, table, proc_dir, model_cfg, image_size)
+    answers = view_answers(table, seed)  # the methods' extra views of the forget rows
     shard_cfg = {
         "model_spec": model_spec,
         "image_size": image_size,
         "seed": seed,
-        "views": list(VIEW_PREFIXES),
+        "views": list(answers),
     }
     fp = fingerprint(records_dir, proc_dir, shard_cfg)
 
@@ -146,13 +147,12 @@ def shard_records(
             shutil.rmtree(staging)
             return _report_from_manifest(out_dir, old, skipped=True)
 
-    rand_answers = random_answers(table, seed)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_arrow(table).repartition(max(1, min(16, table.num_rows // 256 or 1)))
     encoded = ds.map_batches(
         RowEncoder,
-        fn_constructor_args=(str(proc_dir), image_size, rand_answers),
+        fn_constructor_args=(str(proc_dir), image_size, answers),
         batch_size=128,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=num_cpus_per_actor,
@@ -177,7 +177,9 @@ def shard_records(
         "quarantined": report.quarantined,
         "rows_per_split": report.rows_per_split,
         "rows_per_task": report.rows_per_task,
-        "schema": {f.name: str(f.type) for f in SHARD_SCHEMA if f.name != "quarantine_reason"},
+        "schema": {
+            f.name: str(f.type) for f in shard_schema(tuple(answers)) if f.name != "quarantine_reason"
+        },
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     if out_dir.exists():

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from unlearn_core.config import ConfigError
-from unlearn_core.methods.base import UnlearnMethod, model_inputs
+from unlearn_core.methods.base import ShardView, UnlearnMethod, model_inputs
 from unlearn_core.methods.ga import GradientAscent
 from unlearn_core.methods.grad_diff import GradDiff
 from unlearn_core.methods.kl import KLMin
@@ -28,6 +28,19 @@ METHODS: dict[str, type[UnlearnMethod]] = {
     cls.name: cls
     for cls in (GradientAscent, GradDiff, KLMin, NPO, SimNPO, Reject, RandomLabel, MMUnlearner, PUBG)
 }
+
+
+def shard_views() -> tuple[ShardView, ...]:
+    """The views every set of shards carries: those the registered methods declare, in registry order
+    (one per prefix)."""
+    seen: dict[str, ShardView] = {}
+    for cls in METHODS.values():
+        for view in cls.shard_views:
+            other = seen.setdefault(view.prefix, view)
+            if other.answers is not view.answers:
+                raise ValueError(f"two methods declare the shard view {view.prefix!r} with different answers")
+    return tuple(seen.values())
+
 
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
@@ -72,4 +85,7 @@ def get_method(name: str, params: Mapping[str, Any] | None = None) -> UnlearnMet
     return cls(validate_params(key, cls.Params, params or {}))
 
 
-__all__ = ["METHODS", "UnlearnMethod", "field_range", "get_method", "model_inputs", "validate_params"]
+__all__ = [
+    "METHODS", "ShardView", "UnlearnMethod", "field_range", "get_method", "model_inputs", "shard_views",
+    "validate_params",
+]  # fmt: skip

@@ -8,6 +8,10 @@ declares everything the pipeline and the trainer must provide, so no caller test
 - ``needs_retain``: a retain batch at every step.
 - ``views``: the key prefixes of the *forget* batch the data loader must provide (``""`` = the plain
   forget rows, ``idk_``, ``rand_``, ``guide_``, ``teacher_``). The retain batch is always the plain view.
+- ``shard_views``: views built when the shards are written (``ShardView``: a key prefix and a
+  function that picks an alternative answer per forget row, e.g. ``reject``'s refusal, ``random``'s
+  other entity's answer). The shards carry the views of every registered method, so one set of shards
+  serves them all; a new method with a new view is its own file plus its registry line.
 - prepared inputs, built once by the pipeline before training and cached:
   ``teacher_cache()`` (PUBG: the teacher's answers and top-k log-probs; the ``guide_`` / ``teacher_``
   views come from it) and ``mask_spec()`` (a saliency mask: its module group, threshold and the
@@ -59,6 +63,20 @@ def ensure_finite(what: str, value: Tensor | float, stats: Mapping[str, float]) 
     if not math.isfinite(v):
         terms = ", ".join(f"{k}={x:.4g}" for k, x in stats.items()) or "none recorded"
         raise NonFiniteLossError(f"non-finite {what} {v} (loss terms: {terms}); no update was applied")
+
+
+AnswerPicker = Callable[[Sequence[Mapping[str, Any]], int], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class ShardView:
+    """A forget-row view written into the shards: ``{prefix}input_ids`` / ``{prefix}labels`` encode the
+    row's image and question with the answer ``answers(rows, seed)[sample_id]`` (rows without one get
+    nulls). ``rows`` are every record as a dict (``sample_id``, ``entity_id``, ``split``, ``task``,
+    ``question``, ``answer``), in record order; ``seed`` is the shard seed."""
+
+    prefix: str
+    answers: AnswerPicker
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,7 @@ class UnlearnMethod:
     needs_ref: bool = False
     needs_retain: bool = False
     views: tuple[str, ...] = ("",)
+    shard_views: ClassVar[tuple[ShardView, ...]] = ()
     custom_step: bool = False
     params: BaseModel
 

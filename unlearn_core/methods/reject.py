@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import StrictParams, UnlearnMethod, add_retain_nll, nll
+from unlearn_core.methods.base import ShardView, StrictParams, UnlearnMethod, add_retain_nll, nll
+from unlearn_core.prompts import REFUSAL_ANSWERS
+
+
+def refusal_answers(rows: Sequence[Mapping[str, Any]], seed: int) -> dict[str, str]:
+    """Every forget row gets the refusal answer (the same one: the model learns one way to decline)."""
+    return {r["sample_id"]: REFUSAL_ANSWERS[0] for r in rows if r["split"] == "forget"}
 
 
 class RejectParams(StrictParams):
@@ -21,6 +27,7 @@ class Reject(UnlearnMethod):
     Params = RejectParams
     params: RejectParams
     views = ("idk_",)
+    shard_views = (ShardView("idk_", refusal_answers),)
     needs_retain = True
     prefix = "idk_"
     stat = "idk_nll"
