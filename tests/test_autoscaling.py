@@ -231,16 +231,11 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
         assert all(n["resources_total"].get("tune_driver") == 1 for n in nodes if not n["is_head_node"])
         assert len([n for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"]]) <= MAX_WORKERS
 
-        # (b) The trials ran there: every trial driver (Tune's ImplicitFunc) and Train worker on a worker node.
-        actors = state_api(head, token, "actors")
-        placed = {
-            cls: [a["node_id"] for a in actors if a["class_name"] == cls]
-            for cls in ("ImplicitFunc", "RayTrainWorker")
-        }
-        assert placed["ImplicitFunc"] and len(placed["RayTrainWorker"]) >= 2, placed  # a Train run per trial
-        assert set(placed["ImplicitFunc"]) | set(placed["RayTrainWorker"]) <= workers, (placed, workers)
-
-        # ...and finished: parent and both child runs FINISHED in the SQLite store, champion registered.
+        # (b) Both trials finished (a failed trial has no Train run to place, and its error is the real
+        # finding: it once was Ray Data's footer reader placed on a node the autoscaler was removing):
+        # parent and both child runs FINISHED in the SQLite store, champion registered.
+        failed = re.findall(r"^trial_\d+: failed.*$", out, flags=re.M)
+        assert not failed, failed
         client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
         exp = client.get_experiment_by_name("lvlm-unlearn")
         parents = client.search_runs([exp.experiment_id], filter_string="tags.job = 'sweep'")
@@ -255,7 +250,16 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
             r.info.run_id for r in children
         }
 
-        # (c) Idle nodes go away: no alive worker node, their raylets gone, the autoscaler logged it.
+        # (c) The trials ran there: every trial driver (Tune's ImplicitFunc) and Train worker on a worker node.
+        actors = state_api(head, token, "actors")
+        placed = {
+            cls: [a["node_id"] for a in actors if a["class_name"] == cls]
+            for cls in ("ImplicitFunc", "RayTrainWorker")
+        }
+        assert placed["ImplicitFunc"] and len(placed["RayTrainWorker"]) >= 2, placed  # a Train run per trial
+        assert set(placed["ImplicitFunc"]) | set(placed["RayTrainWorker"]) <= workers, (placed, workers)
+
+        # (d) Idle nodes go away: no alive worker node, their raylets gone, the autoscaler logged it.
         t2 = time.monotonic()
         wait_for(
             lambda: not alive_workers(head, token), 240, "the idle worker nodes to be removed", interval=5
