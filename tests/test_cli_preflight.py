@@ -218,6 +218,25 @@ def test_refusals_never_start_ray(tmp_path):
     assert "unknown method 'no_such_method'" in out.stderr and "train.lr" in out.stderr
 
 
+def test_method_names_are_checked_without_loading_torch(tmp_path):
+    """An unknown --method (and a known one with default params) is judged from the registry's names,
+    so the refusal does not wait for torch, transformers and PEFT to import."""
+    new = tmp_path / "NEW"
+    script = textwrap.dedent(f"""
+        import json, sys
+        from pipelines import preflight
+        from pipelines.cli import main
+        rc = main(["run", "--method", "No_Such_Method", "--workdir", {str(new)!r}])
+        preflight.method("NPO", {{}})
+        print(json.dumps({{"rc": rc, "torch": "torch" in sys.modules}}))
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 2, "torch": False}, out.stderr
+    assert "unknown method 'no_such_method'; valid: ga, grad_diff, kl, mmunlearner, npo" in out.stderr
+
+
 def test_dead_ray_address_is_refused_before_the_log_file(tmp_path, capsys, monkeypatch):
     """ray.init would retry a dead RAY_ADDRESS forever; the CLI names it and stops."""
     import socket

@@ -7,27 +7,26 @@ valid range (``method.params.beta: Input should be greater than 0 (valid: > 0, <
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from unlearn_core.config import ConfigError
+from unlearn_core.method_registry import METHOD_CLASSES, method_key
 from unlearn_core.methods.base import ShardView, UnlearnMethod, model_inputs
-from unlearn_core.methods.ga import GradientAscent
-from unlearn_core.methods.grad_diff import GradDiff
-from unlearn_core.methods.kl import KLMin
-from unlearn_core.methods.mmunlearner import MMUnlearner
-from unlearn_core.methods.npo import NPO
-from unlearn_core.methods.pubg import PUBG
-from unlearn_core.methods.random_label import RandomLabel
-from unlearn_core.methods.reject import Reject
-from unlearn_core.methods.simnpo import SimNPO
 
-METHODS: dict[str, type[UnlearnMethod]] = {
-    cls.name: cls
-    for cls in (GradientAscent, GradDiff, KLMin, NPO, SimNPO, Reject, RandomLabel, MMUnlearner, PUBG)
-}
+
+def _load(name: str, path: str) -> type[UnlearnMethod]:
+    module, cls_name = path.split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    if cls.name != name:
+        raise ValueError(f"{path} is registered as {name!r} but its name is {cls.name!r}")
+    return cls
+
+
+METHODS: dict[str, type[UnlearnMethod]] = {name: _load(name, path) for name, path in METHOD_CLASSES.items()}
 
 
 def shard_views() -> tuple[ShardView, ...]:
@@ -78,9 +77,7 @@ def validate_params(method: str, params_cls: type[BaseModel], params: Mapping[st
 
 def get_method(name: str, params: Mapping[str, Any] | None = None) -> UnlearnMethod:
     """Build a registered method from its name and a params dict (validated)."""
-    key = name.strip().lower()
-    if key not in METHODS:
-        raise ConfigError(f"method.name: unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+    key = method_key(name)
     cls = METHODS[key]
     return cls(validate_params(key, cls.Params, params or {}))
 
