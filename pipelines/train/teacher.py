@@ -156,10 +156,13 @@ def build_teacher_cache(
     if result.num_rows != table.num_rows:
         raise RuntimeError(f"teacher annotated {result.num_rows} of {table.num_rows} rows")
     result, leaking = mark_leaking(result)
-    log(
-        f"PUBG teacher answers: {table.num_rows} rows, {leaking.num_rows} of them leak (the teacher did not "
-        "follow the instruction: kept for the ascent term, left out of the guidance term, listed in teacher.json)"
-    )
+    note = ""
+    if leaking.num_rows:
+        note = (
+            " (the teacher did not follow the instruction there: kept for the ascent term, left out of the"
+            " guidance term, listed in teacher.json)"
+        )
+    log(f"PUBG teacher answers: {table.num_rows} rows, {leaking.num_rows} of them leak{note}")
     staging = out.with_suffix(".staging")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "forget").mkdir(parents=True)
