@@ -74,6 +74,7 @@ def run_demo(
             scheduler="asha",
             if_exists="resume",
             log=log,
+            table=False,  # the champion is a column of the final table
         )
         best = (sweep_out.get("champion") or {}).get("trial")
         if best:  # the champion trial's final evaluation (every metric, not only the rule's)

@@ -104,6 +104,7 @@ def run_sweep(
     champion_rule: ChampionRule | None = None,
     if_exists: str = "error",
     log: Callable[..., None] = print,
+    table: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep; returns the sweep folder, parent run, per-trial results and champion.
 
@@ -111,6 +112,7 @@ def run_sweep(
     are kept, unfinished or errored ones run again (their Train run resumes from its last checkpoint).
     ``if_exists``: what to do when the same sweep (space, config, options) already has a folder:
     ``"error"`` (the CLI: the user chooses ``--resume``) or ``"resume"`` (``unlearn demo``).
+    ``table=False`` leaves out the trials' metric table (the demo prints the champion in its own).
     """
     if if_exists not in ("error", "resume"):
         raise ConfigError(f"if_exists: expected 'error' or 'resume', got {if_exists!r}")
@@ -181,7 +183,7 @@ def run_sweep(
         )
         trials = collect_trials(grid)
         close_unfinished(client, trials)
-        summary = write_report(space, trials, before, sweep_dir, client, parent, log)
+        summary = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
         summary["champion"] = pick_champion(space, objectives, cfg, trials, before, rule, uri, parent, log)
     return {
         "sweep_dir": str(sweep_dir),

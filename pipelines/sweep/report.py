@@ -73,17 +73,14 @@ def write_report(
     client: MlflowClient,
     parent: str,
     log: Callable[..., None],
+    *,
+    table: bool = True,
 ) -> dict[str, Any]:
     done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
     front = pareto_front(done)
-    log(
-        format_table(
-            {
-                "vanilla": before,
-                **{n: {k: v for k, v in m.items() if k != OBJECTIVE} for n, m in done.items()},
-            }
-        )
-    )
+    if table:
+        rows = {n: {k: v for k, v in m.items() if k != OBJECTIVE} for n, m in done.items()}
+        log(format_table({"vanilla": before, **rows}))
     for n, t in trials.items():
         params = ", ".join(f"{k}={_short(t['params'].get(k))}" for k in space.dims)
         obj = t["metrics"].get(OBJECTIVE)
