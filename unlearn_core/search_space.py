@@ -48,7 +48,7 @@ from pydantic.fields import FieldInfo
 
 from unlearn_core.config import ConfigError, MethodConfig, RunConfig, with_overrides
 from unlearn_core.eval.metrics import METRIC_DEFINITIONS, higher_is_better
-from unlearn_core.methods import METHODS, get_method
+from unlearn_core.method_registry import METHOD_CLASSES
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "tune_spaces"
 RANGE_KINDS = ("uniform", "loguniform", "randint")
@@ -126,8 +126,10 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     if unknown := sorted(set(data) - set(TOP_LEVEL)):
         raise ConfigError(f"{source}: unknown top-level keys {unknown}; valid: {', '.join(TOP_LEVEL)}")
     method = str(data.get("method", "")).strip().lower()
-    if method not in METHODS:
-        raise ConfigError(f"{source}: method: unknown method {method!r}; valid: {', '.join(sorted(METHODS))}")
+    if method not in METHOD_CLASSES:
+        raise ConfigError(
+            f"{source}: method: unknown method {method!r}; valid: {', '.join(sorted(METHOD_CLASSES))}"
+        )
     num_samples = data.get("num_samples", 8)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"{source}: num_samples: must be an integer >= 1, got {num_samples!r}")
@@ -183,6 +185,8 @@ def trial_config(space: SearchSpace, sampled: Mapping[str, Any], cfg: RunConfig 
     if cfg.method.name != space.method:
         cfg = cfg.model_copy(update={"method": MethodConfig(name=space.method)})
     out = with_overrides(cfg, trial_overrides(space, sampled))
+    from unlearn_core.methods import get_method
+
     get_method(out.method.name, out.method.params)
     return out
 
@@ -231,6 +235,8 @@ def _resolve_field(method: str, key: str, where: str) -> FieldInfo:
     if parts[:2] == ["method", "name"]:
         raise ConfigError(f"{where}: set the top-level 'method:' instead")
     if parts[:2] == ["method", "params"]:
+        from unlearn_core.methods import METHODS  # torch: only for spaces over method params
+
         fields = METHODS[method].Params.model_fields
         if len(parts) != 3 or parts[2] not in fields:
             valid = ", ".join(f"method.params.{f}" for f in fields) or "none"
@@ -265,7 +271,10 @@ def _check_overrides(method: str, overrides: Mapping[str, Any], where: str) -> N
     """Build the config and the method with ``overrides``; any failure is a ConfigError at ``where``."""
     try:
         cfg = with_overrides(RunConfig(method=MethodConfig(name=method)), dict(overrides))
-        get_method(cfg.method.name, cfg.method.params)
+        if cfg.method.params:  # the method's defaults are valid: no need to load it (and torch)
+            from unlearn_core.methods import get_method
+
+            get_method(cfg.method.name, cfg.method.params)
     except (ConfigError, ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from None
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ray import tune
 
 from unlearn_core.config import ConfigError, RunConfig
 from unlearn_core.eval.metrics import higher_is_better
@@ -129,8 +128,11 @@ def build_tune_config(
     scheduler: str,
     search: str,
     max_concurrent: int,
-) -> tune.TuneConfig:
-    """TuneConfig for a sweep: deterministic trial names, seeded search, ASHA on ``objective``."""
+) -> Any:
+    """``tune.TuneConfig`` for a sweep: deterministic trial names, seeded search, ASHA on ``objective``.
+    (Ray Tune is imported here, not at module level: the CLI validates a space without it.)"""
+    from ray import tune
+
     check_options(objectives, scheduler, search)
     single = not objectives.multi
     return tune.TuneConfig(
