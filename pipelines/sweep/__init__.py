@@ -11,9 +11,9 @@ from typing import Any
 __all__ = ["run_sweep"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "run_sweep":
+def __getattr__(attribute: str) -> Any:
+    if attribute == "run_sweep":
         from pipelines.sweep.driver import run_sweep
 
         return run_sweep
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
