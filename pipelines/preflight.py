@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn_core.config import ConfigError, RunConfig
-from unlearn_core.method_registry import METHOD_CLASSES, method_key
+from unlearn_core.method_registry import METHOD_CLASSES, check_params
 
 RECORDS_MARKER = "records_meta.json"  # written by `unlearn data synth|convert`
 SHARDS_MARKER = "manifest.json"  # written by `unlearn data shard`
@@ -144,13 +144,8 @@ def ray_address(timeout_s: float = 3.0) -> None:
 
 
 def method(name: str, params: dict[str, Any]) -> None:
-    """The method exists (torch-free: the registry's names) and its params validate (the method's own
-    check, which loads the methods: only when there are params, since the defaults are valid)."""
-    method_key(name)
-    if params:
-        from unlearn_core.methods import get_method
-
-        get_method(name, dict(params))
+    """The method exists and its params validate: the registry's names and Params models (no torch)."""
+    check_params(name, params)
 
 
 def method_names(names: Iterable[str], field: str) -> None:

@@ -218,23 +218,45 @@ def test_refusals_never_start_ray(tmp_path):
     assert "unknown method 'no_such_method'" in out.stderr and "train.lr" in out.stderr
 
 
-def test_method_names_are_checked_without_loading_torch(tmp_path):
-    """An unknown --method (and a known one with default params) is judged from the registry's names,
-    so the refusal does not wait for torch, transformers and PEFT to import."""
+def test_methods_and_their_params_are_checked_without_loading_torch(tmp_path):
+    """An unknown --method, a bad method param, a sweep space over method params (valid and not) and a
+    known method with good params are judged from the registry's names and Params models, so the
+    refusal does not wait for torch, transformers and PEFT to import."""
     new = tmp_path / "NEW"
+    bad_space = tmp_path / "bad_beta.yaml"
+    bad_space.write_text("method: npo\nspace:\n  method.params.beta: {uniform: [-1.0, 0.5]}\n")
     script = textwrap.dedent(f"""
         import json, sys
         from pipelines import preflight
         from pipelines.cli import main
-        rc = main(["run", "--method", "No_Such_Method", "--workdir", {str(new)!r}])
-        preflight.method("NPO", {{}})
-        print(json.dumps({{"rc": rc, "torch": "torch" in sys.modules}}))
+        rcs = [
+            main(["run", "--method", "No_Such_Method", "--workdir", {str(new)!r}]),
+            main(["run", "--method", "npo", "--set", "method.params.beta=-1", "--workdir", {str(new)!r}]),
+            main(["sweep", "--space", {str(bad_space)!r}, "--workdir", {str(new)!r}]),
+        ]
+        preflight.method("NPO", {{"beta": 0.5, "alpha": 0}})
+        preflight.method("pubg", {{"w_ga": 0.02, "instruction": "strict"}})
+        from pipelines.sweep.space import load_sweep_space
+        load_sweep_space({str(ROOT / "tune_spaces" / "pubg.yaml")!r})
+        print(json.dumps({{"rcs": rcs, "torch": "torch" in sys.modules}}))
     """)
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 2, "torch": False}, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rcs": [2, 2, 2], "torch": False}, out.stderr
     assert "unknown method 'no_such_method'; valid: ga, grad_diff, kl, mmunlearner, npo" in out.stderr
+    assert "method.params.beta: Input should be greater than 0 (valid: > 0, <= 10)" in out.stderr
+    assert "bad_beta.yaml: space.method.params.beta: bound -1.0 invalid" in out.stderr
+    assert not new.exists()
+
+
+def test_each_registered_method_uses_the_params_model_its_registry_line_names():
+    from unlearn_core.method_registry import REGISTRY
+    from unlearn_core.methods import METHODS
+
+    assert set(METHODS) == set(REGISTRY)
+    for name, (_, params) in REGISTRY.items():
+        assert METHODS[name].Params is params, name
 
 
 def test_dead_ray_address_is_refused_before_the_log_file(tmp_path, capsys, monkeypatch):

@@ -1,25 +1,33 @@
-"""The method registry: one line per method (name -> ``module:Class``), importable without torch.
+"""The method registry: one line per method (name -> its class and its Params), importable without torch.
 
-``unlearn_core.methods.METHODS`` loads the classes from here, so a new method is its own module plus
-one line below. The command line checks a method name against these names before anything heavy is
-imported (an unknown ``--method`` is refused in well under a second).
+``unlearn_core.methods.METHODS`` loads the classes from here, so a new method is its own module, its
+Params model in ``method_params`` and one line below. The command line checks a method name and its
+params against these before anything heavy is imported (a bad ``--method`` or ``method.params``
+value is refused in about a second).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel
+
+from unlearn_core import method_params as P
 from unlearn_core.config import ConfigError
 
-METHOD_CLASSES: dict[str, str] = {
-    "ga": "unlearn_core.methods.ga:GradientAscent",
-    "grad_diff": "unlearn_core.methods.grad_diff:GradDiff",
-    "kl": "unlearn_core.methods.kl:KLMin",
-    "npo": "unlearn_core.methods.npo:NPO",
-    "simnpo": "unlearn_core.methods.simnpo:SimNPO",
-    "reject": "unlearn_core.methods.reject:Reject",
-    "random": "unlearn_core.methods.random_label:RandomLabel",
-    "mmunlearner": "unlearn_core.methods.mmunlearner:MMUnlearner",
-    "pubg": "unlearn_core.methods.pubg:PUBG",
+# name: ("module:Class" of the method, its Params model)
+REGISTRY: dict[str, tuple[str, type[BaseModel]]] = {
+    "ga": ("unlearn_core.methods.ga:GradientAscent", P.GAParams),
+    "grad_diff": ("unlearn_core.methods.grad_diff:GradDiff", P.GradDiffParams),
+    "kl": ("unlearn_core.methods.kl:KLMin", P.KLParams),
+    "npo": ("unlearn_core.methods.npo:NPO", P.NPOParams),
+    "simnpo": ("unlearn_core.methods.simnpo:SimNPO", P.SimNPOParams),
+    "reject": ("unlearn_core.methods.reject:Reject", P.RejectParams),
+    "random": ("unlearn_core.methods.random_label:RandomLabel", P.RandomLabelParams),
+    "mmunlearner": ("unlearn_core.methods.mmunlearner:MMUnlearner", P.MMUnlearnerParams),
+    "pubg": ("unlearn_core.methods.pubg:PUBG", P.PUBGParams),
 }
+METHOD_CLASSES: dict[str, str] = {name: path for name, (path, _) in REGISTRY.items()}
 
 
 def method_key(name: str, field: str = "method.name") -> str:
@@ -28,3 +36,15 @@ def method_key(name: str, field: str = "method.name") -> str:
     if key not in METHOD_CLASSES:
         raise ConfigError(f"{field}: unknown method {name!r}; valid: {', '.join(sorted(METHOD_CLASSES))}")
     return key
+
+
+def params_class(name: str) -> type[BaseModel]:
+    """The Params model of method ``name`` (no torch import)."""
+    return REGISTRY[method_key(name)][1]
+
+
+def check_params(name: str, params: dict[str, Any] | None) -> BaseModel:
+    """``params`` validated for method ``name`` without loading the method: a ``ConfigError`` naming
+    each bad field and its valid range."""
+    key = method_key(name)
+    return P.validate_params(key, REGISTRY[key][1], params or {})

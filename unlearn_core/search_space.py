@@ -48,7 +48,7 @@ from pydantic.fields import FieldInfo
 
 from unlearn_core.config import ConfigError, MethodConfig, RunConfig, with_overrides
 from unlearn_core.eval.metrics import METRIC_DEFINITIONS, higher_is_better
-from unlearn_core.method_registry import METHOD_CLASSES
+from unlearn_core.method_registry import METHOD_CLASSES, check_params, params_class
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "tune_spaces"
 RANGE_KINDS = ("uniform", "loguniform", "randint")
@@ -185,9 +185,7 @@ def trial_config(space: SearchSpace, sampled: Mapping[str, Any], cfg: RunConfig 
     if cfg.method.name != space.method:
         cfg = cfg.model_copy(update={"method": MethodConfig(name=space.method)})
     out = with_overrides(cfg, trial_overrides(space, sampled))
-    from unlearn_core.methods import get_method
-
-    get_method(out.method.name, out.method.params)
+    check_params(out.method.name, out.method.params)
     return out
 
 
@@ -235,9 +233,7 @@ def _resolve_field(method: str, key: str, where: str) -> FieldInfo:
     if parts[:2] == ["method", "name"]:
         raise ConfigError(f"{where}: set the top-level 'method:' instead")
     if parts[:2] == ["method", "params"]:
-        from unlearn_core.methods import METHODS  # torch: only for spaces over method params
-
-        fields = METHODS[method].Params.model_fields
+        fields = params_class(method).model_fields
         if len(parts) != 3 or parts[2] not in fields:
             valid = ", ".join(f"method.params.{f}" for f in fields) or "none"
             raise ConfigError(f"{where}: unknown field of method {method!r}; valid: {valid}")
@@ -271,10 +267,7 @@ def _check_overrides(method: str, overrides: Mapping[str, Any], where: str) -> N
     """Build the config and the method with ``overrides``; any failure is a ConfigError at ``where``."""
     try:
         cfg = with_overrides(RunConfig(method=MethodConfig(name=method)), dict(overrides))
-        if cfg.method.params:  # the method's defaults are valid: no need to load it (and torch)
-            from unlearn_core.methods import get_method
-
-            get_method(cfg.method.name, cfg.method.params)
+        check_params(cfg.method.name, cfg.method.params)
     except (ConfigError, ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from None
 

@@ -41,10 +41,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.data.encode import model_inputs
+from unlearn_core.method_params import StrictParams
 from unlearn_core.methods.losses import answer_nll
 from unlearn_core.tensors import move_batch, unwrap_model
 
@@ -99,12 +100,6 @@ class MaskSpec:
     forget_rows: RowFilter
     preserve_rows: Callable[[Sequence[Mapping[str, Any]], str, int], list[Mapping[str, Any]]]
     recipe: str  # names the row recipe in cache keys (change it when the recipe changes)
-
-
-class StrictParams(BaseModel):
-    """Base of every method's Params: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def forward_logits(model: nn.Module, batch: Mapping[str, Any], prefix: str = "") -> tuple[Tensor, Tensor]:

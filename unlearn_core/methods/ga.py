@@ -7,11 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import StrictParams, UnlearnMethod, nll
-
-
-class GAParams(StrictParams):
-    """Plain gradient ascent has no hyper-parameters (lr and steps belong to the trainer)."""
+from unlearn_core.method_params import GAParams
+from unlearn_core.methods.base import UnlearnMethod, nll
 
 
 class GradientAscent(UnlearnMethod):

@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import StrictParams, UnlearnMethod, add_retain_nll, nll
-
-
-class GradDiffParams(StrictParams):
-    gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
-    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
+from unlearn_core.method_params import GradDiffParams
+from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, nll
 
 
 class GradDiff(UnlearnMethod):

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import StrictParams, UnlearnMethod, forward_logits, nll, ref_logits
+from unlearn_core.method_params import KLParams
+from unlearn_core.methods.base import UnlearnMethod, forward_logits, nll, ref_logits
 from unlearn_core.methods.losses import answer_mask, kl_full
 
 
@@ -24,11 +25,6 @@ def retain_kl(model: nn.Module, ref: nn.Module | None, retain: Mapping[str, Any]
     if not mask.any():
         return logits.sum() * 0.0
     return kl_full(r_logits[:, :-1][mask], logits[:, :-1][mask]).mean()
-
-
-class KLParams(StrictParams):
-    gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
-    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain KL term")
 
 
 class KLMin(UnlearnMethod):

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from unlearn_core.data.selection import FORGET_TRAIN_TASKS, balanced_by_entity, in_stream
+from unlearn_core.method_params import MMUnlearnerParams
 from unlearn_core.methods.base import (
     MaskSpec,
-    StrictParams,
     UnlearnMethod,
     clip_and_step,
     ensure_finite,
@@ -65,18 +65,6 @@ def mmunlearner_mask_spec(group: str, gamma: float) -> MaskSpec:
     return MaskSpec(
         group=group, gamma=gamma, forget_rows=forget_rows, preserve_rows=preserve_rows, recipe=PRESERVE_RECIPE
     )
-
-
-class MMUnlearnerParams(StrictParams):
-    mask: Literal["vision", "language", "both"] = Field("both", description="module group to unlearn")
-    mask_path: str | None = Field(None, description="safetensors SaliencyMask file")
-    gamma: float = Field(1.0, gt=0, le=1e6, description="Fisher-ratio threshold of the mask")
-    forget_every: int | None = Field(
-        None, ge=1, le=100_000, description="k: a forget step every k-th step (None = retain/forget batches)"
-    )
-    forget_max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="clip of the ascent step")
-    forget_lr: float | None = Field(None, gt=0, le=1.0, description="None = the trainer optimizer's lr")
-    restore_masked_out: bool = Field(True, description="copy masked-out entries back after the ascent step")
 
 
 class MMUnlearner(UnlearnMethod):

@@ -10,16 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import StrictParams, UnlearnMethod, add_retain_nll, forward_logits, ref_logits
+from unlearn_core.method_params import NPOParams
+from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits, ref_logits
 from unlearn_core.methods.losses import npo_loss, sequence_logprob
-
-
-class NPOParams(StrictParams):
-    beta: float = Field(0.1, gt=0, le=10, description="inverse temperature of the NPO loss")
-    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure NPO)")
 
 
 class NPO(UnlearnMethod):

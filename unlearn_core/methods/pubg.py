@@ -45,17 +45,17 @@ uses to build the teacher prompt; the loss itself does not read it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from unlearn_core.data.teacher_cache import GUIDE_KEEP, TOPK_IDS, TOPK_LOGPROBS
+from unlearn_core.method_params import PUBGParams
 from unlearn_core.methods.base import (
     MaskSpec,
-    StrictParams,
     TeacherCacheSpec,
     UnlearnMethod,
     add_retain_nll,
@@ -69,49 +69,9 @@ from unlearn_core.methods.base import (
 from unlearn_core.methods.losses import answer_mask, kl_full, kl_topk, per_sequence
 from unlearn_core.methods.mmunlearner import mmunlearner_mask_spec
 from unlearn_core.methods.saliency import MaskedUpdate, SaliencyMask
-from unlearn_core.prompts import GUIDANCE_TEMPLATES
 
 # The teacher cache holds at least this many top-k entries per position (top_k may ask for more).
 TEACHER_CACHE_K = 16
-
-
-class PUBGParams(StrictParams):
-    w_ga: float = Field(0.1, ge=0, le=10, description="weight of gradient ascent on the private answers")
-    w_bg: float = Field(1.0, ge=0, le=100, description="weight of the behaviour-guidance KL")
-    w_ret: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL (0: no retain stream)")
-    temperature: float = Field(1.0, gt=0, le=10, description="teacher temperature")
-    top_k: int | None = Field(None, ge=1, le=1_000_000, description="teacher top-k (None = all cached)")
-    topk_mode: Literal["tail", "renorm"] = Field("tail", description="missing teacher mass handling")
-    bg_norm: Literal["sequence", "token"] = Field("sequence", description="L_BG reduction")
-    teacher_cache: bool = Field(True, description="cached teacher top-k (True) or live ref model")
-    instruction: str = Field("default", description="guidance template name")
-    mask: Literal["none", "vision", "language", "both"] = Field("none", description="saliency mask group")
-    mask_path: str | None = Field(None, description="safetensors SaliencyMask file")
-    restore_masked_out: bool = Field(True, description="copy masked-out entries back after a masked step")
-
-    @field_validator("instruction")
-    @classmethod
-    def _known_template(cls, v: str) -> str:
-        if v not in GUIDANCE_TEMPLATES:
-            raise ValueError(f"unknown guidance template {v!r}; valid: {sorted(GUIDANCE_TEMPLATES)}")
-        return v
-
-    @model_validator(mode="after")
-    def _mask_path_needs_mask(self) -> PUBGParams:
-        if self.mask == "none" and self.mask_path is not None:
-            raise ValueError("mask_path is set but mask='none'; choose mask=vision|language|both")
-        return self
-
-    @model_validator(mode="after")
-    def _temperature_needs_known_tail(self) -> PUBGParams:
-        cut = self.teacher_cache or self.top_k is not None
-        if self.temperature != 1.0 and self.topk_mode == "tail" and cut:
-            raise ValueError(
-                f"temperature={self.temperature} with topk_mode='tail' and a top-k teacher: the tail "
-                "bucket's inner distribution is unknown, so it cannot be tempered exactly; use "
-                "topk_mode='renorm', or teacher_cache=false with top_k=null, or temperature=1"
-            )
-        return self
 
 
 def align_answer_positions(mask_s: Tensor, mask_t: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,8 +7,9 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from unlearn_core.method_params import RandomLabelParams
 from unlearn_core.methods.base import ShardView
-from unlearn_core.methods.reject import Reject, RejectParams
+from unlearn_core.methods.reject import Reject
 
 
 def other_entity_answers(rows: Sequence[Mapping[str, Any]], seed: int) -> dict[str, str]:
@@ -34,10 +35,6 @@ def other_entity_answers(rows: Sequence[Mapping[str, Any]], seed: int) -> dict[s
 def _question_key(question: str, task: str) -> str:
     # Text-only questions name the entity, so pooling by exact text would find no other entity.
     return task if task in ("text_qa", "mc_text") else question
-
-
-class RandomLabelParams(RejectParams):
-    """Same fields as ``reject``: alpha, the weight of the retain NLL term."""
 
 
 class RandomLabel(Reject):

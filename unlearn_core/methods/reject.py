@@ -6,20 +6,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import ShardView, StrictParams, UnlearnMethod, add_retain_nll, nll
+from unlearn_core.method_params import RejectParams
+from unlearn_core.methods.base import ShardView, UnlearnMethod, add_retain_nll, nll
 from unlearn_core.prompts import REFUSAL_ANSWERS
 
 
 def refusal_answers(rows: Sequence[Mapping[str, Any]], seed: int) -> dict[str, str]:
     """Every forget row gets the refusal answer (the same one: the model learns one way to decline)."""
     return {r["sample_id"]: REFUSAL_ANSWERS[0] for r in rows if r["split"] == "forget"}
-
-
-class RejectParams(StrictParams):
-    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
 
 
 class Reject(UnlearnMethod):

@@ -15,17 +15,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import Tensor, nn
 
-from unlearn_core.methods.base import StrictParams, UnlearnMethod, add_retain_nll, forward_logits
+from unlearn_core.method_params import SimNPOParams
+from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits
 from unlearn_core.methods.losses import answer_mask, sequence_logprob
-
-
-class SimNPOParams(StrictParams):
-    beta: float = Field(4.5, gt=0, le=100, description="inverse temperature of the SimNPO loss")
-    delta: float = Field(0.0, ge=0, le=100, description="reward margin")
-    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure SimNPO)")
 
 
 def simnpo_loss(logp: Tensor, lengths: Tensor, beta: float, delta: float) -> Tensor:

@@ -1,0 +1,141 @@
+"""Every method's hyper-parameters as pydantic models, importable without torch.
+
+The command line, the config schema and the Tune spaces validate ``method.params`` against these
+before anything heavy loads: a bad value is refused in well under a second. Each method's module
+sets ``Params`` to its model here, and ``method_registry`` names the pair on one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from unlearn_core.config import ConfigError
+from unlearn_core.prompts import GUIDANCE_TEMPLATES
+
+
+class StrictParams(BaseModel):
+    """Base of every method's Params: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GAParams(StrictParams):
+    """Plain gradient ascent has no hyper-parameters (lr and steps belong to the trainer)."""
+
+
+class GradDiffParams(StrictParams):
+    gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
+
+
+class KLParams(StrictParams):
+    gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain KL term")
+
+
+class NPOParams(StrictParams):
+    beta: float = Field(0.1, gt=0, le=10, description="inverse temperature of the NPO loss")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure NPO)")
+
+
+class SimNPOParams(StrictParams):
+    beta: float = Field(4.5, gt=0, le=100, description="inverse temperature of the SimNPO loss")
+    delta: float = Field(0.0, ge=0, le=100, description="reward margin")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure SimNPO)")
+
+
+class RejectParams(StrictParams):
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
+
+
+class RandomLabelParams(RejectParams):
+    """Same fields as ``reject``: alpha, the weight of the retain NLL term."""
+
+
+class MMUnlearnerParams(StrictParams):
+    mask: Literal["vision", "language", "both"] = Field("both", description="module group to unlearn")
+    mask_path: str | None = Field(None, description="safetensors SaliencyMask file")
+    gamma: float = Field(1.0, gt=0, le=1e6, description="Fisher-ratio threshold of the mask")
+    forget_every: int | None = Field(
+        None, ge=1, le=100_000, description="k: a forget step every k-th step (None = retain/forget batches)"
+    )
+    forget_max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="clip of the ascent step")
+    forget_lr: float | None = Field(None, gt=0, le=1.0, description="None = the trainer optimizer's lr")
+    restore_masked_out: bool = Field(True, description="copy masked-out entries back after the ascent step")
+
+
+class PUBGParams(StrictParams):
+    w_ga: float = Field(0.1, ge=0, le=10, description="weight of gradient ascent on the private answers")
+    w_bg: float = Field(1.0, ge=0, le=100, description="weight of the behaviour-guidance KL")
+    w_ret: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL (0: no retain stream)")
+    temperature: float = Field(1.0, gt=0, le=10, description="teacher temperature")
+    top_k: int | None = Field(None, ge=1, le=1_000_000, description="teacher top-k (None = all cached)")
+    topk_mode: Literal["tail", "renorm"] = Field("tail", description="missing teacher mass handling")
+    bg_norm: Literal["sequence", "token"] = Field("sequence", description="L_BG reduction")
+    teacher_cache: bool = Field(True, description="cached teacher top-k (True) or live ref model")
+    instruction: str = Field("default", description="guidance template name")
+    mask: Literal["none", "vision", "language", "both"] = Field("none", description="saliency mask group")
+    mask_path: str | None = Field(None, description="safetensors SaliencyMask file")
+    restore_masked_out: bool = Field(True, description="copy masked-out entries back after a masked step")
+
+    @field_validator("instruction")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        if v not in GUIDANCE_TEMPLATES:
+            raise ValueError(f"unknown guidance template {v!r}; valid: {sorted(GUIDANCE_TEMPLATES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _mask_path_needs_mask(self) -> PUBGParams:
+        if self.mask == "none" and self.mask_path is not None:
+            raise ValueError("mask_path is set but mask='none'; choose mask=vision|language|both")
+        return self
+
+    @model_validator(mode="after")
+    def _temperature_needs_known_tail(self) -> PUBGParams:
+        cut = self.teacher_cache or self.top_k is not None
+        if self.temperature != 1.0 and self.topk_mode == "tail" and cut:
+            raise ValueError(
+                f"temperature={self.temperature} with topk_mode='tail' and a top-k teacher: the tail "
+                "bucket's inner distribution is unknown, so it cannot be tempered exactly; use "
+                "topk_mode='renorm', or teacher_cache=false with top_k=null, or temperature=1"
+            )
+        return self
+
+
+_BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def field_range(params_cls: type[BaseModel], name: str) -> str:
+    """Human-readable constraints of one Params field, e.g. ``> 0, <= 10`` (empty if none)."""
+    info = params_cls.model_fields.get(name)
+    if info is None:
+        return ""
+    parts = []
+    for meta in info.metadata:
+        for attr, sym in _BOUND_TEXT.items():
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(f"{sym} {value}")
+    return ", ".join(parts)
+
+
+def validate_params(method: str, params_cls: type[BaseModel], params: Mapping[str, Any]) -> BaseModel:
+    """``params`` validated against ``params_cls``; a ``ConfigError`` naming each bad field and its range."""
+    try:
+        return params_cls.model_validate(dict(params))
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            fname = str(e["loc"][0]) if e["loc"] else ""
+            loc = ".".join(["method.params", *(str(x) for x in e["loc"])])
+            msg = f"{loc}: {e['msg']}"
+            if e["type"] == "extra_forbidden":
+                msg += f" (valid fields of {method!r}: {', '.join(params_cls.model_fields) or 'none'})"
+            elif rng := field_range(params_cls, fname):
+                msg += f" (valid: {rng})"
+            msgs.append(msg)
+        raise ConfigError(f"invalid params for method {method!r}: " + "; ".join(msgs)) from None
