@@ -93,6 +93,22 @@ def test_pubg_space_searches_the_guidance_knobs():
     assert None in dims["method.params.top_k"].args
 
 
+def test_sweep_prepares_only_its_first_trials_inputs_up_front():
+    """The demo's 2-trial PUBG sweep used to build a teacher cache for each of 3 instructions and a
+    mask for each of 3 groups before any trial; the driver now prepares the start point's inputs only
+    (a later trial builds the ones it samples, once, under a lock)."""
+    from pipelines.sweep.driver import first_points
+
+    space = load_space(default_space_path("pubg"))
+    points = first_points(space, seed=0)
+    (point,) = space.start
+    assert len(points) == 1 and {k: points[0][k] for k in point} == point
+    assert set(points[0]) == set(space.dims)  # completed by a sample: every dim has a value
+    no_start = load_space(default_space_path("npo"))
+    assert not no_start.start and first_points(no_start, seed=0) == first_points(no_start, seed=0)
+    assert len(first_points(no_start, seed=0)) == 1
+
+
 @pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
 def test_samples_are_in_bounds_and_valid_configs(path: Path):
     space = load_space(path)

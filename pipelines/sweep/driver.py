@@ -13,7 +13,6 @@ the parent run, and registers the champion (``pipelines.sweep.champion``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import shutil
@@ -44,10 +43,7 @@ from pipelines.train import storage_dir, sweep_callbacks
 from pipelines.train.unlearn import prepare_inputs
 from pipelines.workspace import Workspace
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
-from unlearn_core.search_space import VALUE_KINDS, SearchSpace, sample, trial_config
-
-# Params whose value changes a prepared input: PUBG's teacher cache and the saliency mask.
-PREPARED_KEYS = ("method.params.instruction", "method.params.mask", "method.params.gamma")
+from unlearn_core.search_space import SearchSpace, sample, trial_config
 
 
 def _resolved_cfg(cfg: RunConfig) -> RunConfig:
@@ -59,24 +55,25 @@ def _resolved_cfg(cfg: RunConfig) -> RunConfig:
     return with_overrides(cfg, over)
 
 
-def _prepare_all(
+def first_points(space: SearchSpace, seed: int) -> list[dict[str, Any]]:
+    """The points the driver prepares inputs for before any trial: the space's start points (the first
+    trials), each completed by one seeded sample, or that sample alone. Other values of the params a
+    prepared input depends on (PUBG's instruction, the mask group) are prepared by the first trial
+    that samples them (under a file lock, then cached), so a 2-trial sweep over 3 instructions and 4
+    mask groups builds what its 2 trials use, not all 12 combinations."""
+    probe = sample(space, random.Random(seed))
+    return [{**probe, **dict(point)} for point in space.start] or [probe]
+
+
+def _prepare_first(
     space: SearchSpace, cfg: RunConfig, ws: Workspace, uri: str, log: Callable[..., None]
 ) -> dict[str, Any]:
-    """Shared inputs once; then every discrete combination of the params prepared inputs depend on."""
-    probe = sample(space, random.Random(cfg.train.seed))
-    inputs = prepare_inputs(trial_config(space, probe, cfg), ws, uri, log)
-    dims = {k: space.dims[k] for k in PREPARED_KEYS if k in space.dims}
-    if dims and all(d.kind in VALUE_KINDS for d in dims.values()):
-        cfg_shared = _shared_cfg(cfg, inputs)
-        for combo in itertools.product(*(d.args for d in dims.values())):
-            prepare_inputs(
-                trial_config(space, {**probe, **dict(zip(dims, combo, strict=True))}, cfg_shared),
-                ws,
-                uri,
-                log,
-            )
-    elif dims:
-        log(f"{sorted(dims)} include a continuous range: trials prepare their inputs under a file lock")
+    """Shared inputs (shards, starting model) and the first trials' prepared inputs, once."""
+    first, *rest = first_points(space, cfg.train.seed)
+    inputs = prepare_inputs(trial_config(space, first, cfg), ws, uri, log)
+    cfg_shared = _shared_cfg(cfg, inputs)
+    for point in rest:
+        prepare_inputs(trial_config(space, point, cfg_shared), ws, uri, log)
     return inputs
 
 
@@ -169,7 +166,7 @@ def run_sweep(
     )
     client = MlflowClient(uri)
     with tracking.run_status(uri, parent):  # FINISHED, FAILED (error tagged) or KILLED, like every run
-        inputs = _prepare_all(space, cfg, ws, uri, log)
+        inputs = _prepare_first(space, cfg, ws, uri, log)
         # The starting model is evaluated like the trials' final models (the space's base may set
         # train.eval_max_samples): the champion rule compares the two.
         eval_samples = int(space.base.get("train.eval_max_samples", cfg.train.eval_max_samples))
