@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
+import pytest
 import torch
 
 from unlearn_core.data.encode import collate, encode_example, model_inputs
@@ -84,6 +87,53 @@ def test_benchmark_protocols_evaluate_every_converted_task() -> None:
     assert every == {(r["split"], r["task"]) for r in rows}
     default = {(r["split"], r["task"]) for r in select_eval_rows(rows, 8)}
     assert ("utility", "mc_vqa") not in default  # the synthetic protocol's fixed task list, unchanged
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        (
+            "mllmu-bench",
+            {
+                (split, task)
+                for split in ("forget", "retain", "forget_unseen", "retain_unseen", "utility")
+                for task in ("cloze", "generation", "mc_text", "mc_vqa", "open_vqa")
+            }
+            | {("forget", "fact_vqa"), ("retain", "fact_vqa")},
+        ),
+        (
+            "clear",
+            {(split, task) for split in ("forget", "retain") for task in ("caption", "mc_vqa", "text_qa")}
+            | {("utility", "mc_vqa")},
+        ),
+    ],
+)
+def test_in_training_eval_selects_every_converted_task(tmp_path, fmt: str, expected: set) -> None:
+    """The ``eval/*`` curves of `unlearn run` cover the (split, task) pairs of the final evaluation: on
+    converted MLLMU-Bench and CLEAR records every task of every split (the synthetic task list would
+    keep only 19 of 27 MLLMU-Bench pairs and 2 of 7 CLEAR pairs), at most a quarter of
+    ``train.eval_max_samples`` rows each (at least 4)."""
+    import real_fixtures as rf
+
+    from pipelines.train.driver import in_training_selection
+    from unlearn_core.data.adapters import convert
+    from unlearn_core.eval.score import load_record_rows
+
+    writer = rf.write_mllmu_bench if fmt == "mllmu-bench" else rf.write_clear
+    writer(tmp_path / "src")
+    convert(fmt, tmp_path / "src", tmp_path / "rec")
+    rows = load_record_rows(tmp_path / "rec")
+    assert {(r["split"], r["task"]) for r in rows} == expected  # what the converter made
+
+    picked = in_training_selection(rows, eval_max_samples=64)  # 16 per pair: every row of the fixtures
+    assert {(r["split"], r["task"]) for r in picked} == expected
+    assert sorted(r["sample_id"] for r in picked) == sorted(r["sample_id"] for r in rows)
+    synthetic_pairs = {(r["split"], r["task"]) for r in select_eval_rows(rows, 16)}
+    assert len(synthetic_pairs) == {"mllmu-bench": 19, "clear": 2}[fmt]  # what the old selection kept
+
+    small = Counter((r["split"], r["task"]) for r in in_training_selection(rows, eval_max_samples=8))
+    full = Counter((r["split"], r["task"]) for r in rows)
+    assert small == {pair: min(4, n) for pair, n in full.items()}  # max(4, 8 // 4) = 4 per pair
 
 
 def test_eval_pipeline_on_converted_mllmu_bench_shards(tmp_path, ray_local) -> None:

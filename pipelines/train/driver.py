@@ -22,17 +22,25 @@ from pipelines.evaluate import evaluate
 from pipelines.shards import load_manifest, load_shard_rows
 from pipelines.train.trainer import TrainJob, export_final_model, fit
 from unlearn_core.config import RunConfig
+from unlearn_core.eval.protocols import resolve_protocol
 from unlearn_core.eval.runner import select_eval_rows
 
 Evaluator = Callable[..., dict[str, Any]]
 
 
 def in_training_eval_rows(shards: Path, cfg: RunConfig) -> list[dict[str, Any]] | None:
-    """The rows evaluated every ``train.eval_every`` steps (None when off): a quarter of the final
-    evaluation's sample count per (split, task), at least 4, so intermediate reports stay cheap."""
+    """The rows evaluated every ``train.eval_every`` steps (None when off)."""
     if not cfg.train.eval_every:
         return None
-    return select_eval_rows(load_shard_rows(shards), max_per_group=max(4, cfg.train.eval_max_samples // 4))
+    return in_training_selection(load_shard_rows(shards), cfg.train.eval_max_samples)
+
+
+def in_training_selection(rows: list[dict[str, Any]], eval_max_samples: int) -> list[dict[str, Any]]:
+    """A quarter of the final evaluation's sample count per (split, task), at least 4, so intermediate
+    reports stay cheap; the (split, task) pairs are the final evaluation's (every converted task under a
+    benchmark protocol, as ``evaluate`` selects), so no task is missing from the ``eval/*`` curves."""
+    every_task = resolve_protocol(rows).is_benchmark
+    return select_eval_rows(rows, max_per_group=max(4, eval_max_samples // 4), every_task=every_task)
 
 
 @dataclass
