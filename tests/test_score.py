@@ -64,10 +64,11 @@ def test_convert_then_score_mllmu_bench(tmp_path: Path, capsys: pytest.CaptureFi
     records_img = {r["sample_id"]: r for r in records_io.read_records(tmp_path / "rec").to_pylist()}
     for r in records:
         r["image"] = records_img[r["sample_id"]]["image"]
-    missing, non_string, *scored = sorted(records, key=lambda r: r["sample_id"])
+    missing, non_string, unusable, *scored = sorted(records, key=lambda r: r["sample_id"])
     lines: list[Any] = [{"sample_id": r["sample_id"], "generation": _mllmu_generation(r)} for r in scored]
     lines += [
         {"sample_id": non_string["sample_id"], "generation": ["not", "text"]},
+        {"sample_id": unusable["sample_id"], "prediction": "B"},  # a known id, no field we read
         {"sample_id": "mllmu:nobody:9:cloze:00", "generation": "x"},
         {"generation": "no id"},
         "{broken",
@@ -80,7 +81,8 @@ def test_convert_then_score_mllmu_bench(tmp_path: Path, capsys: pytest.CaptureFi
         == 0
     )
     report = json.loads(out.read_text())
-    assert "mllmu.forget.mc_acc_image" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mllmu.forget.mc_acc_image" in printed
 
     assert report["protocol"] == "mllmu-bench"  # from the records' source
     p = report["problems"]
@@ -90,6 +92,13 @@ def test_convert_then_score_mllmu_bench(tmp_path: Path, capsys: pytest.CaptureFi
     assert p["unreadable_lines"]["count"] == 1 and p["lines_without_sample_id"]["count"] == 1
     assert p["duplicate_ids"]["first"] == [scored[0]["sample_id"]]
     assert report["n_records"] == len(records) and report["n_scored"] == len(scored)
+    no_field = p["lines_without_usable_fields"]  # the non-string one is not scored either
+    assert (no_field["count"], no_field["first"]) == (
+        2,
+        sorted([non_string["sample_id"], unusable["sample_id"]]),
+    )
+    assert report["n_scored"] + p["missing_ids"]["count"] + no_field["count"] == report["n_records"]
+    assert f"lines_without_usable_fields: 2 (first: {no_field['first'][0]}" in printed
 
     m, n = report["metrics"], report["counts"]
     assert m["mllmu.forget.mc_acc_image"] == 0.0 and m["mllmu.forget.mc_acc_mmu_image"] == 1.0  # "(B)"

@@ -5,7 +5,9 @@ also carry ``option_scores`` (one log-prob per option: ``logprob.*`` accuracy) a
 ``paraphrased_loss`` + ``perturbed_losses`` (+ ``caption_loss``), each the mean loss per answer
 token (truth ratio, probability). `unlearn eval` writes the same fields and the ``generation`` on its
 per-sample rows, so ``jq -c '.per_sample[]' eval.json`` is a predictions file. Lines that cannot be
-used are never dropped silently: ``problems`` counts them with the first ids / line numbers.
+used are never dropped silently: ``problems`` counts them with the first ids / line numbers, a known
+id whose line has none of ``generation`` (a string), ``option_scores`` or ``paraphrased_loss`` included
+(``lines_without_usable_fields``), so n_records = n_scored + missing_ids + lines_without_usable_fields.
 
 ``score_outputs`` is shared with `unlearn eval`, so both write the same metrics and per-sample
 fields for the same outputs.
@@ -151,6 +153,7 @@ def score_predictions(
     problems["unknown_ids"] = _problem(sorted(set(preds) - known))
     problems["missing_ids"] = _problem(sorted(known - set(preds)))
     outputs = {sid: p for sid, p in preds.items() if sid in known and _USABLE.intersection(p)}
+    problems["lines_without_usable_fields"] = _problem(sorted((set(preds) & known) - set(outputs)))
     result = score_outputs(rows, outputs, proto)
     if reference_predictions is not None:
         ref_preds, _ = read_predictions(reference_predictions)
