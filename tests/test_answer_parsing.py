@@ -1,17 +1,27 @@
 """Hand-written cases that encode the reference evaluators' answer parsing, one reference each.
 
+Every generation here is the text of the NEW tokens only, as ``generate()`` returns it.
+
 References (read from their public code; the line quoted is the one each case encodes):
 - MLLMU  = franciscoliu/MLLMU-Bench ``eval.py`` (read from the mirror YokeYao/MLLMU-Bench@b83832a),
-  ``evaluate_classification``:
-  ``assistant_response = generated_text.split("ASSISTANT:")[1].strip() if "ASSISTANT:" in generated_text
-  else generated_text.strip()`` then ``predicted_answer = assistant_response[0].upper() if
-  assistant_response and assistant_response[0].upper() in options else None``, options being the
-  ``{"A": ..., "D": ...}`` dict, so ``in options`` tests the keys.
-- MMU    = Z1zs/MMUnlearner ``MLLMU_eval.py`` / ``CLEAR_eval.py``: the same cut, with every
-  non-alphanumeric character removed before the first character is read. (That file is not in
-  this project's reference store; the behaviour is the one issue 12 quotes from it.)
-- CLOZE  = MLLMU-Bench ``eval.py`` ``evaluate_fill_in_the_blank``: the response cut at
-  ``"ASSISTANT:"``, else at ``"Answer:"``, then ``ground_truth.lower() in assistant_response.lower()``.
+  ``evaluate_classification``: ``generated_text = processor.decode(outputs[0][2:], ...)`` (prompt +
+  generation), ``assistant_response = generated_text.split("ASSISTANT:")[1].strip() if "ASSISTANT:"
+  in generated_text else generated_text.strip()``, then ``predicted_answer =
+  assistant_response[0].upper() if assistant_response and assistant_response[0].upper() in options
+  else None``, options being the ``{"A": ..., "D": ...}`` dict, so ``in options`` tests the keys. The
+  LLaVA prompt ends with ``ASSISTANT:``, so on new-token text the response is the part before the
+  first ``ASSISTANT:`` the model emits (checked by
+  ``test_mllmu_response_equals_the_reference_cut_of_prompt_plus_generation``).
+- MMU    = MMUnlearner ``MLLMU_eval.py`` ``evaluate_classification`` and ``CLEAR_eval.py``
+  ``eval_classification`` / ``eval_classification_real`` (read from xzz81/MMUnlearner@7a826d2, a
+  fork of Z1zs/MMUnlearner): ``out_wo_prompt = outputs[:, inputs.input_ids.shape[-1]:]`` (new tokens
+  only), decoded, then ``re.sub(r'[^a-zA-Z0-9]', '', generated_text)`` with NO ``ASSISTANT:`` cut and
+  the first character upper-cased. Only the MLLMU image-textual branch checks ``in options``; the
+  pure-text branch and ``CLEAR_eval.py`` compare the character with the correct letter directly, so
+  the check never changes correctness (a non-key letter is stored as None here).
+- CLOZE  = MLLMU-Bench ``eval.py`` ``evaluate_fill_in_the_blank``: the same ``ASSISTANT:`` cut (its
+  ``elif "Answer:"`` fallback cannot fire on a LLaVA prompt, which always holds ``ASSISTANT:``), then
+  ``ground_truth.lower() in assistant_response.lower()``.
 - BLEU   = MLLMU-Bench ``eval.py`` ``compute_bleu``: ``sentence_bleu([ground_truth.split()],
   predicted_answer.split(), smoothing_function=SmoothingFunction().method1)`` (no lower-casing).
 - ROUGE  = MLLMU-Bench ``eval.py`` ``evaluate_generation``: ``RougeScorer(['rouge1', 'rouge2', 'rougeL'],
@@ -61,13 +71,17 @@ MC_CASES: list[tuple[str, str | None, str | None]] = [
     ("...B", None, "B"),
     ("✓B", None, "B"),  # MMU: non-ASCII symbols are non-alphanumeric too
     ("ÀB", None, "B"),  # MLLMU: "À".upper() is no key; MMU: [^A-Za-z0-9] removes it
-    ("ASSISTANT: B", "B", "B"),  # MLLMU: split("ASSISTANT:")[1]
-    ("ASSISTANT:B", "B", "B"),
-    ("USER: Who is it?\nA: x\nB: y\nASSISTANT: B", "B", "B"),  # echoed prompt: text after the marker
-    ("ASSISTANT: (B)", None, "B"),
-    ("ASSISTANT: **b**", None, "B"),
-    ("ASSISTANT: C ASSISTANT: B", "C", "C"),  # MLLMU: [1] = the part between the first two markers
-    ("ASSISTANT: ", None, None),  # MLLMU: empty response -> None
+    ("ASSISTANT: B", None, "A"),  # MLLMU: nothing before the model's own marker; MMU: no cut, "ASSISTANTB"
+    ("ASSISTANT:B", None, "A"),
+    ("USER: Who is it?\nA: x\nB: y\nASSISTANT: B", None, None),  # a continued dialogue: "U" is no key
+    ("ASSISTANT: (B)", None, "A"),
+    ("ASSISTANT: **b**", None, "A"),
+    ("ASSISTANT: C ASSISTANT: B", None, "A"),
+    ("ASSISTANT: ", None, "A"),  # MLLMU: empty response -> None; MMU reads the marker's "A"
+    ("B\nUSER: next question ASSISTANT: C", "B", "B"),  # MLLMU: the answer before the continuation
+    ("C ASSISTANT: B", "C", "C"),
+    (" B ASSISTANT:", "B", "B"),
+    ("(B) ASSISTANT: C", None, "B"),
     ("", None, None),  # MLLMU: `assistant_response and ...` -> None
     ("   ", None, None),
     ("The answer is B.", None, None),  # MLLMU/MMU: "T" is no key
@@ -101,10 +115,28 @@ def test_option_keys_follow_the_number_of_options() -> None:
 
 
 def test_mllmu_response_cuts_like_the_reference() -> None:
-    assert mllmu_response("USER: q ASSISTANT:  Oslo ") == "Oslo"
-    assert mllmu_response("### Answer: Oslo") == "### Answer: Oslo"  # classification: no "Answer:" cut
-    assert mllmu_response("### Answer: Oslo", answer_marker=True) == "Oslo"  # cloze / generation
-    assert mllmu_response("ASSISTANT: x Answer: y", answer_marker=True) == "x Answer: y"  # ASSISTANT first
+    assert mllmu_response("  Oslo ") == "Oslo"
+    assert mllmu_response("Oslo\nUSER: and Bergen? ASSISTANT: Bergen") == "Oslo\nUSER: and Bergen?"
+    assert mllmu_response("USER: q ASSISTANT:  Oslo ") == "USER: q"  # what the model wrote first
+    assert mllmu_response("### Answer: Oslo") == "### Answer: Oslo"  # no "Answer:" cut (see CLOZE)
+    assert mllmu_response("Oslo. The Answer: unknown") == "Oslo. The Answer: unknown"
+
+
+LLAVA_PROMPT = (
+    "USER: <image>\nWhere was she born?\nJust give ONE letter representing the answer directly.\nASSISTANT:"
+)
+
+
+@pytest.mark.parametrize(
+    "generated",
+    [case[0] for case in MC_CASES] + ["Oslo. The Answer: unknown", "x Answer: y", "Oslo ASSISTANT: Bergen"],
+)
+def test_mllmu_response_equals_the_reference_cut_of_prompt_plus_generation(generated: str) -> None:
+    """MLLMU: the reference cuts the decoded prompt + generation at its first ``ASSISTANT:``, which is the
+    prompt's own for LLaVA; on the new tokens alone the result is the same for every case here."""
+    decoded = LLAVA_PROMPT + generated
+    reference = decoded.split("ASSISTANT:")[1].strip()  # "ASSISTANT:" is always in a LLaVA decode
+    assert mllmu_response(generated) == reference
 
 
 # (ground truth, generation, correct): CLOZE, no whitespace folding, no stripping of the truth.
@@ -118,9 +150,11 @@ CLOZE_CASES: list[tuple[str, str, bool]] = [
     ("Oslo ", "Oslo.", False),  # the truth is not stripped
     (" Oslo", "born in Oslo", True),  # ...so a leading space needs a space before it
     ("Oslo", "Osaka", False),
-    ("Oslo", "ASSISTANT: Oslo", True),
-    ("Oslo", "Oslo ASSISTANT: Bergen", False),  # only the text after the marker is searched
+    ("Oslo", "ASSISTANT: Oslo", False),  # the reference searches only the text before the model's marker
+    ("Oslo", "Oslo ASSISTANT: Bergen", True),
+    ("Bergen", "Oslo ASSISTANT: Bergen", False),
     ("Oslo", "Answer: Oslo", True),
+    ("Oslo", "Oslo. The Answer: unknown", True),  # no "Answer:" cut: LLaVA's decode holds "ASSISTANT:"
     ("", "anything", True),  # the reference counts an empty truth as found ("" in s)
 ]
 

@@ -243,7 +243,7 @@ def test_benchmark_scoring_separates_modalities_and_parses() -> None:
         {**rec("t1", "e2", "retain", "mc_text", "chef", None, opts), "has_image": False},
     ]
     outputs = {
-        "q1": {"generation": "ASSISTANT: " + GEN_PAIRS[0][1]},
+        "q1": {"generation": GEN_PAIRS[0][1] + "\nUSER: And then? ASSISTANT: no"},
         "q2": {"generation": GEN_PAIRS[1][1]},
         "z1": {"generation": "born in OSLO"},
         "z2": {"generation": "a bank"},
@@ -253,7 +253,14 @@ def test_benchmark_scoring_separates_modalities_and_parses() -> None:
     }
     res = score_benchmark(rows, outputs, _mllmu_protocol())
     m = res.metrics
-    assert m["mllmu.forget.rougeL_image"] == pytest.approx(scorer.score(*GEN_PAIRS[0])["rougeL"].fmeasure)
+    cut = GEN_PAIRS[0][1] + "\nUSER: And then?"  # eval.py's split("ASSISTANT:") keeps what precedes it
+    full = outputs["q1"]["generation"]
+    assert m["mllmu.forget.rougeL_image"] == pytest.approx(
+        scorer.score(GEN_PAIRS[0][0], cut)["rougeL"].fmeasure
+    )
+    assert m["mllmu.forget.rougeL_image"] != pytest.approx(
+        scorer.score(GEN_PAIRS[0][0], full)["rougeL"].fmeasure
+    )
     assert m["mllmu.forget.rougeL_text"] == pytest.approx(scorer.score(*GEN_PAIRS[1])["rougeL"].fmeasure)
     assert m["mllmu.forget.bleu_text"] == pytest.approx(bleu(*GEN_PAIRS[1]))
     assert m["mllmu.forget.cloze_acc_image"] == 1.0 and m["mllmu.forget.cloze_acc_text"] == 0.0

@@ -37,7 +37,7 @@ def _write_lines(path: Path, items: list[Any]) -> Path:
 def _mllmu_generation(r: dict[str, Any]) -> str:
     if r["task"] in MC:
         letter = correct_letter(r["answer"], r["options"])
-        return f"({letter})" if r["split"] == "forget" else f"ASSISTANT: {letter}"
+        return f"({letter})" if r["split"] == "forget" else f"{letter}\nUSER: next? ASSISTANT: A"
     if r["task"] == "cloze":
         return f"It is {r['answer'].upper()}." if r["image"] is None else "no idea"
     return r["answer"]

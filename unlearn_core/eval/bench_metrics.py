@@ -225,7 +225,7 @@ def _score_generation(
         fields["correct"] = ap.cloze_correct(answer, gen)
         values[f"{stem}.cloze_acc_{mod}"].append(float(fields["correct"]))
         return
-    response = ap.mllmu_response(gen, answer_marker=True) if stem.startswith("mllmu") else gen
+    response = ap.mllmu_response(gen) if stem.startswith("mllmu") else gen  # CLEAR: no cut (mm/eval.py)
     fields.update(rouge_scores(answer, response, scorer))
     fields["bleu"] = bleu(answer, response)
     if stem.startswith("clear"):
