@@ -3,7 +3,9 @@
 Formulas: somvy/multimodal_unlearning ``mm/eval.py`` (``eval_perturbation_ratio``: losses are the
 summed answer-token cross-entropy divided by the answer's token count) and ``mm/calculate_metrics.py``
 (``compute_model_utility``: truth ratio = exp(set-mean perturbed loss - paraphrased loss), forget
-``mean(min(t, 1/t))``, others ``mean(max(0, 1 - 1/t))``; ``evaluate_forget_quality``: KS p-value).
+``mean(min(t, 1/t))``, others ``mean(max(0, 1 - 1/t))``; "Prob." of the caption tasks, whose file
+names hold ``eval_log``, = ``mean(exp(-avg_gt_loss))`` with no normalisation, lines 119-121 at 3e33dae;
+``evaluate_forget_quality``: KS p-value).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from scipy.stats import ks_2samp
 from unlearn_core.data.adapters.clear import CAPTION_QUESTION
 from unlearn_core.data.encode import collate, encode_example, model_inputs
 from unlearn_core.eval.bench_metrics import (
+    caption_probability,
     forget_quality,
     score_benchmark,
     set_truth_ratios,
-    truth_probability,
     truth_ratio_score,
 )
 from unlearn_core.eval.protocols import get_protocol
@@ -87,14 +89,45 @@ def test_truth_ratio_metric_uses_the_set_mean_perturbed_loss() -> None:
     assert result.per_sample[rows[1]["sample_id"]]["perturbed_losses"] == [3.0, 5.0]
 
 
+def test_caption_prob_is_the_plain_mean_caption_probability() -> None:
+    """CLEAR ``mm/calculate_metrics.py`` ``compute_model_utility``: for the Forget / Retain caption tasks
+    (``"eval_log" in task_file``) "Prob." = mean(exp(-avg_gt_loss)), the caption's mean token loss;
+    the perturbed captions only feed the truth ratio (the normalised form would give 0.585, not 0.371)."""
+    rows = [
+        {
+            "sample_id": f"clear:retain_perturbed:{i}",
+            "split": "retain",
+            "task": "mc_vqa",
+            "answer": "A",
+            "options": ["A", "B"],
+            "has_image": True,
+        }
+        for i in range(2)
+    ]
+    outputs = {
+        rows[0]["sample_id"]: {"paraphrased_loss": 1.0, "perturbed_losses": [0.5, 1.0], "caption_loss": 0.5},
+        rows[1]["sample_id"]: {"paraphrased_loss": 2.0, "perturbed_losses": [4.0, 4.0], "caption_loss": 2.0},
+    }
+    result = score_benchmark(rows, outputs, CLEAR)
+    expected = (math.exp(-0.5) + math.exp(-2.0)) / 2
+    assert result.metrics["clear.retain.prob"] == pytest.approx(expected) == pytest.approx(0.3709, abs=1e-4)
+    assert result.counts["clear.retain.prob"] == 2
+    assert result.per_sample[rows[1]["sample_id"]]["prob"] == pytest.approx(math.exp(-2.0))
+    normalised = (
+        math.exp(-0.5) / (math.exp(-0.5) + math.exp(-0.5) + math.exp(-1.0))
+        + math.exp(-2.0) / (math.exp(-2.0) + 2 * math.exp(-4.0))
+    ) / 2
+    assert normalised == pytest.approx(0.5853, abs=1e-4)  # what P / (P + sum P(perturbed)) would give
+    no_caption = {rows[0]["sample_id"]: {"paraphrased_loss": 1.0, "perturbed_losses": [0.5]}}
+    assert "clear.retain.prob" not in score_benchmark(rows, no_caption, CLEAR).metrics
+
+
 def test_retain_truth_ratio_probability_and_forget_quality_formulas() -> None:
     t = set_truth_ratios([1.0, 2.0], [[2.0], [4.0]])  # set mean perturbed 3.0
     assert t == pytest.approx([math.exp(2.0), math.exp(1.0)])
     assert truth_ratio_score(t, forget=False) == pytest.approx(((1 - math.exp(-2)) + (1 - math.exp(-1))) / 2)
     assert truth_ratio_score([0.5], forget=False) == 0.0  # max(0, 1 - 1/t)
-    assert truth_probability(1.0, [2.0, 3.0]) == pytest.approx(
-        math.exp(-1) / (math.exp(-1) + math.exp(-2) + math.exp(-3))
-    )
+    assert caption_probability(1.0) == pytest.approx(math.exp(-1))  # not / (P + sum P(perturbed))
     mine, ref = [(1.0, [2.0]), (1.5, [2.0]), (0.5, [2.0])], [(3.0, [1.0]), (2.5, [1.0])]
     expected = ks_2samp(
         set_truth_ratios([1.0, 1.5, 0.5], [[2.0]] * 3), set_truth_ratios([3.0, 2.5], [[1.0]] * 2)
@@ -244,9 +277,7 @@ def test_convert_shard_eval_reports_the_truth_ratio_and_score_reads_it_back(
         )
         assert m[f"clear.{split}.truth_ratio"] == pytest.approx(truth_ratio_score(ratios, forget=forget_set))
         assert report["counts"][f"clear.{split}.truth_ratio"] == 1
-        assert m[f"clear.{split}.prob"] == pytest.approx(
-            truth_probability(rows[0]["caption_loss"], rows[0]["perturbed_losses"])
-        )
+        assert m[f"clear.{split}.prob"] == pytest.approx(math.exp(-rows[0]["caption_loss"]))
     assert m["clear.forget_quality"] == pytest.approx(1.0)  # same weights, same losses: identical samples
 
     preds = tmp_path / "preds.jsonl"

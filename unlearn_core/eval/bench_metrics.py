@@ -89,11 +89,13 @@ def truth_ratio_score(ratios: Sequence[float], *, forget: bool) -> float:
     return sum(max(0.0, 1.0 - 1.0 / t) for t in ratios) / len(ratios)
 
 
-def truth_probability(caption_loss: float, perturbed_losses: Sequence[float]) -> float:
-    """CLEAR ``compute_model_utility`` "Prob." of one sample: P(caption) / (P(caption) + sum P(perturbed)),
-    P = exp(-mean token loss)."""
-    p_true = math.exp(-caption_loss)
-    return p_true / (p_true + sum(math.exp(-x) for x in perturbed_losses))
+def caption_probability(caption_loss: float) -> float:
+    """CLEAR ``mm/calculate_metrics.py`` ``compute_model_utility`` "Prob." of one caption-task sample:
+    P(caption) = exp(-mean token loss), NOT normalised by the perturbed captions. The reference
+    normalises, P / (P + sum P(perturbed)), only for the tasks whose file name lacks ``eval_log``
+    (real_faces, real_world, FaceRec), which are not computed here; its Forget and Retain tasks
+    (``eval_log_forget``, ``eval_log``) are the caption tasks this value stands for."""
+    return math.exp(-caption_loss)
 
 
 Losses = tuple[float, list[float]]  # (paraphrased loss, perturbed losses), both mean per answer token
@@ -197,7 +199,7 @@ def _score_truth_losses(
     caption = out.get("caption_loss")
     if isinstance(caption, (int, float)):
         fields["caption_loss"] = float(caption)
-        fields["prob"] = truth_probability(float(caption), perturbed)
+        fields["prob"] = caption_probability(float(caption))
         values[f"clear.{group}.prob"].append(fields["prob"])
 
 
