@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.json",
         help="CLEAR: the eval (or score) JSON of the retain-only model; adds clear.forget_quality",
     )
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="also log the evaluation to MLflow as its own run: every metric under its report name, the "
+        "JSON as an artifact ($MLFLOW_TRACKING_URI, else WORKDIR/mlflow.db; experiment lvlm-unlearn)",
+    )
     p.set_defaults(handler=commands.cmd_eval)
 
     p = sub.add_parser(

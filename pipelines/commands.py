@@ -224,7 +224,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     Path(args.out).write_text(json.dumps(report, indent=1))
     say(format_table({Path(args.model).name or args.model: report["metrics"]}))
     say(f"wrote {args.out}")
+    if args.track:
+        _track_eval(args, report, model)
     return 0
+
+
+def _track_eval(args: argparse.Namespace, report: dict, model: str) -> None:
+    """``--track``: the evaluation as its own MLflow run, in the store and experiment `unlearn run` uses
+    with its default config (tracking_uri: $MLFLOW_TRACKING_URI, else <workdir>/mlflow.db)."""
+    from pipelines import tracking
+    from unlearn_core.config import TrackingConfig
+
+    cfg = TrackingConfig()
+    uri = tracking.resolve_tracking_uri(cfg, args.workdir)
+    params = {
+        "model": args.model,
+        "model_dir": model,
+        "shards": str(_abs(args.shards)),
+        "protocol": report["protocol"],
+        "max_per_group": args.max_per_group,
+        "n_rows": report["n_rows"],
+    }
+    run_id = tracking.log_evaluation(
+        report, args.out, tracking=cfg, tracking_uri=uri, workdir=args.workdir, params=params
+    )
+    say(f"MLflow:   run {run_id} (experiment {cfg.experiment}) in {uri}")
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

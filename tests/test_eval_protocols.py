@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,12 +137,14 @@ def test_in_training_eval_selects_every_converted_task(tmp_path, fmt: str, expec
     assert small == {pair: min(4, n) for pair, n in full.items()}  # max(4, 8 // 4) = 4 per pair
 
 
-def test_eval_pipeline_on_converted_mllmu_bench_shards(tmp_path, ray_local) -> None:
-    """`unlearn eval` on real shards of a converted benchmark: its protocol is picked from the rows,
-    every converted task is evaluated and every benchmark metric reaches the JSON report."""
+def test_eval_pipeline_on_converted_mllmu_bench_shards(tmp_path, ray_local, mlflow_store) -> None:
+    """`unlearn eval --track` on real shards of a converted benchmark: its protocol is picked from the
+    rows, every converted task is evaluated, every benchmark metric reaches the JSON report and, under
+    the same name, its own MLflow run (real SQLite store), with the JSON as an artifact."""
     import json
 
     import real_fixtures as rf
+    from mlflow.tracking import MlflowClient
     from pipeline_fixtures import save_tiny_model
 
     from pipelines.cli import main
@@ -167,12 +170,25 @@ def test_eval_pipeline_on_converted_mllmu_bench_shards(tmp_path, ray_local) -> N
                 "8",
                 "--workdir",
                 str(tmp_path / "wd"),
+                "--track",
             ]
         )
         == 0
     )
     report = json.loads(out.read_text())
     assert report["protocol"] == "mllmu-bench"
+    client = MlflowClient(mlflow_store["tracking_uri"])  # the store $MLFLOW_TRACKING_URI names
+    (run,) = client.search_runs([client.get_experiment_by_name("lvlm-unlearn").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["job"] == "eval"
+    assert run.data.params["protocol"] == "mllmu-bench" and run.data.params["max_per_group"] == "8"
+    assert run.data.metrics == pytest.approx(report["metrics"], nan_ok=True)  # every name, same value
+    assert sum(k.startswith("mllmu.") for k in run.data.metrics) >= 50
+    assert run.data.metrics["mllmu.utility.mc_acc_text"] == report["metrics"]["mllmu.utility.mc_acc_text"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["eval.json"]
+    logged = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "eval.json", str(tmp_path))).read_text()
+    )
+    assert logged == report
     tasks = {(r["split"], r["task"]) for r in report["per_sample"]}
     assert {
         ("utility", "mc_text"),
