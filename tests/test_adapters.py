@@ -161,7 +161,44 @@ def test_mllmu_biography_is_optional_in_test_set_and_retain_set(tmp_path: Path) 
     celebrity = [r for r in rows if r["split"] == "utility"]
     assert len(celebrity) == sum(rf.RECORDS_PER_PROFILE.values())
     assert all(json.loads(r["private_facts"]) == {} for r in celebrity)
+    assert report.configs["Retain_Set"].without_facts == 1 and report.configs["Test_Set"].without_facts == 0
     assert_reconciled(report, tmp_path / "out")
+
+
+def _facts(out: Path, split: str, task: str | None = None) -> list[dict[str, Any]]:
+    """The private facts of every record of ``split`` (and ``task``) in a records folder."""
+    return [
+        json.loads(r["private_facts"])
+        for r in by_id(out).values()
+        if r["split"] == split and (task is None or r["task"] == task)
+    ]
+
+
+def test_mllmu_biography_is_optional_in_forget_and_retain_profiles(tmp_path: Path) -> None:
+    """MLLMU-Bench ``eval.py`` (franciscoliu/MLLMU-Bench, read from YokeYao/MLLMU-Bench@b83832a) never
+    reads ``biography``: forget_N / retain_N rows without it convert in full, their records carry no
+    private facts (or those of the same person from a later-read Test_Set row that has one) and the
+    report counts every row left without facts."""
+    profiles = {"forget_5": ["biography"], "retain_95": ["biography"]}
+    rf.write_mllmu_bench(tmp_path / "all", drop_columns={**profiles, "Test_Set": ["biography"]})
+    report = convert("mllmu-bench", tmp_path / "all", tmp_path / "out_all")
+    assert report.totals["quarantined"] == 0
+    per_profile = sum(rf.RECORDS_PER_PROFILE.values())
+    assert len(_facts(tmp_path / "out_all", "forget", "mc_vqa")) == 1  # every question still converted
+    assert report.configs["forget_5"].written == per_profile
+    assert all(f == {} for split in ("forget", "retain") for f in _facts(tmp_path / "out_all", split))
+    without = {name: c.without_facts for name, c in report.configs.items()}
+    assert without == {"forget_5": 1, "retain_95": 2, "Test_Set": 3, "Retain_Set": 0, "ft_Data": 3}
+    assert "forget_5: 1 rows without private facts" in report.render()
+    assert_reconciled(report, tmp_path / "out_all")
+
+    rf.write_mllmu_bench(tmp_path / "some", drop_columns=profiles)  # Test_Set keeps its biographies
+    report = convert("mllmu-bench", tmp_path / "some", tmp_path / "out_some")
+    assert all(f == {} for f in _facts(tmp_path / "out_some", "forget", "mc_vqa"))
+    assert all(f["name"] == "Ada Quill" for f in _facts(tmp_path / "out_some", "forget_unseen"))
+    assert all(f["name"] == "Ada Quill" for f in _facts(tmp_path / "out_some", "forget", "fact_vqa"))
+    assert report.configs["ft_Data"].without_facts == 0  # lent by Test_Set, read before the training data
+    assert report.configs["forget_5"].without_facts == 1 and report.configs["Test_Set"].without_facts == 0
 
 
 def test_mllmu_baseline_train_split_layout(tmp_path: Path) -> None:

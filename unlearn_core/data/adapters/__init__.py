@@ -72,6 +72,7 @@ class ConfigCounts:
     read: int = 0  # candidate records + source rows that could not be read
     written: int = 0
     quarantined: int = 0
+    without_facts: int = 0  # converted rows whose records carry no private facts (MLLMU-Bench: no biography)
 
 
 @dataclass
@@ -109,6 +110,11 @@ class ConvertReport:
         for split, s in self.records.get("splits", {}).items():
             tasks = ", ".join(f"{task} {n}" for task, n in s["tasks"].items())
             lines.append(f"  {split}: {s['total']} ({tasks})")
+        lines += [
+            f"  {name}: {c.without_facts} rows without private facts (leak checks find no name or fact in them)"
+            for name, c in self.configs.items()
+            if c.without_facts
+        ]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped_configs.items()]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)

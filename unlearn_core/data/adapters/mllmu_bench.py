@@ -27,18 +27,20 @@ Configs -> splits (decisions):
     task family (classification, cloze, generation, the profile question) of a person gets the same
     one of the person's photos, chosen by a generator seeded with ``TEST_PHOTO_SEED``, the person and
     the family. Text-only questions are kept too. Skipped when there is no forget config to tell the
-    two apart. ``biography`` is optional here (the reference never reads it): facts then come from the
-    profile configs of the same ID.
+    two apart. Facts come from the profile configs of the same ID when a row has no ``biography``.
   Full_Set (all fictitious people = forget_N + retain_{100-N}) -> skipped when the retain config is
     present; otherwise its people outside the forget config become the retain split.
-  Retain_Set (real celebrities) -> utility, entity ids ``mllmu-real:<ID>`` (never forget/retain);
-    ``biography`` optional.
+  Retain_Set (real celebrities) -> utility, entity ids ``mllmu-real:<ID>`` (never forget/retain).
   ft_Data / baseline_train_split -> fact_vqa with the image; split forget when the ID is in the chosen
     forget config, retain otherwise; skipped without a forget config. A folder with the columns
     image, ID, metadata is recognised as training data whatever its name.
 
 private_facts: the biography JSON object, keys lower-cased snake_case (so the name is under "name");
-training rows take the biography of the same ID from the profile configs. Entity ids are
+training rows take the biography of the same ID from the profile configs. ``biography`` is optional in
+every profile config (the reference ``eval.py`` never reads it): a row without one takes the facts of
+the same ID from a profile config read before it (forget_N, retain_N, Full_Set, Test_Set, in that
+order), else none; the report counts the rows left without facts (``without_facts``), whose records
+the project's leak checks cannot match. Entity ids are
 ``mllmu:<ID>``; sample ids ``mllmu:<config>:<ID>:<task>:<k>``; source ``mllmu-bench:<config>``.
 """
 
@@ -193,8 +195,7 @@ def _convert_row(
     name: str, row: dict[str, Any], origin: str, plan: _Plan, conv: Conversion, counts: ConfigCounts
 ) -> None:
     training = name == plan.train or name in plan.train_layout
-    needs_bio = name not in (TEST_CONFIG, CELEBRITY_CONFIG)
-    required = ["ID", "metadata", "image"] if training else ["ID", *(["biography"] if needs_bio else [])]
+    required = ["ID", "metadata", "image"] if training else ["ID"]  # eval.py never reads biography
     missing = [c for c in required if c not in row]
     if not training and "image" not in row and "images" not in row:
         missing.append("images" if name == TEST_CONFIG else "image")
@@ -210,15 +211,12 @@ def _convert_row(
         counts.skipped_rows += 1
         return
     try:
-        if training or (name == TEST_CONFIG and row.get("biography") is None):
-            facts = plan.facts_by_id.get(pid, {})
-        else:
-            facts = _private_facts(row.get("biography"))
+        facts = _row_facts(name, row, pid, plan, training)
     except ValueError as exc:
         conv.reject(origin, f"biography: {exc}", row)
         return
-    if not training and name != CELEBRITY_CONFIG:
-        plan.facts_by_id.setdefault(pid, facts)
+    if not facts:
+        counts.without_facts += 1
     entity = f"mllmu-real:{pid}" if name == CELEBRITY_CONFIG else f"mllmu:{pid}"
     base = {
         "entity_id": entity,
@@ -238,6 +236,19 @@ def _convert_row(
             cand["image"] = image_for(_PHOTO_FAMILY.get(cand["task"], cand["task"]))
         cand["sample_id"] = f"mllmu:{name}:{pid}:{cand['task']}:{cand.pop('_k')}"
         conv.add(where, {**base, **cand})
+
+
+def _row_facts(name: str, row: Mapping[str, Any], pid: str, plan: _Plan, training: bool) -> dict[str, Any]:
+    """A row's private facts: its biography, else (training rows, profile rows without one) those of the
+    same fictitious person from a profile config read earlier, else none. Celebrities share IDs with
+    fictitious people, so they never borrow. A row with a biography lends it to later rows."""
+    biography = None if training else row.get("biography")
+    if biography is None:
+        return {} if name == CELEBRITY_CONFIG else plan.facts_by_id.get(pid, {})
+    facts = _private_facts(biography)
+    if name != CELEBRITY_CONFIG:
+        plan.facts_by_id.setdefault(pid, facts)
+    return facts
 
 
 def _split_for(name: str, pid: str, plan: _Plan) -> str | None:
