@@ -13,7 +13,8 @@ which metrics its answers feed (``unlearn_core.eval.bench_metrics``). Three are 
   sentence ...". 50 new tokens everywhere.
 - ``clear``: CLEAR (``mm/eval.py``; MMUnlearner ``CLEAR_eval.py`` for the multiple-choice sets).
   Captions and TOFU answers are scored by ROUGE recall; 300 new tokens for open answers, 50 for
-  lettered multiple choice (same prompt as MLLMU-Bench).
+  lettered multiple choice, prompted as MLLMU-Bench does (``CLEAR_eval.py`` writes ``"A. name"`` lines
+  with no instruction: README "Comparing with published numbers" lists that difference).
 
 The chat wrapper (``USER: <image>\\n ... ASSISTANT:`` for LLaVA-1.5) is the model family's own
 template, applied by the generator; the protocol owns only the text inside it.
