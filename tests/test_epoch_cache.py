@@ -15,7 +15,7 @@ def batches_of(n: int, size: int) -> list[dict[str, np.ndarray]]:
 
 
 def test_cached_epochs_hold_every_row_once_in_a_new_order() -> None:
-    cache = EpochCache(max_bytes=1 << 20)
+    cache = EpochCache(max_bytes=1 << 20, order_key="id")
     for b in batches_of(10, 4):
         cache.add(b)
     assert not cache.complete
@@ -30,6 +30,31 @@ def test_cached_epochs_hold_every_row_once_in_a_new_order() -> None:
             assert all(blob == bytes([i % 256]) * 10 for i, blob in zip(b["id"], b["blob"], strict=True))
     order = [np.concatenate([b["id"] for b in e]).tolist() for e in epochs]
     assert order[0] != order[1] and order[0] != list(range(10))
+
+
+def test_later_epochs_do_not_depend_on_the_order_the_collate_threads_kept_the_batches() -> None:
+    """Ray Data runs the collate (and so ``add``) in a thread pool: under load the batches of the first
+    epoch can reach the cache in another order. The epochs served from memory must not change."""
+    ids = np.array([f"s{i:03d}" for i in range(23)], dtype=object)
+    rows = np.arange(23) * 10
+    batches = [{"sample_id": ids[i : i + 5], "x": rows[i : i + 5]} for i in range(0, 23, 5)]
+
+    def later_epochs(order: list[int]) -> list[list[int]]:
+        cache = EpochCache(max_bytes=1 << 20)
+        for i in order:
+            cache.add(batches[i])
+        cache.finish_epoch()
+        return [
+            np.concatenate([b["x"] for b in cache.batches(5, seed, lambda b: b)]).tolist() for seed in (1, 2)
+        ]
+
+    as_read = later_epochs([0, 1, 2, 3, 4])
+    assert later_epochs([1, 0, 2, 4, 3]) == as_read and later_epochs([4, 3, 2, 1, 0]) == as_read
+    assert sorted(as_read[0]) == rows.tolist() and as_read[0] != as_read[1]
+    no_key = EpochCache(max_bytes=1 << 20)
+    no_key.add({"x": rows[:3]})
+    with pytest.raises(KeyError, match="no 'sample_id' column"):
+        no_key.finish_epoch()
 
 
 def test_a_stream_larger_than_the_budget_is_not_cached() -> None:

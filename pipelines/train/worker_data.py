@@ -72,9 +72,16 @@ def iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str, 
 
 
 class EpochCache:
-    """The raw numpy batches of one full epoch, kept while they fit in ``max_bytes``."""
+    """The raw numpy batches of one full epoch, kept while they fit in ``max_bytes``.
 
-    def __init__(self, max_bytes: int) -> None:
+    ``add`` runs inside Ray Data's collate, which a thread pool calls in whatever order its threads
+    finish (Ray restores the order of the batches it yields, not of our side effect). So the kept
+    rows are put in one canonical order, by ``order_key`` (the shards' sample id), before later
+    epochs shuffle them: the same seed then gives the same batches however the threads ran.
+    """
+
+    def __init__(self, max_bytes: int, order_key: str = "sample_id") -> None:
+        self.order_key = order_key
         self.max_bytes = max_bytes
         self.columns: dict[str, list[np.ndarray]] = {}
         self.nbytes = 0
@@ -95,7 +102,13 @@ class EpochCache:
         """Called after a whole epoch went through ``add``: from now on epochs come from memory."""
         self.complete = not self.overflow and bool(self.columns)
         if self.complete:
-            self.columns = {k: np.concatenate(v) for k, v in self.columns.items()}  # type: ignore[misc]
+            cols = {k: np.concatenate(v) for k, v in self.columns.items()}
+            if self.order_key not in cols:
+                raise KeyError(
+                    f"epoch cache: the stream has no {self.order_key!r} column to order its rows by"
+                )
+            canonical = np.argsort(cols[self.order_key], kind="stable")
+            self.columns = {k: v[canonical] for k, v in cols.items()}  # type: ignore[misc]
 
     def batches(self, batch_size: int, seed: int, collate_fn: Any):
         cols: dict[str, np.ndarray] = self.columns  # type: ignore[assignment]
