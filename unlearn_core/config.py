@@ -86,7 +86,7 @@ class TrainConfig(_Strict):
     eval_every: int = Field(0, ge=0)  # 0 = only at the end
     eval_max_samples: int = Field(64, ge=1)
     max_failures: int = Field(0, ge=-1)
-    torch_threads: int = Field(0, ge=0)  # 0 = leave torch's default
+    torch_threads: int = Field(0, ge=0)  # 0 = one per CPU of the worker (cpus_per_worker, at least 1)
     prefetch_batches: int = Field(2, ge=0, le=64)  # batches collated ahead in a thread (0 = off)
     # Vanilla fine-tune only: how many times each task's rows appear per epoch. Recognising a face
     # is learned from identity/open questions; at 1x they are 1/9 of the mix and 40 identities

@@ -76,6 +76,14 @@ def _quiet_report_logs() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+def worker_threads(torch_threads: int, cpus_per_worker: float) -> int:
+    """The worker's intra-op thread count, always set explicitly: the numbers depend on it (a reduction
+    split over 1 or 2 threads rounds differently), and torch's own default comes from the process's
+    environment (OMP_NUM_THREADS as Ray set it for that process, else the machine's cores), not from
+    the config."""
+    return torch_threads or max(1, int(cpus_per_worker))
+
+
 def train_worker(job_dict: dict[str, Any]) -> None:
     """``train_loop_per_worker``: build the model, restore a checkpoint if any, loop, finalize.
 
@@ -90,8 +98,7 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     ctx = WorkerContext(
         rank=tc.get_world_rank(), world_size=tc.get_world_size(), device=ray.train.torch.get_device()
     )
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
+    torch.set_num_threads(worker_threads(cfg.train.torch_threads, cfg.train.cpus_per_worker))
     seed_everything(cfg.train.seed + ctx.rank)
     built = build_worker_model(
         cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.mask_path
