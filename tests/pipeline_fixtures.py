@@ -55,3 +55,19 @@ def write_sweep_inputs(root: Path) -> dict[str, Path]:
     shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
     save_tiny_model(root / "shards", root / "wd" / "models" / "vanilla")
     return {"root": root, "shards": root / "shards", "workdir": root / "wd"}
+
+
+def reserved_placement_groups(timeout_s: float = 30.0) -> dict[str, dict]:
+    """The placement groups still reserved (not REMOVED) in the connected Ray, after giving the ones of
+    just-finished runs ``timeout_s`` to be released. Read from the GCS (``placement_group_table``), so
+    it works in a Ray started without the dashboard."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = {k: v for k, v in ray.util.placement_group_table().items() if v["state"] != "REMOVED"}
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.5)

@@ -21,7 +21,7 @@ from pipelines.sweep.champion import ChampionRule, rule_from_dict, select_champi
 from pipelines.sweep.resources import default_max_concurrent, driver_resources
 from pipelines.sweep.space import Objectives, build_tune_config, load_sweep_space
 from pipelines.sweep.state import sweep_name_for
-from tests.pipeline_fixtures import write_sweep_inputs
+from tests.pipeline_fixtures import reserved_placement_groups, write_sweep_inputs
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 
 SPACE = """
@@ -98,6 +98,9 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
         log=lambda *a: lines.append(" ".join(map(str, a))),
     )
     print(f"sweep of 2 trials: {time.perf_counter() - t0:.1f} s")
+    # Every trial's groups (Tune's, and its Train worker group, also of a trial ASHA stopped) are
+    # released: nothing is left to starve the next evaluation, in a Ray without the dashboard.
+    assert reserved_placement_groups() == {}
 
     # Deterministic trial names; every trial finished or was stopped by ASHA on an intermediate eval.
     trials = out["trials"]
@@ -185,6 +188,53 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
     assert len(_children(client, exp_id, out["parent_run_id"])) == len(children)
     assert again["champion"]["version"] == champ["version"]
     assert len(client.search_model_versions("name='tiny-sweep'")) == 1
+
+
+@pytest.mark.slow
+def test_two_identical_trials_running_together_give_identical_weights_and_metrics(
+    sweep_inputs, tmp_path, mlflow_store
+):
+    """Same config, same seed, same numbers: two trials of one configuration, run at the same time
+    (competing for the 2 cores, each evaluating while the other trains), end with bit-identical
+    weights and identical metrics, the in-training evaluations included."""
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(sweep_inputs["workdir"]),
+            "shards": str(sweep_inputs["shards"]),
+            "train.batch_size": 8,
+            "train.cpus_per_worker": 0.5,
+            "tracking.tracking_uri": mlflow_store["tracking_uri"],
+            "tracking.registered_model_name": "tiny-twins",
+        },
+    )
+    point = "{train.lr: 2.0e-3, train.steps: 4}"
+    space = _space(
+        tmp_path,
+        SPACE.replace("objective:", f"start:\n  - {point}\n  - {point}\nobjective:"),
+        name="twins.yaml",
+    )
+    out = run_sweep(
+        space,
+        cfg,
+        num_samples=2,
+        scheduler="none",
+        search="random",
+        max_concurrent=2,
+        workers_per_trial=1,
+        champion_rule=ChampionRule(max_leak=1.0, min_retain_ratio=0.0),
+        log=lambda *a: None,
+    )
+    a, b = out["trials"]["trial_000"], out["trials"]["trial_001"]
+    assert a["status"] == b["status"] == "completed" and a["params"] == b["params"]
+    assert a[tracking.SHA_TAG] and a[tracking.SHA_TAG] == b[tracking.SHA_TAG]
+    assert a["metrics"] and a["metrics"] == b["metrics"]
+    client = MlflowClient(mlflow_store["tracking_uri"])
+    curves = [
+        [(m.step, m.value) for m in client.get_metric_history(t["run_id"], "eval/objective")] for t in (a, b)
+    ]
+    assert curves[0] and curves[0] == curves[1]
+    assert reserved_placement_groups() == {}
 
 
 # --------------------------------------------------------------------------- champion rule

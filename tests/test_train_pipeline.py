@@ -133,15 +133,23 @@ def test_resume_continues_from_saved_step(shards, tmp_path):
 
 def test_same_seed_same_weights_other_seed_other_weights(shards, tmp_path):
     """Seeded and reproducible on CPU: the same config twice gives bit-identical weights (model init,
-    Ray Data order and shuffle); another seed gives other weights."""
+    Ray Data order, the split between 2 DDP workers, the seeded shuffle of every epoch and the epoch
+    cache that serves epochs after the first); another seed gives other weights. The run crosses
+    epoch boundaries: 9 steps of 2 x 16 rows read 288 rows of a 210-row stream."""
+    steps, batch, workers = 9, 16, 2
+    stream = stream_dataset(shards, "train")
+    rows = stream.count()
+    assert steps * batch * workers > rows, "the run must cross an epoch boundary"
 
     def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
         cfg = _cfg(
             tmp_path / name,
             shards,
             **{
-                "train.num_workers": 1,
-                "train.cpus_per_worker": 1.0,
+                "train.steps": steps,
+                "train.batch_size": batch,
+                "train.num_workers": workers,
+                "train.cpus_per_worker": 0.5,
                 "train.checkpoint_every": 0,
                 "train.seed": seed,
                 "train.torch_threads": 1,

@@ -37,6 +37,7 @@ from pipelines.sweep.resources import (
 )
 from pipelines.sweep.space import Objectives, build_tune_config, check_options, load_sweep_space
 from pipelines.sweep.state import SPACE_COPY, STATE_FILE, new_state, open_parent
+from pipelines.sweep.train_groups import GROUP_KEY, ReleaseEndedTrialGroups, release_groups
 from pipelines.sweep.trial import TrialContext, sweep_trial
 from pipelines.sweep.tune_space import to_tune
 from pipelines.train import storage_dir, sweep_callbacks
@@ -247,7 +248,9 @@ def _fit(
                 name=sweep_dir.name,
                 storage_path=str(sweep_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=sweep_callbacks(int(state["num_samples"])),
+                callbacks=[*sweep_callbacks(int(state["num_samples"])), ReleaseEndedTrialGroups()],
             ),
         )
-    return tuner.fit()
+    grid = tuner.fit()
+    release_groups((r.metrics or {}).get(GROUP_KEY) for r in grid)  # also after a resumed sweep
+    return grid

@@ -17,6 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pipelines import tracking
 from pipelines.evaluate import evaluate
 from pipelines.sweep.space import OBJECTIVE
+from pipelines.sweep.train_groups import TrainGroupReporter
 from pipelines.train.driver import run_training_job
 from pipelines.train.unlearn import prepare_inputs, unlearn_job
 from pipelines.workspace import Workspace
@@ -173,7 +174,8 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             name=name,
             storage_path=ctx.train_storage,
         )
-        job.callbacks.append(_EvalToTune(ctx.space.objective, extra))
+        to_tune = _EvalToTune(ctx.space.objective, dict(extra))
+        job.callbacks += [to_tune, TrainGroupReporter(to_tune.extra)]
     out = run_training_job(
         job,
         tracking_uri=ctx.tracking_uri,
