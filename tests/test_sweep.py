@@ -66,10 +66,9 @@ def _children(client: MlflowClient, exp_id: str, parent: str) -> list[Any]:
     return client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
 
 
-@pytest.mark.slow
-def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_inputs, tmp_path, mlflow_store):
-    uri = mlflow_store["tracking_uri"]
-    cfg = with_overrides(
+def _sweep_cfg(sweep_inputs: dict[str, Path], uri: str, registered_name: str) -> RunConfig:
+    """The tiny sweep's run config: the module's shards, 1 worker at 0.5 CPU, batch 8, this MLflow."""
+    return with_overrides(
         RunConfig(),
         {
             "workdir": str(sweep_inputs["workdir"]),
@@ -77,9 +76,15 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
             "train.batch_size": 8,
             "train.cpus_per_worker": 0.5,
             "tracking.tracking_uri": uri,
-            "tracking.registered_model_name": "tiny-sweep",
+            "tracking.registered_model_name": registered_name,
         },
     )
+
+
+@pytest.mark.slow
+def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_inputs, tmp_path, mlflow_store):
+    uri = mlflow_store["tracking_uri"]
+    cfg = _sweep_cfg(sweep_inputs, uri, "tiny-sweep")
     space = _space(
         tmp_path, SPACE.replace("objective:", "start:\n  - {train.lr: 1.0e-3, train.steps: 4}\nobjective:")
     )
@@ -197,17 +202,7 @@ def test_two_identical_trials_running_together_give_identical_weights_and_metric
     """Same config, same seed, same numbers: two trials of one configuration, run at the same time
     (competing for the 2 cores, each evaluating while the other trains), end with bit-identical
     weights and identical metrics, the in-training evaluations included."""
-    cfg = with_overrides(
-        RunConfig(),
-        {
-            "workdir": str(sweep_inputs["workdir"]),
-            "shards": str(sweep_inputs["shards"]),
-            "train.batch_size": 8,
-            "train.cpus_per_worker": 0.5,
-            "tracking.tracking_uri": mlflow_store["tracking_uri"],
-            "tracking.registered_model_name": "tiny-twins",
-        },
-    )
+    cfg = _sweep_cfg(sweep_inputs, mlflow_store["tracking_uri"], "tiny-twins")
     point = "{train.lr: 2.0e-3, train.steps: 4}"
     space = _space(
         tmp_path,

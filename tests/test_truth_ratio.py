@@ -58,13 +58,12 @@ def _clear_row(sid: str, split: str, image: np.ndarray) -> dict:
     }
 
 
-def test_truth_ratio_metric_uses_the_set_mean_perturbed_loss() -> None:
-    """Two forget samples whose own perturbed losses differ: the reference averages the perturbed loss
-    over the whole set before the ratio (calculate_metrics.py), not per sample."""
-    rows = [
+def _two_caption_rows(config: str, split: str) -> list[dict]:
+    """Two CLEAR caption rows (scored by their losses only) of one config and split."""
+    return [
         {
-            "sample_id": f"clear:forget10_perturbed:{i}",
-            "split": "forget",
+            "sample_id": f"clear:{config}:{i}",
+            "split": split,
             "task": "mc_vqa",
             "answer": "A",
             "options": ["A", "B"],
@@ -72,6 +71,12 @@ def test_truth_ratio_metric_uses_the_set_mean_perturbed_loss() -> None:
         }
         for i in range(2)
     ]
+
+
+def test_truth_ratio_metric_uses_the_set_mean_perturbed_loss() -> None:
+    """Two forget samples whose own perturbed losses differ: the reference averages the perturbed loss
+    over the whole set before the ratio (calculate_metrics.py), not per sample."""
+    rows = _two_caption_rows("forget10_perturbed", "forget")
     outputs = {
         rows[0]["sample_id"]: {"paraphrased_loss": 1.0, "perturbed_losses": [1.0, 1.0]},
         rows[1]["sample_id"]: {"paraphrased_loss": 2.0, "perturbed_losses": [3.0, 5.0]},
@@ -93,17 +98,7 @@ def test_caption_prob_is_the_plain_mean_caption_probability() -> None:
     """CLEAR ``mm/calculate_metrics.py`` ``compute_model_utility``: for the Forget / Retain caption tasks
     (``"eval_log" in task_file``) "Prob." = mean(exp(-avg_gt_loss)), the caption's mean token loss;
     the perturbed captions only feed the truth ratio (the normalised form would give 0.585, not 0.371)."""
-    rows = [
-        {
-            "sample_id": f"clear:retain_perturbed:{i}",
-            "split": "retain",
-            "task": "mc_vqa",
-            "answer": "A",
-            "options": ["A", "B"],
-            "has_image": True,
-        }
-        for i in range(2)
-    ]
+    rows = _two_caption_rows("retain_perturbed", "retain")
     outputs = {
         rows[0]["sample_id"]: {"paraphrased_loss": 1.0, "perturbed_losses": [0.5, 1.0], "caption_loss": 0.5},
         rows[1]["sample_id"]: {"paraphrased_loss": 2.0, "perturbed_losses": [4.0, 4.0], "caption_loss": 2.0},

@@ -46,5 +46,4 @@ def params_class(name: str) -> type[BaseModel]:
 def check_params(name: str, params: dict[str, Any] | None) -> BaseModel:
     """``params`` validated for method ``name`` without loading the method: a ``ConfigError`` naming
     each bad field and its valid range."""
-    key = method_key(name)
-    return P.validate_params(key, REGISTRY[key][1], params or {})
+    return P.validate_params(method_key(name), params_class(name), params or {})

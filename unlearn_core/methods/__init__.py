@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from unlearn_core.method_params import field_range, validate_params
-from unlearn_core.method_registry import REGISTRY, method_key
+from unlearn_core.method_registry import REGISTRY, check_params, method_key
 from unlearn_core.methods.base import ShardView, UnlearnMethod, model_inputs
 
 
@@ -45,9 +45,7 @@ def shard_views() -> tuple[ShardView, ...]:
 
 def get_method(name: str, params: Mapping[str, Any] | None = None) -> UnlearnMethod:
     """Build a registered method from its name and a params dict (validated)."""
-    key = method_key(name)
-    cls = METHODS[key]
-    return cls(validate_params(key, cls.Params, params or {}))
+    return METHODS[method_key(name)](check_params(name, dict(params or {})))
 
 
 __all__ = [
