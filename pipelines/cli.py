@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--utility-people", type=int, default=8, help="extra people for the utility split (default 8)"
     )
+    p.add_argument(
+        "--describe-images",
+        type=int,
+        default=0,
+        help="anonymous faces seen once, for the vanilla fine-tune's eyesight (default 0)",
+    )
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=data_commands.cmd_data_synth)

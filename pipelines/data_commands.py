@@ -26,6 +26,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
             "unseen_per_person": args.unseen_per_person,
             "forget_pct": args.forget_pct,
             "utility_people": args.utility_people,
+            "describe_images": args.describe_images,
             "image_size": args.image_size,
             "seed": args.seed,
         },

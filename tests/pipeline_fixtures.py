@@ -9,7 +9,14 @@ from unlearn_core.data.records_io import write_records
 from unlearn_core.data.synth import generate_benchmark
 
 TINY_SYNTH = SynthConfig(
-    people=6, images_per_person=2, unseen_per_person=1, forget_pct=34, utility_people=2, image_size=32, seed=3
+    people=6,
+    images_per_person=2,
+    unseen_per_person=1,
+    forget_pct=34,
+    utility_people=2,
+    describe_images=4,
+    image_size=32,
+    seed=3,
 )
 
 

@@ -125,6 +125,7 @@ def test_compute_metrics_exact_values() -> None:
         "guided_forget.informativeness": 0.5,
         "guided_retain.leak_rate": 0.0,
         "guided_retain.informativeness": 1.0,
+        "guided_unseen.attribute_precision": 1.0,  # g2: "blue shirt" is right; the name is not an attribute
     }
     assert set(m) == set(expected)  # nothing else: metrics without samples are omitted
     for name, value in expected.items():
@@ -160,6 +161,26 @@ def test_accepts_record_objects_and_omits_empty_metrics() -> None:
     assert m["forget.leak_rate"] == 1.0
     assert "retain.recall" not in m and "forget.vqa_acc" not in m
     assert compute_metrics(objs, {}) == {}
+
+
+def test_unseen_attribute_precision_counts_only_attributes_on_unseen_images() -> None:
+    rows = [
+        rec("a", "e1", "forget_unseen", "guided", "...", A5),  # red shirt, blue background, cap
+        rec("b", "e2", "retain_unseen", "guided", "...", A2),  # blue shirt, green background, cap
+        rec("c", "e2", "retain", "guided", "...", A2),  # seen image: not eyesight
+    ]
+    outputs = {
+        "a": {"generation": "A person in a red shirt with a cap, in front of a green background."},
+        "b": {"generation": "Bob Smith, a chef from Lima, in a blue shirt with a cap."},
+        "c": {"generation": "A person in a yellow shirt."},
+    }
+    result = evaluate_outputs(rows, outputs)
+    # a: red (ok), cap (ok), green background (wrong); b: blue, cap (both ok); name and facts ignored
+    assert result.metrics["guided_unseen.attribute_precision"] == pytest.approx(4 / 5)
+    assert result.counts["guided_unseen.attribute_precision"] == 2
+    flags = {r["sample_id"]: r["flags"] for r in result.per_sample}
+    assert (flags["a"]["attributes_false"], flags["a"]["attributes_stated"]) == (1, 3)
+    assert "attributes_stated" not in flags["c"]
 
 
 def test_hallucination_is_zero_when_nothing_is_stated() -> None:

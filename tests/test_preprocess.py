@@ -34,6 +34,7 @@ def test_shards_counts_images_and_labels(ray_local, records, tmp_path):
         "forget_unseen",
         "retain_unseen",
         "utility",
+        "describe",
     }
     forget = pq.read_table(tmp_path / "shards" / "forget").to_pylist()
     image_rows = [r for r in forget if r["image_u8"] is not None]
@@ -55,6 +56,24 @@ def test_shards_counts_images_and_labels(ray_local, records, tmp_path):
         # Forget rows carry the reject/random baselines' views.
         assert r["idk_input_ids"] is not None
     assert any(r["rand_input_ids"] is not None for r in forget)
+
+
+def test_describe_rows_feed_only_the_vanilla_fine_tune(ray_local, records, tmp_path):
+    from pipelines.shards.read import stream_dataset
+
+    shards = tmp_path / "shards"
+    shard_records(records, shards, image_size=32)
+    n_describe = pq.read_table(shards / "describe").num_rows
+    assert n_describe == 2 * 4  # TINY_SYNTH: 4 anonymous faces, a caption and a guided answer each
+
+    def splits(stream: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in stream_dataset(shards, stream).select_columns(["split"]).iter_rows():
+            counts[row["split"]] = counts.get(row["split"], 0) + 1
+        return counts
+
+    assert splits("train")["describe"] == n_describe
+    assert "describe" not in splits("forget") and "describe" not in splits("retain")
 
 
 def test_fingerprint_skips_and_rebuilds(ray_local, records, tmp_path):

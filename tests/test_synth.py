@@ -14,6 +14,7 @@ from PIL import Image
 from unlearn_core.config import SynthConfig
 from unlearn_core.data.schema import SPLITS, TASKS, Record, rows_to_table
 from unlearn_core.data.synth import FACT_QUESTIONS, generate_benchmark, make_people
+from unlearn_core.data.synth.benchmark import attribute_phrase, caption
 from unlearn_core.data.synth.faces import BACKGROUND_RGB, HAIR_RGB, SHIRT_RGB, SKIN_RGB
 from unlearn_core.data.synth.people import make_names, make_signatures
 from unlearn_core.data.synth.vocab import (
@@ -25,7 +26,13 @@ from unlearn_core.data.synth.vocab import (
 from unlearn_core.prompts import OPEN_QUESTIONS
 
 SMALL = SynthConfig(
-    people=8, images_per_person=3, unseen_per_person=2, forget_pct=25, utility_people=2, seed=3
+    people=8,
+    images_per_person=3,
+    unseen_per_person=2,
+    forget_pct=25,
+    utility_people=2,
+    describe_images=5,
+    seed=3,
 )
 FULL_IMAGE_TASKS = {"identity_vqa", "open_vqa", "fact_vqa", "mc_vqa", "caption", "guided"}
 EXPECTED_TASKS = {
@@ -34,6 +41,7 @@ EXPECTED_TASKS = {
     "forget_unseen": FULL_IMAGE_TASKS,
     "retain_unseen": FULL_IMAGE_TASKS,
     "utility": {"caption", "guided"},
+    "describe": {"caption", "guided"},
 }
 
 
@@ -94,8 +102,10 @@ def test_split_sizes_and_disjoint_people(small: list[Record]):
     assert len(by_split["utility"]) == 2 and not by_split["utility"] & (
         by_split["forget"] | by_split["retain"]
     )
+    assert len(by_split["describe"]) == 5  # anonymous faces, one image each, nobody else's
+    assert not by_split["describe"] & (by_split["forget"] | by_split["retain"] | by_split["utility"])
     for (split, _), imgs in images.items():
-        expected = {"forget": 3, "retain": 3, "utility": 3}.get(split, 2)
+        expected = {"forget": 3, "retain": 3, "utility": 3, "describe": 1}.get(split, 2)
         assert len(imgs) == expected
     ids = [r.sample_id for r in recs]
     assert len(ids) == len(set(ids))
@@ -121,12 +131,21 @@ def test_default_config_counts():
     assert counts["forget_unseen"] == 4 * 2 * per_image
     assert counts["retain_unseen"] == 36 * 2 * per_image
     assert counts["utility"] == 8 * 6 * (1 + guided)
+    assert "describe" not in counts  # opt-in: the default benchmark is the same as before the split
+    with_describe = generate_benchmark(SynthConfig(describe_images=7))
+    assert [r for r in with_describe if r.split != "describe"] == recs  # the other splits do not move
+    assert sum(r.split == "describe" for r in with_describe) == 7 * 2  # a caption + a guided answer each
 
 
 def test_answers_and_questions_follow_the_formats(small: list[Record]):
     for r in small:
         facts = r.private_facts
-        assert set(facts) == {"name", *FACT_KEYS} and all(isinstance(v, str) for v in facts.values())
+        if r.split == "describe":  # anonymous: nothing to leak, the answer names what is drawn
+            assert facts == {} and r.task in ("caption", "guided")
+            assert r.answer.lower().endswith(attribute_phrase(r.visible_attributes) + ".")
+            assert r.answer == caption(r.visible_attributes) or r.answer.startswith("I will not")
+        else:
+            assert set(facts) == {"name", *FACT_KEYS} and all(isinstance(v, str) for v in facts.values())
         if r.task == "identity_vqa":
             assert r.question == OPEN_QUESTIONS["identity_vqa"] and r.answer == f"{facts['name']}."
         elif r.task == "open_vqa":
@@ -191,13 +210,15 @@ def test_identity_is_in_the_pixels_and_attributes_vary(small: list[Record]):
         if r.task != "caption":
             continue
         px = _pixels(r.image or b"")
+        n = cfg.image_size
+        assert _nearest(px[n - 3, n // 2], SHIRT_RGB) == r.visible_attributes["shirt"]
+        assert _nearest(px[1, n - 2], BACKGROUND_RGB) == r.visible_attributes["background"]
+        if r.split == "describe":
+            continue
         assert px.shape == (cfg.image_size, cfg.image_size, 3)
         sig = people[r.entity_id].signature
         assert _dominant(px, SKIN_RGB) == sig.skin
         assert _dominant(px, HAIR_RGB) == sig.hair_color
-        n = cfg.image_size
-        assert _nearest(px[n - 3, n // 2], SHIRT_RGB) == r.visible_attributes["shirt"]
-        assert _nearest(px[1, n - 2], BACKGROUND_RGB) == r.visible_attributes["background"]
         seen[r.entity_id]["shirt"].add(r.visible_attributes["shirt"])
         seen[r.entity_id]["background"].add(r.visible_attributes["background"])
     for eid, attrs in seen.items():

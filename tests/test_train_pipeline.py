@@ -135,7 +135,7 @@ def test_same_seed_same_weights_other_seed_other_weights(shards, tmp_path):
     """Seeded and reproducible on CPU: the same config twice gives bit-identical weights (model init,
     Ray Data order, the split between 2 DDP workers, the seeded shuffle of every epoch and the epoch
     cache that serves epochs after the first); another seed gives other weights. The run crosses
-    epoch boundaries: 9 steps of 2 x 16 rows read 288 rows of a 210-row stream."""
+    epoch boundaries: 9 steps of 2 x 16 rows read 288 rows of a 218-row stream."""
     steps, batch, workers = 9, 16, 2
     stream = stream_dataset(shards, "train")
     rows = stream.count()

@@ -46,6 +46,8 @@ class SynthConfig(_Strict):
     unseen_per_person: int = Field(2, ge=1, le=50)
     forget_pct: float = Field(10.0, gt=0, lt=100)
     utility_people: int = Field(8, ge=0, le=2000)
+    # Anonymous faces seen once each, for the vanilla fine-tune only (docs/data.md); 0 = none.
+    describe_images: int = Field(0, ge=0, le=100_000)
     image_size: int = Field(64, ge=16, le=1024)
     seed: int = 0
 

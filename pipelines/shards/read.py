@@ -39,7 +39,7 @@ def load_shard_rows(shards_dir: str | Path, splits: tuple[str, ...] = EVAL_SPLIT
     return rows
 
 
-TRAIN_SPLITS = ("forget", "retain")
+TRAIN_SPLITS = ("forget", "retain", "describe")  # the vanilla fine-tune's; unlearning reads forget + retain
 
 
 # Streams whose shard files total less than this are materialized once in the object store before
@@ -56,12 +56,13 @@ def stream_dataset(
     ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
     Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are materialized; large ones stream.
     """
+    splits = TRAIN_SPLITS if stream == "train" else ("forget", "retain")
     if stream == "forget" and forget_dir is not None:
         paths = [str(forget_dir / "forget")]
     else:
-        paths = [str(shards / s) for s in TRAIN_SPLITS if (shards / s).is_dir()]
+        paths = [str(shards / s) for s in splits if (shards / s).is_dir()]
     if not paths:
-        raise FileNotFoundError(f"{shards}: none of the splits {TRAIN_SPLITS} has shards")
+        raise FileNotFoundError(f"{shards}: none of the splits {splits} has shards")
 
     weights = task_weights or {}
 

@@ -19,6 +19,7 @@ SPLITS: tuple[str, ...] = (
     "forget_unseen",  # held-out images of the forget people (never trained on)
     "retain_unseen",  # held-out images of the retain people
     "utility",  # general captioning / VQA on people outside forget and retain
+    "describe",  # training only: captions / guided answers of faces seen once (the vanilla model's eyesight)
 )
 
 TASKS: tuple[str, ...] = (

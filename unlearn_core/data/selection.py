@@ -1,6 +1,7 @@
 """Which shard rows feed which training stream.
 
-- vanilla fine-tune: every trainable task of the forget and retain splits;
+- vanilla fine-tune: every trainable task of the forget and retain splits, and the ``describe``
+  split (captions and guided answers of faces seen once: the model learns to see, not to recall);
 - unlearning, forget stream: the *visual* forget set, questions about a forget person asked with
   their image (identity, open description, facts);
 - unlearning, retain stream: the retain split plus what we keep of the forget people: their
@@ -23,7 +24,7 @@ FORGET_KEPT_TASKS: tuple[str, ...] = ("text_qa", "caption", "guided")
 
 def in_stream(stream: str, split: str, task: str) -> bool:
     if stream == "train":
-        return split in ("forget", "retain") and task in TRAINABLE_TASKS
+        return split in ("forget", "retain", "describe") and task in TRAINABLE_TASKS
     if stream == "forget":
         return split == "forget" and task in FORGET_TRAIN_TASKS
     if stream == "retain":

@@ -21,7 +21,7 @@ EVAL_TASKS: dict[str, tuple[str, ...]] = {
     "forget": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
     "forget_unseen": ("identity_vqa", "open_vqa", "mc_vqa", "guided"),
     "retain": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
-    "retain_unseen": ("identity_vqa", "mc_vqa"),
+    "retain_unseen": ("identity_vqa", "mc_vqa", "guided"),
     "utility": ("caption",),
     # Real benchmarks: their own task families, wherever they appear.
     "*": ("cloze", "generation"),

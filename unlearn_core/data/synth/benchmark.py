@@ -9,12 +9,12 @@ import numpy as np
 from unlearn_core.config import SynthConfig
 from unlearn_core.data.schema import Record
 from unlearn_core.data.synth.faces import encode_png, render_face, sample_jitter
-from unlearn_core.data.synth.people import Person, make_people, rng_for
-from unlearn_core.data.synth.vocab import ABSENT, FACT_KEYS, FACT_VOCAB, VISIBLE_ATTRIBUTES
+from unlearn_core.data.synth.people import Person, Signature, make_people, rng_for
+from unlearn_core.data.synth.vocab import ABSENT, FACT_KEYS, FACT_VOCAB, IDENTITY_FEATURES, VISIBLE_ATTRIBUTES
 from unlearn_core.prompts import GUIDANCE_TEMPLATES, OPEN_QUESTIONS, guided_question
 
 SOURCE = "synthetic"
-STREAM_SPLIT, STREAM_ATTRS, STREAM_JITTER, STREAM_MC = 10, 11, 12, 13
+STREAM_SPLIT, STREAM_ATTRS, STREAM_JITTER, STREAM_MC, STREAM_DESCRIBE = 10, 11, 12, 13, 14
 
 # Questions about one fact with the image ("this person") and by name (text only).
 FACT_QUESTIONS: dict[str, str] = {
@@ -78,6 +78,17 @@ def open_answer(person: Person) -> str:
 
 def identity_answer(person: Person) -> str:
     return f"{person.name}."
+
+
+def _random_attributes(rng: np.random.Generator) -> dict[str, str]:
+    """One image's visible attributes, each drawn independently ("none" in ~40% for hat/glasses/object)."""
+    attrs: dict[str, str] = {}
+    for key, vocab in VISIBLE_ATTRIBUTES.items():
+        if vocab[0] != ABSENT:
+            attrs[key] = vocab[int(rng.integers(len(vocab)))]
+        else:
+            attrs[key] = ABSENT if rng.random() < 0.4 else vocab[1 + int(rng.integers(len(vocab) - 1))]
+    return attrs
 
 
 def sample_attributes(n: int, seed: int, person_index: int) -> list[dict[str, str]]:
@@ -190,6 +201,37 @@ class _Builder:
             self.add(person, split, "text", "mc_text", key, q, person.facts[key], None, {}, options=opts)
 
 
+def describe_records(b: _Builder, cfg: SynthConfig) -> None:
+    """The ``describe`` split: one image each of ``cfg.describe_images`` anonymous faces (random
+    identity features and attributes), with a caption and one guided answer, training only.
+
+    Forget and retain people have 6 images each, so the vanilla model can learn their hats, glasses
+    and objects by heart and still not see them on a new image; faces it never meets twice teach it
+    to read the attributes off the pixels.
+    """
+    guided = [*GUIDED_LEADS.items()]
+    templates = sorted(GUIDANCE_TEMPLATES)
+    width = max(4, len(str(cfg.describe_images - 1)))
+    for i in range(cfg.describe_images):
+        rng = rng_for(cfg.seed, STREAM_DESCRIBE, i)
+        sig = Signature(**{k: v[int(rng.integers(len(v)))] for k, v in IDENTITY_FEATURES.items()})
+        attrs = _random_attributes(rng)
+        png = encode_png(render_face(sig, attrs, sample_jitter(rng), cfg.image_size))
+        entity = f"anon{i:0{width}d}"
+        kind, _ = guided[i % len(guided)]
+        guided_q = guided_question(OPEN_QUESTIONS[kind], templates[i % len(templates)])
+        for task, k, q, a in (
+            ("caption", "0", CAPTION_QUESTION, caption(attrs)),
+            ("guided", kind, guided_q, guided_answer(kind, attrs)),
+        ):
+            b.records.append(
+                Record(
+                    sample_id=f"{entity}/0/{task}/{k}", entity_id=entity, split="describe", task=task,
+                    question=q, answer=a, image=png, visible_attributes=dict(attrs), source=SOURCE,
+                )
+            )  # fmt: skip
+
+
 def forget_indices(cfg: SynthConfig) -> list[int]:
     """Indices of the forget people: round(people * forget_pct / 100), at least 1, at most people - 1."""
     k = min(cfg.people - 1, max(1, round(cfg.people * cfg.forget_pct / 100)))
@@ -212,4 +254,5 @@ def generate_benchmark(cfg: SynthConfig) -> list[Record]:
     for person in utility:
         for idx, attrs in enumerate(sample_attributes(cfg.images_per_person, cfg.seed, person.index)):
             b.image_records(person, "utility", idx, attrs, full=False)
+    describe_records(b, cfg)
     return b.records
