@@ -4,7 +4,8 @@ The same search space (``tune_spaces/grad_diff.yaml`` cut down to ``SAMPLES`` tr
 steps, evaluation every 10 steps on 8 samples per group) and the same seed, so both schedulers
 draw the same trial configurations; trials run one at a time (2 cores). Per sweep: wall time,
 training steps actually run (sum over trials of the last step each reached), trials stopped, and
-the best final objective among the trials that ran to the end. Each sweep gets a fresh workdir
+the best final objective among the trials that ran to the end; then where a completed trial's wall
+time goes (its ``time/*`` phases) and the share that is not the training loop. Each sweep gets a fresh workdir
 (so the vanilla model's "before" evaluation is repeated in both), and both read the finished
 shards and vanilla model read-only. ASHA and full alternate in every repeat (same load).
 
@@ -73,6 +74,7 @@ def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict
     best = min((v for v in done.values() if v is not None), default=None)
     return {
         "wall_s": wall,
+        "trial_timing": [t["timing"] for t in trials.values() if t["status"] == "completed" and t["timing"]],
         "steps": steps,
         "completed": len(done),
         "stopped": sum(t["status"] == "stopped" for t in trials.values()),
@@ -162,8 +164,37 @@ def main() -> None:
         ],
         rows,
     )
+    results["fixed_cost"] = fixed_cost_table(runs)
     print(common.load_summary())
     common.save("sweep", results)
+
+
+PHASES = (
+    ("training loop", lambda t: t["time/stepping_s"]),
+    ("Train start-up", lambda t: t["time/train_startup_s"]),
+    ("export", lambda t: t["time/export_s"]),
+    ("final evaluation", lambda t: t["time/eval_s"]),
+    ("MLflow logging", lambda t: t["time/log_s"]),
+    ("inputs + child run + report", lambda t: t["time/trial_s"] - t["time/job_s"]),
+)
+
+
+def fixed_cost_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Where a completed trial's wall time goes (each trial's own ``time/*`` report), and the share
+    that is not the training loop: the per-trial fixed cost."""
+    timings = [t for s in SCHEDULERS for x in runs[s] for t in x["trial_timing"]]
+    if not timings:
+        return ""
+    trial = common.Stats([t["time/trial_s"] for t in timings])
+    rows = [["trial (wall)", trial.short(3), "1"]]
+    for name, get in PHASES:
+        v = common.Stats([get(t) for t in timings])
+        share = common.Stats([get(t) / t["time/trial_s"] for t in timings])
+        rows.append([name, v.short(3), share.short(2)])
+    fixed = common.Stats([1 - t["time/stepping_s"] / t["time/trial_s"] for t in timings])
+    rows.append(["fixed cost (all but the loop)", "", f"**{fixed.short(2)}**"])
+    print(f"\nper completed trial ({len(timings)} trials, both schedulers): seconds and share of the trial")
+    return common.table(["phase", "seconds", "share of trial"], rows)
 
 
 if __name__ == "__main__":

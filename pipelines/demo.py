@@ -23,6 +23,7 @@ from pipelines.train.unlearn import run_unlearn
 from pipelines.workspace import Workspace, ensure_shards
 from unlearn_core.config import RunConfig, absolute_folder, load_run_config
 from unlearn_core.eval.report import format_table
+from unlearn_core.eval.runner import EVAL_VERSION
 
 # One line per baseline while the demo runs; every metric is in the final table and in MLflow.
 SUMMARY = ("forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "quality.informativeness")
@@ -104,6 +105,7 @@ def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path,
             "cfg": cfg.model_dump(mode="json"),
             "model": tracking.weights_sha256(init_model),
             "shards": load_manifest(shards)["fingerprint"],
+            "eval": EVAL_VERSION,  # results of an older evaluation are not reused
         },
         sort_keys=True,
     )

@@ -70,6 +70,21 @@ def test_runner_generates_lettered_answers_under_a_benchmark_protocol() -> None:
     )
 
 
+def test_each_group_samples_on_its_own_so_a_new_group_moves_no_other() -> None:
+    def rows(splits: tuple[str, ...]) -> list[dict]:
+        task = {"retain_unseen": "guided", "utility": "caption"}
+        return [_row(f"{s}/{i}", s, task[s], "a", None, None) for s in splits for i in range(40)]
+
+    def picked(selected: list[dict], split: str) -> list[str]:
+        return [r["sample_id"] for r in selected if r["split"] == split]
+
+    both = select_eval_rows(rows(("retain_unseen", "utility")), 8)
+    alone = select_eval_rows(rows(("utility",)), 8)
+    assert len(picked(both, "retain_unseen")) == 8  # sorted before utility: a shared generator would move it
+    assert len(picked(both, "utility")) == 8 and picked(both, "utility") == picked(alone, "utility")
+    assert picked(select_eval_rows(rows(("utility",)), 8, seed=1), "utility") != picked(alone, "utility")
+
+
 def test_benchmark_protocols_evaluate_every_converted_task() -> None:
     rows = [
         _row(f"s{i}", split, task, "x", None, None)

@@ -125,6 +125,16 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
         assert [int(m.step) for m in client.get_metric_history(run.info.run_id, name)] == [steps]
     arts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert any(a.startswith("eval-pubg-") and a.endswith(".json") for a in arts)
+    # Where the job's wall time went (time/*, at the last step): the phases add up, and stepping
+    # (the training loop) is part of the fit, the rest of the fit is Ray Train's start-up and teardown.
+    t = out["timing"]
+    assert {k: run.data.metrics[k] for k in t} == pytest.approx(t)
+    assert t["time/job_s"] == pytest.approx(
+        t["time/fit_s"] + t["time/export_s"] + t["time/eval_s"] + t["time/log_s"]
+    )
+    assert 0 < t["time/stepping_s"] <= t["time/fit_s"]
+    assert t["time/train_startup_s"] == pytest.approx(t["time/fit_s"] - t["time/stepping_s"])
+    assert min(t.values()) >= 0 and t["time/eval_s"] > 0
 
     # Registered, sha recorded; the unlearned weights are not the vanilla ones.
     version = client.get_model_version("tiny-pubg", out["version"])

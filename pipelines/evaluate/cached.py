@@ -1,5 +1,5 @@
-"""Evaluations keyed by the weights' sha256 and the shards' fingerprint: a starting model is evaluated
-once per shard set and sample count, however many runs and sweeps start from it."""
+"""Evaluations keyed by the weights' sha256, the shards' fingerprint, the sample count and the evaluation's
+version: a starting model is evaluated once per shard set, however many runs and sweeps start from it."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from typing import Any
 
 from pipelines.evaluate.batch_eval import evaluate
 from pipelines.shards import load_manifest
+from unlearn_core.eval.runner import EVAL_VERSION
 from unlearn_core.models.loading import weights_sha256
 
 
 def evaluate_cached(model_dir: Path, shards: Path, results_dir: Path, max_per_group: int) -> dict[str, Any]:
     """``evaluate(model_dir, shards)``, read from ``results_dir`` when this exact evaluation ran before."""
     fp = load_manifest(shards)["fingerprint"][:12]
-    path = Path(results_dir) / f"eval-{weights_sha256(model_dir)[:12]}-{fp}-{max_per_group}.json"
+    name = f"eval-{weights_sha256(model_dir)[:12]}-{fp}-{max_per_group}-v{EVAL_VERSION}.json"
+    path = Path(results_dir) / name
     if path.exists():
         return json.loads(path.read_text())
     report = evaluate(model_dir, shards, max_per_group=max_per_group)

@@ -47,6 +47,7 @@ def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
             "model_dir": m.get("model_dir"),
             "run_id": m.get("mlflow_run_id"),
             "step": m.get("step"),
+            "timing": {k: float(v) for k, v in m.items() if k.startswith("time/")},
             tracking.SHA_TAG: m.get(tracking.SHA_TAG),
             "error": str(result.error)[:500] if result.error else None,
         }

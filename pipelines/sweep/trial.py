@@ -3,6 +3,7 @@ run, and the Ray Train callbacks that forward live curves to MLflow and evaluati
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     scheduler stopped it) is set by the sweep driver once Tune says how the trial ended: a trial that
     ASHA stops can also raise here, and a status written from this side could land after that KILLED.
     """
+    started = time.perf_counter()
     name = tune.get_context().get_trial_name()
     cfg = trial_config(ctx.space, config, RunConfig.model_validate(ctx.cfg))
     cfg = with_overrides(cfg, {"train.num_workers": ctx.workers_per_trial})
@@ -192,6 +194,8 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             "final": 1,
             "model_dir": out["model_dir"],
             tracking.SHA_TAG: out[tracking.SHA_TAG],
+            **out["timing"],
+            "time/trial_s": time.perf_counter() - started,  # + inputs, the child run, Tune's report
             **extra,
         }
     )

@@ -10,6 +10,7 @@ Tune trainable for a sweep trial.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,12 @@ def run_training_job(
     final metrics and report, and the logged model (and its registered version) when ``job.log_model``.
     """
     live = live or tracking.MlflowReportCallback(tracking_uri, run_id)
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return clock[-1] - clock[-2]
+
     with tracking.run_status(tracking_uri, run_id, settle_failure=settle_failure):
         try:
             result = fit(
@@ -105,9 +112,12 @@ def run_training_job(
             )
         finally:
             live.flush()  # values the controller could not send (tracking server down) come back here
+        fit_s = lap()
         model_dir = export_final_model(result, job.out_dir)
+        export_s = lap()
         log(f"saved {model_dir}; evaluating")
         report = evaluator(model_dir, job.shards, max_per_group=job.cfg.train.eval_max_samples)
+        eval_s = lap()
         job.eval_path.parent.mkdir(parents=True, exist_ok=True)
         job.eval_path.write_text(json.dumps(report, indent=1))
         metrics = dict(report["metrics"])
@@ -126,6 +136,8 @@ def run_training_job(
             if job.log_model
             else {}
         )
+        timing = phase_times(result.metrics or {}, fit_s, export_s, eval_s, lap())
+        tracking.log_metrics(tracking_uri, run_id, timing, step=step)
     return {
         "run_id": run_id,
         "model_dir": str(model_dir),
@@ -134,7 +146,28 @@ def run_training_job(
         "step": step,
         tracking.SHA_TAG: sha,
         "registered_model": job.register_as if logged else None,
+        "timing": timing,
         **logged,
+    }
+
+
+def phase_times(
+    last_report: dict[str, Any], fit_s: float, export_s: float, eval_s: float, log_s: float
+) -> dict[str, float]:
+    """Wall seconds of the job's phases (``time/*``, logged on the run): ``stepping_s`` is the training
+    loop itself (steps and in-training evaluations, from the worker's last ``steps_per_s``), and
+    ``train_startup_s`` the rest of the fit (Ray Train controller and workers, model load, the
+    first batches, the final checkpoint). What is not stepping is the job's fixed cost."""
+    step, rate = float(last_report.get("step", 0.0)), float(last_report.get("steps_per_s", 0.0))
+    stepping = min(step / rate, fit_s) if rate > 0 else 0.0
+    return {
+        "time/fit_s": fit_s,
+        "time/stepping_s": stepping,
+        "time/train_startup_s": fit_s - stepping,
+        "time/export_s": export_s,
+        "time/eval_s": eval_s,
+        "time/log_s": log_s,
+        "time/job_s": fit_s + export_s + eval_s + log_s,
     }
 
 

@@ -17,6 +17,11 @@ from unlearn_core.data.schema import MC_TASKS
 from unlearn_core.data.shard_image import decode_image_u8
 from unlearn_core.eval.protocols import Protocol, get_protocol
 
+# Version of what an evaluation selects and scores: part of every cache key of an evaluation result,
+# so results cached by an older version are computed again. Bump it when either changes.
+# 2: retain_unseen guided answers evaluated (eyesight metric); one sampler per (split, task).
+EVAL_VERSION = 2
+
 EVAL_TASKS: dict[str, tuple[str, ...]] = {
     "forget": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
     "forget_unseen": ("identity_vqa", "open_vqa", "mc_vqa", "guided"),
@@ -40,17 +45,18 @@ def select_eval_rows(
     """A fixed, seeded subsample of at most ``max_per_group`` rows per (split, task) that is evaluated.
 
     ``EVAL_TASKS`` picks the tasks (the synthetic protocol); ``every_task`` (the benchmark protocols)
-    keeps every converted task of every split.
+    keeps every converted task of every split. Each group draws from its own generator (seeded by
+    ``seed``, split and task), so adding or removing a group never changes another group's sample.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         wanted = EVAL_TASKS.get(r["split"], ()) + EVAL_TASKS["*"]
         if every_task or r["task"] in wanted:
             groups[(r["split"], r["task"])].append(r)
-    rng = random.Random(seed)
     out: list[dict[str, Any]] = []
-    for key in sorted(groups):
-        g = sorted(groups[key], key=lambda r: r["sample_id"])
+    for split, task in sorted(groups):
+        g = sorted(groups[(split, task)], key=lambda r: r["sample_id"])
+        rng = random.Random(f"{seed}/{split}/{task}")  # str seeds hash with SHA-512: stable across runs
         out.extend(g if len(g) <= max_per_group else rng.sample(g, max_per_group))
     return out
 
