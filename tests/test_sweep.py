@@ -23,6 +23,7 @@ from pipelines.sweep.space import Objectives, build_tune_config, load_sweep_spac
 from pipelines.sweep.state import sweep_name_for
 from tests.pipeline_fixtures import reserved_placement_groups, write_sweep_inputs
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
+from unlearn_core.eval.runner import EVAL_VERSION
 
 SPACE = """
 method: ga
@@ -127,8 +128,8 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
     assert parent.data.params["space"].endswith("ga_tiny.yaml") and parent.data.params["search"] == "random"
     assert "before.retain.vqa_acc" in parent.data.metrics
     # the starting model was evaluated like the trials (the space's base: 4 samples per group)
-    assert list((sweep_inputs["workdir"] / "results").glob("eval-*-4.json"))
-    assert not list((sweep_inputs["workdir"] / "results").glob("eval-*-64.json"))
+    assert list((sweep_inputs["workdir"] / "results").glob(f"eval-*-4-v{EVAL_VERSION}.json"))
+    assert not list((sweep_inputs["workdir"] / "results").glob("eval-*-64-*.json"))
     arts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
     assert {"pareto.png", "sweep_results.csv", "sweep_results.md", "search_space.yaml"} <= arts
     assert Path(out["artifacts"][0]).read_bytes()[:8] == PNG_MAGIC

@@ -137,7 +137,8 @@ def run_training_job(
             else {}
         )
         timing = phase_times(result.metrics or {}, fit_s, export_s, eval_s, lap())
-        tracking.log_metrics(tracking_uri, run_id, timing, step=step)
+        if not _logged_at(client, run_id, "time/job_s", step):  # a re-run trial keeps its first times
+            tracking.log_metrics(tracking_uri, run_id, timing, step=step)
     return {
         "run_id": run_id,
         "model_dir": str(model_dir),
