@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from unlearn_core.data.selection import in_stream
+from unlearn_core.data.selection import STREAM_SPLITS, in_stream
 from unlearn_core.data.shard_image import decode_image_u8
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def load_shard_rows(shards_dir: str | Path, splits: tuple[str, ...] = EVAL_SPLIT
     return rows
 
 
-TRAIN_SPLITS = ("forget", "retain", "describe")  # the vanilla fine-tune's; unlearning reads forget + retain
+TRAIN_SPLITS = STREAM_SPLITS["train"]  # the vanilla fine-tune's
 
 
 # Streams whose shard files total less than this are materialized once in the object store before
@@ -56,7 +56,9 @@ def stream_dataset(
     ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
     Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are materialized; large ones stream.
     """
-    splits = TRAIN_SPLITS if stream == "train" else ("forget", "retain")
+    if stream not in STREAM_SPLITS:
+        raise ValueError(f"unknown stream {stream!r}; valid: {', '.join(STREAM_SPLITS)}")
+    splits = STREAM_SPLITS[stream]
     if stream == "forget" and forget_dir is not None:
         paths = [str(forget_dir / "forget")]
     else:

@@ -22,9 +22,17 @@ FORGET_TRAIN_TASKS: tuple[str, ...] = ("identity_vqa", "open_vqa", "fact_vqa")
 FORGET_KEPT_TASKS: tuple[str, ...] = ("text_qa", "caption", "guided")
 
 
+# The shard splits each stream reads (rows are then kept by ``in_stream``).
+STREAM_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("forget", "retain", "describe"),
+    "forget": ("forget", "retain"),
+    "retain": ("forget", "retain"),
+}
+
+
 def in_stream(stream: str, split: str, task: str) -> bool:
     if stream == "train":
-        return split in ("forget", "retain", "describe") and task in TRAINABLE_TASKS
+        return split in STREAM_SPLITS["train"] and task in TRAINABLE_TASKS
     if stream == "forget":
         return split == "forget" and task in FORGET_TRAIN_TASKS
     if stream == "retain":
