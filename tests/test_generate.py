@@ -121,3 +121,27 @@ def test_apply_instruction() -> None:
     assert apply_instruction(Q, "short").endswith(Q) and apply_instruction(Q, "short") != Q
     assert apply_instruction(Q, "Be brief: {question}") == f"Be brief: {Q}"
     assert apply_instruction(Q, "Be brief.") == f"Be brief. {Q}"
+
+
+def test_chunk_outputs_split_the_rows_between_ranks_and_match_one_process(trained) -> None:
+    """The final evaluation's split over training workers: chunk i of EVAL_CHUNK rows goes to rank
+    i % world_size, the shares are disjoint and together give what one process computes chunk by chunk."""
+    from unlearn_core.eval.runner import EVAL_CHUNK, chunk_outputs, model_outputs
+
+    model, proc, _ = trained
+    n = 2 * EVAL_CHUNK + 5
+    rows = [
+        {"sample_id": f"s{i:04d}", "split": "retain", "task": "open_vqa", "question": (Q, LONG_Q)[i % 2],
+         "image": IMAGES[i % 2]}
+        for i in range(n)
+    ]  # fmt: skip
+    shares = [chunk_outputs(model, proc, rows, rank=r, world_size=2) for r in (0, 1)]
+    assert [len(s) for s in shares] == [EVAL_CHUNK + 5, EVAL_CHUNK]  # chunks 0 and 2 / chunk 1
+    assert not set(shares[0]) & set(shares[1])
+    merged = {**shares[0], **shares[1]}
+    assert sorted(merged) == sorted(r["sample_id"] for r in rows)
+    one = {}
+    for start in range(0, n, EVAL_CHUNK):
+        one.update(model_outputs(model, proc, rows[start : start + EVAL_CHUNK]))
+    assert merged == one
+    assert {o["generation"] for o in merged.values()} == set(ANSWERS)  # the trained answers, nothing else

@@ -409,7 +409,7 @@ def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store, ray_loc
     each through the callback a sweep trial uses; every step of every curve arrives exactly once."""
     from ray import tune
 
-    from pipelines.sweep.trial import _LiveCurves
+    from pipelines.sweep.callbacks import LiveCurves
 
     uri = mlflow_store["tracking_uri"]
     exp_id = tracking.ensure_experiment(uri, "concurrency", tmp_path)
@@ -420,7 +420,7 @@ def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store, ray_loc
     barrier.mkdir()
 
     def trial(config: dict[str, Any]) -> None:
-        cb = _LiveCurves(uri, config["run_id"], space.objective)
+        cb = LiveCurves(uri, config["run_id"], space.objective)
         (barrier / config["run_id"]).touch()
         deadline = time.monotonic() + 120
         while len(list(barrier.iterdir())) < len(run_ids) and time.monotonic() < deadline:

@@ -10,12 +10,14 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from pipelines import tracking
+from pipelines.evaluate import evaluate, evaluation_rows
 from pipelines.shards import stream_dataset
 from pipelines.shards.build import shard_records
 from pipelines.train import TrainJob, fit
 from pipelines.train.finetune import run_finetune
 from tests.pipeline_fixtures import write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides
+from unlearn_core.eval.runner import EVAL_CHUNK
 from unlearn_core.models.loading import load_model_and_processor
 
 
@@ -44,8 +46,17 @@ def _cfg(workdir, shards, **extra) -> RunConfig:
 
 
 def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
-    cfg = _cfg(tmp_path / "wd", shards)
+    # 4 rows per group: more than one EVAL_CHUNK, so both ranks generate part of the final evaluation.
+    cfg = _cfg(tmp_path / "wd", shards, **{"train.eval_max_samples": 4})
     out = run_finetune(cfg, log=lambda *_: None)
+    # The workers' final evaluation (each rank its chunks, gathered on rank 0) is the evaluation of the
+    # exported model that `unlearn eval` (Ray Data actors) gives: every row, the same generations.
+    rows, _ = evaluation_rows(shards, 4)
+    assert len(rows) > EVAL_CHUNK
+    again = evaluate(out["model_dir"], shards, max_per_group=4)
+    assert [r["sample_id"] for r in out["report"]["per_sample"]] == [r["sample_id"] for r in rows]
+    assert out["report"]["per_sample"] == again["per_sample"]
+    assert out["report"]["metrics"] == again["metrics"] and out["report"]["n_rows"] == len(rows)
     client = MlflowClient(mlflow_store["tracking_uri"])
     run = client.get_run(out["run_id"])
     assert run.data.params["train.num_workers"] == "2"

@@ -1,10 +1,17 @@
 """Stage 3, evaluation: Ray Data batch generation over the evaluation splits, metrics on the driver."""
 
-from pipelines.evaluate.batch_eval import evaluate, generate_outputs, judge_shard_outputs, shard_image_png
+from pipelines.evaluate.batch_eval import (
+    build_report,
+    evaluate,
+    evaluation_rows,
+    generate_outputs,
+    judge_shard_outputs,
+    shard_image_png,
+)
 from pipelines.evaluate.cached import evaluate_cached
 from pipelines.shards import EVAL_SPLITS, load_shard_rows
 
 __all__ = [
-    "EVAL_SPLITS", "evaluate", "evaluate_cached", "generate_outputs", "judge_shard_outputs", "load_shard_rows",
+    "EVAL_SPLITS", "build_report", "evaluate", "evaluation_rows", "evaluate_cached", "generate_outputs", "judge_shard_outputs", "load_shard_rows",
     "shard_image_png",
 ]  # fmt: skip

@@ -14,8 +14,8 @@ from pipelines.shards import EVAL_SPLITS, SHARD_SCHEMA, load_shard_rows
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.shard_image import decode_image_u8
 from unlearn_core.eval.judge import JudgeConfig
-from unlearn_core.eval.protocols import get_protocol, resolve_protocol
-from unlearn_core.eval.runner import model_outputs, select_eval_rows
+from unlearn_core.eval.protocols import Protocol, get_protocol, resolve_protocol
+from unlearn_core.eval.runner import EVAL_CHUNK, model_outputs, select_eval_rows
 
 
 class _Generator:
@@ -48,7 +48,7 @@ def generate_outputs(
     out = ds.map_batches(
         _Generator,
         fn_constructor_args=(str(model_dir), protocol),
-        batch_size=64,
+        batch_size=EVAL_CHUNK,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=1,
         batch_format="pyarrow",
@@ -106,21 +106,44 @@ def evaluate(
     ``protocol`` (default: the one the rows' benchmark implies) fixes prompts, decoding and metrics.
     ``reference_report`` (CLEAR): the eval / score JSON of the retain-only model, whose forget rows'
     truth-ratio losses give ``clear.forget_quality``."""
-    from unlearn_core.eval.score import add_forget_quality, report_truth_losses, score_outputs
+    from unlearn_core.eval.score import report_truth_losses
 
+    rows, proto = evaluation_rows(shards_dir, max_per_group, seed, protocol)
+    reference = report_truth_losses(reference_report) if reference_report is not None else None
+    outputs = generate_outputs(model_dir, rows, actors=actors, protocol=proto.name)
+    report = build_report(rows, outputs, proto, reference=reference, reference_name=str(reference_report))
+    if judge is not None:
+        report["metrics"].update(judge_shard_outputs(rows, outputs, judge))
+    return report
+
+
+def evaluation_rows(
+    shards_dir: str | Path, max_per_group: int, seed: int = 0, protocol: str | None = None
+) -> tuple[list[dict[str, Any]], Protocol]:
+    """The rows a final evaluation of ``shards_dir`` scores, in order, and their protocol."""
     all_rows = load_shard_rows(shards_dir)
     proto = resolve_protocol(all_rows, protocol)
     rows = select_eval_rows(all_rows, max_per_group, seed, every_task=proto.is_benchmark)
     if not rows:
         raise ValueError(f"{shards_dir}: no evaluation rows (splits {EVAL_SPLITS})")
-    reference = report_truth_losses(reference_report) if reference_report is not None else None
-    outputs = generate_outputs(model_dir, rows, actors=actors, protocol=proto.name)
+    return rows, proto
+
+
+def build_report(
+    rows: list[dict[str, Any]],
+    outputs: dict[str, Any],
+    proto: Protocol,
+    *,
+    reference: Any = None,
+    reference_name: str = "",
+) -> dict[str, Any]:
+    """The evaluation report (metrics, counts, per-sample rows with their generations) of ``outputs``,
+    wherever they were generated (Ray Data actors here, or the training workers at the last step)."""
+    from unlearn_core.eval.score import add_forget_quality, score_outputs
+
     result = score_outputs(rows, outputs, proto)
     if reference is not None:
-        add_forget_quality(result, reference, f"this evaluation and {reference_report}")
-    metrics = dict(result["metrics"])
-    if judge is not None:
-        metrics.update(judge_shard_outputs(rows, outputs, judge))
+        add_forget_quality(result, reference, f"this evaluation and {reference_name}")
     per_sample = [
         {**r, "generation": outputs[r["sample_id"]]["generation"]}
         if "generation" in outputs.get(r["sample_id"], {})
@@ -129,7 +152,7 @@ def evaluate(
     ]
     return {
         "protocol": proto.name,
-        "metrics": metrics,
+        "metrics": dict(result["metrics"]),
         "counts": result["counts"],
         "per_sample": per_sample,
         "n_rows": len(rows),

@@ -1,5 +1,6 @@
 """One sweep trial, the Tune trainable: the training-job driver on the trial's config, its MLflow child
-run, and the Ray Train callbacks that forward live curves to MLflow and evaluations to Tune (for ASHA)."""
+run, and the Ray Train callbacks (``pipelines.sweep.callbacks``) that forward live curves to MLflow and
+evaluations to Tune (for ASHA)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import mlflow
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate
+from pipelines.sweep.callbacks import EvalToTune, LiveCurves
 from pipelines.sweep.space import OBJECTIVE
 from pipelines.sweep.train_groups import TrainGroupReporter
 from pipelines.train.driver import run_training_job
 from pipelines.train.unlearn import prepare_inputs, unlearn_job
 from pipelines.workspace import Workspace
-from unlearn_core.config import ConfigError, RunConfig, mlflow_params, with_overrides
+from unlearn_core.config import RunConfig, mlflow_params, with_overrides
 from unlearn_core.search_space import SearchSpace, objective_value, trial_config
 
 
@@ -38,58 +39,6 @@ class TrialContext:
     parent_run_id: str
     sweep_name: str
     train_storage: str
-
-
-class _LiveCurves(tracking.MlflowReportCallback):
-    """Train reports -> the child run: ``train/<key>`` for training, ``eval/<metric>`` for evaluations."""
-
-    def __init__(
-        self, tracking_uri: str, run_id: str, objective: Any, logged_through: int | None = None
-    ) -> None:
-        super().__init__(tracking_uri, run_id, prefix="")
-        self.objective = objective
-        self.logged_through = logged_through  # a resumed trial's run already has the steps up to here
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if not metrics:
-            return
-        m = metrics[0]
-        if self.logged_through is not None and int(m.get("step", 0)) <= self.logged_through:
-            return
-        out = {
-            ("step" if k == "step" else f"eval/{k}" if "." in k else f"train/{k}"): v for k, v in m.items()
-        }
-        if (obj := _objective_of(self.objective, m)) is not None:
-            out[f"eval/{OBJECTIVE}"] = obj
-        super().after_report(run_context, [out], checkpoint)
-
-
-class _EvalToTune(TuneReportCallback):
-    """Forward only the in-training evaluations to Tune, with ``objective``, ``step`` and trial info."""
-
-    def __init__(self, objective: Any, extra: dict[str, Any]) -> None:
-        super().__init__()
-        self.objective = objective
-        self.extra = extra
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        m = metrics[0] if metrics else {}
-        evals = {k: v for k, v in m.items() if "." in k}
-        obj = _objective_of(self.objective, m)
-        if not evals or obj is None:
-            return
-        super().after_report(
-            run_context,
-            [{**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra}],
-            None,
-        )
-
-
-def _objective_of(objective: Any, metrics: Mapping[str, Any]) -> float | None:
-    try:
-        return objective_value(objective, metrics)
-    except ConfigError:
-        return None
 
 
 def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None]:
@@ -176,14 +125,14 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             name=name,
             storage_path=ctx.train_storage,
         )
-        to_tune = _EvalToTune(ctx.space.objective, dict(extra))
+        to_tune = EvalToTune(ctx.space.objective, dict(extra))
         job.callbacks += [to_tune, TrainGroupReporter(to_tune.extra)]
     out = run_training_job(
         job,
         tracking_uri=ctx.tracking_uri,
         run_id=run_id,
         settle_failure=False,
-        live=_LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through),
+        live=LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through),
         evaluator=lambda *a, **kw: _outside_trial_group(evaluate, *a, **kw),
         derived=lambda metrics: _objective_metrics(ctx.space, metrics),
     )

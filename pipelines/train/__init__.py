@@ -1,8 +1,27 @@
 """Stage 2, training: the Ray Train (V2) trainer, its prepared inputs (teacher cache, saliency mask) and
-the one training-job driver that `finetune`, `run` and every sweep trial go through."""
+the one training-job driver that `finetune`, `run` and every sweep trial go through.
 
-from pipelines.train.progress import sweep_callbacks
-from pipelines.train.trainer import TrainJob, export_final_model, fit, storage_dir
-from pipelines.train.worker_data import collate_shard_batch
+Names load on first use (PEP 562): the Ray Train controller imports ``pipelines.train.progress`` to
+unpickle its callback, and must not pay for torch and transformers through this package.
+"""
 
-__all__ = ["TrainJob", "collate_shard_batch", "export_final_model", "fit", "storage_dir", "sweep_callbacks"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "sweep_callbacks": "pipelines.train.progress",
+    **dict.fromkeys(("TrainJob", "export_final_model", "fit", "storage_dir"), "pipelines.train.trainer"),
+    "collate_shard_batch": "pipelines.train.worker_data",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

@@ -52,6 +52,11 @@ class TrainJob:
     init_model: str  # "tiny-llava" or a local HF folder
     image_size: int
     eval_records: list[dict[str, Any]] | None = None
+    # The final evaluation's rows, in order, and their protocol: the workers generate the outputs after
+    # the last step (each rank its share, gathered on rank 0, written into the last checkpoint), so the
+    # job needs no second model load and no evaluation actors. None: the driver evaluates the export.
+    final_eval_records: list[dict[str, Any]] | None = None
+    final_eval_protocol: str = "synthetic"
     mask_path: str | None = None
     # A checkpoint folder to start from when the run itself has none (Train V2 deprecates the
     # trainer's resume_from_checkpoint; a run restarted under the same name resumes by itself).
@@ -170,6 +175,15 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     def finalize(folder: Path) -> None:
         built.save_final(model, folder)
 
+    final_eval = None
+    if job.final_eval_records:
+
+        def final_eval(folder: Path) -> dict[str, float]:
+            return final_evaluation(
+                built.unwrapped(model), built.processor, job.final_eval_records or [], job.final_eval_protocol,
+                ctx, folder,
+            )  # fmt: skip
+
     run_loop(
         cfg=cfg.train,
         ctx=ctx,
@@ -180,10 +194,57 @@ def train_worker(job_dict: dict[str, Any]) -> None:
         start_step=start_step,
         evaluate=evaluate,
         finalize=finalize,
+        final_eval=final_eval,
         save=save,
         full_weights=full_weights,
         method_state=built.method.state_dict if built.method is not None else None,
     )
+
+
+FINAL_OUTPUTS = "final_eval_outputs.json"  # in the last checkpoint, beside model/
+
+
+def final_evaluation(
+    model: torch.nn.Module,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    protocol_name: str,
+    ctx: WorkerContext,
+    folder: Path,
+) -> dict[str, float]:
+    """Every rank generates its share of the final evaluation; rank 0 gathers the outputs, writes them
+    to ``folder`` (the last checkpoint) and returns their metrics (the other ranks return {})."""
+    import json
+
+    import torch.distributed as dist
+
+    from unlearn_core.eval.protocols import get_protocol
+    from unlearn_core.eval.runner import chunk_outputs
+    from unlearn_core.eval.score import score_outputs
+
+    protocol = get_protocol(protocol_name)
+    mine = chunk_outputs(model, processor, rows, protocol=protocol, rank=ctx.rank, world_size=ctx.world_size)
+    shares: list[Any] = [mine]
+    if ctx.world_size > 1:
+        shares = [None] * ctx.world_size
+        dist.all_gather_object(shares, mine)
+    if not ctx.is_rank0:
+        return {}
+    outputs = {sid: out for share in shares for sid, out in (share or {}).items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FINAL_OUTPUTS).write_text(json.dumps({"protocol": protocol_name, "outputs": outputs}))
+    return score_outputs(rows, outputs, protocol)["metrics"]
+
+
+def final_outputs(result: ray.train.Result) -> dict[str, Any] | None:
+    """The final evaluation's outputs the workers wrote into the last checkpoint (None: not there)."""
+    import json
+
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as d:
+        path = Path(d) / FINAL_OUTPUTS
+        return json.loads(path.read_text()) if path.exists() else None
 
 
 def fit(

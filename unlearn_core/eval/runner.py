@@ -103,6 +103,32 @@ def model_outputs(
     return outputs
 
 
+# Rows per generation call of a final evaluation, in order: Ray Data batch evaluation
+# (``unlearn eval``) and the training workers' final evaluation cut the selected rows the same way, so
+# both see the same batches and give the same outputs for the same weights.
+EVAL_CHUNK = 64
+
+
+def chunk_outputs(
+    model: torch.nn.Module,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    *,
+    protocol: Protocol | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """``model_outputs`` over this rank's share of ``rows``: chunk i (``EVAL_CHUNK`` consecutive rows)
+    belongs to rank ``i % world_size``; the ranks' dicts together cover every row once."""
+    outputs: dict[str, dict[str, Any]] = {}
+    for i, start in enumerate(range(0, len(rows), EVAL_CHUNK)):
+        if i % world_size == rank:
+            outputs.update(
+                model_outputs(model, processor, rows[start : start + EVAL_CHUNK], protocol=protocol)
+            )
+    return outputs
+
+
 def evaluate_model(
     model: torch.nn.Module, processor: Any, rows: list[dict[str, Any]], *, image_size: int = 64
 ) -> dict[str, float]:

@@ -164,13 +164,16 @@ def run_loop(
     save: SaveFn | None = None,
     full_weights: FullWeightsFn | None = None,
     method_state: Callable[[], dict[str, Any]] | None = None,
+    final_eval: Callable[[Path], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Run steps ``start_step..cfg.steps``; report metrics, evaluations and checkpoints on cadence.
 
     ``evaluate`` runs on rank 0 only (others get an empty dict); ``finalize(dir)`` lets rank 0 write
     the final model folder into the last checkpoint. ``save`` defaults to the DDP format (rank 0
     writes ``save_checkpoint``); ``full_weights`` (default: no-op) is entered on all ranks around
-    ``evaluate`` and ``finalize`` (ZeRO-3 gathers its partitioned parameters there).
+    ``evaluate`` and ``finalize`` (ZeRO-3 gathers its partitioned parameters there). ``final_eval(dir)``,
+    when given, replaces ``evaluate`` at the last step: it runs on every rank (each generates its share
+    of the final evaluation) and its metrics (rank 0's) go into the last report.
     """
     if save is None:
 
@@ -190,7 +193,10 @@ def run_loop(
         window.append(logs)
         done = step + 1
         is_last = done == cfg.steps
-        want_eval = evaluate is not None and (is_last or (cfg.eval_every and done % cfg.eval_every == 0))
+        want_eval = evaluate is not None and (
+            (is_last and final_eval is None)
+            or (not is_last and cfg.eval_every and done % cfg.eval_every == 0)
+        )
         want_ckpt = is_last or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
         want_log = want_eval or want_ckpt or done % log_every == 0
         if not want_log:
@@ -213,6 +219,13 @@ def run_loop(
                     with gathered():
                         if ctx.is_rank0:
                             finalize(folder / "model")
+                if is_last and final_eval is not None:
+                    was_training, began = model.training, time.perf_counter()
+                    model.eval()
+                    with gathered():
+                        metrics.update(final_eval(folder))
+                    model.train(was_training)
+                    metrics["final_eval_s"] = time.perf_counter() - began
                 report(metrics, folder if keep or ctx.is_rank0 else None)
         else:
             report(metrics, None)

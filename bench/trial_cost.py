@@ -1,0 +1,106 @@
+"""Per-trial fixed cost of the demo's PUBG sweep: where a trial's wall time goes.
+
+The sweep ``make run`` runs (``tune_spaces/pubg.yaml``: PUBG trials of 20-80 steps, evaluation every 10
+steps on 8 samples per group, a final evaluation on 32 per group), every trial to the end, one at a
+time, in a fresh workdir that starts with the source workdir's PUBG teacher cache (as in ``make run``,
+where the teacher answers are computed once before the sweep). Each trial reports its own ``time/*``
+phases; the table gives each phase's seconds and share of the trial, and two fixed-cost shares:
+everything but the training loop, and the infrastructure alone (also without the final evaluation's
+generation, which is evaluation work that grows with the sample, not start-up).
+
+Run: ``BENCH_SRC=<finished workdir> .venv/bin/python bench/trial_cost.py`` (``BENCH_QUICK=1``: the
+demo's 2 trials; default 4).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+from unlearn_core.config import RunConfig, with_overrides
+
+TRIALS = 2 if common.QUICK else 4
+SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "pubg.yaml"
+
+PHASES = (
+    ("training loop (steps + in-training evaluations)", lambda t: t["time/stepping_s"]),
+    (
+        "Ray Train start-up (controller, workers, data, model, checkpoint)",
+        lambda t: t["time/train_startup_s"],
+    ),
+    ("final evaluation (generation in the workers + scoring)", lambda t: t["time/eval_s"]),
+    ("export", lambda t: t["time/export_s"]),
+    ("MLflow logging", lambda t: t["time/log_s"]),
+    ("inputs + child run + report", lambda t: t["time/trial_s"] - t["time/job_s"]),
+)
+
+
+def run(inp: common.Inputs) -> dict[str, Any]:
+    from pipelines.sweep import run_sweep
+
+    wd = common.BENCH_DIR / "trial_cost"
+    shutil.rmtree(wd, ignore_errors=True)
+    if (common.BENCH_SRC / "teacher").is_dir():
+        shutil.copytree(common.BENCH_SRC / "teacher", wd / "teacher")
+    cfg = with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(wd),
+            "method.name": "pubg",
+            "shards": str(inp.shards),
+            "model.spec": str(inp.vanilla),
+            "tracking.log_model": False,
+            "tracking.registered_model_name": "bench-trial-cost",
+        },
+    )
+    t0 = time.perf_counter()
+    out = run_sweep(SPACE, cfg, num_samples=TRIALS, scheduler="none", max_concurrent=1, log=lambda *_: None)
+    return {"wall_s": time.perf_counter() - t0, "trials": out["trials"]}
+
+
+def phase_table(timings: list[dict[str, float]]) -> str:
+    trial = common.Stats([t["time/trial_s"] for t in timings])
+    rows = [["trial (wall)", trial.short(3), "1"]]
+    for name, get in PHASES:
+        rows.append(
+            [
+                name,
+                common.Stats([get(t) for t in timings]).short(3),
+                common.Stats([get(t) / t["time/trial_s"] for t in timings]).short(2),
+            ]
+        )
+    not_loop = common.Stats([1 - t["time/stepping_s"] / t["time/trial_s"] for t in timings])
+    infra = common.Stats([1 - (t["time/stepping_s"] + t["time/eval_s"]) / t["time/trial_s"] for t in timings])
+    rows.append(["fixed cost: all but the loop", "", f"**{not_loop.short(2)}**"])
+    rows.append(["fixed cost: all but the loop and the final evaluation", "", f"**{infra.short(2)}**"])
+    return common.table(["phase", "seconds", "share of trial"], rows)
+
+
+def main() -> None:
+    common.header(f"bench/trial_cost.py: per-trial fixed cost of the demo's PUBG sweep ({TRIALS} trials)")
+    inp = common.inputs()
+    common.ensure_ray(2)
+    common.load("trial cost")
+    out = run(inp)
+    trials = out["trials"]
+    timings = [t["timing"] for t in trials.values() if t["status"] == "completed" and t.get("timing")]
+    print(f"sweep wall {out['wall_s']:.0f} s, {len(timings)}/{len(trials)} trials completed")
+    for name, t in sorted(trials.items()):
+        steps = t.get("step")
+        timing = t.get("timing") or {}
+        print(
+            f"  {name}: {t['status']}, {steps:.0f} steps, trial {timing.get('time/trial_s', 0):.1f} s, "
+            f"loop {timing.get('time/stepping_s', 0):.1f} s"
+        )
+    table = phase_table(timings) if timings else "(no completed trial)"
+    print(table)
+    print(common.load_summary())
+    common.save("trial_cost", {"wall_s": out["wall_s"], "timings": timings, "table": table})
+
+
+if __name__ == "__main__":
+    main()
