@@ -96,8 +96,7 @@ def main() -> None:
             f"  {name}: {t['status']}, {steps:.0f} steps, trial {timing.get('time/trial_s', 0):.1f} s, "
             f"loop {timing.get('time/stepping_s', 0):.1f} s"
         )
-    table = phase_table(timings) if timings else "(no completed trial)"
-    print(table)
+    table = phase_table(timings) if timings else "(no completed trial)"  # printed by common.table
     print(common.load_summary())
     common.save("trial_cost", {"wall_s": out["wall_s"], "timings": timings, "table": table})
 
