@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("train_step", "method_cost", "data", "mask_cost", "scaling", "sweep", "cli_errors")
+SCRIPTS = ("train_step", "method_cost", "data", "mask_cost", "scaling", "sweep", "trial_cost", "cli_errors")
 
 
 def main() -> int:
