@@ -118,10 +118,16 @@ def evaluate(
 
 
 def evaluation_rows(
-    shards_dir: str | Path, max_per_group: int, seed: int = 0, protocol: str | None = None
+    shards_dir: str | Path,
+    max_per_group: int,
+    seed: int = 0,
+    protocol: str | None = None,
+    *,
+    all_rows: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], Protocol]:
-    """The rows a final evaluation of ``shards_dir`` scores, in order, and their protocol."""
-    all_rows = load_shard_rows(shards_dir)
+    """The rows a final evaluation of ``shards_dir`` scores, in order, and their protocol
+    (``all_rows``: the shard rows, when the caller has already read them)."""
+    all_rows = load_shard_rows(shards_dir) if all_rows is None else all_rows
     proto = resolve_protocol(all_rows, protocol)
     rows = select_eval_rows(all_rows, max_per_group, seed, every_task=proto.is_benchmark)
     if not rows:

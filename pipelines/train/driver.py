@@ -29,11 +29,11 @@ from unlearn_core.eval.runner import select_eval_rows
 Evaluator = Callable[..., dict[str, Any]]
 
 
-def in_training_eval_rows(shards: Path, cfg: RunConfig) -> list[dict[str, Any]] | None:
-    """The rows evaluated every ``train.eval_every`` steps (None when off)."""
+def in_training_eval_rows(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, Any]] | None:
+    """The rows (of the shard ``rows``) evaluated every ``train.eval_every`` steps (None when off)."""
     if not cfg.train.eval_every:
         return None
-    return in_training_selection(load_shard_rows(shards), cfg.train.eval_max_samples)
+    return in_training_selection(rows, cfg.train.eval_max_samples)
 
 
 def in_training_selection(rows: list[dict[str, Any]], eval_max_samples: int) -> list[dict[str, Any]]:
@@ -63,7 +63,11 @@ class TrainingJob:
     register_as: str | None = None  # ... and register it under this name
     callbacks: list[Any] = field(default_factory=list)  # extra Ray Train callbacks (a sweep's Tune bridge)
 
-    def train_job(self, final_eval: tuple[list[dict[str, Any]], Any] | None = None) -> TrainJob:
+    def train_job(
+        self,
+        final_eval: tuple[list[dict[str, Any]], Any] | None = None,
+        shard_rows: list[dict[str, Any]] | None = None,
+    ) -> TrainJob:
         rows, proto = final_eval or (None, None)
         return TrainJob(
             cfg=self.cfg.model_dump(),
@@ -71,7 +75,9 @@ class TrainingJob:
             processor_dir=self.processor_dir,
             init_model=self.init_model,
             image_size=int(load_manifest(self.shards)["config"]["image_size"]),
-            eval_records=in_training_eval_rows(self.shards, self.cfg),
+            eval_records=in_training_eval_rows(
+                load_shard_rows(self.shards) if shard_rows is None else shard_rows, self.cfg
+            ),
             mask_path=self.mask_path,
             final_eval_records=rows,
             final_eval_protocol=proto.name if proto is not None else "synthetic",
@@ -107,10 +113,11 @@ def run_training_job(
         return clock[-1] - clock[-2]
 
     with tracking.run_status(tracking_uri, run_id, settle_failure=settle_failure):
-        final_rows, proto = evaluation_rows(job.shards, job.cfg.train.eval_max_samples)
+        shard_rows = load_shard_rows(job.shards)  # read once: both evaluations select from them
+        final_rows, proto = evaluation_rows(job.shards, job.cfg.train.eval_max_samples, all_rows=shard_rows)
         try:
             result = fit(
-                job.train_job(final_eval=(final_rows, proto)),
+                job.train_job(final_eval=(final_rows, proto), shard_rows=shard_rows),
                 job.datasets,
                 name=job.name,
                 storage_path=job.storage_path,
