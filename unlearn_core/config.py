@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "credential")
 
@@ -90,10 +90,25 @@ class TrainConfig(_Strict):
     max_failures: int = Field(0, ge=-1)
     torch_threads: int = Field(0, ge=0)  # 0 = one per CPU of the worker (cpus_per_worker, at least 1)
     prefetch_batches: int = Field(2, ge=0, le=64)  # batches collated ahead in a thread (0 = off)
+    # Who runs the training loop. ray_train: a TorchTrainer (controller + num_workers worker actors).
+    # in_process: the calling process, as the one worker (Ray Train's local mode plus checkpoints and
+    # callbacks; num_workers 1, no DeepSpeed). auto: in_process for a one-worker sweep trial (its Tune
+    # actor already holds the worker's CPU/GPU, and Ray Train's actors would only add start-up time),
+    # ray_train for every other job.
+    launcher: Literal["auto", "ray_train", "in_process"] = "auto"
     # Vanilla fine-tune only: how many times each task's rows appear per epoch. Recognising a face
     # is learned from identity/open questions; at 1x they are 1/9 of the mix and 40 identities
     # take ~9x more steps to learn.
     task_weights: dict[str, int] = Field(default_factory=lambda: {"identity_vqa": 6, "open_vqa": 3})
+
+    @model_validator(mode="after")
+    def _launcher_fits(self) -> TrainConfig:
+        if self.launcher == "in_process" and (self.num_workers > 1 or self.deepspeed_stage):
+            raise ValueError(
+                f"launcher=in_process runs one worker without DeepSpeed (num_workers={self.num_workers}, "
+                f"deepspeed_stage={self.deepspeed_stage}); use launcher=ray_train or auto"
+            )
+        return self
 
     @field_validator("task_weights")
     @classmethod

@@ -255,10 +255,13 @@ def fit(
     storage_path: str,
     callbacks: list[Any] | None = None,
 ) -> ray.train.Result:
-    """Build and fit the TorchTrainer; returns the Result (its checkpoint holds ``model/``)."""
+    """Build and fit the TorchTrainer, or run its one worker here when ``train.launcher`` is
+    ``in_process`` (``auto`` means Ray Train here: a sweep trial resolves it before); returns the
+    Result (its checkpoint holds ``model/``)."""
     cfg = UnlearnRunConfig.model_validate(job.cfg)
     check_supported(cfg, job.mode)
     t = cfg.train
+    in_process = t.launcher == "in_process"
     scaling = ScalingConfig(
         num_workers=t.num_workers,
         use_gpu=t.use_gpu,
@@ -270,12 +273,25 @@ def fit(
     data_ctx.enable_progress_bars = False
     try:
         with training_progress(name, t.steps) as inbox:
+            progress = ProgressCallback(name, t.steps, inbox)
+            if in_process:
+                from pipelines.train.in_process import fit_in_process
+
+                return fit_in_process(
+                    train_worker,
+                    job.__dict__,
+                    datasets,
+                    name=name,
+                    storage_path=storage_path,
+                    callbacks=[progress, *(callbacks or [])],
+                    max_failures=t.max_failures,
+                )
             run_config = RunConfig(
                 name=name,
                 storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                callbacks=[ProgressCallback(name, t.steps, inbox), *(callbacks or [])],
+                callbacks=[progress, *(callbacks or [])],
             )
             trainer = TorchTrainer(
                 train_worker,
