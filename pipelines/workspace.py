@@ -62,6 +62,10 @@ def ensure_shards(cfg: RunConfig, ws: Workspace, log=print) -> Path:
     return ws.shards
 
 
+class NotCached(LookupError):
+    """An input a job needs is not cached yet and the caller asked not to compute it here."""
+
+
 _SAID: set[str] = set()
 
 

@@ -34,6 +34,9 @@ from pipelines.sweep.resources import (
     cluster_capacity,
     default_max_concurrent,
     driver_resources,
+    in_process_trial_resources,
+    sizing_resources,
+    trial_launcher,
 )
 from pipelines.sweep.space import Objectives, build_tune_config, check_options, load_sweep_space
 from pipelines.sweep.state import SPACE_COPY, STATE_FILE, new_state, open_parent
@@ -131,6 +134,11 @@ def run_sweep(
         rule = champion_rule or ChampionRule()
         space, objectives = load_sweep_space(space_path)
         check_options(objectives, scheduler, search)
+        if cfg.train.launcher == "in_process" and workers_per_trial != 1:
+            raise ConfigError(
+                f"train.launcher=in_process runs a trial's training in its own actor, as one worker; "
+                f"--workers-per-trial {workers_per_trial} needs train.launcher=ray_train (or auto)"
+            )
         state = new_state(
             space_path,
             cfg,
@@ -218,20 +226,31 @@ def _fit(
     )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)
-    driver = driver_resources(cfg, workers, cluster)
+    in_process = trial_launcher(cfg, workers) == "in_process"
+    # An in-process trial's actor is its one worker: it holds the worker's resources, and no Train
+    # workers come on top (sized as a driver with 0 workers).
+    if in_process:
+        driver = in_process_trial_resources(cfg, cluster)
+        sizing, held_workers = sizing_resources(cfg, driver), 0
+    else:
+        driver = driver_resources(cfg, workers, cluster)
+        sizing, held_workers = driver, workers
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), driver)
     if resuming and tune.Tuner.can_restore(str(sweep_dir)):
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
     else:
-        concurrent = state["max_concurrent"] or default_max_concurrent(cfg, workers, driver, cluster)
+        concurrent = state["max_concurrent"] or default_max_concurrent(cfg, held_workers, sizing, cluster)
         if not state["max_concurrent"] and (
-            note := capacity_note(cfg, workers, driver, cluster, most is not None)
+            note := capacity_note(cfg, held_workers, sizing, cluster, most is not None)
         ):
             log(note)
-        log(
-            f"up to {concurrent} concurrent trial(s); each: driver {driver} + {workers} worker(s) x "
+        each = (
+            f"its training loop in the trial's actor (in process), which holds {driver}"
+            if in_process
+            else f"driver {driver} + {workers} Ray Train worker(s) x "
             f"{cfg.train.cpus_per_worker} CPU{' + 1 GPU' if cfg.train.use_gpu else ''}"
         )
+        log(f"up to {concurrent} concurrent trial(s); each: {each}")
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space, grid_as_choice=state["search"] == "optuna"),

@@ -38,12 +38,50 @@ def driver_resources(
     return res
 
 
+def trial_launcher(cfg: RunConfig, workers_per_trial: int) -> str:
+    """Who runs a trial's training loop (``train.launcher`` resolved): ``auto`` is ``in_process`` for a
+    one-worker trial without DeepSpeed (the Tune trial actor is the worker), else ``ray_train``."""
+    if cfg.train.launcher != "auto":
+        return cfg.train.launcher
+    return "in_process" if workers_per_trial == 1 and not cfg.train.deepspeed_stage else "ray_train"
+
+
+def in_process_trial_resources(cfg: RunConfig, cluster: Mapping[str, float]) -> dict[str, float]:
+    """What an in-process trial's actor holds: its one worker's CPUs (and GPU), plus one unit of the
+    ``UNLEARN_TUNE_DRIVER_RESOURCE`` resource if set (a trial slot, as for a trial driver).
+
+    On a cluster too small to keep ``DATA_CPUS`` free next to the worker's CPUs it holds no CPU (a
+    token of memory instead): a trial that must first compute a teacher cache or saliency mask waits
+    for Ray Data tasks and actors, which would otherwise wait for the CPU the trial holds. The trial
+    trains only after they are done, so its core is never used twice; concurrency is still sized with
+    the worker's CPUs (``sizing_resources``).
+    """
+    cpus = float(cfg.train.cpus_per_worker)
+    if cluster.get("CPU", 0.0) - DATA_CPUS < cpus:
+        cpus = 0.0
+    res: dict[str, float] = {"CPU": cpus}
+    if cpus == 0:
+        res["memory"] = DRIVER_MEMORY
+    if cfg.train.use_gpu:
+        res["GPU"] = 1.0
+    if custom := os.environ.get(DRIVER_RESOURCE_ENV):
+        res[custom] = 1.0
+    return res
+
+
+def sizing_resources(cfg: RunConfig, held: Mapping[str, float]) -> dict[str, float]:
+    """An in-process trial's resources as concurrency counts them: the CPUs it trains on, held or not."""
+    out = {k: v for k, v in held.items() if k != "memory"}
+    out["CPU"] = float(cfg.train.cpus_per_worker)
+    return out
+
+
 def _trials_that_fit(
     cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float], cluster: Mapping[str, float]
 ) -> int:
     per_cpu = driver["CPU"] + workers_per_trial * cfg.train.cpus_per_worker
     fits = [math.floor((cluster.get("CPU", 0) - DATA_CPUS) / per_cpu + 1e-9)]
-    if cfg.train.use_gpu:
+    if cfg.train.use_gpu and workers_per_trial:
         fits.append(math.floor(cluster.get("GPU", 0) / workers_per_trial + 1e-9))
     fits += [
         math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in driver.items() if k not in ("CPU", "memory")
@@ -55,7 +93,8 @@ def default_max_concurrent(
     cfg: RunConfig, workers_per_trial: int, driver: Mapping[str, float], cluster: Mapping[str, float]
 ) -> int:
     """Trials that fit at once: cluster CPUs (less ``DATA_CPUS`` kept for Ray Data), GPUs and driver slots
-    over one trial's needs (its driver + ``workers_per_trial`` workers); at least 1."""
+    over one trial's needs (its driver + ``workers_per_trial`` workers; an in-process trial passes its
+    own resources as ``driver`` and 0 workers); at least 1."""
     return max(1, _trials_that_fit(cfg, workers_per_trial, driver, cluster))
 
 
@@ -94,7 +133,7 @@ def capacity_note(
     (typical of an autoscaling cluster still at its 0-CPU head): the sweep then runs 1 trial at a time."""
     need = {k: v for k, v in driver.items() if k != "memory"}
     need["CPU"] = need.get("CPU", 0.0) + workers_per_trial * cfg.train.cpus_per_worker
-    if cfg.train.use_gpu:
+    if cfg.train.use_gpu and workers_per_trial:
         need["GPU"] = float(workers_per_trial)
     short = {k: v for k, v in need.items() if cluster.get(k, 0.0) + 1e-9 < v}
     if not short:

@@ -18,11 +18,12 @@ from ray import tune
 from pipelines import tracking
 from pipelines.evaluate import evaluate
 from pipelines.sweep.callbacks import EvalToTune, LiveCurves
+from pipelines.sweep.resources import trial_launcher
 from pipelines.sweep.space import OBJECTIVE
 from pipelines.sweep.train_groups import TrainGroupReporter
 from pipelines.train.driver import run_training_job
 from pipelines.train.unlearn import prepare_inputs, unlearn_job
-from pipelines.workspace import Workspace
+from pipelines.workspace import NotCached, Workspace
 from unlearn_core.config import RunConfig, mlflow_params, with_overrides
 from unlearn_core.search_space import SearchSpace, objective_value, trial_config
 
@@ -109,11 +110,20 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     started = time.perf_counter()
     name = tune.get_context().get_trial_name()
     cfg = trial_config(ctx.space, config, RunConfig.model_validate(ctx.cfg))
-    cfg = with_overrides(cfg, {"train.num_workers": ctx.workers_per_trial})
+    cfg = with_overrides(
+        cfg,
+        {
+            "train.num_workers": ctx.workers_per_trial,
+            "train.launcher": trial_launcher(cfg, ctx.workers_per_trial),
+        },
+    )
     ws = Workspace(Path(cfg.workdir))
     run_id, logged_through = _child_run(ctx, name, cfg)
     with tracking.run_status(ctx.tracking_uri, run_id, settle_failure=False, finish=False):
-        inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
+        try:  # everything cached (the usual case after the first trials): no extra process
+            inputs = prepare_inputs(cfg, ws, ctx.tracking_uri, log=print, compute=False)
+        except NotCached:
+            inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
         cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
         _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg)
         extra = {"trial_name": name, "mlflow_run_id": run_id}
@@ -126,7 +136,9 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             storage_path=ctx.train_storage,
         )
         to_tune = EvalToTune(ctx.space.objective, dict(extra))
-        job.callbacks += [to_tune, TrainGroupReporter(to_tune.extra)]
+        job.callbacks.append(to_tune)
+        if cfg.train.launcher == "ray_train":  # the Train worker group's placement group, to release
+            job.callbacks.append(TrainGroupReporter(to_tune.extra))
     out = run_training_job(
         job,
         tracking_uri=ctx.tracking_uri,

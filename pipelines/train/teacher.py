@@ -123,8 +123,10 @@ def build_teacher_cache(
     max_new_tokens: int = 40,
     actors: int = 1,
     log=print,
+    compute: bool = True,
 ) -> Path:
-    """The forget-stream shards annotated with the teacher (built once per key); returns its folder."""
+    """The forget-stream shards annotated with the teacher (built once per key); returns its folder.
+    ``compute=False``: raise ``NotCached`` instead of building a missing cache."""
     from pipelines.shards import load_manifest
     from pipelines.tracking import weights_sha256
 
@@ -136,6 +138,10 @@ def build_teacher_cache(
     if (out / "teacher.json").exists():
         say_once(log, f"[cached] PUBG teacher answers {out}")
         return out
+    if not compute:
+        from pipelines.workspace import NotCached
+
+        raise NotCached(f"PUBG teacher answers {out}")
     table = pq.read_table(shards_dir / "forget")
     mask = [
         in_stream("forget", s, t)

@@ -24,6 +24,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.train.progress import ProgressCallback, training_progress
+from pipelines.train.session import RayTrainSession, TrainSession
 from pipelines.train.worker_data import iter_shard
 from unlearn_core.config import ConfigError
 from unlearn_core.config import RunConfig as UnlearnRunConfig
@@ -63,11 +64,11 @@ class TrainJob:
     resume_from: str | None = None
 
 
-def _resume_folder(job: TrainJob, stack: ExitStack) -> Path | None:
+def _resume_folder(job: TrainJob, session: TrainSession, stack: ExitStack) -> Path | None:
     """This run's latest checkpoint (a restarted run), else ``job.resume_from``, else None."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        return Path(stack.enter_context(ckpt.as_directory()))
+    folder = session.resume_folder(stack)
+    if folder is not None:
+        return folder
     return Path(job.resume_from) if job.resume_from else None
 
 
@@ -90,7 +91,13 @@ def worker_threads(torch_threads: int, cpus_per_worker: float) -> int:
 
 
 def train_worker(job_dict: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: build the model, restore a checkpoint if any, loop, finalize.
+    """``train_loop_per_worker`` of the TorchTrainer: :func:`run_worker` in a Ray Train worker."""
+    _quiet_report_logs()
+    run_worker(job_dict, RayTrainSession())
+
+
+def run_worker(job_dict: dict[str, Any], session: TrainSession) -> None:
+    """One training worker: build the model, restore a checkpoint if any, loop, finalize.
 
     ``train.deepspeed_stage`` 0 wraps the model in DDP (``prepare_model``); 2 or 3 builds a
     DeepSpeed ZeRO engine over the process group Ray Train already set up (every rank then
@@ -98,11 +105,7 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     """
     job = TrainJob(**job_dict)
     cfg = UnlearnRunConfig.model_validate(job.cfg)
-    _quiet_report_logs()
-    tc = ray.train.get_context()
-    ctx = WorkerContext(
-        rank=tc.get_world_rank(), world_size=tc.get_world_size(), device=ray.train.torch.get_device()
-    )
+    ctx = WorkerContext(rank=session.rank, world_size=session.world_size, device=session.device())
     torch.set_num_threads(worker_threads(cfg.train.torch_threads, cfg.train.cpus_per_worker))
     seed_everything(cfg.train.seed + ctx.rank)
     built = build_worker_model(
@@ -117,7 +120,7 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     save: SaveFn | None = None  # None: the loop's DDP defaults (rank 0 writes safetensors)
     full_weights: FullWeightsFn | None = None
     with ExitStack() as stack:
-        folder = _resume_folder(job, stack)
+        folder = _resume_folder(job, session, stack)
         if not use_ds:
             optimizer = built.make_optimizer(model)
             if folder is not None:
@@ -128,18 +131,14 @@ def train_worker(job_dict: dict[str, Any]) -> None:
                 start_step = load_checkpoint(folder, model, optimizer)
                 if built.method is not None:
                     built.method.load_state_dict(load_method_state(folder))
-            model = ray.train.torch.prepare_model(
-                model,
-                parallel_strategy="ddp" if ctx.world_size > 1 else None,
-                parallel_strategy_kwargs=ddp_kwargs(built),
-            )
+            model = session.prepare_model(model, ddp_kwargs(built))
         else:
             if folder is not None and not ds_engine.is_deepspeed_checkpoint(folder):
                 start_step = load_checkpoint(folder, model, None)  # DDP weights -> fresh ZeRO optimizer
             if ctx.device.type == "cuda":
                 torch.cuda.set_device(ctx.device)
             engine = ds_engine.init_engine(
-                model, cfg.train, world_size=ctx.world_size, local_rank=tc.get_local_rank()
+                model, cfg.train, world_size=ctx.world_size, local_rank=session.local_rank
             )
             if folder is not None and ds_engine.is_deepspeed_checkpoint(folder):
                 start_step = ds_engine.load_ds_checkpoint(engine, folder)
@@ -150,7 +149,12 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     streams = {
         name: prefetch(
             iter_shard(
-                name, cfg.train.batch_size, built.processor, prefixes, cfg.train.seed + 1000 * ctx.rank
+                name,
+                cfg.train.batch_size,
+                built.processor,
+                prefixes,
+                cfg.train.seed + 1000 * ctx.rank,
+                shard=session.dataset_shard(name),
             ),
             cfg.train.prefetch_batches,
         )
@@ -158,10 +162,6 @@ def train_worker(job_dict: dict[str, Any]) -> None:
     }
     batches = {name: (to_device(b, ctx.device) for b in it) for name, it in streams.items()}
     step_fn = make_step_fn(built, model, optimizer, batches, cfg.train)
-
-    def report(metrics: dict[str, float], folder: Path | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
-        ray.train.report(metrics, checkpoint=checkpoint)
 
     evaluate = None
     if job.eval_records:  # defined on every rank (ZeRO-3 gathers weights on all); run on rank 0 only
@@ -190,7 +190,7 @@ def train_worker(job_dict: dict[str, Any]) -> None:
         model=model,
         optimizer=optimizer,
         step_fn=step_fn,
-        report=report,
+        report=session.report,
         start_step=start_step,
         evaluate=evaluate,
         finalize=finalize,
@@ -278,13 +278,14 @@ def fit(
                 from pipelines.train.in_process import fit_in_process
 
                 return fit_in_process(
-                    train_worker,
+                    run_worker,
                     job.__dict__,
                     datasets,
                     name=name,
                     storage_path=storage_path,
                     callbacks=[progress, *(callbacks or [])],
                     max_failures=t.max_failures,
+                    use_gpu=t.use_gpu,
                 )
             run_config = RunConfig(
                 name=name,

@@ -10,7 +10,7 @@ from pipelines.evaluate import evaluate_cached
 from pipelines.shards import load_manifest, stream_dataset
 from pipelines.train.driver import TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
-from pipelines.workspace import Workspace, ensure_shards, say_once
+from pipelines.workspace import NotCached, Workspace, ensure_shards, say_once
 from unlearn_core.config import ConfigError, RunConfig, mlflow_params
 from unlearn_core.data.selection import count_stream_rows
 from unlearn_core.eval.report import format_table
@@ -40,7 +40,13 @@ def resolve_init_model(cfg: RunConfig, ws: Workspace, tracking_uri: str) -> Path
 
 
 def _mask_for(
-    cfg: RunConfig, method: UnlearnMethod, model_dir: Path, shards: Path, ws: Workspace, log
+    cfg: RunConfig,
+    method: UnlearnMethod,
+    model_dir: Path,
+    shards: Path,
+    ws: Workspace,
+    log,
+    compute: bool = True,
 ) -> str | None:
     """The saliency mask the method asks for (``mask_spec``), computed once per key, or None."""
     spec = method.mask_spec()
@@ -61,6 +67,8 @@ def _mask_for(
     if out.exists():
         say_once(log, f"[cached] saliency mask {out}")
         return str(out)
+    if not compute:
+        raise NotCached(f"saliency mask {out}")
     log(
         f"computing the saliency mask (modules={spec.group}, gamma={spec.gamma}, rows: {spec.recipe}) as a Ray task"
     )
@@ -85,10 +93,14 @@ def stream_rows(shards: Path) -> dict[str, int]:
     return count_stream_rows(tables)
 
 
-def prepare_inputs(cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print) -> dict[str, Any]:
+def prepare_inputs(
+    cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print, *, compute: bool = True
+) -> dict[str, Any]:
     """Shards, initial model, and what the method asks for (teacher cache, saliency mask, params
     derived from the stream sizes): everything a trial needs, cached. ``cfg`` in the result holds
-    every resolved method param (defaults, derived values, the mask path), as MLflow records them."""
+    every resolved method param (defaults, derived values, the mask path), as MLflow records them.
+    ``compute=False`` raises ``NotCached`` where a teacher cache or mask would have to be computed
+    (a sweep trial then computes it outside its placement group)."""
     shards = ensure_shards(cfg, ws, log)
     init_model = resolve_init_model(cfg, ws, tracking_uri)
     method = get_method(cfg.method.name, dict(cfg.method.params))
@@ -98,10 +110,16 @@ def prepare_inputs(cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print) 
         from pipelines.train.teacher import build_teacher_cache
 
         forget_dir = build_teacher_cache(
-            init_model, shards, ws.root / "teacher", instruction=teacher.instruction, k=teacher.k, log=log
+            init_model,
+            shards,
+            ws.root / "teacher",
+            instruction=teacher.instruction,
+            k=teacher.k,
+            log=log,
+            compute=compute,
         )
     params = {**method.resolved_params(), **method.derive(stream_rows(shards), cfg.train.batch_size)}
-    mask_path = _mask_for(cfg, method, init_model, shards, ws, log)
+    mask_path = _mask_for(cfg, method, init_model, shards, ws, log, compute)
     if mask_path is not None:
         params["mask_path"] = mask_path
     method = get_method(cfg.method.name, params)

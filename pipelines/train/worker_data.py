@@ -46,8 +46,13 @@ class ShardCollate(NumpyBatchCollateFn):
 EPOCH_CACHE_MAX_BYTES = int(os.environ.get("UNLEARN_EPOCH_CACHE_MAX_BYTES", 256 << 20))
 
 
-def iter_shard(name: str, batch_size: int, processor: Any, prefixes: tuple[str, ...], seed: int):
-    shard = ray.train.get_dataset_shard(name)
+def iter_shard(
+    name: str, batch_size: int, processor: Any, prefixes: tuple[str, ...], seed: int, shard: Any = None
+):
+    """Collated batches of stream ``name``, epoch after epoch; ``shard``: the worker's share of it
+    (default: the Ray Train worker's ``get_dataset_shard(name)``)."""
+    if shard is None:
+        shard = ray.train.get_dataset_shard(name)
     cache = EpochCache(EPOCH_CACHE_MAX_BYTES)
 
     def make_iter(epoch: int):
