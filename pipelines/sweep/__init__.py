@@ -6,7 +6,12 @@ anything heavy loads, and importing the driver pulls in Ray Tune, MLflow and tor
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+# When this process first imported the sweep package: in a trial's actor, just before the trial's
+# stack (torch, transformers, Ray Train) is imported; the first trial counts that set-up time.
+IMPORTED_AT = time.time()
 
 __all__ = ["run_sweep"]
 

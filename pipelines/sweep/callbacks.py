@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ray import tune
+from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines.sweep.space import OBJECTIVE
@@ -42,13 +44,18 @@ class LiveCurves(MlflowReportCallback):
         super().after_report(run_context, [out], checkpoint)
 
 
-class EvalToTune(TuneReportCallback):
-    """Forward only the in-training evaluations to Tune, with ``objective``, ``step`` and trial info."""
+class EvalToTune(UserCallback):
+    """Forward only the in-training evaluations to Tune, with ``objective``, ``step`` and trial info.
 
-    def __init__(self, objective: Any, extra: dict[str, Any]) -> None:
-        super().__init__()
+    Under Ray Train the callback runs on the controller and hands them to the trial through Ray's
+    Train-to-Tune queue (``TuneReportCallback``); an in-process trial (``in_process=True``) runs it in
+    the trial function's own thread, which reports to Tune directly (and stops there when ASHA says so).
+    """
+
+    def __init__(self, objective: Any, extra: dict[str, Any], in_process: bool = False) -> None:
         self.objective = objective
         self.extra = extra
+        self._bridge = None if in_process else TuneReportCallback()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         m = metrics[0] if metrics else {}
@@ -56,11 +63,11 @@ class EvalToTune(TuneReportCallback):
         obj = _objective_of(self.objective, m)
         if not evals or obj is None:
             return
-        super().after_report(
-            run_context,
-            [{**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra}],
-            None,
-        )
+        payload = {**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra}
+        if self._bridge is None:
+            tune.report(payload)
+        else:
+            self._bridge.after_report(run_context, [payload], None)
 
 
 def _objective_of(objective: Any, metrics: Mapping[str, Any]) -> float | None:

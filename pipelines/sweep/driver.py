@@ -262,6 +262,7 @@ def _fit(
                 scheduler=state["scheduler"],
                 search=state["search"],
                 max_concurrent=concurrent,
+                reuse_actors=in_process,
             ),
             run_config=tune.RunConfig(
                 name=sweep_dir.name,

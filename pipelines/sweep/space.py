@@ -128,9 +128,12 @@ def build_tune_config(
     scheduler: str,
     search: str,
     max_concurrent: int,
+    reuse_actors: bool = False,
 ) -> Any:
     """``tune.TuneConfig`` for a sweep: deterministic trial names, seeded search, ASHA on ``objective``.
-    (Ray Tune is imported here, not at module level: the CLI validates a space without it.)"""
+    ``reuse_actors``: a finished trial's actor runs the next trial (in-process trials: the training
+    stack stays imported). (Ray Tune is imported here, not at module level: the CLI validates a space
+    without it.)"""
     from ray import tune
 
     check_options(objectives, scheduler, search)
@@ -144,6 +147,7 @@ def build_tune_config(
         max_concurrent_trials=max_concurrent if search != "random" else None,
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
+        reuse_actors=reuse_actors,
     )
 
 

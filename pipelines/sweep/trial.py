@@ -15,6 +15,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+import pipelines.sweep as sweep_package
 from pipelines import tracking
 from pipelines.evaluate import evaluate
 from pipelines.sweep.callbacks import EvalToTune, LiveCurves
@@ -26,6 +27,8 @@ from pipelines.train.unlearn import prepare_inputs, unlearn_job
 from pipelines.workspace import NotCached, Workspace
 from unlearn_core.config import RunConfig, mlflow_params, with_overrides
 from unlearn_core.search_space import SearchSpace, objective_value, trial_config
+
+_RAN_TRIALS = 0  # trials this process ran (an in-process sweep reuses a trial's actor for the next)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,11 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     scheduler stopped it) is set by the sweep driver once Tune says how the trial ended: a trial that
     ASHA stops can also raise here, and a status written from this side could land after that KILLED.
     """
+    global _RAN_TRIALS
     started = time.perf_counter()
+    # The actor's imports happen before this function runs: the first trial of a process counts them.
+    setup_s = time.time() - sweep_package.IMPORTED_AT if _RAN_TRIALS == 0 else 0.0
+    _RAN_TRIALS += 1
     name = tune.get_context().get_trial_name()
     cfg = trial_config(ctx.space, config, RunConfig.model_validate(ctx.cfg))
     cfg = with_overrides(
@@ -119,14 +126,18 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     )
     ws = Workspace(Path(cfg.workdir))
     run_id, logged_through = _child_run(ctx, name, cfg)
+    laps = {"time/trial_run_s": time.perf_counter() - started}
     with tracking.run_status(ctx.tracking_uri, run_id, settle_failure=False, finish=False):
+        began = time.perf_counter()
         try:  # everything cached (the usual case after the first trials): no extra process
             inputs = prepare_inputs(cfg, ws, ctx.tracking_uri, log=print, compute=False)
         except NotCached:
             inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
+        laps["time/trial_inputs_s"] = time.perf_counter() - began  # teacher cache, mask (cached or made)
         cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
         _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg)
         extra = {"trial_name": name, "mlflow_run_id": run_id}
+        began = time.perf_counter()
         job = unlearn_job(
             cfg,
             inputs,
@@ -135,7 +146,8 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             name=name,
             storage_path=ctx.train_storage,
         )
-        to_tune = EvalToTune(ctx.space.objective, dict(extra))
+        laps["time/trial_streams_s"] = time.perf_counter() - began  # the training streams read
+        to_tune = EvalToTune(ctx.space.objective, dict(extra), in_process=cfg.train.launcher == "in_process")
         job.callbacks.append(to_tune)
         if cfg.train.launcher == "ray_train":  # the Train worker group's placement group, to release
             job.callbacks.append(TrainGroupReporter(to_tune.extra))
@@ -157,6 +169,8 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             tracking.SHA_TAG: out[tracking.SHA_TAG],
             **out["timing"],
             "time/trial_s": time.perf_counter() - started,  # + inputs, the child run, Tune's report
+            "time/trial_setup_s": setup_s,  # the actor's imports, before the trial function ran
+            **laps,
             **extra,
         }
     )
