@@ -196,6 +196,8 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
             "train.batch_size=8",
             "--set",
             "train.cpus_per_worker=1",
+            "--set",  # one-worker trials would train in their own actor; here each trial runs Ray Train
+            "train.launcher=ray_train",
             "--set",
             "tracking.registered_model_name=autoscale-sweep",
         ]

@@ -42,9 +42,9 @@ def load_shard_rows(shards_dir: str | Path, splits: tuple[str, ...] = EVAL_SPLIT
 TRAIN_SPLITS = STREAM_SPLITS["train"]  # the vanilla fine-tune's
 
 
-# Streams whose shard files total less than this are materialized once in the object store before
-# training: a forget set is a few hundred rows (a handful of batches per epoch), and re-reading and
-# re-filtering the Parquet files at every epoch cost GA 4x its step time (bench/train_step.py).
+# Streams whose shard files total less than this are read once into the object store before training:
+# a forget set is a few hundred rows (a handful of batches per epoch), and re-reading and re-filtering
+# the Parquet files at every epoch cost GA 4x its step time (bench/train_step.py).
 MATERIALIZE_MAX_BYTES = int(os.environ.get("UNLEARN_MATERIALIZE_MAX_BYTES", 1 << 30))
 
 
@@ -54,7 +54,8 @@ def stream_dataset(
     """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
 
     ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
-    Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are materialized; large ones stream.
+    Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are read here into the object store, one
+    block per file; large ones stream (Ray Data reads them as the workers iterate).
     """
     if stream not in STREAM_SPLITS:
         raise ValueError(f"unknown stream {stream!r}; valid: {', '.join(STREAM_SPLITS)}")
@@ -76,55 +77,12 @@ def stream_dataset(
         ]
         return batch.take(pa.array(idx, type=pa.int64()))
 
+    files = [f for path in paths for f in sorted(Path(path).rglob("*.parquet"))]
+    if sum(f.stat().st_size for f in files) < MATERIALIZE_MAX_BYTES:
+        # Read here, one block per file in file order (what a materialized read_parquet holds): no
+        # Ray Data job to start, which cost every training job ~6 s per stream on a small machine.
+        return ray.data.from_arrow([keep(pq.read_table(f)) for f in files])
     # Same seed, same rows in the same order: without it Ray Data yields blocks as they finish, and
     # a fine-tune on shards that already existed could differ from one on freshly built shards.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
-    size = sum(f.stat().st_size for path in paths for f in Path(path).rglob("*.parquet"))
-    return (
-        materialize_with_retry(ds, what=f"{stream} stream of {paths}") if size < MATERIALIZE_MAX_BYTES else ds
-    )
-
-
-NODE_LOSS_RETRIES = 2
-
-
-def materialize_with_retry(
-    ds: ray.data.Dataset, *, what: str, retries: int = NODE_LOSS_RETRIES
-) -> ray.data.Dataset:
-    """``ds.materialize()``, run again when a node it used went away (an autoscaler removed an idle node).
-
-    On an autoscaling cluster Ray Data can place a read task or its Parquet footer reader on a node
-    the autoscaler is terminating as idle; the read then fails with an ``ActorDiedError`` /
-    ``NodeDiedError`` although nothing is wrong with the data. Reading again is safe (same files, same
-    order); any other error is raised at once.
-    """
-    for attempt in range(retries + 1):
-        try:
-            return ds.materialize()
-        except Exception as err:  # Ray wraps the cause; look through the chain for a node loss
-            if attempt == retries or not _lost_a_node(err):
-                raise
-            log.warning(
-                "reading the %s failed because a node went away (%s); reading again", what, _first_line(err)
-            )
-    raise AssertionError("unreachable")
-
-
-def _lost_a_node(err: BaseException) -> bool:
-    seen: BaseException | None = err
-    for _ in range(10):
-        if seen is None:
-            return False
-        text = f"{type(seen).__name__}: {seen}"
-        if any(
-            s in text
-            for s in ("ActorDiedError", "NodeDiedError", "node has died", "Terminated by autoscaler")
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+    return ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
