@@ -115,9 +115,17 @@ def main() -> None:
     for name, t in sorted(trials.items()):
         steps = t.get("step")
         timing = t.get("timing") or {}
+        if not timing:
+            print(f"  {name}: {t['status']}")
+            continue
+        loop, total = timing["time/stepping_s"], wall(timing)
+        made = timing.get("time/trial_inputs_s", 0.0)  # teacher cache / mask, when this trial computed them
+        setup = timing.get("time/trial_setup_s", 0.0)
         print(
-            f"  {name}: {t['status']}, {steps:.0f} steps, trial {wall(timing) if timing else 0:.1f} s, "
-            f"loop {timing.get('time/stepping_s', 0):.1f} s"
+            f"  {name}: {t['status']}, {steps:.0f} steps, trial {total:.1f} s, loop {loop:.1f} s; "
+            f"fixed cost {1 - loop / total:.0%} of the trial; without the actor's imports "
+            f"({setup:.1f} s) and the inputs it prepared ({made:.1f} s): "
+            f"{1 - loop / (total - setup - made):.0%}"
         )
     table = phase_table(timings) if timings else "(no completed trial)"  # printed by common.table
     print(common.load_summary())
