@@ -8,12 +8,17 @@ phases; the table gives each phase's seconds and share of the trial, and two fix
 everything but the training loop, and the infrastructure alone (also without the final evaluation's
 generation, which is evaluation work that grows with the sample, not start-up).
 
+The same sweep runs twice, one after the other: with Ray Train trials (``train.launcher=ray_train``:
+a ``TorchTrainer`` per trial) and with the default (``auto``: one-worker trials run in their own Tune
+actor, which the sweep reuses).
+
 Run: ``BENCH_SRC=<finished workdir> .venv/bin/python bench/trial_cost.py`` (``BENCH_QUICK=1``: the
-demo's 2 trials; default 4).
+demo's 2 trials; default 4; ``BENCH_LAUNCHERS=auto``: only the default).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +29,9 @@ import common
 from unlearn_core.config import RunConfig, with_overrides
 
 TRIALS = 2 if common.QUICK else 4
+# Ray Train trials (a TorchTrainer each) vs the default, in-process trials for one worker;
+# BENCH_LAUNCHERS=auto runs the default alone.
+LAUNCHERS = tuple(os.environ.get("BENCH_LAUNCHERS", "ray_train,auto").split(","))
 SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "pubg.yaml"
 
 
@@ -62,10 +70,10 @@ PHASES = (
 )
 
 
-def run(inp: common.Inputs) -> dict[str, Any]:
+def run(inp: common.Inputs, launcher: str) -> dict[str, Any]:
     from pipelines.sweep import run_sweep
 
-    wd = common.BENCH_DIR / "trial_cost"
+    wd = common.BENCH_DIR / f"trial_cost-{launcher}"
     shutil.rmtree(wd, ignore_errors=True)
     if (common.BENCH_SRC / "teacher").is_dir():
         shutil.copytree(common.BENCH_SRC / "teacher", wd / "teacher")
@@ -78,6 +86,7 @@ def run(inp: common.Inputs) -> dict[str, Any]:
             "model.spec": str(inp.vanilla),
             "tracking.log_model": False,
             "tracking.registered_model_name": "bench-trial-cost",
+            "train.launcher": launcher,
         },
     )
     t0 = time.perf_counter()
@@ -103,15 +112,13 @@ def phase_table(timings: list[dict[str, float]]) -> str:
     return common.table(["phase", "seconds", "share of trial"], rows)
 
 
-def main() -> None:
-    common.header(f"bench/trial_cost.py: per-trial fixed cost of the demo's PUBG sweep ({TRIALS} trials)")
-    inp = common.inputs()
-    common.ensure_ray(2)
-    common.load("trial cost")
-    out = run(inp)
+def report(launcher: str, out: dict[str, Any]) -> tuple[list[dict[str, float]], str]:
+    """Print one sweep's trials and phase table; returns the completed trials' timings and the table."""
     trials = out["trials"]
     timings = [t["timing"] for t in trials.values() if t["status"] == "completed" and t.get("timing")]
-    print(f"sweep wall {out['wall_s']:.0f} s, {len(timings)}/{len(trials)} trials completed")
+    print(
+        f"train.launcher={launcher}: sweep wall {out['wall_s']:.0f} s, {len(timings)}/{len(trials)} trials completed"
+    )
     for name, t in sorted(trials.items()):
         steps = t.get("step")
         timing = t.get("timing") or {}
@@ -128,8 +135,26 @@ def main() -> None:
             f"{1 - loop / (total - setup - made):.0%}"
         )
     table = phase_table(timings) if timings else "(no completed trial)"  # printed by common.table
+    return timings, table
+
+
+def main() -> None:
+    """The same sweep with Ray Train trials and with in-process trials (the default), one after the other."""
+    common.header(f"bench/trial_cost.py: per-trial fixed cost of the demo's PUBG sweep ({TRIALS} trials)")
+    inp = common.inputs()
+    common.ensure_ray(2)
+    common.load("trial cost")
+    saved: dict[str, Any] = {}
+    for launcher in LAUNCHERS:
+        out = run(inp, launcher)
+        timings, table = report(launcher, out)
+        saved[launcher] = {"wall_s": out["wall_s"], "timings": timings, "table": table}
+        common.load(f"after {launcher}")
+    if len(saved) == 2:
+        a, b = (saved[k]["wall_s"] for k in LAUNCHERS)
+        print(f"sweep wall: {LAUNCHERS[1]} / {LAUNCHERS[0]} = {b / a:.2f} ({b:.0f} s / {a:.0f} s)")
     print(common.load_summary())
-    common.save("trial_cost", {"wall_s": out["wall_s"], "timings": timings, "table": table})
+    common.save("trial_cost", saved)
 
 
 if __name__ == "__main__":
