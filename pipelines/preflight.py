@@ -200,6 +200,11 @@ def sweep(
     ):
         if value is not None and value < low:
             raise ConfigError(f"{field}: must be >= {low}, got {value}")
+    if cfg.train.launcher == "in_process" and workers_per_trial > 1:
+        raise ConfigError(
+            f"train.launcher=in_process runs each trial as one worker in its own actor; "
+            f"--workers-per-trial {workers_per_trial} needs train.launcher=ray_train (or auto)"
+        )
     if resume:
         from pipelines.sweep.state import STATE_FILE
 

@@ -104,6 +104,22 @@ CASES = [
     (["sweep"], ["needs --space FILE"]),
     (["sweep", "--resume", "WD/records"], ["--resume", "not a sweep folder"]),
     (["sweep", "--space", "tune_spaces/pubg.yaml", "--num-samples", "0"], ["--num-samples", ">= 1"]),
+    (
+        [
+            "sweep",
+            "--space",
+            "tune_spaces/pubg.yaml",
+            "--workers-per-trial",
+            "2",
+            "--set",
+            "train.launcher=in_process",
+        ],
+        ["train.launcher=in_process", "--workers-per-trial 2", "ray_train"],
+    ),
+    (
+        ["run", "--method", "ga", "--set", "train.launcher=in_process", "--workers", "2"],
+        ["launcher=in_process", "num_workers=2"],
+    ),
     (["demo", "--methods", "ga,nope"], ["--methods", "unknown method(s) ['nope']"]),
     (["demo", "--method-steps", "0"], ["--method-steps", ">= 1"]),
     (

@@ -47,8 +47,9 @@ def trial_launcher(cfg: RunConfig, workers_per_trial: int) -> str:
 
 
 def in_process_trial_resources(cfg: RunConfig, cluster: Mapping[str, float]) -> dict[str, float]:
-    """What an in-process trial's actor holds: its one worker's CPUs (and GPU), plus one unit of the
-    ``UNLEARN_TUNE_DRIVER_RESOURCE`` resource if set (a trial slot, as for a trial driver).
+    """What an in-process trial's actor holds: its one worker's CPUs (and GPU). Not the
+    ``UNLEARN_TUNE_DRIVER_RESOURCE`` of trial drivers: this actor trains, so it goes where workers go
+    (``cluster.yaml``'s GPU nodes have no ``tune_driver``).
 
     On a cluster too small to keep ``DATA_CPUS`` free next to the worker's CPUs it holds no CPU (a
     token of memory instead): a trial that must first compute a teacher cache or saliency mask waits
@@ -64,8 +65,6 @@ def in_process_trial_resources(cfg: RunConfig, cluster: Mapping[str, float]) -> 
         res["memory"] = DRIVER_MEMORY
     if cfg.train.use_gpu:
         res["GPU"] = 1.0
-    if custom := os.environ.get(DRIVER_RESOURCE_ENV):
-        res[custom] = 1.0
     return res
 
 
