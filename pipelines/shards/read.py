@@ -54,8 +54,8 @@ def stream_dataset(
     """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
 
     ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
-    Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are read here into the object store, one
-    block per file; large ones stream (Ray Data reads them as the workers iterate).
+    Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are read here into the object store as
+    one block; large ones stream (Ray Data reads them as the workers iterate).
     """
     if stream not in STREAM_SPLITS:
         raise ValueError(f"unknown stream {stream!r}; valid: {', '.join(STREAM_SPLITS)}")
@@ -77,12 +77,14 @@ def stream_dataset(
         ]
         return batch.take(pa.array(idx, type=pa.int64()))
 
+    # Same seed, same rows in the same order: without it Ray Data yields blocks as they finish, and
+    # a fine-tune on shards that already existed could differ from one on freshly built shards. (Also
+    # for a stream read here: Ray Train's split of it for the workers runs under this context.)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     files = [f for path in paths for f in sorted(Path(path).rglob("*.parquet"))]
     if sum(f.stat().st_size for f in files) < MATERIALIZE_MAX_BYTES:
-        # Read here, one block per file in file order (what a materialized read_parquet holds): no
-        # Ray Data job to start, which cost every training job ~6 s per stream on a small machine.
-        return ray.data.from_arrow([keep(pq.read_table(f)) for f in files])
-    # Same seed, same rows in the same order: without it Ray Data yields blocks as they finish, and
-    # a fine-tune on shards that already existed could differ from one on freshly built shards.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+        # Read here into one block, the files in order (what a materialized read_parquet of small
+        # shards holds: the same block gives the same shuffled batches): no Ray Data job to start,
+        # which cost every training job ~6 s per stream on a small machine.
+        return ray.data.from_arrow(pa.concat_tables([keep(pq.read_table(f)) for f in files]))
     return ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
