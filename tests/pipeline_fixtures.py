@@ -78,3 +78,11 @@ def reserved_placement_groups(timeout_s: float = 30.0) -> dict[str, dict]:
         if not live or time.monotonic() > deadline:
             return live
         time.sleep(0.5)
+
+
+def write_tiny_train_shards(root: Path) -> Path:
+    """Tiny benchmark records sharded at 32x32 under ``root/shards`` (a Ray Train module's inputs)."""
+    from pipelines.shards.build import shard_records
+
+    shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
+    return root / "shards"

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.shards import stream_dataset
-from pipelines.shards.build import shard_records
 from pipelines.sweep.resources import (
     default_max_concurrent,
     in_process_trial_resources,
@@ -26,16 +25,13 @@ from pipelines.sweep.resources import (
 )
 from pipelines.train import TrainJob, fit
 from pipelines.train.in_process import fit_in_process, saved_checkpoints
-from tests.pipeline_fixtures import write_tiny_records
+from tests.pipeline_fixtures import write_tiny_train_shards
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_local):
-    root = tmp_path_factory.mktemp("inproc")
-    records = write_tiny_records(root / "records")
-    shard_records(records, root / "shards", image_size=32)
-    return root / "shards"
+    return write_tiny_train_shards(tmp_path_factory.mktemp("inproc"))
 
 
 class Recorder:

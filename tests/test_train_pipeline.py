@@ -12,10 +12,9 @@ from safetensors.torch import load_file
 from pipelines import tracking
 from pipelines.evaluate import evaluate, evaluation_rows
 from pipelines.shards import stream_dataset
-from pipelines.shards.build import shard_records
 from pipelines.train import TrainJob, fit
 from pipelines.train.finetune import run_finetune
-from tests.pipeline_fixtures import write_tiny_records
+from tests.pipeline_fixtures import write_tiny_train_shards
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.eval.runner import EVAL_CHUNK
 from unlearn_core.models.loading import load_model_and_processor
@@ -23,10 +22,7 @@ from unlearn_core.models.loading import load_model_and_processor
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_local):
-    root = tmp_path_factory.mktemp("train")
-    records = write_tiny_records(root / "records")
-    shard_records(records, root / "shards", image_size=32)
-    return root / "shards"
+    return write_tiny_train_shards(tmp_path_factory.mktemp("train"))
 
 
 def _cfg(workdir, shards, **extra) -> RunConfig:
