@@ -57,7 +57,9 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(
     finishes the sweep: trial_000 keeps its single result and MLflow run, trial_001 runs to the end."""
     uri = mlflow_store["tracking_uri"]
     space = tmp_path / "ga_interrupted.yaml"
-    space.write_text(SPACE.replace("train.steps: {choice: [2, 4]}", "train.steps: {choice: [4]}"))
+    # A grid in listed order: trial_000 takes 4 steps, trial_001 24, so trial_001 is still running
+    # when trial_000's end reaches Tune's experiment state (in-process trials are fast).
+    space.write_text(SPACE.replace("train.steps: {choice: [2, 4]}", "train.steps: {grid: [4, 24]}"))
     sets = {
         "workdir": sweep_inputs["workdir"],
         "shards": sweep_inputs["shards"],
@@ -74,7 +76,7 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(
         "--space",
         str(space),
         "--num-samples",
-        "2",
+        "1",
         "--scheduler",
         "none",
         "--max-concurrent",
@@ -88,7 +90,12 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(
         cmd += ["--set", f"{key}={value}"]
     import ray
 
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "PYTHONUNBUFFERED": "1",
+        "TUNE_GLOBAL_CHECKPOINT_S": "0",  # Tune writes its experiment state on every loop, not adaptively
+    }
     log_path = tmp_path / "driver.log"
     with open(log_path, "wb") as log_file:
         driver = subprocess.Popen(
