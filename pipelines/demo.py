@@ -60,7 +60,7 @@ def run_demo(
     }
     log(f"== 3/5 unlearning baselines ({', '.join(methods)}), {method_steps} steps each")
     for name in methods:
-        cfg = _cfg("unlearn", workdir, {"method.name": name, "train.steps": method_steps})
+        cfg = baseline_config(workdir, name, method_steps)
         results[name] = _unlearn_once(cfg, ws, vanilla, shards, log)
     sweep_out: dict[str, Any] = {}
     if sweep_samples > 0:
@@ -95,6 +95,17 @@ def run_demo(
             f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}"
         )
     return {"results": results, "sweep": sweep_out}
+
+
+def baseline_config(workdir: str, method: str, steps: int) -> RunConfig:
+    """A baseline's config. Its training loop runs in this process when it is one worker without
+    DeepSpeed (``train.launcher`` auto): 40 steps take less time than a TorchTrainer's start-up, and
+    the weights are the same (tests/test_in_process.py)."""
+    overrides: dict[str, Any] = {"method.name": method, "train.steps": steps}
+    t = _cfg("unlearn", workdir, overrides).train
+    if t.launcher == "auto" and t.num_workers == 1 and not t.deepspeed_stage:
+        overrides["train.launcher"] = "in_process"
+    return _cfg("unlearn", workdir, overrides)
 
 
 def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path, log) -> dict[str, float]:

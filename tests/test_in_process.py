@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipelines.demo import baseline_config
 from pipelines.shards import stream_dataset
 from pipelines.sweep.resources import (
     default_max_concurrent,
@@ -152,7 +153,7 @@ def test_a_failed_attempt_starts_again_from_its_last_checkpoint(tmp_path):
     assert len(attempts) == 1
 
 
-def test_which_trials_run_in_process_and_what_they_hold(monkeypatch):
+def test_which_trials_run_in_process_and_what_they_hold(monkeypatch, tmp_path):
     monkeypatch.delenv("UNLEARN_TUNE_DRIVER_RESOURCE", raising=False)
     cfg = RunConfig()
     assert cfg.train.launcher == "auto"
@@ -162,6 +163,9 @@ def test_which_trials_run_in_process_and_what_they_hold(monkeypatch):
     assert trial_launcher(with_overrides(cfg, {"train.launcher": "ray_train"}), 1) == "ray_train"
     with pytest.raises(ConfigError, match="launcher=in_process"):
         with_overrides(cfg, {"train.launcher": "in_process", "train.num_workers": 2})
+    # `make run`'s baselines (one worker each) also run in process; `unlearn run` keeps Ray Train.
+    baseline = baseline_config(str(tmp_path), "ga", 40)
+    assert (baseline.train.launcher, baseline.method.name, baseline.train.steps) == ("in_process", "ga", 40)
 
     # A big node: the trial's actor holds its worker's CPU (and GPU); 14 CPUs after Ray Data's 2.
     gpu = with_overrides(cfg, {"train.use_gpu": True})
