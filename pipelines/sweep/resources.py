@@ -30,12 +30,15 @@ def driver_resources(
     else:
         spare = cluster.get("CPU", 0.0) - DATA_CPUS - workers_per_trial * cfg.train.cpus_per_worker
         cpus = 1.0 if spare >= 1.0 else 0.0
-    res = {"CPU": cpus}
-    if cpus == 0:
-        res["memory"] = DRIVER_MEMORY
+    res = _cpu_bundle(cpus)
     if custom := os.environ.get(DRIVER_RESOURCE_ENV):
         res[custom] = 1.0
     return res
+
+
+def _cpu_bundle(cpus: float) -> dict[str, float]:
+    """``cpus`` CPUs; with none, a token amount of memory instead (Tune needs a non-empty bundle)."""
+    return {"CPU": cpus} if cpus else {"CPU": 0.0, "memory": DRIVER_MEMORY}
 
 
 def trial_launcher(cfg: RunConfig, workers_per_trial: int) -> str:
@@ -58,11 +61,7 @@ def in_process_trial_resources(cfg: RunConfig, cluster: Mapping[str, float]) -> 
     the worker's CPUs (``sizing_resources``).
     """
     cpus = float(cfg.train.cpus_per_worker)
-    if cluster.get("CPU", 0.0) - DATA_CPUS < cpus:
-        cpus = 0.0
-    res: dict[str, float] = {"CPU": cpus}
-    if cpus == 0:
-        res["memory"] = DRIVER_MEMORY
+    res = _cpu_bundle(cpus if cluster.get("CPU", 0.0) - DATA_CPUS >= cpus else 0.0)
     if cfg.train.use_gpu:
         res["GPU"] = 1.0
     return res
