@@ -103,61 +103,9 @@ def main() -> None:
                 f"({x['best_trial']})",
                 flush=True,
             )
-    rows = []
     results: dict[str, Any] = {"config": {"samples": SAMPLES, "repeats": REPEATS, "space": str(space)}}
-    full = runs["none"]
-    for s in SCHEDULERS:
-        wall = common.Stats([x["wall_s"] for x in runs[s]])
-        rel = common.Stats([x["wall_s"] / f["wall_s"] for x, f in zip(runs[s], full, strict=True)])
-        steps = common.Stats([x["steps"] for x in runs[s]])
-        steps_rel = common.Stats([x["steps"] / f["steps"] for x, f in zip(runs[s], full, strict=True)])
-        best = common.Stats([x["best_objective"] for x in runs[s]])
-        # Objectives are scores to minimise (about -2..2): the gap is in objective units, and relative to
-        # the spread of the full sweep (its worst minus its best finished trial), not to a value near zero.
-        gap = common.Stats(
-            [x["best_objective"] - f["best_objective"] for x, f in zip(runs[s], full, strict=True)]
-        )
-        # "Within 5% of the best": the gap relative to the full sweep's best objective's magnitude.
-        gap_best = common.Stats(
-            [
-                (x["best_objective"] - f["best_objective"]) / max(abs(f["best_objective"]), 1e-9)
-                for x, f in zip(runs[s], full, strict=True)
-            ]
-        )
-        gap_rel = common.Stats(
-            [
-                (x["best_objective"] - f["best_objective"])
-                / max(f["worst_objective"] - f["best_objective"], 1e-9)
-                for x, f in zip(runs[s], full, strict=True)
-            ]
-        )
-        same_best = sum(x["best_trial"] == f["best_trial"] for x, f in zip(runs[s], full, strict=True))
-        rows.append(
-            [
-                s,
-                wall.short(),
-                rel.short(2),
-                steps.short(),
-                steps_rel.short(2),
-                f"{sum(x['stopped'] for x in runs[s])}/{SAMPLES * REPEATS}",
-                best.short(3),
-                gap.short(3),
-                gap_best.short(3),
-                gap_rel.short(2),
-                f"{same_best}/{REPEATS}",
-            ]
-        )
-        results[s] = {
-            "wall_s": wall.as_dict(),
-            "wall_vs_full": rel.as_dict(),
-            "steps": steps.as_dict(),
-            "steps_vs_full": steps_rel.as_dict(),
-            "best_objective": best.as_dict(),
-            "best_gap_vs_full": gap.as_dict(),
-            "best_gap_vs_full_best": gap_best.as_dict(),
-            "best_gap_vs_full_spread": gap_rel.as_dict(),
-            "runs": runs[s],
-        }
+    rows, per_scheduler = scheduler_rows(runs)
+    results.update(per_scheduler)
     print(f"\nmedian [min, max] over {REPEATS} repeats of {SAMPLES} trials; objective: lower is better")
     results["table"] = common.table(
         [
@@ -178,6 +126,63 @@ def main() -> None:
     results["fixed_cost"] = fixed_cost_table(runs)
     print(common.load_summary())
     common.save("sweep", results)
+
+
+def _paired(mine: list[dict[str, Any]], full: list[dict[str, Any]], fn: Any) -> common.Stats:
+    """``fn(sweep, full sweep of the same repeat)`` over the repeats."""
+    return common.Stats([fn(x, f) for x, f in zip(mine, full, strict=True)])
+
+
+def _gap(x: dict[str, Any], f: dict[str, Any], scale: float = 1.0) -> float:
+    return (x["best_objective"] - f["best_objective"]) / max(scale, 1e-9)
+
+
+def scheduler_rows(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[list[str]], dict[str, Any]]:
+    """One table row per scheduler (median [min, max] over repeats, each repeat compared with the full
+    sweep of the same repeat) and the same figures for the results JSON."""
+    full = runs["none"]
+    rows, out = [], {}
+    for s in SCHEDULERS:
+        mine = runs[s]
+        wall = common.Stats([x["wall_s"] for x in mine])
+        rel = _paired(mine, full, lambda x, f: x["wall_s"] / f["wall_s"])
+        steps = common.Stats([x["steps"] for x in mine])
+        steps_rel = _paired(mine, full, lambda x, f: x["steps"] / f["steps"])
+        best = common.Stats([x["best_objective"] for x in mine])
+        # Objectives are scores to minimise (about -2..2): the gap in objective units, relative to the
+        # full sweep's best ("within 5% of the best") and to its spread (worst minus best finished trial).
+        gap = _paired(mine, full, _gap)
+        gap_best = _paired(mine, full, lambda x, f: _gap(x, f, abs(f["best_objective"])))
+        gap_rel = _paired(mine, full, lambda x, f: _gap(x, f, f["worst_objective"] - f["best_objective"]))
+        same_best = sum(x["best_trial"] == f["best_trial"] for x, f in zip(mine, full, strict=True))
+        trials = sum(x["completed"] + x["stopped"] + x["failed"] for x in mine)
+        rows.append(
+            [
+                s,
+                wall.short(),
+                rel.short(2),
+                steps.short(),
+                steps_rel.short(2),
+                f"{sum(x['stopped'] for x in mine)}/{trials}",
+                best.short(3),
+                gap.short(3),
+                gap_best.short(3),
+                gap_rel.short(2),
+                f"{same_best}/{len(mine)}",
+            ]
+        )
+        out[s] = {
+            "wall_s": wall.as_dict(),
+            "wall_vs_full": rel.as_dict(),
+            "steps": steps.as_dict(),
+            "steps_vs_full": steps_rel.as_dict(),
+            "best_objective": best.as_dict(),
+            "best_gap_vs_full": gap.as_dict(),
+            "best_gap_vs_full_best": gap_best.as_dict(),
+            "best_gap_vs_full_spread": gap_rel.as_dict(),
+            "runs": mine,
+        }
+    return rows, out
 
 
 def _wall(t: dict[str, float]) -> float:

@@ -18,10 +18,11 @@ from pipelines import tracking
 from pipelines.defaults import default_config
 from pipelines.evaluate import evaluate_cached
 from pipelines.shards import load_manifest
+from pipelines.sweep.resources import trial_launcher
 from pipelines.train.finetune import run_finetune
 from pipelines.train.unlearn import run_unlearn
 from pipelines.workspace import Workspace, ensure_shards
-from unlearn_core.config import RunConfig, absolute_folder, load_run_config
+from unlearn_core.config import RunConfig, absolute_folder, load_run_config, with_overrides
 from unlearn_core.eval.report import format_table
 from unlearn_core.eval.runner import EVAL_VERSION
 
@@ -98,14 +99,11 @@ def run_demo(
 
 
 def baseline_config(workdir: str, method: str, steps: int) -> RunConfig:
-    """A baseline's config. Its training loop runs in this process when it is one worker without
-    DeepSpeed (``train.launcher`` auto): 40 steps take less time than a TorchTrainer's start-up, and
-    the weights are the same (tests/test_in_process.py)."""
-    overrides: dict[str, Any] = {"method.name": method, "train.steps": steps}
-    t = _cfg("unlearn", workdir, overrides).train
-    if t.launcher == "auto" and t.num_workers == 1 and not t.deepspeed_stage:
-        overrides["train.launcher"] = "in_process"
-    return _cfg("unlearn", workdir, overrides)
+    """A baseline's config, its ``train.launcher`` resolved as a sweep trial's: a one-worker job
+    without DeepSpeed runs its loop in this process (40 steps take less time than a TorchTrainer's
+    start-up; same weights, tests/test_in_process.py)."""
+    cfg = _cfg("unlearn", workdir, {"method.name": method, "train.steps": steps})
+    return with_overrides(cfg, {"train.launcher": trial_launcher(cfg, cfg.train.num_workers)})
 
 
 def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path, log) -> dict[str, float]:

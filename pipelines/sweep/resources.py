@@ -43,7 +43,8 @@ def _cpu_bundle(cpus: float) -> dict[str, float]:
 
 def trial_launcher(cfg: RunConfig, workers_per_trial: int) -> str:
     """Who runs a trial's training loop (``train.launcher`` resolved): ``auto`` is ``in_process`` for a
-    one-worker trial without DeepSpeed (the Tune trial actor is the worker), else ``ray_train``."""
+    one-worker trial without DeepSpeed (the Tune trial actor is the worker), else ``ray_train``.
+    `make run`'s baselines resolve theirs with it too (pipelines/demo.py)."""
     if cfg.train.launcher != "auto":
         return cfg.train.launcher
     return "in_process" if workers_per_trial == 1 and not cfg.train.deepspeed_stage else "ray_train"
