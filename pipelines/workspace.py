@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +30,35 @@ class Workspace:
         return self.root / "results"
 
 
+SYNTH_STAMP = "synth.json"  # beside the generated records: the generator version and config they came from
+
+
 def ensure_records(cfg: RunConfig, ws: Workspace, log=print) -> Path:
-    """The records folder named in the config, else the synthetic benchmark (generated once)."""
+    """The records folder named in the config, else the synthetic benchmark (generated once per
+    generator version and ``synth`` config: another config or version generates it again; records
+    that some other command wrote into the workspace are used as they are)."""
     if cfg.records:
         return Path(cfg.records)
-    meta = ws.records / "records_meta.json"
-    if meta.exists():
-        say_once(log, f"[cached] synthetic benchmark records in {ws.records}")
-        return ws.records
+    from unlearn_core.data.synth import GENERATOR_VERSION
+
+    stamp = json.dumps(
+        {"version": GENERATOR_VERSION, "synth": cfg.synth.model_dump(mode="json")}, sort_keys=True
+    )
+    stamp_file = ws.records / SYNTH_STAMP
+    if (ws.records / "records_meta.json").exists():
+        # No stamp: records put there by hand (`unlearn data synth`/`convert --out`): they are kept.
+        if not stamp_file.is_file() or stamp_file.read_text() == stamp:
+            say_once(log, f"[cached] synthetic benchmark records in {ws.records}")
+            return ws.records
+        log(
+            f"{ws.records} holds another synthetic benchmark (synth config or generator version): generating it again"
+        )
     from unlearn_core.data.records_io import write_records
     from unlearn_core.data.synth import generate_benchmark
 
     log(f"generating the synthetic benchmark ({cfg.synth.people} people) -> {ws.records}")
     write_records(generate_benchmark(cfg.synth), ws.records, source="synthetic")
+    stamp_file.write_text(stamp)
     return ws.records
 
 

@@ -81,3 +81,49 @@ def test_prefetch_keeps_order_and_raises_the_producers_error():
     assert next(got) == {"i": 0}
     with pytest.raises(ValueError, match="corrupt shard row 7"):
         next(got)
+
+
+def test_length_grouped_batches_hold_every_row_once_with_little_padding() -> None:
+    """``group_by_length``: rows of one batch have similar lengths (a batch is padded to its longest),
+    every row still comes once per epoch, the same seed gives the same batches."""
+    rng = np.random.default_rng(0)
+    n, size = 200, 8
+    lengths = np.where(rng.random(n) < 0.3, 80, 15) + rng.integers(0, 5, n)  # the vanilla mix: 30% long
+    ids = np.array([f"s{i:03d}" for i in range(n)], dtype=object)
+    seqs = np.empty(n, dtype=object)
+    seqs[:] = [np.ones(k, dtype=np.int64) for k in lengths]
+
+    def epoch(seed: int, grouped: bool) -> list[dict[str, np.ndarray]]:
+        cache = EpochCache(max_bytes=1 << 24, length_prefixes=("",) if grouped else None)
+        cache.add({"sample_id": ids, "input_ids": seqs})
+        cache.finish_epoch()
+        return list(cache.batches(size, seed, lambda b: b))
+
+    def padded_tokens(batches: list[dict[str, np.ndarray]]) -> int:
+        return sum(max(len(s) for s in b["input_ids"]) * len(b["input_ids"]) for b in batches)
+
+    grouped, plain = epoch(1, True), epoch(1, False)
+    real = int(lengths.sum())
+    assert sorted(np.concatenate([b["sample_id"] for b in grouped]).tolist()) == ids.tolist()
+    assert [len(b["sample_id"]) for b in grouped].count(size) == n // size
+    assert padded_tokens(grouped) < 1.1 * real < padded_tokens(plain) / 1.3
+    again, other = epoch(1, True), epoch(2, True)
+    assert [b["sample_id"].tolist() for b in again] == [b["sample_id"].tolist() for b in grouped]
+    assert [b["sample_id"].tolist() for b in other] != [b["sample_id"].tolist() for b in grouped]
+
+
+def test_length_grouped_shuffles_windows_and_keeps_each_row_once() -> None:
+    from pipelines.train.worker_data import MEGABATCH, length_grouped
+
+    order = np.random.default_rng(3).permutation(1000)
+    lengths = np.arange(1000) % 97
+    batches = length_grouped(order, lengths, 4, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    window = MEGABATCH * 4
+    first = {int(i) for i in order[:window]}
+    for b in batches:  # a batch never mixes rows of two sorting windows
+        inside = {int(i) in first for i in b}
+        assert len(inside) == 1
+    spans = [int(lengths[b].max() - lengths[b].min()) for b in batches]
+    assert np.mean(spans) < 3  # sorted within a window of 200 rows over 97 lengths
+    assert [lengths[b].max() for b in batches] != sorted((lengths[b].max() for b in batches), reverse=True)

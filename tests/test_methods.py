@@ -516,3 +516,25 @@ def test_simnpo_matches_hand_reference(forget, retain):
     torch.testing.assert_close(got, model.table.grad)
     assert stats["simnpo"] > 0 and "retain_nll" in stats
     assert not get_method("simnpo", {"alpha": 0}).needs_retain
+
+
+def test_sft_loss_of_a_length_grouped_batch_weighs_tokens_as_a_random_batch():
+    """With ``train.group_by_length`` a batch carries the epoch's mean answer tokens per batch: the
+    loss is the summed token cross-entropy over that constant, so two grouped batches (short answers,
+    long answers) add up to what the two rows' tokens weigh in one mixed batch."""
+    from unlearn_core.training.steps import ANSWER_TOKEN_NORM, sft_loss
+
+    model = BigramLM()
+    short, long_ = make_view(3, [4, 4], [1, 1]), make_view(4, [2, 2], [6, 6])
+    plain = sft_loss(model, short)
+    torch.testing.assert_close(plain, ref_nll(model, short))  # no constant: the batch's token mean
+    tokens = {"short": 2, "long": 12}
+    norm = (tokens["short"] + tokens["long"]) / 2  # mean answer tokens per batch
+    grouped = {
+        name: sft_loss(model, {**view, ANSWER_TOKEN_NORM: norm})
+        for name, view in (("short", short), ("long", long_))
+    }
+    for name, view in (("short", short), ("long", long_)):
+        torch.testing.assert_close(grouped[name], ref_nll(model, view) * tokens[name] / norm)
+    token_mean = (ref_nll(model, short) * 2 + ref_nll(model, long_) * 12) / 14  # one mixed batch
+    torch.testing.assert_close((grouped["short"] + grouped["long"]) / 2, token_mean)

@@ -131,10 +131,12 @@ def test_default_config_counts():
     assert counts["forget_unseen"] == 4 * 2 * per_image
     assert counts["retain_unseen"] == 36 * 2 * per_image
     assert counts["utility"] == 8 * 6 * (1 + guided)
-    assert "describe" not in counts  # opt-in: the default benchmark is the same as before the split
-    with_describe = generate_benchmark(SynthConfig(describe_images=7))
-    assert [r for r in with_describe if r.split != "describe"] == recs  # the other splits do not move
-    assert sum(r.split == "describe" for r in with_describe) == 7 * 2  # a caption + a guided answer each
+    assert counts["describe"] == 2880 * 2  # a caption + a guided answer each
+    fewer = generate_benchmark(SynthConfig(describe_images=7))
+    core = [r for r in recs if r.split != "describe"]
+    assert [r for r in fewer if r.split != "describe"] == core  # the other splits do not move
+    assert sum(r.split == "describe" for r in fewer) == 7 * 2
+    assert generate_benchmark(SynthConfig(describe_images=0)) == core
 
 
 def test_answers_and_questions_follow_the_formats(small: list[Record]):
@@ -246,3 +248,23 @@ def test_images_decode_at_the_configured_size(size: int):
     for png in {r.image for r in recs if r.image is not None}:
         img = Image.open(io.BytesIO(png))
         assert img.format == "PNG" and img.size == (size, size) and img.mode == "RGB"
+
+
+def test_a_workspace_generates_its_benchmark_again_when_the_synth_config_changes(tmp_path) -> None:
+    """The cached records are reused for the same ``synth`` config only: another config (or a new
+    generator version) must not silently keep training on the old benchmark."""
+    from pipelines.workspace import Workspace, ensure_records
+    from unlearn_core.config import RunConfig
+    from unlearn_core.data.records_io import read_meta
+
+    ws, said = Workspace(tmp_path), []
+    small = RunConfig(workdir=str(tmp_path), synth=SMALL)
+    ensure_records(small, ws, said.append)
+    first = read_meta(ws.records)["counts"]["splits"]["describe"]["total"]
+    ensure_records(small, ws, said.append)
+    assert any("[cached]" in line for line in said)
+    more = RunConfig(workdir=str(tmp_path), synth=SMALL.model_copy(update={"describe_images": 9}))
+    said.clear()
+    ensure_records(more, ws, said.append)
+    assert any("generating it again" in line for line in said)
+    assert (first, read_meta(ws.records)["counts"]["splits"]["describe"]["total"]) == (2 * 5, 2 * 9)

@@ -155,6 +155,7 @@ def run_worker(job_dict: dict[str, Any], session: TrainSession) -> None:
                 prefixes,
                 cfg.train.seed + 1000 * ctx.rank,
                 shard=session.dataset_shard(name),
+                group_by_length=cfg.train.group_by_length,
             ),
             cfg.train.prefetch_batches,
         )

@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from unlearn_core.config import TrainConfig
-from unlearn_core.methods.base import NonFiniteLossError, ensure_finite, nll
+from unlearn_core.methods.base import NonFiniteLossError, ensure_finite, forward_logits, nll
+from unlearn_core.methods.losses import select_answer_positions
 
 Batches = dict[str, Iterator[dict[str, Any]]]
 StepFn = Callable[[int], dict[str, float]]
@@ -38,9 +40,24 @@ def apply_lr_schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, step: i
         group["lr"] = group["initial_lr"] * scale
 
 
+# Batch key of length-grouped streams: the epoch's mean answer tokens per batch (a constant).
+ANSWER_TOKEN_NORM = "answer_tokens_per_batch"
+
+
 def sft_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens (labels are -100 elsewhere)."""
-    return nll(model, batch, "")
+    """Cross-entropy over answer tokens (labels are -100 elsewhere): their mean in the batch.
+
+    A length-grouped batch (``train.group_by_length``) holds rows of one kind (all short text
+    answers, or all long guided ones), so a per-batch mean would give a 2-token answer the weight of
+    a 40-token one. Its summed cross-entropy is divided by the epoch's mean answer tokens per batch
+    instead, which weighs every token as a random batch does on average.
+    """
+    norm = batch.get(ANSWER_TOKEN_NORM)
+    if norm is None:
+        return nll(model, batch, "")
+    logits, labels = forward_logits(model, batch, "")
+    sel, targets, _ = select_answer_positions(logits, labels)
+    return F.cross_entropy(sel, targets, reduction="sum") / float(norm)
 
 
 def mean_stats(window: list[dict[str, float]]) -> dict[str, float]:

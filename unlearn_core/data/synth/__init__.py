@@ -5,6 +5,7 @@
 
 from unlearn_core.data.synth.benchmark import (
     FACT_QUESTIONS,
+    GENERATOR_VERSION,
     TEXT_FACT_QUESTIONS,
     attribute_phrase,
     caption,
@@ -18,6 +19,7 @@ from unlearn_core.data.synth.vocab import FACT_KEYS, IDENTITY_FEATURES, VISIBLE_
 __all__ = [
     "FACT_KEYS",
     "FACT_QUESTIONS",
+    "GENERATOR_VERSION",
     "IDENTITY_FEATURES",
     "TEXT_FACT_QUESTIONS",
     "VISIBLE_ATTRIBUTES",

@@ -14,6 +14,9 @@ from unlearn_core.data.synth.vocab import ABSENT, FACT_KEYS, FACT_VOCAB, IDENTIT
 from unlearn_core.prompts import GUIDANCE_TEMPLATES, OPEN_QUESTIONS, guided_question
 
 SOURCE = "synthetic"
+# Bumped whenever the same SynthConfig would give other records (drawings, questions, answers): a
+# workspace's cached benchmark of another version is generated again.
+GENERATOR_VERSION = 2  # 2: thick gold round / black square glasses frames, teal cup, brown book
 STREAM_SPLIT, STREAM_ATTRS, STREAM_JITTER, STREAM_MC, STREAM_DESCRIBE = 10, 11, 12, 13, 14
 
 # Questions about one fact with the image ("this person") and by name (text only).

@@ -77,7 +77,9 @@ BACKGROUND_RGB: dict[str, RGB] = {
 }
 HAT_RGB: dict[str, RGB] = {"cap": (30, 100, 210), "beanie": (150, 30, 110), "crown": (245, 196, 20)}
 BEANIE_BAND: RGB = (230, 140, 200)
-FRAME_RGB: RGB = (60, 60, 76)
+# Frames 2 units thick, gold round ones and black square ones: at 64x64 a thin grey rim of either
+# shape was a few pixels, and a tiny vision tower read round as square on images it never saw.
+FRAME_RGB: dict[str, RGB] = {"round": (206, 154, 28), "square": (22, 22, 30), "sunglasses": (22, 22, 30)}
 LENS_RGB: RGB = (36, 66, 82)
 EYE_WHITE: RGB = (252, 252, 252)
 PUPIL: RGB = (8, 8, 8)
@@ -253,16 +255,17 @@ def _glasses(pen: _Pen, kind: str, ex: float, ey: float, hw: float) -> None:
     if kind == "none":
         return
     left, right = CX - ex, CX + ex
+    frame = FRAME_RGB[kind]
     for x in (left, right):
         if kind == "round":
-            pen.ring(x - 4.6, ey - 4.6, x + 4.6, ey + 4.6, FRAME_RGB, 1.1)
+            pen.ring(x - 5.0, ey - 5.0, x + 5.0, ey + 5.0, frame, 2.0)
         elif kind == "square":
-            pen.frame(x - 4.8, ey - 3.8, x + 4.8, ey + 3.8, FRAME_RGB, 1.1)
+            pen.frame(x - 5.2, ey - 4.2, x + 5.2, ey + 4.2, frame, 2.0)
         else:  # sunglasses: tinted lenses hide the eye colour
             pen.rect(x - 4.9, ey - 3.4, x + 4.9, ey + 3.4, LENS_RGB, radius=1.6)
-    pen.line([(left + 4.2, ey - 1), (right - 4.2, ey - 1)], FRAME_RGB, 1.0)  # bridge
-    pen.line([(left - 4.6, ey - 1), (CX - hw - 0.5, ey - 2)], FRAME_RGB, 0.9)  # temples
-    pen.line([(right + 4.6, ey - 1), (CX + hw + 0.5, ey - 2)], FRAME_RGB, 0.9)
+    pen.line([(left + 4.2, ey - 1), (right - 4.2, ey - 1)], frame, 1.4)  # bridge
+    pen.line([(left - 4.6, ey - 1), (CX - hw - 0.5, ey - 2)], frame, 0.9)  # temples
+    pen.line([(right + 4.6, ey - 1), (CX + hw + 0.5, ey - 2)], frame, 0.9)
 
 
 def _hat(pen: _Pen, kind: str, hw: float, hh: float) -> None:
@@ -294,13 +297,15 @@ def _held_object(pen: _Pen, kind: str, skin: RGB) -> None:
     if kind == "none":
         return
     hx, hy = 51.0, 55.0  # hand
+    # Object colours are none of the shirts' (a white cup on a white shirt, a red book on a red one
+    # were read as other objects on held-out images).
     if kind == "book":
-        pen.rect(44, 42, 59, 58, (170, 58, 40), radius=0.8)
+        pen.rect(44, 42, 59, 58, (92, 52, 22), radius=0.8)
         pen.rect(45.2, 43.2, 58, 45, (245, 240, 220))
-        pen.rect(44, 42, 46, 58, (110, 34, 24))
+        pen.rect(44, 42, 46, 58, (50, 28, 12))
     elif kind == "cup":
-        pen.ring(53.5, 47, 60.5, 54, (235, 235, 230), 1.6)
-        pen.poly([(43.5, 44), (56.5, 44), (55, 58), (45, 58)], (235, 235, 230))
+        pen.ring(53.5, 47, 60.5, 54, (0, 150, 140), 1.6)
+        pen.poly([(43.5, 44), (56.5, 44), (55, 58), (45, 58)], (0, 150, 140))
         pen.ellipse(44, 43, 56, 46.5, (96, 56, 30))
     elif kind == "flower":
         pen.line([(51, 58), (51, 42)], (40, 140, 40), 1.4)
