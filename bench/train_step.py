@@ -58,7 +58,11 @@ TARGET = 0.90  # ours >= 90% of bare
 MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
 # Per mode: the Ray Train variants measured next to the bare and in-process loops (label, ray_fit kwargs).
 RAY_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "sft": [("ours Ray Train (as the pipeline)", {}), ("  without batch prefetch", {"prefetch": 0})],
+    "sft": [
+        ("ours Ray Train (as the pipeline)", {}),
+        ("  without batch prefetch", {"prefetch": 0}),
+        ("  with length-grouped batches", {"group_by_length": True}),  # finetune.yaml's default
+    ],
     "ga": [("ours Ray Train (as the pipeline)", {}), ("  without batch prefetch", {"prefetch": 0})],
 }
 AS_PIPELINE = "ours Ray Train (as the pipeline)"
@@ -176,11 +180,19 @@ def ours_inprocess(inp: common.Inputs, mode: str, rows: list[dict[str, Any]], st
 
 # -- Ray Train ---------------------------------------------------------------------------------
 def ray_fit(
-    inp: common.Inputs, mode: str, steps: int, tag: str, n_rows: int, *, prefetch: int | None = None
+    inp: common.Inputs,
+    mode: str,
+    steps: int,
+    tag: str,
+    n_rows: int,
+    *,
+    prefetch: int | None = None,
+    group_by_length: bool = False,
 ) -> dict[str, Any]:
-    """``pipelines.train.fit`` as the pipeline calls it; ``prefetch`` overrides ``train.prefetch_batches``."""
+    """``pipelines.train.fit`` as the pipeline calls it; ``prefetch`` overrides ``train.prefetch_batches``,
+    ``group_by_length`` sets ``train.group_by_length`` (the same rows per step, less padding)."""
     job_mode, _, _ = MODES[mode]
-    cfg = run_cfg(inp, mode, steps)
+    cfg = with_overrides(run_cfg(inp, mode, steps), {"train.group_by_length": group_by_length})
     if prefetch is not None:
         cfg = with_overrides(cfg, {"train.prefetch_batches": prefetch})
     stream, ds = dataset(inp, mode, cfg)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pipelines import commands, console, data_commands
-from unlearn_core.config import ConfigError
+from unlearn_core.config import ConfigError, SynthConfig
 from unlearn_core.data.schema import RecordError
 
 
@@ -56,23 +56,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = dsub.add_parser("synth", help="generate the synthetic identity benchmark as canonical records")
     p.add_argument("--out", required=True, help="records folder to write")
-    p.add_argument("--people", type=int, default=40, help="forget + retain people (default 40)")
-    p.add_argument("--images-per-person", type=int, default=6, help="training images per person (default 6)")
-    p.add_argument("--unseen-per-person", type=int, default=2, help="held-out images per person (default 2)")
+    syn = SynthConfig()  # the defaults are the schema's (`synth.*`), stated once
     p.add_argument(
-        "--forget-pct", type=float, default=10.0, help="share of people to forget, in %% (default 10)"
+        "--people", type=int, default=syn.people, help=f"forget + retain people (default {syn.people})"
     )
     p.add_argument(
-        "--utility-people", type=int, default=8, help="extra people for the utility split (default 8)"
+        "--images-per-person",
+        type=int,
+        default=syn.images_per_person,
+        help=f"training images per person (default {syn.images_per_person})",
+    )
+    p.add_argument(
+        "--unseen-per-person",
+        type=int,
+        default=syn.unseen_per_person,
+        help=f"held-out images per person (default {syn.unseen_per_person})",
+    )
+    p.add_argument(
+        "--forget-pct",
+        type=float,
+        default=syn.forget_pct,
+        help=f"share of people to forget, in %% (default {syn.forget_pct:g})",
+    )
+    p.add_argument(
+        "--utility-people",
+        type=int,
+        default=syn.utility_people,
+        help=f"extra people for the utility split (default {syn.utility_people})",
     )
     p.add_argument(
         "--describe-images",
         type=int,
-        default=0,
-        help="anonymous faces seen once, for the vanilla fine-tune's eyesight (default 0)",
+        default=syn.describe_images,
+        help=f"anonymous faces seen once, for the vanilla fine-tune's eyesight (default {syn.describe_images})",
     )
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=syn.image_size,
+        help=f"image side in pixels (default {syn.image_size})",
+    )
+    p.add_argument("--seed", type=int, default=syn.seed)
     p.set_defaults(handler=data_commands.cmd_data_synth)
 
     p = dsub.add_parser(

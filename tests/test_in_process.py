@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.demo import baseline_config
+from pipelines.defaults import default_config
+from pipelines.demo import baseline_config, in_process_if_one_worker
 from pipelines.shards import stream_dataset
 from pipelines.sweep.resources import (
     default_max_concurrent,
@@ -27,7 +28,7 @@ from pipelines.sweep.resources import (
 from pipelines.train import TrainJob, fit
 from pipelines.train.in_process import fit_in_process, saved_checkpoints
 from tests.pipeline_fixtures import write_tiny_train_shards
-from unlearn_core.config import ConfigError, RunConfig, with_overrides
+from unlearn_core.config import ConfigError, RunConfig, load_run_config, with_overrides
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,10 @@ def test_which_trials_run_in_process_and_what_they_hold(monkeypatch, tmp_path):
     # `make run`'s baselines (one worker each) also run in process; `unlearn run` keeps Ray Train.
     baseline = baseline_config(str(tmp_path), "ga", 40)
     assert (baseline.train.launcher, baseline.method.name, baseline.train.steps) == ("in_process", "ga", 40)
+    vanilla = load_run_config(default_config("finetune"), {"workdir": str(tmp_path)})  # its fine-tune too
+    assert in_process_if_one_worker(vanilla).train.launcher == "in_process"
+    two = with_overrides(vanilla, {"train.num_workers": 2})
+    assert in_process_if_one_worker(two).train.launcher == "ray_train"
 
     # A big node: the trial's actor holds its worker's CPU (and GPU); 14 CPUs after Ray Data's 2.
     gpu = with_overrides(cfg, {"train.use_gpu": True})

@@ -131,7 +131,7 @@ def test_default_config_counts():
     assert counts["forget_unseen"] == 4 * 2 * per_image
     assert counts["retain_unseen"] == 36 * 2 * per_image
     assert counts["utility"] == 8 * 6 * (1 + guided)
-    assert counts["describe"] == 2880 * 2  # a caption + a guided answer each
+    assert counts["describe"] == 5760 * 2  # a caption + a guided answer each
     fewer = generate_benchmark(SynthConfig(describe_images=7))
     core = [r for r in recs if r.split != "describe"]
     assert [r for r in fewer if r.split != "describe"] == core  # the other splits do not move

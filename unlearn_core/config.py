@@ -48,7 +48,7 @@ class SynthConfig(_Strict):
     utility_people: int = Field(8, ge=0, le=2000)
     # Anonymous faces seen once each, for the vanilla fine-tune only (docs/data.md); 0 = none. They
     # teach the tiny model to read hats, glasses and objects off the pixels of images it never saw.
-    describe_images: int = Field(2880, ge=0, le=100_000)
+    describe_images: int = Field(5760, ge=0, le=100_000)
     image_size: int = Field(64, ge=16, le=1024)
     seed: int = 0
 
