@@ -127,3 +127,22 @@ def test_length_grouped_shuffles_windows_and_keeps_each_row_once() -> None:
     spans = [int(lengths[b].max() - lengths[b].min()) for b in batches]
     assert np.mean(spans) < 3  # sorted within a window of 200 rows over 97 lengths
     assert [lengths[b].max() for b in batches] != sorted((lengths[b].max() for b in batches), reverse=True)
+
+
+def test_grouping_a_stream_larger_than_the_cache_is_an_error(ray_local, monkeypatch) -> None:
+    """Grouped batches need the whole stream in memory; streaming it ungrouped instead would silently
+    change the run (it did, before this was an error)."""
+    import ray
+
+    from pipelines.train import worker_data
+
+    monkeypatch.setattr(worker_data, "EPOCH_CACHE_MAX_BYTES", 100)
+    rows = [
+        {"sample_id": f"s{i:02d}", "input_ids": list(range(5 + i)), "labels": list(range(5 + i))}
+        for i in range(20)
+    ]
+    stream = worker_data.iter_shard(
+        "train", 4, None, ("",), seed=0, shard=ray.data.from_items(rows), group_by_length=True
+    )
+    with pytest.raises(ValueError, match="train.group_by_length: stream 'train' holds more than"):
+        next(stream)

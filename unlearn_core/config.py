@@ -92,13 +92,14 @@ class TrainConfig(_Strict):
     torch_threads: int = Field(0, ge=0)  # 0 = one per CPU of the worker (cpus_per_worker, at least 1)
     prefetch_batches: int = Field(2, ge=0, le=64)  # batches collated ahead in a thread (0 = off)
     # Batches of rows of similar length (less padding: 1.7x fewer tokens on the vanilla mix); each
-    # stream is read into memory before the first step. Changes which rows share a batch.
+    # stream is read into memory before the first step. Changes which rows share a batch: off, as the
+    # vanilla models it trained read held objects far worse (README, eyesight).
     group_by_length: bool = False
     # Who runs the training loop. ray_train: a TorchTrainer (controller + num_workers worker actors).
     # in_process: the calling process, as the one worker (Ray Train's local mode plus checkpoints and
     # callbacks; num_workers 1, no DeepSpeed). auto: in_process for a one-worker sweep trial (its Tune
-    # actor already holds the worker's CPU/GPU, and Ray Train's actors would only add start-up time),
-    # ray_train for every other job.
+    # actor already holds the worker's CPU/GPU, and Ray Train's actors would only add start-up time;
+    # `make run` resolves its one-worker jobs the same way), ray_train for every other job.
     launcher: Literal["auto", "ray_train", "in_process"] = "auto"
     # Vanilla fine-tune only: how many times each task's rows appear per epoch. Recognising a face
     # is learned from identity/open questions; at 1x they are 1/9 of the mix and 40 identities

@@ -61,7 +61,7 @@ def iter_shard(
 
     ``group_by_length``: every epoch, the first one included, comes from memory in batches of rows of
     similar length (:meth:`EpochCache.batches`); the rows are read once before the first step. A
-    shard too large for the cache streams ungrouped, as without the option.
+    shard too large for the cache is an error (streaming it ungrouped would silently change the run).
     """
     if shard is None:
         shard = ray.train.get_dataset_shard(name)
@@ -72,6 +72,12 @@ def iter_shard(
             for raw in shard.iter_batches(batch_size=8 * batch_size, batch_format="numpy"):
                 cache.add(raw)
             cache.finish_epoch()
+            if not cache.complete:
+                raise ValueError(
+                    f"train.group_by_length: stream {name!r} holds more than the epoch cache's "
+                    f"{EPOCH_CACHE_MAX_BYTES / 2**20:.0f} MiB per worker (UNLEARN_EPOCH_CACHE_MAX_BYTES); "
+                    "raise it, use more workers, or set train.group_by_length=false"
+                )
         if cache.complete:
             return cache.batches(
                 batch_size, seed + epoch, lambda b: collate_shard_batch(b, processor, prefixes)
