@@ -105,7 +105,7 @@ def baseline_config(workdir: str, method: str, steps: int) -> RunConfig:
 
 def in_process_if_one_worker(cfg: RunConfig) -> RunConfig:
     """``train.launcher`` resolved as a sweep trial's: a one-worker job without DeepSpeed runs its loop
-    in this process. Same weights as under a TorchTrainer (tests/test_in_process.py; the 2000-step
+    in this process. Same weights as under a TorchTrainer (tests/test_cpu_launchers.py; the 2000-step
     vanilla fine-tune gave the same sha256 both ways), in less time: 40 unlearning steps take less
     than a TorchTrainer's start-up, and the fine-tune ran 8.5 against 6.6 steps/s (its worker
     actor runs at nice 15 beside Ray's own processes)."""

@@ -4,6 +4,11 @@ The same job under a TorchTrainer and in process gives bit-identical weights and
 the in-process run keeps its checkpoints in the run folder (the newest two), resumes from the latest
 when started again under its name, shows every report to the job's callbacks, and starts again from
 its last checkpoint after a failure, up to ``train.max_failures`` times.
+
+The module runs before tests/test_deepspeed.py on purpose: after that module's in-process
+``deepspeed.initialize`` (one-rank gloo group) the in-process run's weights differ from the
+TorchTrainer's on this machine type (2026-12-04; also at the commit before, so not new): some torch
+state that DeepSpeed leaves in the process changes the numerics. Not yet found; see README.
 """
 
 from __future__ import annotations
