@@ -57,46 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("synth", help="generate the synthetic identity benchmark as canonical records")
     p.add_argument("--out", required=True, help="records folder to write")
     syn = SynthConfig()  # the defaults are the schema's (`synth.*`), stated once
-    p.add_argument(
-        "--people", type=int, default=syn.people, help=f"forget + retain people (default {syn.people})"
-    )
-    p.add_argument(
-        "--images-per-person",
-        type=int,
-        default=syn.images_per_person,
-        help=f"training images per person (default {syn.images_per_person})",
-    )
-    p.add_argument(
-        "--unseen-per-person",
-        type=int,
-        default=syn.unseen_per_person,
-        help=f"held-out images per person (default {syn.unseen_per_person})",
-    )
-    p.add_argument(
-        "--forget-pct",
-        type=float,
-        default=syn.forget_pct,
-        help=f"share of people to forget, in %% (default {syn.forget_pct:g})",
-    )
-    p.add_argument(
-        "--utility-people",
-        type=int,
-        default=syn.utility_people,
-        help=f"extra people for the utility split (default {syn.utility_people})",
-    )
-    p.add_argument(
-        "--describe-images",
-        type=int,
-        default=syn.describe_images,
-        help=f"anonymous faces seen once, for the vanilla fine-tune's eyesight (default {syn.describe_images})",
-    )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=syn.image_size,
-        help=f"image side in pixels (default {syn.image_size})",
-    )
-    p.add_argument("--seed", type=int, default=syn.seed)
+    for field, kind, what in (
+        ("people", int, "forget + retain people"),
+        ("images_per_person", int, "training images per person"),
+        ("unseen_per_person", int, "held-out images per person"),
+        ("forget_pct", float, "share of people to forget, in %%"),
+        ("utility_people", int, "extra people for the utility split"),
+        ("describe_images", int, "anonymous faces seen once, for the vanilla fine-tune's eyesight"),
+        ("image_size", int, "image side in pixels"),
+        ("seed", int, "seed of everything generated"),
+    ):
+        default = getattr(syn, field)
+        flag = "--" + field.replace("_", "-")
+        p.add_argument(flag, type=kind, default=default, help=f"{what} (default {default:g})")
     p.set_defaults(handler=data_commands.cmd_data_synth)
 
     p = dsub.add_parser(
