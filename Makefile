@@ -3,6 +3,8 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 WORKDIR ?= workdir
 # CPU installs pin torch to the local CPU build (see constraints-cpu.txt); GPU clusters skip this.
+# uv installs what pip would (same indexes and constraints, .ci/uv_flags.py) in ~15 s instead of
+# ~100 s; pip takes over if uv fails.
 PIP_CONSTRAINTS ?= -c constraints-cpu.txt
 
 .PHONY: setup run test lint bench clean
@@ -11,8 +13,9 @@ setup: $(VENV_STAMP)
 
 $(VENV_STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(PIP_CONSTRAINTS) -e ".[dev]"
+	$(PY) -m pip install -q --upgrade pip uv
+	.venv/bin/uv pip install -q --python $(PY) $$($(PY) .ci/uv_flags.py) $(PIP_CONSTRAINTS) -e ".[dev]" \
+		|| { echo "uv failed; installing with pip"; $(PY) -m pip install -q $(PIP_CONSTRAINTS) -e ".[dev]"; }
 	touch $(VENV_STAMP)
 
 run: setup

@@ -13,6 +13,7 @@ from unlearn_core.models.generate import (
     apply_instruction,
     generate,
     score_options,
+    score_options_many,
     teacher_topk,
 )
 from unlearn_core.models.tiny import build_tiny_llava
@@ -96,6 +97,27 @@ def test_score_options_ranks_trained_answer_first(trained) -> None:
     for img, answer in zip(IMAGES, ANSWERS, strict=True):
         scores = score_options(model, proc, Q, img, options)
         assert len(scores) == 3 and options[int(np.argmax(scores))] == answer
+
+
+def test_score_options_many_equals_one_row_at_a_time(trained, monkeypatch) -> None:
+    """Rows with and without an image and with different option counts in shared, right-padded
+    batches (a budget small enough that a row's options span two batches): each row's scores are
+    the ones it gets alone."""
+    import unlearn_core.models.generate as gen
+
+    model, proc, _ = trained
+    items = [
+        (Q, IMAGES[0], ["Bob Jones.", "Alice Smith, a baker from Paris.", "Describe the image."]),
+        ("Who is Alice Smith?", None, ["a baker", "Bob Jones.", "Paris", "Describe"]),
+        (LONG_Q, IMAGES[1], ["Bob Jones.", "Alice Smith, a baker from Paris."]),
+    ]
+    monkeypatch.setattr(gen, "SCORE_TOKENS_PER_BATCH", 60)
+    many = score_options_many(model, proc, items)
+    alone = [score_options(model, proc, q, img, opts) for q, img, opts in items]
+    assert [len(s) for s in many] == [3, 4, 2]
+    for got, want in zip(many, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-4) and int(np.argmax(got)) == int(np.argmax(want))
+    assert int(np.argmax(many[0])) == 1 and int(np.argmax(many[2])) == 0
 
 
 def test_answer_logprobs_and_teacher_topk_agree(trained) -> None:

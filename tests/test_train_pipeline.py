@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from pipelines import tracking
-from pipelines.evaluate import evaluate, evaluation_rows
+from pipelines.evaluate import evaluate, evaluate_cached, evaluation_rows
+from pipelines.evaluate.cached import cache_path
 from pipelines.shards import stream_dataset
 from pipelines.train import TrainJob, fit
 from pipelines.train.finetune import run_finetune
@@ -53,6 +54,10 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
     assert [r["sample_id"] for r in out["report"]["per_sample"]] == [r["sample_id"] for r in rows]
     assert out["report"]["per_sample"] == again["per_sample"]
     assert out["report"]["metrics"] == again["metrics"] and out["report"]["n_rows"] == len(rows)
+    # ... so it is kept as the model's cached evaluation: runs starting from it do not evaluate it again.
+    kept = cache_path(out["model_dir"], shards, tmp_path / "wd" / "results", 4)
+    assert json.loads(kept.read_text()) == out["report"]
+    assert evaluate_cached(out["model_dir"], shards, tmp_path / "wd" / "results", 4) == out["report"]
     client = MlflowClient(mlflow_store["tracking_uri"])
     run = client.get_run(out["run_id"])
     assert run.data.params["train.num_workers"] == "2"

@@ -8,6 +8,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
+from pipelines.evaluate import remember_evaluation
 from pipelines.shards import TRAIN_SPLITS, load_manifest, stream_dataset
 from pipelines.train.driver import TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
@@ -48,6 +49,8 @@ def run_finetune(
         f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}"
     )
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
+    # The final evaluation is the vanilla's "before" evaluation of every run that starts from it.
+    remember_evaluation(out["report"], Path(out["model_dir"]), shards, ws.results, cfg.train.eval_max_samples)
     if table:  # the demo shows one table of every model at the end instead
         log(format_table({out_name: out["metrics"]}))
     return out

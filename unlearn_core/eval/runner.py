@@ -79,7 +79,7 @@ def model_outputs(
     the protocol's lengths.
     """
     from unlearn_core.eval.truth_losses import truth_losses
-    from unlearn_core.models.generate import generate, score_options
+    from unlearn_core.models.generate import generate, score_options_many
 
     protocol = protocol or get_protocol("synthetic")
     outputs: dict[str, dict[str, Any]] = {}
@@ -92,10 +92,11 @@ def model_outputs(
         texts = generate(model, processor, prompts, max_new_tokens=length, batch_size=batch_size)
         for r, t in zip(group, texts, strict=True):
             outputs[r["sample_id"]] = {"generation": t}
+    scored = [r for r in rows if r["task"] in MC_TASKS and not protocol.generated_mc]
+    items = [(r["question"], row_image(r), list(r["options"])) for r in scored]
+    for r, scores in zip(scored, score_options_many(model, processor, items), strict=True):
+        outputs[r["sample_id"]] = {"option_scores": [float(s) for s in scores]}
     for r in rows:
-        if r["task"] in MC_TASKS and not protocol.generated_mc:
-            scores = score_options(model, processor, r["question"], row_image(r), list(r["options"]))
-            outputs[r["sample_id"]] = {"option_scores": [float(s) for s in scores]}
         if protocol.name == "clear":
             losses = truth_losses(model, processor, r, row_image(r))
             if losses is not None:

@@ -165,6 +165,48 @@ def score_options(
         return answer_logprobs(model, collate(rows, processor)).tolist()
 
 
+# Tokens per forward when scoring many rows' options: ~130 short tiny-model sequences, ~5 LLaVA-7B
+# ones (576 image tokens); bounds the float32 logits (tokens x vocab) a batch holds.
+SCORE_TOKENS_PER_BATCH = 4096
+
+
+def score_options_many(
+    model: nn.Module,
+    processor: Any,
+    items: Sequence[tuple[str, Any, Sequence[str]]],
+    *,
+    image_size: int | None = None,
+) -> list[list[float]]:
+    """``score_options`` for many ``(question, image, options)`` at once: the option sequences of all
+    rows go through the model in batches of about ``SCORE_TOKENS_PER_BATCH`` tokens (one forward per
+    row was most of an evaluation's multiple-choice time). Right padding: a sequence's scores do not
+    depend on what it is batched with."""
+    seqs: list[dict[str, Any]] = []
+    for question, image, options in items:
+        arr = to_image_array(image, image_size)
+        seqs += [
+            {**encode_example(processor, question=question, answer=o, image=arr), "image": arr}
+            for o in options
+        ]
+    scores: list[float] = []
+    with eval_mode(model):
+        start = 0
+        while start < len(seqs):
+            end, longest = start, 0
+            while end < len(seqs):
+                longest = max(longest, len(seqs[end]["input_ids"]))
+                if end > start and longest * (end - start + 1) > SCORE_TOKENS_PER_BATCH:
+                    break
+                end += 1
+            scores += answer_logprobs(model, collate(seqs[start:end], processor)).tolist()
+            start = end
+    out, at = [], 0
+    for _, _, options in items:
+        out.append(scores[at : at + len(options)])
+        at += len(options)
+    return out
+
+
 def teacher_topk(
     model: nn.Module,
     processor: Any,
