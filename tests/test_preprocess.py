@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -130,3 +131,37 @@ def test_a_method_declaring_a_shard_view_gets_it_written_without_touching_the_pi
         assert answer.split() == tok.decode(tok(r["question"])["input_ids"], skip_special_tokens=True).split()
     retain = pq.read_table(tmp_path / "s" / "retain").to_pylist()
     assert retain and all(r["echo_input_ids"] is None for r in retain)
+
+
+def test_an_actor_reads_a_small_stream_once_until_its_files_change(ray_local, records, tmp_path):
+    """A sweep actor runs trial after trial on the same shards: the second read of a stream is the
+    block the first read put in the object store; a rewritten shard file is read again; a driver
+    (which may shut its Ray down and start another) keeps nothing."""
+    import os
+
+    import ray
+
+    from pipelines.shards.read import _READ, stream_dataset
+
+    shards = tmp_path / "shards"
+    shard_records(records, shards, image_size=32)
+
+    @ray.remote(num_cpus=0)
+    class Reader:
+        def reads(self, path: str) -> tuple[bool, bool, bool, list[str]]:
+            first = stream_dataset(Path(path), "retain")
+            same = stream_dataset(Path(path), "retain") is first
+            other_weights = stream_dataset(Path(path), "retain", task_weights={"mc_vqa": 2}) is not first
+            part = sorted((Path(path) / "retain").rglob("*.parquet"))[0]
+            st = part.stat()
+            os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+            changed = stream_dataset(Path(path), "retain")
+            ids = [r["sample_id"] for r in changed.iter_rows()]
+            assert ids == [r["sample_id"] for r in first.iter_rows()]
+            return same, other_weights, changed is not first, ids
+
+    same, other_weights, reread, ids = ray.get(Reader.remote().reads.remote(str(shards)))
+    assert same and other_weights and reread
+    assert len(ids) > 10
+    stream_dataset(shards, "retain")
+    assert not _READ  # this test process is a driver

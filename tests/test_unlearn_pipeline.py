@@ -85,7 +85,7 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     lines: list[str] = []
     out = run_unlearn(cfg, log=lines.append)
 
-    # The teacher ran once, by Ray Data, over every forget prompt: every row stays in the forget stream
+    # The teacher ran once (in this process: a small forget set), over every forget prompt: every row stays in the forget stream
     # (leaking ones too, marked guide_keep=False for the guidance term) with its top-k log-probs.
     (cache,) = (Path(cfg.workdir) / "teacher").iterdir()
     meta = json.loads((cache / "teacher.json").read_text())
@@ -148,6 +148,24 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     assert tracking.weights_sha256(out["model_dir"]) != tracking.weights_sha256(inputs["vanilla"])
     pulled = tracking.pull("models:/tiny-pubg/1", tmp_path / "pulled", tracking_uri=uri)
     assert tracking.weights_sha256(pulled) == tracking.weights_sha256(out["model_dir"])
+
+
+def test_teacher_cache_is_the_same_in_process_and_by_ray_data(inputs, tmp_path, monkeypatch):
+    """A small forget set is annotated in the calling process, a large one by a Ray Data actor pool;
+    both cut the rows into the same batches, so the cache is the same table either way."""
+    from pipelines.train import teacher
+
+    monkeypatch.setattr(teacher, "TEACHER_BATCH", 8)  # 2 blocks of 14 rows: batches of 8 and 6 in each
+    here = teacher.build_teacher_cache(
+        inputs["vanilla"], inputs["shards"], tmp_path / "here", log=lambda *_: 0
+    )
+    monkeypatch.setattr(teacher, "IN_PROCESS_MAX_ROWS", 0)
+    by_ray = teacher.build_teacher_cache(
+        inputs["vanilla"], inputs["shards"], tmp_path / "ray", log=lambda *_: 0
+    )
+    a, b = pq.read_table(here / "forget"), pq.read_table(by_ray / "forget")
+    assert a.num_rows == _forget_prompts(inputs["shards"]) == 28
+    assert a.equals(b)
 
 
 @pytest.mark.slow

@@ -86,5 +86,27 @@ def stream_dataset(
         # Read here into one block, the files in order (what a materialized read_parquet of small
         # shards holds: the same block gives the same shuffled batches): no Ray Data job to start,
         # which cost every training job ~6 s per stream on a small machine.
-        return ray.data.from_arrow(pa.concat_tables([keep(pq.read_table(f)) for f in files]))
+        key = (stream, tuple(sorted(weights.items())), tuple(_file_id(f) for f in files))
+        if key in _READ:
+            return _READ[key]
+        ds = ray.data.from_arrow(pa.concat_tables([keep(pq.read_table(f)) for f in files]))
+        if (
+            ray.get_runtime_context().get_actor_id() is not None
+        ):  # an actor dies with its Ray; a driver may not
+            while len(_READ) >= READ_CACHE_STREAMS:
+                _READ.pop(next(iter(_READ)))
+            _READ[key] = ds
+        return ds
     return ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
+
+
+# Small streams an actor already read, by stream, task weights and files (path, size, mtime): the
+# trials a sweep actor runs one after another read the forget and retain shards once. Only in actors:
+# a driver can shut Ray down and start another, and a block of the first would be gone.
+READ_CACHE_STREAMS = 4
+_READ: dict[tuple[Any, ...], ray.data.Dataset] = {}
+
+
+def _file_id(f: Path) -> tuple[str, int, int]:
+    st = f.stat()
+    return (str(f.resolve()), st.st_size, st.st_mtime_ns)

@@ -1,4 +1,5 @@
-"""PUBG's teacher, computed once: Ray Data batch inference with the frozen original model.
+"""PUBG's teacher, computed once: batch inference with the frozen original model (Ray Data, or in
+the calling process for a small forget set).
 
 For each row of the forget stream the teacher sees the guidance instruction + question + image and
 answers greedily (o). We store the student view (plain question + o, ``guide_``), the teacher view
@@ -113,6 +114,26 @@ def cache_key(model_sha: str, shards_fingerprint: str, instruction: str, k: int,
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+# A forget set this small is annotated in the calling process: an actor pool's start-up (a new process,
+# imports, model load) cost more than the work (8-15 s against ~2 s for the demo's 168 rows). Its rows
+# are cut as the Ray Data path cuts them (``2 * actors`` blocks, batches of ``TEACHER_BATCH`` within
+# each): the demo's cache came out bit-identical both ways.
+IN_PROCESS_MAX_ROWS = 1024
+TEACHER_BATCH = 32
+
+
+def _batches(n_rows: int, blocks: int, batch: int) -> list[tuple[int, int]]:
+    """(start, length) of each batch: ``n_rows`` split into ``blocks`` near-equal blocks (the first
+    ones one row longer), each block cut into batches of ``batch`` rows."""
+    size, extra = divmod(n_rows, blocks)
+    out, start = [], 0
+    for b in range(blocks):
+        length = size + (b < extra)
+        out += [(start + i, min(batch, length - i)) for i in range(0, length, batch)]
+        start += length
+    return out
+
+
 def build_teacher_cache(
     model_dir: str | Path,
     shards_dir: str | Path,
@@ -149,16 +170,26 @@ def build_teacher_cache(
     ]
     table = table.filter(pa.array(mask))
     log(f"PUBG teacher: {table.num_rows} forget prompts, instruction={instruction!r}, top-k={k}")
-    ds = ray.data.from_arrow(table).repartition(max(1, actors * 2))
-    annotated = ds.map_batches(
-        _Teacher,
-        fn_constructor_args=(str(model_dir), instruction, k, max_new_tokens),
-        batch_size=32,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-        num_cpus=1,
-    )
-    result = pa.concat_tables(list(annotated.iter_batches(batch_size=None, batch_format="pyarrow")))
+    blocks, args = max(1, actors * 2), (str(model_dir), instruction, k, max_new_tokens)
+    if 0 < table.num_rows <= IN_PROCESS_MAX_ROWS:
+        teacher = _Teacher(*args)
+        result = pa.concat_tables(
+            [teacher(table.slice(start, n)) for start, n in _batches(table.num_rows, blocks, TEACHER_BATCH)]
+        )
+    else:
+        annotated = (
+            ray.data.from_arrow(table)
+            .repartition(blocks)
+            .map_batches(
+                _Teacher,
+                fn_constructor_args=args,
+                batch_size=TEACHER_BATCH,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                num_cpus=1,
+            )
+        )
+        result = pa.concat_tables(list(annotated.iter_batches(batch_size=None, batch_format="pyarrow")))
     if result.num_rows != table.num_rows:
         raise RuntimeError(f"teacher annotated {result.num_rows} of {table.num_rows} rows")
     result, leaking = mark_leaking(result)
