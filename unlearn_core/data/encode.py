@@ -108,10 +108,28 @@ def encode_example(
     processor: Any, *, question: str, answer: str, image: ImageLike | None, image_size: int | None = None
 ) -> dict[str, list[int]]:
     """Prompt + answer + EOS ids; ``labels`` are -100 on prompt and image tokens, ids on the answer."""
+    return encode_answers(processor, question=question, answers=[answer], image=image, image_size=image_size)[
+        0
+    ]
+
+
+def encode_answers(
+    processor: Any,
+    *,
+    question: str,
+    answers: Sequence[str],
+    image: ImageLike | None,
+    image_size: int | None = None,
+) -> list[dict[str, list[int]]]:
+    """``encode_example`` of each answer to one question and image, the prompt (its image through the
+    processor) encoded once: the options of a multiple-choice row."""
     prompt = _prompt_ids(processor, question, to_image_array(image, image_size))
     tok = tokenizer_of(processor)
-    answer_ids = [int(i) for i in tok(answer + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]]
-    return {"input_ids": prompt + answer_ids, "labels": [IGNORE_INDEX] * len(prompt) + answer_ids}
+    out = []
+    for answer in answers:
+        ids = [int(i) for i in tok(answer + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]]
+        out.append({"input_ids": prompt + ids, "labels": [IGNORE_INDEX] * len(prompt) + ids})
+    return out
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:

@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 from unlearn_core.data.encode import (
     IGNORE_INDEX,
     collate,
+    encode_answers,
     encode_example,
     encode_prompt,
     model_inputs,
@@ -184,10 +185,8 @@ def score_options_many(
     seqs: list[dict[str, Any]] = []
     for question, image, options in items:
         arr = to_image_array(image, image_size)
-        seqs += [
-            {**encode_example(processor, question=question, answer=o, image=arr), "image": arr}
-            for o in options
-        ]
+        encoded = encode_answers(processor, question=question, answers=options, image=arr)
+        seqs += [{**e, "image": arr} for e in encoded]
     scores: list[float] = []
     with eval_mode(model):
         start = 0
