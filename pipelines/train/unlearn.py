@@ -54,7 +54,7 @@ def _mask_for(
         return None
     if getattr(method.params, "mask_path", None):
         return str(method.params.mask_path)
-    from pipelines.train.mask import compute_mask_remote
+    from pipelines.train.mask import compute_mask, compute_mask_remote
 
     key = mask_cache_key(
         tracking.weights_sha256(model_dir),
@@ -69,10 +69,14 @@ def _mask_for(
         return str(out)
     if not compute:
         raise NotCached(f"saliency mask {out}")
+    # A job that trains in this process computes its mask here too: no task's new process and imports
+    # (~7 s here); the demo's mask has the same tensors both ways.
+    here = cfg.train.launcher == "in_process"
     log(
-        f"computing the saliency mask (modules={spec.group}, gamma={spec.gamma}, rows: {spec.recipe}) as a Ray task"
+        f"computing the saliency mask (modules={spec.group}, gamma={spec.gamma}, rows: {spec.recipe}) "
+        + ("in this process" if here else "as a Ray task")
     )
-    stats = compute_mask_remote(
+    stats = (compute_mask if here else compute_mask_remote)(
         cfg.model_dump(), str(model_dir), str(shards), str(out), modules=spec.group, gamma=spec.gamma
     )
     log(

@@ -13,6 +13,7 @@ no image tokens, and every family fills image tokens with image features in orde
 from __future__ import annotations
 
 import io
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,7 +86,31 @@ def _messages(question: str, with_image: bool) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
+# Prompt ids per processor, by (question, image shape): the processor expands the image placeholder
+# from the image's size alone (LLaVA: a fixed count; LLaVA-Next, Qwen2-VL: from height and width), so
+# running its image pipeline for each row asking the same question of a same-size image re-derives
+# the same ids (a benchmark asks a few questions of thousands of images of one size).
+_PROMPT_IDS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[int, ...] | None], list[int]]] = (
+    weakref.WeakKeyDictionary()
+)
+PROMPT_CACHE_MAX = 8192
+
+
 def _prompt_ids(processor: Any, question: str, image: np.ndarray | None) -> list[int]:
+    key = (question, None if image is None else tuple(image.shape))
+    try:
+        cache = _PROMPT_IDS.setdefault(processor, {})
+    except TypeError:  # a processor that cannot be weakly referenced
+        cache = {}
+    if key not in cache:
+        ids = _processor_prompt_ids(processor, question, image)
+        if len(cache) >= PROMPT_CACHE_MAX:
+            return ids
+        cache[key] = ids
+    return list(cache[key])
+
+
+def _processor_prompt_ids(processor: Any, question: str, image: np.ndarray | None) -> list[int]:
     text = processor.apply_chat_template(
         _messages(question, image is not None), add_generation_prompt=True, tokenize=False
     )
