@@ -13,9 +13,10 @@ setup: $(VENV_STAMP)
 
 $(VENV_STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip uv
+	$(PY) -m pip install -q uv
 	.venv/bin/uv pip install -q --python $(PY) $$($(PY) .ci/uv_flags.py) $(PIP_CONSTRAINTS) -e ".[dev]" \
-		|| { echo "uv failed; installing with pip"; $(PY) -m pip install -q $(PIP_CONSTRAINTS) -e ".[dev]"; }
+		|| { echo "uv failed; installing with pip"; $(PY) -m pip install -q --upgrade pip \
+			&& $(PY) -m pip install -q $(PIP_CONSTRAINTS) -e ".[dev]"; }
 	touch $(VENV_STAMP)
 
 run: setup
