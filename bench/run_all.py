@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("train_step", "method_cost", "data", "mask_cost", "scaling", "sweep", "trial_cost", "cli_errors")
+SCRIPTS = (
+    "train_step", "method_cost", "data", "mask_cost", "scaling", "sweep", "trial_cost", "cli_errors", "setup_install",
+)  # fmt: skip
 
 
 def main() -> int:
