@@ -90,9 +90,8 @@ def stream_dataset(
         if key in _READ:
             return _READ[key]
         ds = ray.data.from_arrow(pa.concat_tables([keep(pq.read_table(f)) for f in files]))
-        if (
-            ray.get_runtime_context().get_actor_id() is not None
-        ):  # an actor dies with its Ray; a driver may not
+        in_actor = ray.get_runtime_context().get_actor_id() is not None  # dies with its Ray; a driver may not
+        if in_actor:
             while len(_READ) >= READ_CACHE_STREAMS:
                 _READ.pop(next(iter(_READ)))
             _READ[key] = ds
