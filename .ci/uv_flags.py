@@ -3,7 +3,8 @@
 `make setup` installs with uv (about 10x faster than pip here) but must resolve exactly what pip
 would: the same indexes, find-links folders and constraint files, and pip's "best version across all
 indexes" rule (uv's default takes the first index that has a package). pip's own config is read
-through `pip config list`; environment variables (PIP_*) win over site, user and global files.
+through `pip config list` (pip's files already merged): `install.*` wins over `global.*`, and
+environment variables (`:env:.*`, from PIP_*) over both.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RANK = {"global": 0, "user": 1, "site": 2, ":env:": 3}  # later wins, as in pip
+RANK = {"global": 0, "install": 1, ":env:": 2}  # higher wins, as in pip
 MULTI = {"extra-index-url", "find-links", "constraint"}
 
 
@@ -25,9 +26,9 @@ def pip_config() -> dict[str, str]:
     for line in out.splitlines():
         key, _, value = line.partition("=")
         section, _, name = key.rpartition(".")
-        if section.split(".")[0] not in ("global", "install", ":env:") or not value:
+        if section not in RANK or not value:
             continue
-        rank = RANK.get(section.split(".")[0], 0)
+        rank = RANK[section]
         value = value.strip().strip("'\"")
         if name not in chosen or rank >= chosen[name][0]:
             chosen[name] = (rank, value)

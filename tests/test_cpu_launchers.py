@@ -88,22 +88,21 @@ def _step(result: Any) -> int:
         return int(json.loads(Path(d, "trainer_state.json").read_text())["step"])
 
 
+def _fit(shards, workdir, steps, launcher, name, storage, *callbacks):
+    return fit(
+        _job(shards, workdir, steps, launcher),
+        {"train": stream_dataset(shards, "train")},
+        name=name,
+        storage_path=storage,
+        callbacks=list(callbacks),
+    )
+
+
 def test_in_process_matches_ray_train_keeps_checkpoints_and_resumes(shards, tmp_path):
     storage = str(tmp_path / "ray")
-    under_train = fit(
-        _job(shards, tmp_path / "a", 6, "ray_train"),
-        {"train": stream_dataset(shards, "train")},
-        name="ray-train",
-        storage_path=storage,
-    )
+    under_train = _fit(shards, tmp_path / "a", 6, "ray_train", "ray-train", storage)
     seen = Recorder()
-    here = fit(
-        _job(shards, tmp_path / "b", 6, "in_process"),
-        {"train": stream_dataset(shards, "train")},
-        name="here",
-        storage_path=storage,
-        callbacks=[seen],
-    )
+    here = _fit(shards, tmp_path / "b", 6, "in_process", "here", storage, seen)
     a, b = _weights(under_train), _weights(here)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same numbers
     assert here.metrics["loss"] == under_train.metrics["loss"] and here.metrics["step"] == 6
@@ -117,13 +116,7 @@ def test_in_process_matches_ray_train_keeps_checkpoints_and_resumes(shards, tmp_
 
     # Started again under the same name with more steps: resumes at step 7, keeps the newest two.
     more = Recorder()
-    resumed = fit(
-        _job(shards, tmp_path / "b", 12, "in_process"),
-        {"train": stream_dataset(shards, "train")},
-        name="here",
-        storage_path=storage,
-        callbacks=[more],
-    )
+    resumed = _fit(shards, tmp_path / "b", 12, "in_process", "here", storage, more)
     assert [int(r["step"]) for r in more.reports] == [9, 10, 12]  # checkpoints + log_every; 1-6 not re-run
     assert [p.name for p in saved_checkpoints(run_dir)] == ["checkpoint_000002", "checkpoint_000003"]
     assert _step(resumed) == 12

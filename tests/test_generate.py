@@ -11,6 +11,7 @@ from unlearn_core.data.encode import collate, encode_example, model_inputs
 from unlearn_core.models.generate import (
     answer_logprobs,
     apply_instruction,
+    eval_mode,
     generate,
     score_options,
     score_options_many,
@@ -113,7 +114,15 @@ def test_score_options_many_equals_one_row_at_a_time(trained, monkeypatch) -> No
     ]
     monkeypatch.setattr(gen, "SCORE_TOKENS_PER_BATCH", 60)
     many = score_options_many(model, proc, items)
-    alone = [score_options(model, proc, q, img, opts) for q, img, opts in items]
+
+    def one_row(question, img, options):  # one forward over one row's options, without the batching code
+        rows = [
+            {**encode_example(proc, question=question, answer=o, image=img), "image": img} for o in options
+        ]
+        with eval_mode(model):
+            return answer_logprobs(model, collate(rows, proc)).tolist()
+
+    alone = [one_row(q, img, opts) for q, img, opts in items]
     assert [len(s) for s in many] == [3, 4, 2]
     for got, want in zip(many, alone, strict=True):
         assert got == pytest.approx(want, abs=1e-4) and int(np.argmax(got)) == int(np.argmax(want))

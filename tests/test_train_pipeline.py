@@ -57,7 +57,9 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
     # ... so it is kept as the model's cached evaluation: runs starting from it do not evaluate it again.
     kept = cache_path(out["model_dir"], shards, tmp_path / "wd" / "results", 4)
     assert json.loads(kept.read_text()) == out["report"]
+    written = kept.stat().st_mtime_ns
     assert evaluate_cached(out["model_dir"], shards, tmp_path / "wd" / "results", 4) == out["report"]
+    assert kept.stat().st_mtime_ns == written  # read back, not evaluated and written again
     client = MlflowClient(mlflow_store["tracking_uri"])
     run = client.get_run(out["run_id"])
     assert run.data.params["train.num_workers"] == "2"

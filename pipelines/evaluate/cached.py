@@ -25,7 +25,7 @@ def evaluate_cached(model_dir: Path, shards: Path, results_dir: Path, max_per_gr
     if path.exists():
         return json.loads(path.read_text())
     report = evaluate(model_dir, shards, max_per_group=max_per_group)
-    remember_evaluation(report, model_dir, shards, results_dir, max_per_group)
+    _write(path, report)
     return report
 
 
@@ -36,6 +36,10 @@ def remember_evaluation(
     generate the same rows in the same chunks as ``evaluate``: the same report), so that the runs
     starting from the model do not evaluate it again."""
     path = cache_path(model_dir, shards, results_dir, max_per_group)
+    _write(path, report)
+    return path
+
+
+def _write(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
-    return path

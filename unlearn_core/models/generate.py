@@ -16,7 +16,6 @@ from unlearn_core.data.encode import (
     IGNORE_INDEX,
     collate,
     encode_answers,
-    encode_example,
     encode_prompt,
     model_inputs,
     pad_id,
@@ -140,9 +139,8 @@ def answer_mean_nll(
     chat template appends counts as one).
     """
     arr = to_image_array(image, image_size)
-    rows = [
-        {**encode_example(processor, question=question, answer=a, image=arr), "image": arr} for a in answers
-    ]
+    encoded = encode_answers(processor, question=question, answers=answers, image=arr)
+    rows = [{**e, "image": arr} for e in encoded]
     with eval_mode(model):
         total, count = answer_token_nll(model, collate(rows, processor))
         return (total / count.clamp(min=1)).tolist()
@@ -157,13 +155,8 @@ def score_options(
     *,
     image_size: int | None = None,
 ) -> list[float]:
-    """Sum log-prob of each option as the answer (its EOS included), one batch for all options."""
-    arr = to_image_array(image, image_size)
-    rows = [
-        {**encode_example(processor, question=question, answer=o, image=arr), "image": arr} for o in options
-    ]
-    with eval_mode(model):
-        return answer_logprobs(model, collate(rows, processor)).tolist()
+    """Sum log-prob of each option as the answer (its EOS included)."""
+    return score_options_many(model, processor, [(question, image, options)], image_size=image_size)[0]
 
 
 # Tokens per forward when scoring many rows' options: ~130 short tiny-model sequences, ~5 LLaVA-7B
