@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipelines import commands, console, data_commands
 from unlearn_core.config import ConfigError, SynthConfig
@@ -27,6 +28,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (train.lr=1e-4)"
     )
+
+
+# The output rule (unlearn_core.outputs), stated once for every command that writes.
+OUT_RULE = "must not exist or be empty; an existing one is refused unless --force"
+FORCE_HELP = (
+    "replace an existing --out, only if lvlm-unlearn wrote it (its .lvlm-unlearn.json marker, or the "
+    "written_by field of a report or mask); never anything else"
+)
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def _preset_names() -> str:
@@ -55,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     p = dsub.add_parser("synth", help="generate the synthetic identity benchmark as canonical records")
-    p.add_argument("--out", required=True, help="records folder to write")
+    p.add_argument("--out", required=True, help=f"records folder to write ({OUT_RULE})")
+    _add_force(p)
     syn = SynthConfig()  # the defaults are the schema's (`synth.*`), stated once
     for field, kind, what in (
         ("people", int, "forget + retain people"),
@@ -77,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", required=True, help="mllmu-bench, clear or jsonl")
     p.add_argument("--source", required=True, help="data set folder as downloaded (one subfolder per config)")
-    p.add_argument("--out", required=True, help="records folder to write")
+    p.add_argument("--out", required=True, help=f"records folder to write ({OUT_RULE})")
+    _add_force(p)
     p.add_argument(
         "--forget-config",
         default=None,
@@ -92,10 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("shard", help="tokenize records into Parquet shards with Ray Data")
     p.add_argument("--records", required=True, help="records folder")
     p.add_argument("--model", required=True, help="model SPEC: HF id, local folder, or tiny-llava")
-    p.add_argument("--out", required=True, help="shards folder to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="shards folder to write: new or empty, or shards this command built there (reused when "
+        "unchanged; rebuilt only with --force)",
+    )
     p.add_argument("--image-size", type=int, default=64, help="resize images to this side (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="rebuild even if the fingerprint is unchanged")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even if the fingerprint is unchanged, replacing --out if lvlm-unlearn wrote it "
+        "(never anything else)",
+    )
     p.set_defaults(handler=data_commands.cmd_data_shard)
 
     p = sub.add_parser(
@@ -158,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lora", action="store_true", help="compute it on LoRA adapters (train with model.lora=true)"
     )
-    p.add_argument("--out", required=True, help="mask file (.safetensors); sparsity goes beside it as .json")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=f"mask file (.safetensors); sparsity goes beside it as .json (both {OUT_RULE})",
+    )
+    _add_force(p)
     p.add_argument("--workdir", default="workdir", help="for the default MLflow store (WORKDIR/mlflow.db)")
     p.add_argument(
         "--tracking-uri",
@@ -180,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model folder or models:/NAME@ALIAS")
     p.add_argument("--shards", required=True, help="shards folder (built by `unlearn data shard`)")
-    p.add_argument("--out", required=True, help="JSON file to write {metrics, per_sample}")
+    p.add_argument("--out", required=True, help=f"JSON file to write {{metrics, per_sample}} ({OUT_RULE})")
+    _add_force(p)
     p.add_argument(
         "--max-per-group", type=int, default=64, help="rows per (split, task) evaluated (default 64)"
     )
@@ -224,7 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--records", required=True, help="records folder (built by `unlearn data convert` / `synth`)"
     )
     p.add_argument("--predictions", required=True, help='JSON lines {"sample_id": ..., "generation": "..."}')
-    p.add_argument("--out", required=True, help="JSON file to write {metrics, counts, problems, per_sample}")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=f"JSON file to write {{metrics, counts, problems, per_sample}} ({OUT_RULE})",
+    )
+    _add_force(p)
     p.add_argument(
         "--protocol",
         default=None,
@@ -242,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked"
     )
     p.add_argument("uri", help="models:/NAME@champion or models:/NAME/3")
-    p.add_argument("--out", required=True, help="folder to write the HF model into")
+    p.add_argument("--out", required=True, help=f"folder to write the HF model into ({OUT_RULE})")
+    _add_force(p)
     p.add_argument(
         "--tracking-uri",
         default=None,
@@ -257,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="workdir")
     p.set_defaults(handler=commands.cmd_doctor)
 
+    p = sub.add_parser(
+        "relocate",
+        help="after copying or moving a workdir: point its MLflow store (mlflow.db) at its own mlartifacts/",
+    )
+    p.add_argument("--workdir", required=True, help="the copied or moved workdir")
+    p.set_defaults(handler=commands.cmd_relocate)
+
     for leaf in [*sub.choices.values(), *dsub.choices.values()]:
         if leaf.get_default("handler") is not None:
             leaf.add_argument(
@@ -268,28 +312,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 on success, 2 for bad input (one line naming the file, row or field), 1 when the work
+    itself failed, 130 on Ctrl-C. A traceback never reaches the terminal: it goes to the command's log
+    file (for an unexpected error before the log started: a crash log in ``console.user_log_dir()``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, RecordError, FileNotFoundError, ValueError) as err:
-        _error(f"error: {err}")
+    except (ConfigError, RecordError, FileNotFoundError, ValueError, RecursionError) as err:
+        if console.active() is not None:  # a refusal before the log started needs no crash log
+            _log_traceback(args)
+        text = str(err) or type(err).__name__
+        if isinstance(err, RecursionError):
+            text = f"input nested too deep to read ({text})"
+        _error(f"error: {text}")
         return 2
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
     except Exception as err:
-        term = console.active()
-        if term is None or term.log_path is None:
-            raise
-        import traceback
-
-        traceback.print_exc()  # into the log file
+        log_path = _log_traceback(args)
         first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")[:300]
-        _error(f"error: {type(err).__name__}: {first} (full message and traceback in {term.log_path})")
+        where = f" (full message and traceback in {log_path})" if log_path else ""
+        _error(f"error: {type(err).__name__}: {first}{where}")
         return 1
     finally:
         console.stop()
+
+
+def _log_traceback(args: argparse.Namespace) -> Path | None:
+    """The current exception's traceback into the command's log file (stderr points there once the
+    console started), else into a crash log of its own; returns the file, or None if none could be written."""
+    import traceback
+
+    term = console.active()
+    if term is not None and term.log_path is not None:
+        traceback.print_exc()  # stderr is the log file
+        return term.log_path
+    command = " ".join(x for x in (getattr(args, "command", None), getattr(args, "data_command", None)) if x)
+    try:
+        path = console.log_file_path(None, f"{command or 'unlearn'}-error")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+    except OSError:
+        return None
+    return path
 
 
 def _error(message: str) -> None:

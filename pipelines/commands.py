@@ -4,10 +4,12 @@ call one pipeline function, print the outcome. The parser is in ``pipelines/cli.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from pipelines import console, preflight
 from pipelines.console import say
+from unlearn_core import outputs
 from unlearn_core.config import ConfigError
 from unlearn_core.config import absolute_folder as _abs
 from unlearn_core.config import local_model_spec as _spec
@@ -41,11 +43,13 @@ def run_config_from_args(args: argparse.Namespace, command: str):
 def _parse_set(item: str) -> tuple[str, object]:
     import yaml
 
+    from unlearn_core.bounded import load_yaml
+
     if "=" not in item:
         raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
     key, raw = item.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), load_yaml(raw, f"--set {key.strip()}")
     except yaml.YAMLError as err:
         raise ConfigError(
             f"--set {item!r}: the value is not valid YAML ({err.__class__.__name__}); "
@@ -54,6 +58,8 @@ def _parse_set(item: str) -> tuple[str, object]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.name):
+        raise ConfigError(f"--name: {args.name!r} must be a plain folder name (letters, digits, . _ -)")
     cfg = run_config_from_args(args, "finetune")
     preflight.run_config(cfg, "finetune")
     start(args, cfg.workdir, "finetune")
@@ -133,9 +139,11 @@ def cmd_mask(args: argparse.Namespace) -> int:
     preflight.shards_folder(args.shards, "--shards")
     if not args.out.endswith(".safetensors"):
         raise ConfigError(f"--out: {args.out!r} must end with .safetensors (the mask file)")
-    if args.gamma <= 0:
-        raise ConfigError(f"--gamma: must be > 0, got {args.gamma}")
-    preflight.folder_writable(Path(args.out).parent, "--out")
+    if not args.gamma > 0:
+        raise ConfigError(f"--gamma: must be a number > 0, got {args.gamma}")
+    for path in (Path(args.out), Path(args.out).with_suffix(".json")):
+        outputs.check_file(path, force=args.force)
+    preflight.tracking(args.tracking_uri, args.workdir, "--tracking-uri")
     start(args, args.workdir, "mask")
     from pipelines.ray_env import ensure_ray
     from pipelines.train.mask import mask_job
@@ -150,6 +158,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
         lora=args.lora,
         tracking_uri=args.tracking_uri,
         workdir=args.workdir,
+        force=args.force,
     )
     say(json.dumps(stats, indent=1))
     say(f"logged to MLflow run {stats['mlflow_run_id']}")
@@ -165,6 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.sweep_samples < 0:
         raise ConfigError(f"--sweep-samples: must be >= 0 (0 = no sweep), got {args.sweep_samples}")
     preflight.folder_writable(args.workdir, "--workdir")
+    preflight.tracking(None, args.workdir, "MLFLOW_TRACKING_URI")
     start(args, args.workdir, "demo")
     from pipelines.demo import BASELINES, run_demo
     from pipelines.ray_env import ensure_ray
@@ -181,13 +191,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     preflight.model_spec(args.model, "--model", allow_hub=False)
     preflight.shards_folder(args.shards, "--shards")
-    preflight.folder_writable(Path(args.out).parent, "--out")
-    if args.judge_url and not args.judge_model:
-        raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    outputs.check_file(args.out, force=args.force)
+    for field, value in (
+        ("--max-per-group", args.max_per_group),
+        ("--judge-max-samples", args.judge_max_samples),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{field}: must be >= 1, got {value}")
+    if args.reference_report:
+        preflight.json_report(args.reference_report, "--reference-report")
+    if args.judge_url:
+        if not args.judge_model:
+            raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
+        from pipelines.services import check_judge
+
+        check_judge(args.judge_url, args.judge_key_env or None)
+    if args.track or args.model.startswith("models:/"):
+        preflight.tracking(None, args.workdir, "MLFLOW_TRACKING_URI")
     start(args, args.workdir, "eval")
     from pipelines import tracking
     from pipelines.evaluate import evaluate
@@ -199,13 +221,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = _spec(args.model)
     if model.startswith("models:/"):
         uri = tracking.resolve_tracking_uri(TrackingConfig(), args.workdir)
-        model = str(tracking.pull(model, Path(args.workdir) / "pulled" / "eval-model", tracking_uri=uri))
+        pulled = Path(args.workdir) / "pulled" / "eval-model"  # the workdir's own: replaced each time
+        model = str(tracking.pull(model, pulled, tracking_uri=uri, force=True))
     judge = None
     if args.judge_url:
         from unlearn_core.eval.judge import JudgeConfig
 
-        if not args.judge_model:
-            raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
         judge = JudgeConfig(
             base_url=args.judge_url,
             model=args.judge_model,
@@ -220,12 +241,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         reference_report=args.reference_report,
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    outputs.write_json(args.out, report, "unlearn eval", force=args.force)
     say(format_table({Path(args.model).name or args.model: report["metrics"]}))
     say(f"wrote {args.out}")
     if args.track:
         _track_eval(args, report, model)
+    failed = report.get("judge", {}).get("error")
+    if failed:
+        term = console.active()
+        message = (
+            f"judge failed: {failed}; the other metrics are in {args.out}, the judge.* scores are missing"
+        )
+        (term.error if term is not None else print)(f"error: {message}")
+        return 1
     return 0
 
 
@@ -253,12 +281,17 @@ def _track_eval(args: argparse.Namespace, report: dict, model: str) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     preflight.registry_uri(args.uri, "URI")
-    preflight.folder_writable(args.out, "--out")
+    outputs.check_folder(args.out, force=args.force)
+    uri = preflight.tracking(args.tracking_uri, args.workdir, "--tracking-uri")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise ConfigError(
+            f"--tracking-uri: no MLflow store at {uri[len('sqlite:///') :]} (nothing registered there); "
+            "pass --workdir of the runs or --tracking-uri of their server"
+        )
+    start(args, args.workdir, "pull")
     from pipelines import tracking
-    from unlearn_core.config import TrackingConfig
 
-    uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri), args.workdir)
-    out = tracking.pull(args.uri, args.out, tracking_uri=uri)
+    out = tracking.pull(args.uri, args.out, tracking_uri=uri, force=args.force)
     say(f"pulled {args.uri} -> {out} (weights sha256 verified)")
     return 0
 
@@ -267,6 +300,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from pipelines.doctor import report
 
     say(report(args.workdir))
+    return 0
+
+
+def cmd_relocate(args: argparse.Namespace) -> int:
+    """Point a copied or moved workdir's MLflow store at its own artifact folder."""
+    from pipelines.store_paths import ARTIFACTS, relocate
+
+    db = Path(args.workdir).expanduser() / "mlflow.db"
+    if not db.is_file():
+        raise ConfigError(f"--workdir {args.workdir}: no MLflow store there ({db} does not exist)")
+    changed = relocate(db)
+    if not changed:
+        say(f"{db}: every artifact location is already in {db.resolve().parent / ARTIFACTS}; nothing to do")
+        return 0
+    say(f"{db}: artifact locations now in {db.resolve().parent / ARTIFACTS}")
+    for column, n in changed.items():
+        say(f"  {column}: {n} rewritten")
     return 0
 
 
@@ -282,7 +332,8 @@ def artifacts(out: dict, cfg) -> None:
         say(f"registry: {ref} (`unlearn pull {ref} --out DIR`)")
 
 
-def start(args: argparse.Namespace, workdir: str | Path, command: str) -> None:
-    """After validation, before Ray: the cluster address, the console and (unless --verbose) the log file."""
+def start(args: argparse.Namespace, workdir: str | Path | None, command: str) -> None:
+    """After validation, before Ray: the cluster address, the console and (unless --verbose) the log
+    file, in ``WORKDIR/logs`` (a command without a workdir: ``console.user_log_dir()``)."""
     preflight.ray_address()
     console.start(workdir, command, verbose=bool(getattr(args, "verbose", False)))

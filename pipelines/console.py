@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 LOG_DIR = "logs"
+# Commands without a workdir (data synth|convert|validate|shard, score) log here instead.
+LOG_DIR_ENV = "UNLEARN_LOG_DIR"
 # Plain (non-TTY) progress prints a line when a bar crosses one of these fractions (and at the end).
 PLAIN_MARKS = (0.25, 0.5, 0.75)
 
@@ -173,27 +175,42 @@ def progress(
         yield bar
 
 
-def log_file_path(workdir: str | Path, command: str) -> Path:
+def user_log_dir() -> Path:
+    """The log folder of commands that have no workdir: ``$UNLEARN_LOG_DIR``, else
+    ``$XDG_STATE_HOME/lvlm-unlearn/logs`` (``~/.local/state/lvlm-unlearn/logs``). Never a folder the
+    command writes its output into."""
+    if os.environ.get(LOG_DIR_ENV):
+        return Path(os.environ[LOG_DIR_ENV]).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "lvlm-unlearn" / LOG_DIR
+
+
+def log_file_path(workdir: str | Path | None, command: str) -> Path:
+    """``WORKDIR/logs/<command>-<time>-<pid>.log``; without a workdir, in ``user_log_dir()``."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path(workdir) / LOG_DIR / f"{command.replace(' ', '-')}-{stamp}-{os.getpid()}.log"
+    folder = Path(workdir) / LOG_DIR if workdir is not None else user_log_dir()
+    return folder / f"{command.replace(' ', '-')}-{stamp}-{os.getpid()}.log"
 
 
 def start(workdir: str | Path | None, command: str, *, verbose: bool = False) -> Console:
     """Set up this process's console; unless ``verbose``, everything else goes to a log file in
-    ``workdir/logs`` (whose path is printed once). Returns the active console."""
+    ``workdir/logs`` (``user_log_dir()`` when ``workdir`` is None), whose path is printed once.
+    Returns the active console."""
     global _ACTIVE
     sys.stdout.flush()
     sys.stderr.flush()
-    terminal = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
-    terminal_err = os.fdopen(
-        os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace"
-    )
+    try:
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # streams without a file descriptor (capsys, notebooks)
+        _ACTIVE = Console(sys.stdout, err_stream=sys.stderr)
+        return _ACTIVE
+    terminal = os.fdopen(os.dup(out_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+    terminal_err = os.fdopen(os.dup(err_fd), "w", buffering=1, encoding="utf-8", errors="replace")
     log_path = None
-    if not verbose and workdir is not None:
+    if not verbose:
         log_path = log_file_path(workdir, command)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed by stop()
-        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
         _REDIRECTED.append((out_fd, os.dup(out_fd), err_fd, os.dup(err_fd), log))
         os.dup2(log.fileno(), out_fd)
         os.dup2(log.fileno(), err_fd)

@@ -2,7 +2,8 @@
 
 Library versions come from the installed package metadata; devices from torch; the Ray cluster from
 ``RAY_ADDRESS`` or a cluster started on this machine with ``ray start``; the tracking URI as a job
-would resolve it.
+would resolve it, and whether it can be used (a server that answers; a store that is not a copy
+pointing into another workdir).
 """
 
 from __future__ import annotations
@@ -78,10 +79,23 @@ def ray_cluster() -> str:
 
 
 def tracking_uri(workdir: str | Path) -> str:
-    """Like ``tracking.resolve_tracking_uri`` with the default config, without creating the workdir."""
+    """Like ``tracking.resolve_tracking_uri`` with the default config, without creating the workdir;
+    then whether a server answers (``services.check_tracking``, a few seconds at most) or the
+    workdir's store points into another folder (a copied workdir)."""
+    from pipelines.services import check_tracking
+    from pipelines.services import tracking_uri as resolve
+    from unlearn_core.config import ConfigError
+
+    uri = resolve(None, workdir)
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return f"{os.environ['MLFLOW_TRACKING_URI']} (from MLFLOW_TRACKING_URI)"
-    return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'} (the workdir's embedded store)"
+        line = f"{uri} (from MLFLOW_TRACKING_URI)"
+    else:
+        line = f"{uri} (the workdir's embedded store)"
+    try:
+        check_tracking(uri, "tracking URI")
+    except ConfigError as err:
+        return f"{line} - UNUSABLE: {err}"
+    return line + (" - answers" if uri.startswith(("http://", "https://")) else "")
 
 
 def report(workdir: str | Path = "workdir") -> str:

@@ -17,6 +17,8 @@ from unlearn_core.method_registry import METHOD_CLASSES, check_params
 
 RECORDS_MARKER = "records_meta.json"  # written by `unlearn data synth|convert`
 SHARDS_MARKER = "manifest.json"  # written by `unlearn data shard`
+SHARDS_WRITER = "unlearn data shard"  # the output marker's command, also for the workdir's shards
+SHARD_FORMAT_VERSION = 2  # pipelines.shards.build's format (2: the answer_variants column)
 MODEL_MARKER = "config.json"  # every Hugging Face model folder
 BUILTIN_MODELS = ("tiny-llava",)
 REGISTRY_URI = re.compile(r"^models:/[^/@\s]+(@[^/@\s]+|/\d+)$")
@@ -35,6 +37,18 @@ def folder_writable(path: str | Path, field: str) -> None:
             if not q.is_dir():
                 raise ConfigError(f"{field}: {q} is a file, not a folder; choose another path")
             return
+
+
+def legacy_shards(folder: Path) -> str | None:
+    """Shards written before output folders carried the project's marker (``unlearn_core.outputs``):
+    a manifest of the current format. Returns the writer's name, or None."""
+    try:
+        m = json.loads((folder / SHARDS_MARKER).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    keys = {"fingerprint", "format_version", "rows_per_split", "schema"}
+    ok = isinstance(m, dict) and keys <= set(m) and m["format_version"] == SHARD_FORMAT_VERSION
+    return f"lvlm-unlearn (no marker): {SHARDS_WRITER}" if ok else None
 
 
 def records_folder(path: str | Path, field: str) -> Path:
@@ -117,6 +131,36 @@ def model_spec(spec: str, field: str, *, allow_hub: bool = True, allow_registry:
     )
 
 
+def json_report(path: str | Path, field: str) -> None:
+    """An `unlearn eval` / `score` JSON report: a file holding an object with a ``per_sample`` list."""
+    from unlearn_core.bounded import JsonTooLarge, load_json_text
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{field}: {p} is not a file (an `unlearn eval --out` or `score --out` JSON)")
+    try:
+        data = load_json_text(p.read_bytes(), max_bytes=None)
+    except (JsonTooLarge, ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{field}: {p} is not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("per_sample"), list):
+        raise ConfigError(f"{field}: {p} has no 'per_sample' list (write it with `unlearn eval --out`)")
+
+
+def tracking(configured: str | None, workdir: str | Path, field: str) -> str:
+    """The tracking URI a command will use, checked before any work: an http(s) server answers within
+    seconds; a SQLite store keeps its artifacts beside it (not a copied workdir pointing into its
+    original). Returns the URI; creates nothing."""
+    import os
+
+    from pipelines.services import check_tracking, tracking_uri
+
+    uri = tracking_uri(configured, workdir)
+    if not configured:
+        field = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else f"the workdir {workdir}"
+    check_tracking(uri, field)
+    return uri
+
+
 def ray_address(timeout_s: float = 3.0) -> None:
     """``RAY_ADDRESS`` as ``HOST:PORT`` answers (``ray.init`` would otherwise retry a dead address
     forever, silently); ``auto``, ``local`` and ``ray://``/``http://`` addresses are left to Ray."""
@@ -158,8 +202,10 @@ def method_names(names: Iterable[str], field: str) -> None:
 
 
 def run_config(cfg: RunConfig, command: str) -> None:
-    """A finetune/unlearn/sweep config: workdir, data paths, model spec and method, before any work."""
+    """A finetune/unlearn/sweep config: workdir, data paths, model spec, method and the tracking store
+    or server, before any work."""
     folder_writable(cfg.workdir, "workdir")
+    tracking(cfg.tracking.tracking_uri, cfg.workdir, "tracking.tracking_uri")
     if cfg.records:
         records_folder(cfg.records, "records")
     if cfg.shards:

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Commands without a workdir log into console.user_log_dir(): here a temp folder, never the home folder.
+os.environ["UNLEARN_LOG_DIR"] = tempfile.mkdtemp(prefix="unlearn-test-logs-")
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def checkout_state() -> tuple[list[str], list[tuple[str, int]]]:
+    """The checkout's top-level names and the tree of its ``workdir/`` (where `make run` works): what a
+    test may never write into (every test works in its own temp folder)."""
+    top = sorted(p.name for p in CHECKOUT.iterdir() if p.name not in (".pytest_cache", ".ruff_cache"))
+    wd = CHECKOUT / "workdir"
+    tree = sorted((str(p.relative_to(wd)), p.stat().st_size) for p in wd.rglob("*")) if wd.is_dir() else []
+    return top, tree
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_untouched():
+    """Fails the session when any test wrote into the checkout (e.g. a log under ./workdir/logs)."""
+    before = checkout_state()
+    yield
+    after = checkout_state()
+    added = sorted(set(after[0]) - set(before[0])) + sorted(set(after[1]) - set(before[1]))
+    assert after == before, f"tests wrote into the checkout {CHECKOUT}: {added[:10]}"
 
 
 @pytest.fixture(scope="module")

@@ -76,13 +76,19 @@ def test_doctor_prints_versions_devices_cluster_and_tracking_uri(tmp_path, capsy
 
 
 def test_doctor_without_ray_address_reports_a_local_ray(tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the tracking server is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert main(["doctor"]) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    assert main(["doctor", "--workdir", str(tmp_path / "wd")]) == 0
     out = capsys.readouterr().out
     assert "ray cluster:  none running: a new local Ray" in out
-    assert "tracking URI: http://mlflow.example:5000 (from MLFLOW_TRACKING_URI)" in out
+    assert f"tracking URI: http://127.0.0.1:{port} (from MLFLOW_TRACKING_URI) - UNUSABLE:" in out
+    assert "does not answer" in out
 
 
 def test_sweep_progress_shows_trials_as_they_end(monkeypatch):

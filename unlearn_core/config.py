@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SECRET_MARKERS = ("token", "secret", "password", "api_key", "apikey", "credential")
@@ -183,7 +182,9 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        from unlearn_core.bounded import load_yaml
+
+        loaded = load_yaml(p.read_bytes(), str(p)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded

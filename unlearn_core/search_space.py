@@ -46,6 +46,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from unlearn_core.bounded import load_yaml
 from unlearn_core.config import ConfigError, MethodConfig, RunConfig, with_overrides
 from unlearn_core.eval.metrics import METRIC_DEFINITIONS, higher_is_better
 from unlearn_core.method_registry import METHOD_CLASSES, check_params, params_class
@@ -113,7 +114,7 @@ def load_space(path: str | Path) -> SearchSpace:
     if not p.is_file():
         raise ConfigError(f"search space file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_bytes(), str(p))
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     return parse_space(data, source=str(path))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,14 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines import console
+from pipelines.preflight import SHARD_FORMAT_VERSION, SHARDS_WRITER, legacy_shards
 from pipelines.shards.encode import RowEncoder, shard_schema, view_answers
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.records_io import read_records
 from unlearn_core.data.schema import SPLITS, RecordError
 from unlearn_core.models.loading import load_model_and_processor
+from unlearn_core.outputs import OutputError, check_folder, discard, new_stage, publish_folder
 from unlearn_core.prompts import REFUSAL_ANSWERS
-
-SHARD_FORMAT_VERSION = 2  # 2: the answer_variants column
 
 
 @dataclass
@@ -118,35 +118,77 @@ def shard_records(
     image_size: int = 64,
     seed: int = 0,
     force: bool = False,
+    replace: bool = True,
     num_cpus_per_actor: float = 1.0,
     actors: int = 2,
+    before_ray: Callable[[], None] | None = None,
 ) -> ShardReport:
-    """Build (or reuse) tokenized shards for every split found in ``records_dir``."""
-    records_dir, out_dir = Path(records_dir), Path(out_dir)
+    """Build (or reuse) tokenized shards for every split found in ``records_dir``.
+
+    ``out_dir`` is a new (or empty) folder, or shards written here before: reused when the fingerprint
+    is unchanged, rebuilt when it changed and ``replace`` (the workdir's cache; `unlearn data shard`
+    asks for ``--force``). Anything else there is refused (``OutputError``, nothing touched).
+    ``force``: rebuild even when unchanged, and replace any earlier output of the project.
+    ``before_ray``: called once the processor is built and the work needs Ray (the CLI starts it there).
+    """
+    records_dir = Path(records_dir)
+    dest = check_folder(out_dir, "--out", force=force, reuse=SHARDS_WRITER, recognise=legacy_shards)
     model_cfg = model_cfg or ModelConfig(spec=model_spec)
     table = read_records(records_dir)
-    staging = out_dir.parent / (out_dir.name + ".staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging = new_stage(dest)
+    try:
+        return _build(
+            records_dir,
+            dest,
+            staging,
+            table,
+            model_spec=model_spec,
+            model_cfg=model_cfg,
+            shard_cfg={"model_spec": model_spec, "image_size": image_size, "seed": seed},
+            force=force,
+            replace=replace,
+            num_cpus_per_actor=num_cpus_per_actor,
+            actors=actors,
+            before_ray=before_ray,
+        )
+    finally:
+        discard(staging)  # gone already when published
+
+
+def _build(
+    records_dir: Path,
+    dest: Path,
+    staging: Path,
+    table: pa.Table,
+    *,
+    model_spec: str,
+    model_cfg: ModelConfig,
+    shard_cfg: dict[str, Any],
+    force: bool,
+    replace: bool,
+    num_cpus_per_actor: float,
+    actors: int,
+    before_ray: Callable[[], None] | None,
+) -> ShardReport:
     proc_dir = staging / "processor"
+    image_size = shard_cfg["image_size"]
     build_processor(model_spec, table, proc_dir, model_cfg, image_size)
-    answers = view_answers(table, seed)  # the methods' extra views of the forget rows
-    shard_cfg = {
-        "model_spec": model_spec,
-        "image_size": image_size,
-        "seed": seed,
-        "views": list(answers),
-    }
+    answers = view_answers(table, shard_cfg["seed"])  # the methods' extra views of the forget rows
+    shard_cfg = {**shard_cfg, "views": list(answers)}
     fp = fingerprint(records_dir, proc_dir, shard_cfg)
 
-    manifest_path = out_dir / "manifest.json"
-    if not force and manifest_path.exists():
+    manifest_path = dest / "manifest.json"
+    if manifest_path.exists():  # an earlier output of this function (check_folder made sure)
         old = json.loads(manifest_path.read_text())
-        if old.get("fingerprint") == fp:
-            shutil.rmtree(staging)
-            return _report_from_manifest(out_dir, old, skipped=True)
-
+        if not force and old.get("fingerprint") == fp:
+            return _report_from_manifest(dest, old, skipped=True)
+        if not (force or replace):
+            raise OutputError(
+                f"--out {dest}: holds shards built from other records or options (the fingerprint "
+                "changed); nothing was changed. Pass --force to rebuild them, or choose a new folder"
+            )
+    if before_ray is not None:
+        before_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_arrow(table).repartition(max(1, min(16, table.num_rows // 256 or 1)))
@@ -182,10 +224,8 @@ def shard_records(
         },
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
-    report.out_dir, report.fingerprint = str(out_dir), fp
+    publish_folder(staging, dest, SHARDS_WRITER, force=True, recognise=legacy_shards)
+    report.out_dir, report.fingerprint = str(dest), fp
     return report
 
 
@@ -197,6 +237,12 @@ def _write(result: pa.Table, out_dir: Path, n_read: int) -> ShardReport:
     if good.num_rows + bad.num_rows != n_read:
         raise RecordError(
             f"row count mismatch: read {n_read}, written {good.num_rows}, quarantined {bad.num_rows}"
+        )
+    if good.num_rows == 0:
+        first = bad.slice(0, 1).to_pylist()
+        example = f" (first: {first[0]['sample_id']}: {first[0]['quarantine_reason']})" if first else ""
+        raise RecordError(
+            f"no record could be encoded: all {n_read} quarantined{example}; nothing was written"
         )
     rows_per_split: dict[str, int] = {}
     rows_per_task: dict[str, dict[str, int]] = {}

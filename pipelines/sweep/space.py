@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from unlearn_core.bounded import load_yaml
 from unlearn_core.config import ConfigError, RunConfig
 from unlearn_core.eval.metrics import higher_is_better
 from unlearn_core.search_space import VALUE_KINDS, SearchSpace, parse_space
@@ -36,7 +35,7 @@ def load_sweep_space(path: str | Path) -> tuple[SearchSpace, Objectives]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"search space file not found: {p}")
-    data = yaml.safe_load(p.read_text())
+    data = load_yaml(p.read_bytes(), str(p))
     obj = data.get("objective") if isinstance(data, dict) else None
     if not (isinstance(obj, dict) and isinstance(obj.get("metric"), list)):
         space = parse_space(data, source=str(p))

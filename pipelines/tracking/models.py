@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,9 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from unlearn_core.config import ConfigError
 from unlearn_core.models.loading import weights_sha256
+from unlearn_core.outputs import check_folder, discard, new_stage, publish_folder
 
 SHA_TAG = "weights_sha256"
 
@@ -50,47 +51,76 @@ def set_alias(name: str, alias: str, version: str, *, tracking_uri: str) -> None
     MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
-def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str) -> Path:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> a loadable HF folder, sha256-checked."""
+def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str, force: bool = False) -> Path:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> a loadable HF folder, sha256-checked.
+
+    ``out_dir`` follows ``unlearn_core.outputs``: a new or empty folder, or (``force``) an earlier
+    output of the project; the download happens in a temporary folder beside it and is moved in whole.
+    An unknown model, version or alias is a ``ConfigError`` naming it and what the registry holds."""
+    dest = check_folder(out_dir, "--out", force=force)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     name, ref = _parse_models_uri(model_uri)
-    mv = (
-        client.get_model_version_by_alias(name, ref[1:])
-        if ref.startswith("@")
-        else client.get_model_version(name, ref)
-    )
+    mv = _model_version(client, model_uri, name, ref, tracking_uri)
     expected = (mv.tags or {}).get(SHA_TAG)
-    out = Path(out_dir)
-    staging = out.parent / (out.name + ".download")
-    if staging.exists():
-        shutil.rmtree(staging)
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(staging)
+    stage = new_stage(dest)
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(stage / "download")
+            )
         )
-    )
-    hf = _hf_folder(local, model_uri)
-    got = weights_sha256(hf)
-    if expected and got != expected:
-        raise ValueError(
-            f"{model_uri}: weights sha256 {got} differs from the one recorded at logging {expected}"
+        hf = _hf_folder(local, model_uri)
+        got = weights_sha256(hf)
+        if expected and got != expected:
+            raise ValueError(
+                f"{model_uri}: weights sha256 {got} differs from the one recorded at logging {expected}"
+            )
+        (hf / "PULLED_FROM.json").write_text(
+            json.dumps({"uri": model_uri, "name": name, "version": mv.version, SHA_TAG: got}, indent=2)
         )
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.move(str(hf), str(out))
-    shutil.rmtree(staging, ignore_errors=True)
-    (out / "PULLED_FROM.json").write_text(
-        json.dumps({"uri": model_uri, "name": name, "version": mv.version, SHA_TAG: got}, indent=2)
-    )
-    return out
+        publish_folder(hf, dest, "unlearn pull", force=force)
+    finally:
+        discard(stage)  # the download's leftovers (MLmodel, requirements ...)
+    return dest
+
+
+def _model_version(client: MlflowClient, model_uri: str, name: str, ref: str, tracking_uri: str) -> Any:
+    """The registry's model version for ``ref`` (``@alias`` or a version number), or a ConfigError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if ref.startswith("@"):
+            return client.get_model_version_by_alias(name, ref[1:])
+        return client.get_model_version(name, ref)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models(max_results=20))
+        raise ConfigError(
+            f"URI {model_uri}: no registered model {name!r} in {tracking_uri} "
+            f"(registered: {', '.join(names) or 'none'})"
+        ) from None
+    what = f"alias {ref[1:]!r}" if ref.startswith("@") else f"version {ref}"
+    aliases = ", ".join(f"@{a}" for a in sorted(model.aliases or {})) or "none"
+    try:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except MlflowException:
+        versions = []
+    raise ConfigError(
+        f"URI {model_uri}: model {name!r} has no {what} in {tracking_uri} "
+        f"(aliases: {aliases}; versions: {', '.join(map(str, versions)) or 'none'})"
+    ) from None
 
 
 def _hf_folder(local: Path, model_uri: str) -> Path:
     """The ``hf_model`` artifact of a downloaded pyfunc model, as recorded in its MLmodel file."""
-    import yaml
+    from unlearn_core.bounded import load_yaml
 
-    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    mlmodel = load_yaml((local / "MLmodel").read_bytes(), f"{model_uri}: MLmodel")
     arts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
     rel = (arts.get("hf_model") or {}).get("path")
     if not rel or not (local / rel).is_dir():

@@ -15,6 +15,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import ray
 
+from unlearn_core import outputs
+
 
 def _rows(shards: Path) -> list[dict[str, Any]]:
     """Every row of the forget and retain shards."""
@@ -46,6 +48,7 @@ def compute_mask(
     gamma: float = 1.0,
     batch_size: int = 16,
     max_batches: int = 32,
+    final_path: str | None = None,
 ) -> dict[str, Any]:
     """Load the model as it will be trained (LoRA or full, the same adapter init as the workers),
     compute the mask on the rows the method's ``MaskSpec`` picks, save it, return stats.
@@ -74,9 +77,12 @@ def compute_mask(
     mask = compute_saliency_masks(model, module_groups, forget, preserve, gamma=gamma, groups=[modules])
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    written_by = outputs.stamp("unlearn mask")  # lets a later `unlearn mask --force` replace them
+    mask.meta[outputs.WRITTEN_BY] = written_by
     mask.save(out)
     stats = {
-        "path": str(out),
+        outputs.WRITTEN_BY: written_by,
+        "path": final_path or str(out),  # where the caller moves it (mask_job writes beside, then moves)
         "modules": modules,
         "gamma": gamma,
         "selected_fraction": mask.selected_fraction(),
@@ -148,17 +154,36 @@ def mask_job(
     lora: bool = False,
     tracking_uri: str | None = None,
     workdir: str | Path = "workdir",
+    force: bool = False,
 ) -> dict[str, Any]:
-    """`unlearn mask`: compute the mask as a Ray task, save it, and log it as an MLflow run of its own."""
+    """`unlearn mask`: compute the mask as a Ray task, save it, and log it as an MLflow run of its own.
+    The task writes into a temporary folder beside ``out_path``; the mask and its ``.json`` are then
+    moved into place (``unlearn_core.outputs``: never over a file the project did not write)."""
     import mlflow
 
     from pipelines import tracking
     from unlearn_core.config import RunConfig, TrackingConfig
 
     cfg = RunConfig(model={"spec": model_dir, "lora": lora})
-    stats = compute_mask_remote(
-        cfg.model_dump(), model_dir, shards_dir, out_path, modules=modules, gamma=gamma
-    )
+    out = Path(out_path)
+    for path in (out, out.with_suffix(".json")):
+        outputs.check_file(path, force=force)
+    stage = outputs.new_stage(out)
+    try:
+        staged = stage / out.name
+        stats = compute_mask_remote(
+            cfg.model_dump(),
+            model_dir,
+            shards_dir,
+            str(staged),
+            modules=modules,
+            gamma=gamma,
+            final_path=str(out),
+        )
+        outputs.publish_file(staged.with_suffix(".json"), out.with_suffix(".json"), force=force)
+        outputs.publish_file(staged, out, force=force)
+    finally:
+        outputs.discard(stage)
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, workdir)
     mlflow.set_tracking_uri(uri)

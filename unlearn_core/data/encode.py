@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from unlearn_core.bounded import pixels_problem
+
 IGNORE_INDEX = -100
 SHARED_IMAGE_KEYS: tuple[str, ...] = ("pixel_values", "image_sizes", "image_grid_thw")
 # Image inputs shared by all views of a row (a view may override one with its own prefixed key).
@@ -46,6 +48,9 @@ def _square(img: Image.Image, image_size: int) -> Image.Image:
 def prepare_image(image_bytes: bytes, image_size: int) -> np.ndarray:
     """Decode (EXIF-rotated), centre-crop to a square, resize to ``image_size``: uint8 [H, W, 3]."""
     with Image.open(io.BytesIO(image_bytes)) as img:
+        too_many = pixels_problem(*img.size)  # from the header, before decoding
+        if too_many is not None:
+            raise ValueError(f"image: {too_many}")
         img = ImageOps.exif_transpose(img)
         return np.asarray(_square(img, image_size), dtype=np.uint8).copy()
 

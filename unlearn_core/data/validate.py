@@ -3,7 +3,9 @@
 Row level (the row goes to quarantine with a reason ``"<field>: <what is wrong>"``): a missing
 required field or a wrong type, an empty question or answer, an unknown split or task, image bytes
 that do not decode (checked by actually decoding them with Pillow), text bytes that are not UTF-8, an
-MC answer that is not one of its options, an image task without an image, a text-only task with one.
+MC answer that is not one of its options, an image task without an image, a text-only task with one,
+an image over the pixel limit or JSON nested too deep (``unlearn_core.bounded``: the limits and how
+to change them).
 
 Dataset level (``RecordError``, listing the offenders): a repeated ``sample_id``; an entity on both
 the forget side (forget, forget_unseen) and the retain side (retain, retain_unseen).
@@ -25,6 +27,7 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
+from unlearn_core.bounded import json_depth, limit, load_json_text, pixels_problem
 from unlearn_core.data import records_io
 from unlearn_core.data.schema import COLUMNS, MC_TASKS, SPLITS, TASKS, TEXT_ONLY_TASKS, RecordError
 
@@ -347,7 +350,7 @@ def _image(value: Any, task: str, checker: ImageChecker | None) -> bytes | None:
         raise RowProblem("image: empty bytes")
     problem = checker.problem(data) if checker is not None else None
     if problem is not None:
-        raise RowProblem(f"image: cannot decode ({problem})")
+        raise RowProblem(f"image: {problem}")
     return data
 
 
@@ -356,12 +359,16 @@ def _json_object(value: Any, name: str) -> str:
         return "{}"
     if isinstance(value, Mapping):
         parsed: Any = dict(value)
+        if json_depth(parsed) > limit("UNLEARN_MAX_JSON_DEPTH"):
+            raise RowProblem(f"{name}: nested deeper than {limit('UNLEARN_MAX_JSON_DEPTH')} levels")
     else:
         text = _text(value, name)
         try:
-            parsed = json.loads(text) if text.strip() else {}
+            parsed = load_json_text(text, max_bytes=None) if text.strip() else {}
         except json.JSONDecodeError as exc:
             raise RowProblem(f"{name}: not valid JSON ({exc.msg})") from exc
+        except ValueError as exc:  # too deep, a number Python cannot read
+            raise RowProblem(f"{name}: {exc}") from exc
     if not isinstance(parsed, dict):
         raise RowProblem(f"{name}: expected a JSON object, got {type(parsed).__name__}")
     try:
@@ -375,11 +382,14 @@ def _decode_problem(data: bytes) -> str | None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated image is a bad image, whatever else set this
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # Pillow's bomb warning included: the pixel limit replaces it
             with Image.open(io.BytesIO(data)) as image:
+                too_many = pixels_problem(*image.size)  # from the header, before decoding
+                if too_many is not None:
+                    return too_many
                 image.load()
     except Exception as exc:  # any decoder failure means the bytes are unusable
-        return f"{type(exc).__name__}: {exc}"
+        return f"cannot decode ({type(exc).__name__}: {exc})"
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return None

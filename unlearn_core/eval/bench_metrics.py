@@ -69,7 +69,16 @@ def truth_ratio(paraphrased_loss: float, perturbed_losses: Sequence[float]) -> f
     """One sample's ratio as CLEAR ``mm/eval.py`` stores it (``truth_ratio``): exp(paraphrased loss -
     mean of its perturbed losses) = P(perturbed) / P(paraphrased), losses mean per answer token."""
     mean_perturbed = sum(perturbed_losses) / len(perturbed_losses)
-    return math.exp(paraphrased_loss - mean_perturbed)
+    return _exp(paraphrased_loss - mean_perturbed)
+
+
+_LOG_RATIO_MAX = 700.0  # exp(+-700) is finite and non-zero in float64: t and 1/t both exist
+
+
+def _exp(log_ratio: float) -> float:
+    """exp of a log truth ratio, clipped to +-700: absurd losses (1e308) give an extreme ratio, never
+    inf, 0 or a ZeroDivisionError in 1/t."""
+    return math.exp(max(-_LOG_RATIO_MAX, min(_LOG_RATIO_MAX, log_ratio)))
 
 
 def set_truth_ratios(paraphrased: Sequence[float], perturbed: Sequence[Sequence[float]]) -> list[float]:
@@ -78,7 +87,7 @@ def set_truth_ratios(paraphrased: Sequence[float], perturbed: Sequence[Sequence[
     of every sample of the set (``np.array(average_perturb_loss.values()).mean()``), not the sample's own."""
     flat = [float(x) for losses in perturbed for x in losses]
     mean_perturbed = sum(flat) / len(flat)
-    return [math.exp(mean_perturbed - float(p)) for p in paraphrased]
+    return [_exp(mean_perturbed - float(p)) for p in paraphrased]
 
 
 def truth_ratio_score(ratios: Sequence[float], *, forget: bool) -> float:

@@ -16,6 +16,7 @@ fields for the same outputs.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from unlearn_core.bounded import iter_lines, load_json_text
 from unlearn_core.data import records_io
 from unlearn_core.data.schema import COLUMNS, MC_TASKS, SPLITS, RecordError
 from unlearn_core.eval.bench_metrics import BenchResult, Losses, forget_quality, score_benchmark
@@ -64,21 +66,32 @@ def load_record_rows(records_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def read_predictions(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """sample_id -> prediction line, and the problems: unreadable lines, lines without a sample_id,
-    duplicated ids (the first line wins) and non-string generations (kept out of scoring)."""
+    """sample_id -> prediction line, and the problems: unreadable lines (not UTF-8, not JSON, too long
+    or nested too deep: ``unlearn_core.bounded``), lines without a sample_id, duplicated ids (the first
+    line wins), non-string generations and invalid scores or losses (kept out of scoring)."""
     preds: dict[str, dict[str, Any]] = {}
     bad_json: list[str] = []
     no_id: list[int] = []
     duplicate: list[str] = []
     non_string: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
+    invalid: list[str] = []
+    with open(path, "rb") as fh:
+        for number, raw, size in iter_lines(fh):
+            if raw is None:
+                bad_json.append(f"line {number}: {size} bytes, over the limit")
+                continue
+            if not raw.strip():
                 continue
             try:
-                item = json.loads(line)
+                item = load_json_text(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                bad_json.append(f"line {number}: not UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
             except json.JSONDecodeError as exc:
                 bad_json.append(f"line {number}: {exc.msg}")
+                continue
+            except ValueError as exc:  # too deep, too long, a number Python cannot read
+                bad_json.append(f"line {number}: {exc}")
                 continue
             if not isinstance(item, Mapping) or not isinstance(item.get("sample_id"), (str, int)):
                 no_id.append(number)
@@ -87,17 +100,51 @@ def read_predictions(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[
             if sid in preds:
                 duplicate.append(sid)
                 continue
+            item = dict(item)
             if "generation" in item and not isinstance(item["generation"], str):
                 non_string.append(sid)
-                item = {k: v for k, v in item.items() if k != "generation"}
-            preds[sid] = dict(item)
+                del item["generation"]
+            for name in invalid_scores(item):
+                invalid.append(f"{sid}: {name}")
+                item.pop(name, None)
+            preds[sid] = item
     problems = {
         "unreadable_lines": _problem(bad_json),
         "lines_without_sample_id": _problem(no_id),
         "duplicate_ids": _problem(duplicate),
         "non_string_generations": _problem(non_string),
+        "invalid_scores": _problem(invalid),
     }
     return preds, problems
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def invalid_scores(item: Mapping[str, Any]) -> list[str]:
+    """The fields of a prediction that are present but unusable: ``option_scores`` not a list of numbers
+    (-inf allowed, not NaN); ``paraphrased_loss`` / ``caption_loss`` not a finite number >= 0;
+    ``perturbed_losses`` not a non-empty list of them. A CLEAR pair is used whole or not at all."""
+    bad = []
+    scores = item.get("option_scores")
+    if "option_scores" in item and not (
+        isinstance(scores, list) and scores and all(_number(s) and s != math.inf for s in scores)
+    ):
+        bad.append("option_scores")
+
+    def loss(value: Any) -> bool:
+        return _number(value) and math.isfinite(value) and value >= 0
+
+    pert = item.get("perturbed_losses")
+    pert_ok = isinstance(pert, list) and bool(pert) and all(loss(x) for x in pert)
+    if "perturbed_losses" in item and not pert_ok:
+        bad.append("perturbed_losses")
+    if "paraphrased_loss" in item and not (loss(item["paraphrased_loss"]) and pert_ok):
+        bad.append("paraphrased_loss")
+    if "caption_loss" in item and not loss(item["caption_loss"]):
+        bad.append("caption_loss")
+    return bad
 
 
 def score_outputs(
@@ -189,8 +236,8 @@ def report_truth_losses(path: str | Path, split: str = "forget") -> list[Losses]
     """The per-sample ``paraphrased_loss`` / ``perturbed_losses`` of ``split`` rows in an `unlearn eval` or
     `unlearn score` JSON report (the reference model's, for forget quality)."""
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        report = load_json_text(Path(path).read_bytes(), max_bytes=None)
+    except (OSError, ValueError) as exc:
         raise RecordError(f"{path}: not a readable JSON report ({exc})") from exc
     rows = report.get("per_sample") if isinstance(report, Mapping) else None
     if not isinstance(rows, list):
@@ -202,14 +249,9 @@ def report_truth_losses(path: str | Path, split: str = "forget") -> list[Losses]
         for r in rows
         if isinstance(r, Mapping)
         and r.get("split") == split
-        and isinstance(r.get("paraphrased_loss"), (int, float))
-        and r.get("perturbed_losses")
+        and "paraphrased_loss" in r
+        and not {"paraphrased_loss", "perturbed_losses"} & set(invalid_scores(r))
     ]
-
-
-def write_score(report: Mapping[str, Any], out: str | Path) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1, ensure_ascii=False))
 
 
 def render_score(report: Mapping[str, Any]) -> str:

@@ -84,6 +84,7 @@ class ConvertReport:
     skipped_configs: dict[str, str] = field(default_factory=dict)  # config -> why it was left out
     warnings: list[str] = field(default_factory=list)
     records: dict[str, Any] = field(default_factory=dict)  # counts returned by write_records
+    first_quarantined: list[str] = field(default_factory=list)  # "origin: reason" of the first few
 
     @property
     def totals(self) -> dict[str, int]:
@@ -172,6 +173,7 @@ class Conversion:
         totals = self.report.totals
         reconcile(totals["read"], counts["total"], counts["quarantined"], what="conversion")
         self.report.records = counts
+        self.report.first_quarantined = [f"{q['origin']}: {q['reason']}" for q in result.quarantined[:5]]
         return self.report
 
     def _counts_for(self, origin: str) -> ConfigCounts:
@@ -197,7 +199,7 @@ class SourceConfig:
         return set(pq.read_schema(self.files[0]).names)
 
 
-def discover_configs(source: Path) -> dict[str, SourceConfig]:
+def discover_configs(source: Path, *, example: str = "CONFIG/train-*.parquet") -> dict[str, SourceConfig]:
     """Config name -> ``SourceConfig``, for a folder laid out like a hub dataset repo.
 
     A folder that itself holds parquet files (no config subfolders) counts as one config named
@@ -215,9 +217,7 @@ def discover_configs(source: Path) -> dict[str, SourceConfig]:
     if not configs and direct:
         configs[source.name] = SourceConfig(source.name, source, direct)
     if not configs:
-        raise RecordError(
-            f"no config folders with parquet files under {source} (expected e.g. forget_5/train-*.parquet)"
-        )
+        raise RecordError(f"no config folders with parquet files under {source} (expected e.g. {example})")
     return configs
 
 

@@ -88,7 +88,7 @@ class _State:
 def convert(source: Path, out: Path, *, forget_config: str | None = None) -> ConvertReport:
     """Convert a CLEAR folder into a records folder; see the module docstring for the mapping."""
     source, out = Path(source), Path(out)
-    configs = discover_configs(source)
+    configs = discover_configs(source, example=f"{DEFAULT_FORGET_CONFIG}/train-*.parquet")
     if forget_config is None:
         present = sorted({m.group(1) for n in configs if (m := _FORGET_PREFIX_RE.match(n))})
         forget_config = present[0] if len(present) == 1 else DEFAULT_FORGET_CONFIG
@@ -185,6 +185,10 @@ def _convert_row(
         name = row.get("name")
         if not isinstance(name, str) or not name.strip():
             conv.reject(origin, f"name: expected a non-empty str, got {name!r}", row)
+            return
+        wrong = _wrong_text_lists(row, ("perturbed_captions", "perturbed_names"))
+        if wrong:
+            conv.reject(origin, wrong, row)
             return
         state.names[job.side].add(name.strip())
         person = {"entity_id": f"clear:{name.strip()}", "private_facts": {"name": name.strip()}}
@@ -298,6 +302,20 @@ def _convert_tofu_row(
             "answer": row.get("answer"),
         },
     )
+
+
+def _wrong_text_lists(row: Mapping[str, Any], columns: Iterable[str]) -> str | None:
+    """The first of ``columns`` present in ``row`` that is not a list of strings, as a reason."""
+    for column in columns:
+        value = row.get(column)
+        if value is None:
+            continue
+        if not isinstance(value, (list, tuple)):
+            return f"{column}: expected a list of str, got {type(value).__name__}"
+        bad = next((v for v in value if not isinstance(v, str)), None)
+        if bad is not None:
+            return f"{column}: expected a list of str, holds a {type(bad).__name__}"
+    return None
 
 
 def _caption_variants(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,9 @@ Each line is a JSON object with the canonical fields (``sample_id``, ``entity_id
 ``task``, ``question``, ``answer``, optional ``options``, ``private_facts`` and
 ``visible_attributes`` as objects or JSON text, ``source``). ``image`` is a path relative to the
 folder (it may not leave the folder) or null. Blank lines are ignored; a line that is not UTF-8, not
-JSON or not an object, and a record whose image file is missing, is quarantined. Fields outside the
-canonical schema are ignored (named in a warning). ``source`` defaults to ``jsonl:<folder name>``.
+JSON or not an object, too long or nested too deep (``unlearn_core.bounded``), and a record whose
+image file is missing, is quarantined. Fields outside the canonical schema are ignored (named in a
+warning). ``source`` defaults to ``jsonl:<folder name>``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unlearn_core.bounded import iter_lines, line_too_long, load_json_text
 from unlearn_core.data.adapters import Conversion, ConvertReport
 from unlearn_core.data.schema import COLUMNS, RecordError
 
@@ -36,11 +38,14 @@ def convert(source: Path, out: Path, *, forget_config: str | None = None) -> Con
     counts = conv.config(path.name, "per record")
     extra: set[str] = set()
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
+        for number, raw, size in iter_lines(handle):
+            if raw is not None and not raw.strip():
                 continue
             counts.source_rows += 1
             origin = f"{path.name}#{number}"
+            if raw is None:
+                conv.reject(origin, line_too_long(size), {"line": f"<{size} bytes, not kept>"})
+                continue
             record, reason = _parse_line(raw, folder)
             if record is None:
                 conv.reject(origin, reason or "line: unusable", {"line": raw.decode("utf-8", "replace")})
@@ -64,9 +69,11 @@ def _parse_line(raw: bytes, folder: Path) -> tuple[dict[str, Any] | None, str | 
     except UnicodeDecodeError as exc:
         return None, f"line: not valid UTF-8 ({exc.reason} at byte {exc.start})"
     try:
-        record = json.loads(text)
+        record = load_json_text(text)
     except json.JSONDecodeError as exc:
         return None, f"line: not valid JSON ({exc.msg} at column {exc.colno})"
+    except ValueError as exc:  # too deep, too long, a number Python cannot read
+        return None, f"line: {exc}"
     if not isinstance(record, dict):
         return None, f"line: expected a JSON object, got {type(record).__name__}"
     image = record.get("image")

@@ -56,6 +56,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from unlearn_core.bounded import load_json_text
 from unlearn_core.data.adapters import (
     ConfigCounts,
     Conversion,
@@ -95,7 +96,7 @@ class _Plan:
 def convert(source: Path, out: Path, *, forget_config: str | None = None) -> ConvertReport:
     """Convert an MLLMU-Bench folder into a records folder; see the module docstring for the mapping."""
     source, out = Path(source), Path(out)
-    configs = discover_configs(source)
+    configs = discover_configs(source, example=f"{DEFAULT_FORGET_CONFIG}/train-*.parquet")
     if forget_config is None:
         present = [n for n in configs if _FORGET_RE.match(n)]
         forget_config = present[0] if len(present) == 1 else DEFAULT_FORGET_CONFIG
@@ -225,6 +226,10 @@ def _convert_row(
         "visible_attributes": {},
         "source": f"{FORMAT}:{name}",
     }
+    photos = row.get("images")
+    if photos is not None and not isinstance(photos, (list, tuple)):
+        conv.reject(origin, f"images: expected a list of images, got {type(photos).__name__}", row)
+        return
     image_for = _image_picker(row, pid)
     candidates = _training_candidates(row) if training else _profile_candidates(row)
     for suffix, cand, reason in candidates:
@@ -282,7 +287,12 @@ def _profile_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
         ("Image_Textual_Questions", "mc_vqa", True),
         ("Pure_Text_Questions", "mc_text", False),
     ):
-        for k, entry in enumerate(tasks.get(family) or []):
+        entries = tasks.get(family) or []
+        if not isinstance(entries, (list, tuple)):
+            where = f"Classification_Task.{family}"
+            yield where, None, f"{where}: expected a list, got {type(entries).__name__}"
+            continue
+        for k, entry in enumerate(entries):
             where = f"Classification_Task.{family}[{k}]"
             if not isinstance(entry, Mapping):
                 yield where, None, f"{where}: expected a struct, got {type(entry).__name__}"
@@ -292,7 +302,11 @@ def _profile_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
             cand["options"] = options
             yield where, cand, None
     for column, task in (("Generation_Task", "generation"), ("Mask_Task", "cloze")):
-        for k, entry in enumerate(row.get(column) or []):
+        entries = row.get(column) or []
+        if not isinstance(entries, (list, tuple)):
+            yield column, None, f"{column}: expected a list, got {type(entries).__name__}"
+            continue
+        for k, entry in enumerate(entries):
             where = f"{column}[{k}]"
             if not isinstance(entry, Mapping):
                 yield where, None, f"{where}: expected a struct, got {type(entry).__name__}"
@@ -311,9 +325,12 @@ def _profile_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
 def _training_candidates(row: Mapping[str, Any]) -> Iterator[Candidate]:
     raw = row.get("metadata")
     try:
-        pairs = json.loads(raw) if isinstance(raw, str) else raw
+        pairs = load_json_text(raw, max_bytes=None) if isinstance(raw, str) else raw
     except json.JSONDecodeError as exc:
         yield "metadata", None, f"metadata: not valid JSON ({exc.msg})"
+        return
+    except ValueError as exc:  # too deep, a number Python cannot read
+        yield "metadata", None, f"metadata: {exc}"
         return
     if not isinstance(pairs, list):
         yield (
@@ -397,10 +414,14 @@ def _private_facts(biography: Any) -> dict[str, Any]:
     if isinstance(biography, Mapping):
         parsed: Any = biography
     else:
+        if not isinstance(biography, (str, bytes)):
+            raise ValueError(f"expected JSON text, got {type(biography).__name__}")
         try:
-            parsed = json.loads(biography)
-        except (TypeError, json.JSONDecodeError) as exc:
+            parsed = load_json_text(biography, max_bytes=None)
+        except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc})") from exc
+        except ValueError as exc:  # too deep, a number Python cannot read
+            raise ValueError(str(exc)) from exc
     if not isinstance(parsed, Mapping):
         raise ValueError(f"expected a JSON object, got {type(parsed).__name__}")
     facts = {_snake(str(k)): v for k, v in parsed.items()}
