@@ -2,9 +2,13 @@
 
 Each bad command runs as a fresh ``.venv/bin/unlearn`` process (interpreter start and imports
 included, as a user sees it), ``BENCH_QUICK=1``: 1 repeat, else 3. Prints the wall time, exit code
-and first line of the error per command; the target is under ~3 s each on the 2-core machine.
-A workdir with a records folder (no vanilla model) stands in for a user's existing one; its state is
-compared before and after every command (nothing may be written).
+and the error line per command; the target is under ~3 s each on the 2-core machine (under ~10 s for
+a tracking server that never replies: the probe waits 5 s for it).
+A workdir with a records folder (no vanilla model) stands in for a user's existing one, beside a
+user's folder, a copied workdir, hostile files (a YAML billion laughs, JSON nested 200,000 deep, a
+prediction file matching no record) and two ports (one closed, one that never replies); the whole
+bench folder is compared before and after every command: nothing may be written or deleted, but a
+command's own log file in ``logs/`` (after the checks that pass, a refused ``pull`` starts its log).
 
     .venv/bin/python bench/cli_errors.py
 """
@@ -12,8 +16,11 @@ compared before and after every command (nothing may be written).
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,12 +32,58 @@ ROOT = Path(__file__).resolve().parent.parent
 UNLEARN = ROOT / ".venv" / "bin" / "unlearn"
 
 
-def _tree(folder: Path) -> list[tuple[str, int, int]]:
+def _tree(folder: Path, skip: str = "logs") -> list[tuple[str, int, int]]:
+    """Every path under ``folder`` but the log folders (``*/logs/...``, where commands log)."""
     if not folder.exists():
         return []
     return sorted(
-        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns if p.is_file() else 0)
+        for p in folder.rglob("*")
+        if skip not in p.relative_to(folder).parts
     )
+
+
+def _silent_port() -> int:
+    """A listening port that never replies (a hung tracking server), open while the bench runs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    threading.Thread(target=lambda: (time.sleep(3600), server.close()), daemon=True).start()
+    return server.getsockname()[1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _copied_workdir(root: Path) -> Path:
+    """A workdir whose MLflow store was made in ``root/orig`` and then copied to ``root/copy``."""
+    copy = root / "copy"
+    if not (copy / "mlflow.db").is_file():
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "-c",
+             "import sys; from pipelines.tracking import ensure_experiment; "
+             "ensure_experiment(f'sqlite:///{sys.argv[1]}/mlflow.db', 'lvlm-unlearn', sys.argv[1])",
+             str(root / "orig")],
+            check=True, capture_output=True, cwd=ROOT,
+        )  # fmt: skip
+        shutil.copytree(root / "orig", copy)
+    return copy
+
+
+def _bomb_yaml() -> str:
+    head = [
+        "method:",
+        "  name: ga",
+        "  params:",
+        '    a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+    ]
+    links = [
+        f"    {n}: &{n} [{','.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    return "\n".join(head + links) + "\n"
 
 
 def main() -> int:
@@ -42,6 +95,16 @@ def main() -> int:
     space = root / "bad_space.yaml"
     space.write_text("method: ga\nspace:\n  train.lr: {uniform: [-1.0, 1.0e-3]}\n")
     new = root / "NEW"
+    user = root / "user_folder"
+    user.mkdir(exist_ok=True)
+    (user / "keep.txt").write_text("a user's file\n")
+    (root / "bomb.yaml").write_text(_bomb_yaml())
+    deep = root / "deep"
+    deep.mkdir(exist_ok=True)
+    (deep / "records.jsonl").write_text('{"sample_id": "a", "x": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
+    (root / "preds.jsonl").write_text('{"sample_id": "nope", "generation": "a"}\n')
+    copy = _copied_workdir(root)
+    silent, closed = _silent_port(), _closed_port()
     cases = {
         "run --method no_such_method (new workdir)": [
             "run",
@@ -75,21 +138,96 @@ def main() -> int:
             str(wd / "shards"),
         ],
         "run --steps many (argparse)": ["run", "--steps", "many"],
+        # the hostile-input probes (tests/test_hostile_input.py checks the same refusals)
+        "pull --out a user's folder": ["pull", "models:/m@champion", "--out", str(user)],
+        "data shard --out a user's folder": [
+            "data",
+            "shard",
+            "--records",
+            str(wd / "records"),
+            "--model",
+            "tiny-llava",
+            "--out",
+            str(user),
+        ],  # fmt: skip
+        "data convert --out . (the working dir)": [
+            "data",
+            "convert",
+            "--format",
+            "jsonl",
+            "--source",
+            str(deep),
+            "--out",
+            ".",
+        ],  # fmt: skip
+        "run --config (407-byte YAML bomb)": [
+            "run",
+            "--config",
+            str(root / "bomb.yaml"),
+            "--workdir",
+            str(wd),
+        ],
+        "pull, tracking URI a closed port": [
+            "pull",
+            "models:/m@champion",
+            "--out",
+            str(root / "p"),
+            "--tracking-uri",
+            f"http://127.0.0.1:{closed}",
+        ],  # fmt: skip
+        "pull, tracking server never replies": [
+            "pull",
+            "models:/m@champion",
+            "--out",
+            str(root / "p"),
+            "--tracking-uri",
+            f"http://127.0.0.1:{silent}",
+        ],  # fmt: skip
+        "pull in a copied workdir": [
+            "pull",
+            "models:/m@champion",
+            "--out",
+            str(root / "p"),
+            "--workdir",
+            str(copy),
+        ],
+        "data convert (JSON 200k deep, nothing usable)": [
+            "data",
+            "convert",
+            "--format",
+            "jsonl",
+            "--source",
+            str(deep),
+            "--out",
+            str(root / "rec"),
+        ],  # fmt: skip
+        "score --out a folder": [
+            "score",
+            "--records",
+            str(wd / "records"),
+            "--predictions",
+            str(root / "preds.jsonl"),
+            "--out",
+            str(user),
+        ],  # fmt: skip
     }
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["UNLEARN_LOG_DIR"] = str(root / "logs")
     repeats = 1 if QUICK else 3
     rows, results = [], {}
     for label, argv in cases.items():
         load(label)
         times, rc, first = [], None, ""
         for _ in range(repeats):
-            before = _tree(wd)
+            before = _tree(root)
             t0 = time.perf_counter()
             out = subprocess.run([str(UNLEARN), *argv], cwd=ROOT, env=env, capture_output=True, text=True)
             times.append(time.perf_counter() - t0)
             rc, first = out.returncode, (out.stderr.strip().splitlines() or [""])[-1]
-            if _tree(wd) != before or new.exists():
-                raise SystemExit(f"{label}: the workdir changed")
+            if _tree(root) != before or new.exists():
+                raise SystemExit(f"{label}: the bench folder changed")
+            if "Traceback" in out.stdout + out.stderr:
+                raise SystemExit(f"{label}: a traceback reached the terminal")
         stats = Stats(times)
         results[label] = {"seconds": stats.as_dict(), "rc": rc, "error": first}
         rows.append([label, stats.short(), rc, first[:90]])

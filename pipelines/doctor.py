@@ -94,7 +94,7 @@ def tracking_uri(workdir: str | Path) -> str:
     try:
         check_tracking(uri, "tracking URI")
     except ConfigError as err:
-        return f"{line} - UNUSABLE: {err}"
+        return f"{line} - UNUSABLE: {str(err).split(': ', 1)[-1]}"
     return line + (" - answers" if uri.startswith(("http://", "https://")) else "")
 
 

@@ -97,7 +97,23 @@ def model_folder(path: str | Path, field: str) -> Path:
         raise ConfigError(f"{field}: {p / MODEL_MARKER} is not valid JSON ({err})") from None
     if not isinstance(config, dict) or not config.get("model_type"):
         raise ConfigError(f"{field}: {p / MODEL_MARKER} has no model_type: not a Hugging Face model folder")
+    if "auto_map" not in config:  # remote-code configs load later, with trust_remote_code
+        _config_loads(p, field)
     return p
+
+
+def _config_loads(folder: Path, field: str) -> None:
+    """transformers reads the folder's config.json (its fields typed): a broken one is refused here,
+    not as an error deserialised from a Ray worker after the cluster started. Imports transformers."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read it is the file's
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")[:240]
+        raise ConfigError(
+            f"{field}: {folder / MODEL_MARKER} does not load ({type(err).__name__}: {first})"
+        ) from None
 
 
 def registry_uri(uri: str, field: str) -> None:

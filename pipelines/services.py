@@ -45,9 +45,13 @@ def no_answer(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
             reason = err.reason
             if type(reason).__module__ == "ssl":
                 outcome.append(None)  # a TLS handshake: the server is there
+            elif isinstance(reason, TimeoutError):
+                outcome.append(f"no reply within {timeout_s:g} s")
             else:
                 outcome.append(getattr(reason, "strerror", None) or str(reason))
-        except (TimeoutError, OSError) as err:
+        except TimeoutError:
+            outcome.append(f"no reply within {timeout_s:g} s")
+        except OSError as err:
             outcome.append(getattr(err, "strerror", None) or str(err) or type(err).__name__)
         except ValueError as err:  # not a URL urllib can open
             outcome.append(str(err))

@@ -164,6 +164,10 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
+        value = e.get("input")
+        if isinstance(value, float) and value != value:  # NaN fails every bound; say what it is
+            parts.append(f"{prefix}{loc}: must be a number, got nan")
+            continue
         parts.append(f"{prefix}{loc}: {e['msg']}")
     return "; ".join(parts)
 

@@ -102,7 +102,8 @@ def evaluate(
     reference_report: str | Path | None = None,
 ) -> dict[str, Any]:
     """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``;
-    with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint.
+    with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint (``report["judge"]``
+    says whether it scored; a failing judge keeps every other metric and leaves ``judge.*`` missing).
     ``protocol`` (default: the one the rows' benchmark implies) fixes prompts, decoding and metrics.
     ``reference_report`` (CLEAR): the eval / score JSON of the retain-only model, whose forget rows'
     truth-ratio losses give ``clear.forget_quality``."""
@@ -113,7 +114,18 @@ def evaluate(
     outputs = generate_outputs(model_dir, rows, actors=actors, protocol=proto.name)
     report = build_report(rows, outputs, proto, reference=reference, reference_name=str(reference_report))
     if judge is not None:
-        report["metrics"].update(judge_shard_outputs(rows, outputs, judge))
+        from unlearn_core.eval.judge import JudgeError
+
+        try:
+            report["metrics"].update(judge_shard_outputs(rows, outputs, judge))
+            report["judge"] = {"status": "scored", "url": judge.base_url, "model": judge.model}
+        except JudgeError as err:  # the metrics computed so far stay; the judge.* scores are missing
+            report["judge"] = {
+                "status": "failed",
+                "url": judge.base_url,
+                "model": judge.model,
+                "error": str(err),
+            }
     return report
 
 

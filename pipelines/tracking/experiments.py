@@ -40,7 +40,12 @@ def artifact_root(tracking_uri: str, workdir: str | Path) -> str | None:
 
 
 def ensure_experiment(tracking_uri: str, name: str, workdir: str | Path) -> str:
-    """Create the experiment once (driver side) and return its id."""
+    """Create the experiment once (driver side) and return its id. A SQLite store whose artifact paths
+    point into another folder (a copied workdir) is refused first (``store_paths.check_store``)."""
+    if tracking_uri.startswith("sqlite:///"):
+        from pipelines.store_paths import check_store
+
+        check_store(Path(tracking_uri[len("sqlite:///") :]))
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(name)

@@ -250,6 +250,10 @@ def validate_records_dir(records_dir: Path | str, *, check_images: bool = True) 
         except RecordError as exc:
             report.problems.append(str(exc))
     report.problems += duplicate_problems(keys, origins) + overlap_problems(keys, origins)
+    if not keys and not report.problems:
+        report.problems.append(
+            f"no records: {root} holds no rows in any split file (nothing to train or score)"
+        )
     _check_meta_counts(meta, report)
     _check_quarantine(root, meta, report)
     return report
