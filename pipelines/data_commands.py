@@ -122,8 +122,6 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from unlearn_core.eval.score import render_score, score_predictions
-
     preflight.records_folder(args.records, "--records")
     for field, path in (
         ("--predictions", args.predictions),
@@ -133,6 +131,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise ConfigError(f"{field}: {path} is not a file (JSON lines of predictions)")
     outputs.check_file(args.out, force=args.force)
     start(args, None, "score")
+    from unlearn_core.eval.score import render_score, score_predictions
+
     report = score_predictions(
         args.records,
         args.predictions,

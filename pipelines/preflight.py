@@ -51,6 +51,17 @@ def legacy_shards(folder: Path) -> str | None:
     return f"lvlm-unlearn (no marker): {SHARDS_WRITER}" if ok else None
 
 
+def earlier_model(folder: Path) -> str | None:
+    """A workdir model folder written before output folders carried the project's marker: an HF
+    config and safetensors weights. Returns the writer's name, or None."""
+    has_weights = any(folder.glob("*.safetensors"))
+    return (
+        "lvlm-unlearn (no marker): training job"
+        if (folder / MODEL_MARKER).is_file() and has_weights
+        else None
+    )
+
+
 def records_folder(path: str | Path, field: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():

@@ -20,8 +20,10 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
 from pipelines.evaluate import build_report, evaluate, evaluation_rows
+from pipelines.preflight import earlier_model
 from pipelines.shards import load_manifest, load_shard_rows
 from pipelines.train.trainer import TrainJob, export_final_model, final_outputs, fit
+from unlearn_core import outputs
 from unlearn_core.config import RunConfig
 from unlearn_core.eval.protocols import resolve_protocol
 from unlearn_core.eval.runner import select_eval_rows
@@ -113,6 +115,8 @@ def run_training_job(
         return clock[-1] - clock[-2]
 
     with tracking.run_status(tracking_uri, run_id, settle_failure=settle_failure):
+        # where the model goes, checked before training rather than after (unlearn_core.outputs)
+        outputs.check_folder(job.out_dir, "model folder", force=True, recognise=earlier_model)
         shard_rows = load_shard_rows(job.shards)  # read once: both evaluations select from them
         final_rows, proto = evaluation_rows(job.shards, job.cfg.train.eval_max_samples, all_rows=shard_rows)
         try:

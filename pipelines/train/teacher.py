@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines.workspace import say_once
+from unlearn_core import outputs
 from unlearn_core.config import ModelConfig
 from unlearn_core.data.selection import in_stream
 from unlearn_core.data.teacher_cache import GUIDE_KEEP, TOPK_IDS, TOPK_K, TOPK_LOGPROBS
@@ -200,8 +201,17 @@ def build_teacher_cache(
             " guidance term, listed in teacher.json)"
         )
     log(f"PUBG teacher answers: {table.num_rows} rows, {leaking.num_rows} of them leak{note}")
-    staging = out.with_suffix(".staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = outputs.new_stage(out)  # a new folder beside the cache entry, renamed into place
+    try:
+        _write_cache(staging, out, result, leaking, key, instruction, k)
+    finally:
+        outputs.discard(staging)
+    return out
+
+
+def _write_cache(
+    staging: Path, out: Path, result: pa.Table, leaking: pa.Table, key: str, instruction: str, k: int
+) -> None:
     (staging / "forget").mkdir(parents=True)
     pq.write_table(result.sort_by("sample_id"), staging / "forget" / "part-00000.parquet", compression="zstd")
     examples = result.select(["sample_id", "question", "teacher_answer"]).slice(0, 5).to_pylist()
@@ -214,6 +224,5 @@ def build_teacher_cache(
         "guidance_skipped_leaking": leaking.select(["sample_id", "teacher_answer"]).to_pylist(),
     }
     (staging / "teacher.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)  # an incomplete entry of this key (no teacher.json: checked above)
     staging.rename(out)
-    return out

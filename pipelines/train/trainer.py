@@ -23,9 +23,11 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.preflight import earlier_model
 from pipelines.train.progress import ProgressCallback, training_progress
 from pipelines.train.session import RayTrainSession, TrainSession
 from pipelines.train.worker_data import iter_shard
+from unlearn_core import outputs
 from unlearn_core.config import ConfigError
 from unlearn_core.config import RunConfig as UnlearnRunConfig
 from unlearn_core.training import ds_engine
@@ -308,17 +310,22 @@ def fit(
 
 
 def export_final_model(result: ray.train.Result, out_dir: str | Path) -> Path:
-    """Copy the final HF model folder out of the run's last checkpoint."""
+    """Copy the final HF model folder out of the run's last checkpoint into ``out_dir`` (a folder of
+    the workdir's ``models/``): copied beside it, then moved in; an earlier model there is replaced
+    only if the project wrote it (``unlearn_core.outputs``; a model folder from before the marker counts)."""
     if result.checkpoint is None:
         raise RuntimeError("the training run produced no checkpoint")
-    out = Path(out_dir)
+    out = outputs.check_folder(out_dir, "model folder", force=True, recognise=earlier_model)
     with result.checkpoint.as_directory() as d:
         src = Path(d) / "model"
         if not src.is_dir():
             raise RuntimeError(f"last checkpoint {result.checkpoint.path} holds no model/ folder")
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(src, out)
+        stage = outputs.new_stage(out)
+        try:
+            shutil.copytree(src, stage / "model")
+            outputs.publish_folder(stage / "model", out, "training job", force=True, recognise=earlier_model)
+        finally:
+            outputs.discard(stage)
     return out
 
 
