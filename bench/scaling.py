@@ -1,7 +1,7 @@
 """Samples/s of the vanilla SFT step with 1 and 2 Ray Train workers (DDP over gloo) on the tiny model.
 
 Each worker: ``cpus_per_worker=1``, ``torch_threads=1``, batch 32 (so 2 workers train on 64 samples
-per step). ``pipelines.train.fit`` with a ``TrainJob`` on the shards; steps/s comes from rank 0's
+per step). ``pipelines.train.fit`` with a ``WorkerSpec`` on the shards; steps/s comes from rank 0's
 ``steps_per_s`` reports between step 10 and the last step (start-up excluded). The two
 configurations alternate in every repeat (same load).
 
@@ -26,7 +26,7 @@ from typing import Any
 import common
 
 from pipelines.shards import stream_dataset
-from pipelines.train import TrainJob, fit
+from pipelines.train import WorkerSpec, fit
 from unlearn_core.config import RunConfig, with_overrides
 
 BATCH = 32
@@ -46,11 +46,12 @@ def run(inp: common.Inputs, workers: int, tag: str) -> dict[str, Any]:
             "train.torch_threads": 1,
             "train.num_workers": workers,
             "train.cpus_per_worker": 1,
+            "train.launcher": "ray_train",  # 1 vs 2 Ray Train workers
             "train.checkpoint_every": 0,
             "train.eval_every": 0,
         },
     )
-    job = TrainJob(
+    job = WorkerSpec(
         cfg=cfg.model_dump(),
         mode="finetune",
         processor_dir=str(inp.vanilla),
@@ -145,7 +146,7 @@ def run_bare(inp: common.Inputs, workers: int, rows_ref: Any, steps: int) -> flo
 def main() -> None:
     common.header("bench/scaling.py: 1 vs 2 Ray Train workers (1 CPU, 1 torch thread each)")
     inp = common.inputs()
-    common.ensure_ray(3)
+    common.start_local_ray(3)
     import ray
 
     rows = stream_dataset(inp.shards, "train", task_weights=RunConfig().train.task_weights).take_all()

@@ -69,17 +69,17 @@ def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict
         log=lambda *_: None,
     )
     wall = time.perf_counter() - t0
-    trials = out["trials"]
-    steps = sum(float(t.get("step") or 0) for t in trials.values())
-    done = {n: t["metrics"].get("objective") for n, t in trials.items() if t["status"] == "completed"}
+    trials = out.trials
+    steps = sum(float(t.step or 0) for t in trials.values())
+    done = {n: t.metrics.get("objective") for n, t in trials.items() if t.status == "completed"}
     best = min((v for v in done.values() if v is not None), default=None)
     return {
         "wall_s": wall,
-        "trial_timing": [t["timing"] for t in trials.values() if t["status"] == "completed" and t["timing"]],
+        "trial_timing": list(common.trial_timings(trials).values()),
         "steps": steps,
         "completed": len(done),
-        "stopped": sum(t["status"] == "stopped" for t in trials.values()),
-        "failed": sum(t["status"] == "failed" for t in trials.values()),
+        "stopped": sum(t.status == "stopped" for t in trials.values()),
+        "failed": sum(t.status == "failed" for t in trials.values()),
         "best_objective": best,
         "worst_objective": max((v for v in done.values() if v is not None), default=None),
         "best_trial": min(done, key=lambda n: done[n]) if done else None,
@@ -89,7 +89,7 @@ def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict
 def main() -> None:
     common.header("bench/sweep.py: ASHA vs full sweep (pipelines.sweep.run_sweep)")
     inp = common.inputs()
-    common.ensure_ray(2)
+    common.start_local_ray(2)
     space = space_file()
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SCHEDULERS}
     for r in range(REPEATS):

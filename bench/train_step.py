@@ -7,7 +7,7 @@ Three loops on the same tiny model (the finished vanilla model), batch 32, 2 tor
   backward, clip, AdamW step;
 - ``ours in-process``: the worker's own step (``build_worker_model`` + ``make_step_fn``) fed by
   the same in-memory rows and collate, no Ray: separates step-code overhead from Ray overhead;
-- ``ours Ray Train``: ``pipelines.train.fit`` with a ``TrainJob`` on the shards (1 worker,
+- ``ours Ray Train``: ``pipelines.train.fit`` with a ``WorkerSpec`` on the shards (1 worker,
   ``train.torch_threads=2``); steps/s is read from the worker's own ``steps_per_s`` reports between
   step 10 and the last step (start-up and the first 10 steps excluded).
 
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.shards import rows_with_images, stream_dataset
-from pipelines.train import TrainJob, fit
+from pipelines.train import WorkerSpec, fit
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.data.encode import collate
 from unlearn_core.models.loading import load_model_and_processor
@@ -55,7 +55,7 @@ WARMUP = 3
 REPEATS = 3
 PROFILE_SECONDS = 20 if common.QUICK else 40
 TARGET = 0.90  # ours >= 90% of bare
-MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
+MODES = common.STEP_MODES
 # Per mode: the Ray Train variants measured next to the bare and in-process loops (label, ray_fit kwargs).
 RAY_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "sft": [
@@ -69,22 +69,8 @@ AS_PIPELINE = "ours Ray Train (as the pipeline)"
 
 
 def run_cfg(inp: common.Inputs, mode: str, steps: int) -> RunConfig:
-    _, _, method = MODES[mode]
-    return with_overrides(
-        RunConfig(),
-        {
-            "workdir": str(common.BENCH_DIR / "wd"),
-            "shards": str(inp.shards),
-            "train.steps": steps,
-            "train.batch_size": BATCH,
-            "train.torch_threads": THREADS,
-            "train.num_workers": 1,
-            "train.cpus_per_worker": 1,
-            "train.checkpoint_every": 0,
-            "train.eval_every": 0,
-            "method.name": method or "ga",
-            "method.params": {},
-        },
+    return common.step_config(
+        inp, mode, steps, batch=BATCH, threads=THREADS, **{"train.checkpoint_every": 0, "train.eval_every": 0}
     )
 
 
@@ -196,7 +182,7 @@ def ray_fit(
     if prefetch is not None:
         cfg = with_overrides(cfg, {"train.prefetch_batches": prefetch})
     stream, ds = dataset(inp, mode, cfg)
-    job = TrainJob(
+    job = WorkerSpec(
         cfg=cfg.model_dump(),
         mode=job_mode,
         processor_dir=str(inp.vanilla),
@@ -221,7 +207,7 @@ def ray_fit(
     return {"steps_per_s": rate, "samples_per_s": rate * samples / (b - a), "window": (a, b), "wall_s": wall}
 
 
-def stream_rows(inp: common.Inputs, mode: str) -> list[dict[str, Any]]:
+def take_stream_rows(inp: common.Inputs, mode: str) -> list[dict[str, Any]]:
     cfg = run_cfg(inp, mode, 1)
     _, ds = dataset(inp, mode, cfg)
     return ds.take_all()
@@ -328,7 +314,7 @@ def profile_ray(inp: common.Inputs, mode: str, steps: int) -> dict[str, Any]:
     job_mode, _, _ = MODES[mode]
     cfg = run_cfg(inp, mode, steps)
     stream, ds = dataset(inp, mode, cfg)
-    job = TrainJob(
+    job = WorkerSpec(
         cfg=cfg.model_dump(),
         mode=job_mode,
         processor_dir=str(inp.vanilla),
@@ -389,7 +375,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     common.header("bench/train_step.py: our SFT / GA step in a Ray Train worker vs bare PyTorch")
     inp = common.inputs()
-    common.ensure_ray(2)
+    common.start_local_ray(2)
     results: dict[str, Any] = {
         "config": {
             "batch": BATCH,
@@ -401,7 +387,7 @@ def main() -> None:
     }
     import ray
 
-    rows_by_mode = {m: stream_rows(inp, m) for m in MODES}
+    rows_by_mode = {m: take_stream_rows(inp, m) for m in MODES}
     for m, rows in rows_by_mode.items():
         print(f"{m}: {len(rows)} rows in the stream, {len(batch_sizes(len(rows)))} batches per epoch")
     row_refs = {m: ray.put(rows) for m, rows in rows_by_mode.items()}

@@ -217,7 +217,7 @@ def sweep(
         raise ConfigError("unlearn sweep needs --space FILE (e.g. tune_spaces/pubg.yaml) or --resume DIR")
     import yaml
 
-    from pipelines.sweep.space import check_options, load_sweep_space
+    from pipelines.sweep.tune_config import check_options, load_sweep_space
 
     try:
         space, objectives = load_sweep_space(space_path)

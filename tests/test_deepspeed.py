@@ -20,7 +20,7 @@ from transformers import AutoProcessor
 from pipelines.evaluate import load_shard_rows
 from pipelines.shards import stream_dataset
 from pipelines.shards.build import shard_records
-from pipelines.train import TrainJob, export_final_model, fit
+from pipelines.train import WorkerSpec, export_final_model, fit
 from tests.pipeline_fixtures import write_tiny_records
 from unlearn_core.config import ConfigError, ModelConfig, RunConfig, TrainConfig, with_overrides
 from unlearn_core.data.encode import collate, encode_example
@@ -204,7 +204,7 @@ def test_ray_two_workers_zero2_finetune_eval_and_resume(shards, tmp_path):
             "train.lr": 3e-3,
         },
     )
-    job = TrainJob(
+    job = WorkerSpec(
         cfg=cfg.model_dump(),
         mode="finetune",
         processor_dir=str(shards / "processor"),

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.shards import stream_dataset
 from pipelines.shards.build import shard_records
-from pipelines.train import TrainJob, fit
+from pipelines.train import WorkerSpec, fit
 from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides
 
@@ -129,6 +129,7 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
             "train.checkpoint_every": ckpt_every,
             "train.max_failures": 2,
             "train.torch_threads": 1,
+            "train.launcher": "ray_train",  # a Train worker actor to kill
         },
     )
     uri = mlflow_store["tracking_uri"]
@@ -140,7 +141,7 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
     # driver-side flush at the end says how many values it could not log.
     down = tracking.MlflowReportCallback(f"http://127.0.0.1:{_free_port()}", "0" * 32)
 
-    job = TrainJob(
+    job = WorkerSpec(
         cfg=cfg.model_dump(),
         mode="unlearn",
         processor_dir=str(start_model),
