@@ -5,10 +5,9 @@ the in-process run keeps its checkpoints in the run folder (the newest two), res
 when started again under its name, shows every report to the job's callbacks, and starts again from
 its last checkpoint after a failure, up to ``train.max_failures`` times.
 
-The module runs before tests/test_deepspeed.py on purpose: after that module's in-process
-``deepspeed.initialize`` (one-rank gloo group) the in-process run's weights differ from the
-TorchTrainer's on this machine type (2026-12-04; also at the commit before, so not new): some torch
-state that DeepSpeed leaves in the process changes the numerics. Not yet found; see README.
+The comparison holds in a process that made a DeepSpeed engine before (tests/test_deepspeed.py, in
+either order): ``ds_engine.process_state_kept`` puts back the ``torch.nn.functional.linear`` that
+ZeRO-3 replaces process-wide.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -81,6 +82,34 @@ def _full_state(engine) -> dict[str, torch.Tensor]:
 
 def _tc(stage: int, **kw) -> TrainConfig:
     return TrainConfig(deepspeed_stage=stage, batch_size=2, lr=5e-3, steps=20, max_grad_norm=1.0, **kw)
+
+
+@pytest.fixture(autouse=True)
+def engine_state_put_back():
+    """Every engine of this module is made in the test process, which runs other modules' in-process
+    training next: what DeepSpeed changes process-wide is put back after each test (as the worker does)."""
+    with ds_engine.process_state_kept():
+        yield
+
+
+def test_zero3_engine_leaves_torch_linear_as_it_found_it(gloo_group, tiny):
+    """The cause of an order-dependent suite: a ZeRO-3 engine replaces ``torch.nn.functional.linear``
+    for the whole process (its memory-efficient linear: matmul + add, which rounds differently from
+    torch's fused linear), so an in-process run made after it gave other weights than the same run
+    under a TorchTrainer (a fresh process). ``process_state_kept`` puts torch's linear back."""
+    tok, _, _ = tiny
+    torch_linear, local_rank = torch.nn.functional.linear, os.environ.get("LOCAL_RANK")
+    x, layer = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)), torch.nn.Linear(32, 8)
+    expected = layer(x)
+    with ds_engine.process_state_kept():
+        ds_engine.init_engine(
+            _model(tok), _tc(3), world_size=1, zero_overrides={"stage3_param_persistence_threshold": 0}
+        )
+        assert torch.nn.functional.linear is not torch_linear  # DeepSpeed's wrapper, process-wide
+        assert os.environ["LOCAL_RANK"] == "0"
+    assert torch.nn.functional.linear is torch_linear
+    assert os.environ.get("LOCAL_RANK") == local_rank
+    assert torch.equal(layer(x), expected)  # a model made before or after computes as it did
 
 
 def test_custom_step_methods_are_refused_under_deepspeed():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -104,6 +104,12 @@ def run_worker(spec_dict: dict[str, Any], session: TrainSession) -> None:
     """
     spec = WorkerSpec(**spec_dict)
     cfg = RunConfig.model_validate(spec.cfg)
+    # A DeepSpeed engine changes process-wide torch state: put it back when the worker is done.
+    with ds_engine.process_state_kept() if cfg.train.deepspeed_stage else nullcontext():
+        _train(spec, cfg, session)
+
+
+def _train(spec: WorkerSpec, cfg: RunConfig, session: TrainSession) -> None:
     ctx = WorkerContext(rank=session.rank, world_size=session.world_size, device=session.device())
     torch.set_num_threads(worker_threads(cfg.train.torch_threads, cfg.train.cpus_per_worker))
     seed_everything(cfg.train.seed + ctx.rank)
