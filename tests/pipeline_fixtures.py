@@ -20,6 +20,23 @@ TINY_SYNTH = SynthConfig(
 )
 
 
+# The tiny sweep space of the sweep tests: 2 GA trials of 2 or 4 steps, evaluated every 2 steps.
+TINY_GA_SPACE = """
+method: ga
+num_samples: 2
+base:
+  train.eval_every: 2
+  train.eval_max_samples: 4
+space:
+  train.lr: {loguniform: [1.0e-4, 3.0e-3]}
+  train.steps: {choice: [2, 4]}
+objective:
+  metric: score
+  mode: min
+  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
+"""
+
+
 def write_tiny_records(out: Path, cfg: SynthConfig = TINY_SYNTH) -> Path:
     write_records(generate_benchmark(cfg), out, source="synthetic")
     return out

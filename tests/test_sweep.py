@@ -21,24 +21,11 @@ from pipelines.sweep.champion import ChampionRule, select_champion
 from pipelines.sweep.resources import default_max_concurrent, driver_resources
 from pipelines.sweep.state import sweep_name_for
 from pipelines.sweep.tune_config import Objectives, build_tune_config, load_sweep_space
-from tests.pipeline_fixtures import reserved_placement_groups, write_sweep_inputs
+from tests.pipeline_fixtures import TINY_GA_SPACE, reserved_placement_groups, write_sweep_inputs
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 from unlearn_core.eval.runner import EVAL_VERSION
 
-SPACE = """
-method: ga
-num_samples: 2
-base:
-  train.eval_every: 2
-  train.eval_max_samples: 4
-space:
-  train.lr: {loguniform: [1.0e-4, 3.0e-3]}
-  train.steps: {choice: [2, 4]}
-objective:
-  metric: score
-  mode: min
-  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
-"""
+SPACE = TINY_GA_SPACE
 MULTI = SPACE.replace(
     """  metric: score
   mode: min
