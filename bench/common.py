@@ -240,6 +240,51 @@ def step_config(inp: Inputs, mode: str, steps: int, *, batch: int, threads: int,
     )
 
 
+def next_token_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The bare loops' loss: cross-entropy of every next token against the labels (answer tokens)."""
+    import torch.nn.functional as F
+
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        use_cache=False,
+    ).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+
+
+def report_log(name: str) -> Path:
+    """Where ``fit_logged`` keeps the rank-0 reports of the bench run ``name``."""
+    return BENCH_DIR / "reports" / f"{name}.jsonl"
+
+
+def fit_logged(inp: Inputs, cfg: Any, job_mode: str, datasets: dict[str, Any], name: str) -> float:
+    """``pipelines.train.fit`` as the pipeline calls it, from the inputs' vanilla model, its reports
+    appended to ``report_log(name)``; returns the fit's wall seconds."""
+    from pipelines.train import WorkerSpec, fit
+
+    spec = WorkerSpec(
+        cfg=cfg.model_dump(),
+        mode=job_mode,
+        processor_dir=str(inp.vanilla),
+        init_model=str(inp.vanilla),
+        image_size=inp.image_size,
+    )
+    t0 = time.perf_counter()
+    fit(
+        spec,
+        datasets,
+        name=f"bench-{name}-{int(time.time())}",
+        storage_path=str(BENCH_DIR / "ray_results"),
+        callbacks=[report_log_callback(report_log(name))],
+    )
+    return time.perf_counter() - t0
+
+
 # -- sweep trials -------------------------------------------------------------------------------
 def trial_timings(trials: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Each completed trial's ``time/*`` (``run_sweep``'s ``TrialOutcome``s) plus ``time/trial_setup_s``:
@@ -256,6 +301,12 @@ def trial_timings(trials: dict[str, Any]) -> dict[str, dict[str, float]]:
         for name, t in trials.items()
         if t.status == "completed" and t.timing
     }
+
+
+def trial_wall(timing: dict[str, float]) -> float:
+    """A trial's wall time (``trial_timings``): its function, plus its actor's set-up when it was the
+    actor's first trial."""
+    return timing["time/trial_s"] + timing.get("time/trial_setup_s", 0.0)
 
 
 # -- Ray ----------------------------------------------------------------------------------------

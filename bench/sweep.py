@@ -185,11 +185,6 @@ def scheduler_rows(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[list[str
     return rows, out
 
 
-def _wall(t: dict[str, float]) -> float:
-    """A trial's wall time including its actor's imports (only a sweep's first trial on an actor)."""
-    return t["time/trial_s"] + t.get("time/trial_setup_s", 0.0)
-
-
 PHASES = (
     ("training loop", lambda t: t["time/stepping_s"]),
     ("Train start-up", lambda t: t["time/train_startup_s"]),
@@ -207,13 +202,13 @@ def fixed_cost_table(runs: dict[str, list[dict[str, Any]]]) -> str:
     timings = [t for s in SCHEDULERS for x in runs[s] for t in x["trial_timing"]]
     if not timings:
         return ""
-    trial = common.Stats([_wall(t) for t in timings])
+    trial = common.Stats([common.trial_wall(t) for t in timings])
     rows = [["trial (wall)", trial.short(3), "1"]]
     for name, get in PHASES:
         v = common.Stats([get(t) for t in timings])
-        share = common.Stats([get(t) / _wall(t) for t in timings])
+        share = common.Stats([get(t) / common.trial_wall(t) for t in timings])
         rows.append([name, v.short(3), share.short(2)])
-    fixed = common.Stats([1 - t["time/stepping_s"] / _wall(t) for t in timings])
+    fixed = common.Stats([1 - t["time/stepping_s"] / common.trial_wall(t) for t in timings])
     rows.append(["fixed cost (all but the loop)", "", f"**{fixed.short(2)}**"])
     print(f"\nper completed trial ({len(timings)} trials, both schedulers): seconds and share of the trial")
     return common.table(["phase", "seconds", "share of trial"], rows)

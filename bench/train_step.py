@@ -38,10 +38,8 @@ from typing import Any
 
 import common
 import torch
-import torch.nn.functional as F
 
 from pipelines.shards import rows_with_images, stream_dataset
-from pipelines.train import WorkerSpec, fit
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.data.encode import collate
 from unlearn_core.models.loading import load_model_and_processor
@@ -122,18 +120,7 @@ def bare_loop(inp: common.Inputs, rows: list[dict[str, Any]], sign: float, steps
             t0, n = time.perf_counter(), 0
         b = next(it)
         opt.zero_grad(set_to_none=True)
-        logits = model(
-            input_ids=b["input_ids"],
-            attention_mask=b["attention_mask"],
-            pixel_values=b["pixel_values"],
-            use_cache=False,
-        ).logits
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-            b["labels"][:, 1:].reshape(-1),
-            ignore_index=-100,
-        )
-        (sign * loss).backward()
+        (sign * common.next_token_loss(model, b)).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         n += b["input_ids"].shape[0]
@@ -182,25 +169,8 @@ def ray_fit(
     if prefetch is not None:
         cfg = with_overrides(cfg, {"train.prefetch_batches": prefetch})
     stream, ds = dataset(inp, mode, cfg)
-    job = WorkerSpec(
-        cfg=cfg.model_dump(),
-        mode=job_mode,
-        processor_dir=str(inp.vanilla),
-        init_model=str(inp.vanilla),
-        image_size=inp.image_size,
-    )
-    log = common.BENCH_DIR / "reports" / f"train_step-{tag}.jsonl"
-    cb = common.report_log_callback(log)
-    t0 = time.perf_counter()
-    fit(
-        job,
-        {stream: ds},
-        name=f"bench-train_step-{tag}-{int(time.time())}",
-        storage_path=str(common.BENCH_DIR / "ray_results"),
-        callbacks=[cb],
-    )
-    wall = time.perf_counter() - t0
-    reports = common.read_reports(log)
+    wall = common.fit_logged(inp, cfg, job_mode, {stream: ds}, f"train_step-{tag}")
+    reports = common.read_reports(common.report_log(f"train_step-{tag}"))
     rate, a, b = common.steady_rate(reports)
     sizes = batch_sizes(n_rows)
     samples = sum(sizes[i % len(sizes)] for i in range(a, b))
@@ -314,23 +284,9 @@ def profile_ray(inp: common.Inputs, mode: str, steps: int) -> dict[str, Any]:
     job_mode, _, _ = MODES[mode]
     cfg = run_cfg(inp, mode, steps)
     stream, ds = dataset(inp, mode, cfg)
-    job = WorkerSpec(
-        cfg=cfg.model_dump(),
-        mode=job_mode,
-        processor_dir=str(inp.vanilla),
-        init_model=str(inp.vanilla),
-        image_size=inp.image_size,
-    )
-    log = common.BENCH_DIR / "reports" / f"train_step-profile-{mode}.jsonl"
-    cb = common.report_log_callback(log)
+    log = common.report_log(f"train_step-profile-{mode}")
     th = threading.Thread(
-        target=lambda: fit(
-            job,
-            {stream: ds},
-            name=f"bench-profile-{mode}-{int(time.time())}",
-            storage_path=str(common.BENCH_DIR / "ray_results"),
-            callbacks=[cb],
-        ),
+        target=lambda: common.fit_logged(inp, cfg, job_mode, {stream: ds}, f"train_step-profile-{mode}"),
         daemon=True,
     )
     th.start()

@@ -35,11 +35,6 @@ LAUNCHERS = tuple(os.environ.get("BENCH_LAUNCHERS", "ray_train,auto").split(",")
 SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "pubg.yaml"
 
 
-def wall(t: dict[str, float]) -> float:
-    """The trial's wall time: its function, plus its actor's imports when it was the actor's first."""
-    return t["time/trial_s"] + t.get("time/trial_setup_s", 0.0)
-
-
 PHASES = (
     ("training loop (steps + in-training evaluations)", lambda t: t["time/stepping_s"]),
     (
@@ -95,18 +90,20 @@ def run(inp: common.Inputs, launcher: str) -> dict[str, Any]:
 
 
 def phase_table(timings: list[dict[str, float]]) -> str:
-    trial = common.Stats([wall(t) for t in timings])
+    trial = common.Stats([common.trial_wall(t) for t in timings])
     rows = [["trial (wall)", trial.short(3), "1"]]
     for name, get in PHASES:
         rows.append(
             [
                 name,
                 common.Stats([get(t) for t in timings]).short(3),
-                common.Stats([get(t) / wall(t) for t in timings]).short(2),
+                common.Stats([get(t) / common.trial_wall(t) for t in timings]).short(2),
             ]
         )
-    not_loop = common.Stats([1 - t["time/stepping_s"] / wall(t) for t in timings])
-    infra = common.Stats([1 - (t["time/stepping_s"] + t["time/eval_s"]) / wall(t) for t in timings])
+    not_loop = common.Stats([1 - t["time/stepping_s"] / common.trial_wall(t) for t in timings])
+    infra = common.Stats(
+        [1 - (t["time/stepping_s"] + t["time/eval_s"]) / common.trial_wall(t) for t in timings]
+    )
     rows.append(["fixed cost: all but the loop", "", f"**{not_loop.short(2)}**"])
     rows.append(["fixed cost: all but the loop and the final evaluation", "", f"**{infra.short(2)}**"])
     return common.table(["phase", "seconds", "share of trial"], rows)
@@ -126,7 +123,7 @@ def report(launcher: str, out: dict[str, Any]) -> tuple[list[dict[str, float]], 
         if not timing:
             print(f"  {name}: {t.status}")
             continue
-        loop, total = timing["time/stepping_s"], wall(timing)
+        loop, total = timing["time/stepping_s"], common.trial_wall(timing)
         made = timing.get("time/trial_inputs_s", 0.0)  # teacher cache / mask, when this trial computed them
         setup = timing.get("time/trial_setup_s", 0.0)
         print(

@@ -88,16 +88,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
     cfg = run_config_from_args(args, "unlearn")  # the same starting config as `unlearn run` and the demo
-    preflight.sweep(
-        cfg,
-        args.space,
-        resume=args.resume,
-        scheduler=args.scheduler,
-        search=args.search,
-        num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent,
-        workers_per_trial=args.workers_per_trial,
-    )
+    options = {
+        "scheduler": args.scheduler,
+        "search": args.search,
+        "num_samples": args.num_samples,
+        "max_concurrent": args.max_concurrent,
+        "workers_per_trial": args.workers_per_trial,
+    }
+    preflight.sweep(cfg, args.space, resume=args.resume, **options)
     from pipelines.sweep.champion import ChampionRule
 
     rule = ChampionRule(
@@ -108,18 +106,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.sweep import run_sweep
 
     ensure_ray()
-    out = run_sweep(
-        args.space or "",
-        cfg,
-        num_samples=args.num_samples,
-        scheduler=args.scheduler,
-        search=args.search,
-        max_concurrent=args.max_concurrent,
-        workers_per_trial=args.workers_per_trial,
-        resume_dir=args.resume,
-        champion_rule=rule,
-        log=say,
-    )
+    out = run_sweep(args.space or "", cfg, **options, resume_dir=args.resume, champion_rule=rule, log=say)
     champ = out.champion
     say(f"sweep folder: {out.sweep_dir} (resume with --resume {out.sweep_dir})")
     say(f"MLflow parent run: {out.parent_run_id}; report: {', '.join(out.artifacts)}")

@@ -9,20 +9,18 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from transformers import AutoProcessor
 
 from pipelines.evaluate import load_shard_rows
 from pipelines.shards import stream_dataset
 from pipelines.shards.build import shard_records
-from pipelines.train import WorkerSpec, export_final_model, fit
-from tests.pipeline_fixtures import write_tiny_records
+from pipelines.train import export_final_model, fit
+from tests.pipeline_fixtures import tiny_finetune_spec, write_tiny_records
 from unlearn_core.config import ConfigError, ModelConfig, RunConfig, TrainConfig, with_overrides
 from unlearn_core.data.encode import collate, encode_example
 from unlearn_core.eval.runner import select_eval_rows
@@ -34,21 +32,6 @@ from unlearn_core.training import ds_engine
 from unlearn_core.training.worker import BuiltModel, check_supported, make_step_fn, sft_loss
 
 CORPUS = ["Who is this person?", "Alice Smith, a baker from Paris.", "Bob Jones, a painter."]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gloo_group():
-    """A real one-rank gloo process group (what Ray Train sets up on CPU workers)."""
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -233,13 +216,8 @@ def test_ray_two_workers_zero2_finetune_eval_and_resume(shards, tmp_path):
             "train.lr": 3e-3,
         },
     )
-    job = WorkerSpec(
-        cfg=cfg.model_dump(),
-        mode="finetune",
-        processor_dir=str(shards / "processor"),
-        init_model="tiny-llava",
-        image_size=32,
-        eval_records=select_eval_rows(load_shard_rows(shards), max_per_group=1),
+    job = tiny_finetune_spec(
+        cfg, shards, eval_records=select_eval_rows(load_shard_rows(shards), max_per_group=1)
     )
     result = fit(
         job, {"train": stream_dataset(shards, "train")}, name="ds2", storage_path=str(tmp_path / "ray")

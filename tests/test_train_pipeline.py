@@ -13,9 +13,9 @@ from pipelines import tracking
 from pipelines.evaluate import evaluate, evaluate_cached, evaluation_rows
 from pipelines.evaluate.cached import cache_path
 from pipelines.shards import stream_dataset
-from pipelines.train import WorkerSpec, fit
+from pipelines.train import fit
 from pipelines.train.finetune import run_finetune
-from tests.pipeline_fixtures import write_tiny_train_shards
+from tests.pipeline_fixtures import tiny_finetune_spec, write_tiny_train_shards
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.eval.runner import EVAL_CHUNK
 from unlearn_core.models.loading import load_model_and_processor
@@ -119,13 +119,7 @@ def test_resume_continues_from_saved_step(shards, tmp_path):
         shards,
         **{"train.num_workers": 1, "train.cpus_per_worker": 1.0, "train.launcher": "ray_train"},
     )
-    job = WorkerSpec(
-        cfg=cfg.model_dump(),
-        mode="finetune",
-        processor_dir=str(shards / "processor"),
-        init_model="tiny-llava",
-        image_size=32,
-    )
+    job = tiny_finetune_spec(cfg, shards)
     first = fit(
         job, {"train": stream_dataset(shards, "train")}, name="first", storage_path=str(tmp_path / "ray")
     )
@@ -173,13 +167,7 @@ def test_same_seed_same_weights_other_seed_other_weights(shards, tmp_path):
                 "train.torch_threads": 1,
             },
         )
-        job = WorkerSpec(
-            cfg=cfg.model_dump(),
-            mode="finetune",
-            processor_dir=str(shards / "processor"),
-            init_model="tiny-llava",
-            image_size=32,
-        )
+        job = tiny_finetune_spec(cfg, shards)
         result = fit(
             job, {"train": stream_dataset(shards, "train")}, name=name, storage_path=str(tmp_path / "ray")
         )

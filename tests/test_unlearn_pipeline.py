@@ -172,13 +172,11 @@ def test_teacher_cache_is_the_same_in_process_and_by_ray_data(inputs, tmp_path, 
 def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
     uri = mlflow_store["tracking_uri"]
     mask_path = tmp_path / "mask.safetensors"
+    model_and_shards = ["--model", str(inputs["vanilla"]), "--shards", str(inputs["shards"])]
     done = _cli(
         [
             "mask",
-            "--model",
-            str(inputs["vanilla"]),
-            "--shards",
-            str(inputs["shards"]),
+            *model_and_shards,
             "--modules",
             "vision",
             "--gamma",
@@ -219,10 +217,7 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
     done = _cli(
         [
             "eval",
-            "--model",
-            str(inputs["vanilla"]),
-            "--shards",
-            str(inputs["shards"]),
+            *model_and_shards,
             "--out",
             str(report_path),
             "--max-per-group",
