@@ -317,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     file (for an unexpected error before the log started: a crash log in ``console.user_log_dir()``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    console.quiet_library_bars()  # before any library runs: every command, `unlearn pull` included
     try:
         return int(args.handler(args))
     except (ConfigError, RecordError, FileNotFoundError, ValueError, RecursionError) as err:
