@@ -63,12 +63,17 @@ def _copied_workdir(root: Path) -> Path:
     copy = root / "copy"
     if not (copy / "mlflow.db").is_file():
         subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "python"), "-c",
-             "import sys; from pipelines.tracking import ensure_experiment; "
-             "ensure_experiment(f'sqlite:///{sys.argv[1]}/mlflow.db', 'lvlm-unlearn', sys.argv[1])",
-             str(root / "orig")],
-            check=True, capture_output=True, cwd=ROOT,
-        )  # fmt: skip
+            [
+                str(ROOT / ".venv" / "bin" / "python"),
+                "-c",
+                "import sys; from pipelines.tracking import ensure_experiment; "
+                "ensure_experiment(f'sqlite:///{sys.argv[1]}/mlflow.db', 'lvlm-unlearn', sys.argv[1])",
+                str(root / "orig"),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
         shutil.copytree(root / "orig", copy)
     return copy
 
@@ -84,6 +89,36 @@ def _bomb_yaml() -> str:
         f"    {n}: &{n} [{','.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
     ]
     return "\n".join(head + links) + "\n"
+
+
+def _hostile_cases(
+    root: Path, wd: Path, user: Path, deep: Path, copy: Path, silent: int, closed: int
+) -> dict[str, list[str]]:
+    pull = ["pull", "models:/m@champion", "--out", str(root / "p")]
+    convert = ["data", "convert", "--format", "jsonl", "--source", str(deep), "--out"]
+    score = ["score", "--records", str(wd / "records"), "--predictions", str(root / "preds.jsonl")]
+    return {
+        "pull --out a user's folder": [*pull[:3], str(user)],
+        "data shard --out a user's folder": [
+            *"data shard --model tiny-llava --records".split(),
+            str(wd / "records"),
+            "--out",
+            str(user),
+        ],
+        "data convert --out . (the working dir)": [*convert, "."],
+        "run --config (407-byte YAML bomb)": [
+            "run",
+            "--config",
+            str(root / "bomb.yaml"),
+            "--workdir",
+            str(wd),
+        ],
+        "pull, tracking URI a closed port": [*pull, "--tracking-uri", f"http://127.0.0.1:{closed}"],
+        "pull, tracking server never replies": [*pull, "--tracking-uri", f"http://127.0.0.1:{silent}"],
+        "pull in a copied workdir": [*pull, "--workdir", str(copy)],
+        "data convert (JSON 200k deep, nothing usable)": [*convert, str(root / "rec")],
+        "score --out a folder": [*score, "--out", str(user)],
+    }
 
 
 def main() -> int:
@@ -139,77 +174,7 @@ def main() -> int:
         ],
         "run --steps many (argparse)": ["run", "--steps", "many"],
         # the hostile-input probes (tests/test_hostile_input.py checks the same refusals)
-        "pull --out a user's folder": ["pull", "models:/m@champion", "--out", str(user)],
-        "data shard --out a user's folder": [
-            "data",
-            "shard",
-            "--records",
-            str(wd / "records"),
-            "--model",
-            "tiny-llava",
-            "--out",
-            str(user),
-        ],  # fmt: skip
-        "data convert --out . (the working dir)": [
-            "data",
-            "convert",
-            "--format",
-            "jsonl",
-            "--source",
-            str(deep),
-            "--out",
-            ".",
-        ],  # fmt: skip
-        "run --config (407-byte YAML bomb)": [
-            "run",
-            "--config",
-            str(root / "bomb.yaml"),
-            "--workdir",
-            str(wd),
-        ],
-        "pull, tracking URI a closed port": [
-            "pull",
-            "models:/m@champion",
-            "--out",
-            str(root / "p"),
-            "--tracking-uri",
-            f"http://127.0.0.1:{closed}",
-        ],  # fmt: skip
-        "pull, tracking server never replies": [
-            "pull",
-            "models:/m@champion",
-            "--out",
-            str(root / "p"),
-            "--tracking-uri",
-            f"http://127.0.0.1:{silent}",
-        ],  # fmt: skip
-        "pull in a copied workdir": [
-            "pull",
-            "models:/m@champion",
-            "--out",
-            str(root / "p"),
-            "--workdir",
-            str(copy),
-        ],
-        "data convert (JSON 200k deep, nothing usable)": [
-            "data",
-            "convert",
-            "--format",
-            "jsonl",
-            "--source",
-            str(deep),
-            "--out",
-            str(root / "rec"),
-        ],  # fmt: skip
-        "score --out a folder": [
-            "score",
-            "--records",
-            str(wd / "records"),
-            "--predictions",
-            str(root / "preds.jsonl"),
-            "--out",
-            str(user),
-        ],  # fmt: skip
+        **_hostile_cases(root, wd, user, deep, copy, silent, closed),
     }
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["UNLEARN_LOG_DIR"] = str(root / "logs")

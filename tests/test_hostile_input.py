@@ -20,7 +20,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import real_fixtures as rf
 from pipeline_fixtures import save_tiny_model, write_tiny_records
+from test_judge import FakeChat, make_handler
 
 from pipelines.cli import main
 from unlearn_core import outputs
@@ -257,7 +258,7 @@ def test_mask_and_eval_refuse_before_ray(world, capfd):
             "j",
             "--judge-key-env",
             "",
-        ],  # fmt: skip
+        ],
         capfd,
         world,
         "--judge-url",
@@ -274,7 +275,7 @@ def test_mask_and_eval_refuse_before_ray(world, capfd):
             "j",
             "--judge-key-env",
             "NO_SUCH_KEY_VAR",
-        ],  # fmt: skip
+        ],
         capfd,
         world,
         "NO_SUCH_KEY_VAR",
@@ -357,8 +358,14 @@ def test_a_moved_workdir_is_refused_until_relocated(world, capfd, monkeypatch):
 
 def test_pull_of_an_unknown_model_or_alias_names_it(world, capfd, monkeypatch):
     _store_with_artifact(world / "wd", monkeypatch, capfd)
-    refused(["pull", "models:/nope@champion", "--out", "p", "--workdir", "wd"], capfd, world,
-            "no registered model 'nope'", "registered: tiny", logs="wd/logs")  # fmt: skip
+    refused(
+        ["pull", "models:/nope@champion", "--out", "p", "--workdir", "wd"],
+        capfd,
+        world,
+        "no registered model 'nope'",
+        "registered: tiny",
+        logs="wd/logs",
+    )
     refused(
         ["pull", "models:/tiny/7", "--out", "p", "--workdir", "wd"],
         capfd,
@@ -385,14 +392,23 @@ def test_yaml_billion_laughs_is_refused_at_once(world, capfd):
         )
         + "}"
     )
-    refused(["run", "--method", "ga", "--set", f"method.params={bomb}", "--workdir", "wd"], capfd, world,
-            "--set method.params", "YAML aliases expand")  # fmt: skip
+    refused(
+        ["run", "--method", "ga", "--set", f"method.params={bomb}", "--workdir", "wd"],
+        capfd,
+        world,
+        "--set method.params",
+        "YAML aliases expand",
+    )
     (world / "loop.yaml").write_text("method: &m\n  name: ga\n  params: *m\n")
     refused(["run", "--config", "loop.yaml", "--workdir", "wd"], capfd, world, "loop.yaml")
     (world / "latin1.yaml").write_bytes("method:\n  name: caf\xe9\n".encode("latin-1"))
     refused(["run", "--config", "latin1.yaml", "--workdir", "wd"], capfd, world, "latin1.yaml", "not UTF-8")
-    refused(["run", "--method", "ga", "--set", "train.lr=.nan", "--workdir", "wd"], capfd, world,
-            "train.lr: must be a number, got nan")  # fmt: skip
+    refused(
+        ["run", "--method", "ga", "--set", "train.lr=.nan", "--workdir", "wd"],
+        capfd,
+        world,
+        "train.lr: must be a number, got nan",
+    )
     assert time.perf_counter() - t0 < 20
 
 
@@ -400,8 +416,14 @@ def test_unreachable_tracking_server_is_reported_within_seconds(world, capfd, mo
     for port, why in ((closed_port(), "Connection refused"), (silent_port, "no reply within")):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         t0 = time.perf_counter()
-        refused(["pull", "models:/m@champion", "--out", "p"], capfd, world,
-                f"http://127.0.0.1:{port} does not answer", why, "MLFLOW_TRACKING_URI")  # fmt: skip
+        refused(
+            ["pull", "models:/m@champion", "--out", "p"],
+            capfd,
+            world,
+            f"http://127.0.0.1:{port} does not answer",
+            why,
+            "MLFLOW_TRACKING_URI",
+        )
         assert time.perf_counter() - t0 < 12
     rc, out, _ = run(["doctor", "--workdir", "wd"], capfd)
     assert rc == 0 and f"http://127.0.0.1:{silent_port} (from MLFLOW_TRACKING_URI) - UNUSABLE" in out
@@ -464,18 +486,32 @@ def test_nothing_usable_exits_2_and_writes_nothing(world, capfd, tmp_path, recor
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "records.jsonl").write_text('{"sample_id": "a"}\n[1, 2]\n')
-    refused(["data", "convert", "--format", "jsonl", "--source", bad, "--out", "rec"], capfd, world,
-            "all 2 records were quarantined", "records.jsonl#1")  # fmt: skip
+    refused(
+        ["data", "convert", "--format", "jsonl", "--source", bad, "--out", "rec"],
+        capfd,
+        world,
+        "all 2 records were quarantined",
+        "records.jsonl#1",
+    )
     (bad / "records.jsonl").write_text("")
-    refused(["data", "convert", "--format", "jsonl", "--source", bad, "--out", "rec"], capfd, world,
-            "no records found")  # fmt: skip
+    refused(
+        ["data", "convert", "--format", "jsonl", "--source", bad, "--out", "rec"],
+        capfd,
+        world,
+        "no records found",
+    )
     empty = tmp_path / "empty"
     records_io.write_records([], empty, source="synthetic")
     refused(["data", "validate", empty], capfd, world, "no records")
     preds = tmp_path / "other.jsonl"
     preds.write_text('{"sample_id": "x-1", "generation": "a"}\n{"sample_id": "x-2", "generation": "b"}\n')
-    refused(["score", "--records", records, "--predictions", preds, "--out", "s.json"], capfd, world,
-            "none of its sample_ids is a record", "'x-1'")  # fmt: skip
+    refused(
+        ["score", "--records", records, "--predictions", preds, "--out", "s.json"],
+        capfd,
+        world,
+        "none of its sample_ids is a record",
+        "'x-1'",
+    )
     log = next((tmp_path / "logs").glob("score-*.log")).read_text()
     assert "Traceback" in log and "NothingUsable" in log  # the terminal got one line, the log the rest
 
@@ -597,8 +633,12 @@ def test_clear_perturbed_captions_of_the_wrong_type_are_quarantined(world, capfd
     assert q["reason"] == "perturbed_captions: expected a list of str, got int"
     empty = tmp_path / "empty"
     empty.mkdir()
-    refused(["data", "convert", "--format", "clear", "--source", empty, "--out", "r2"], capfd, world,
-            "forget10/train-*.parquet")  # fmt: skip
+    refused(
+        ["data", "convert", "--format", "clear", "--source", empty, "--out", "r2"],
+        capfd,
+        world,
+        "forget10/train-*.parquet",
+    )
 
 
 # ------------------------------------------------------------- the suite's writers stay in their folders
@@ -629,27 +669,6 @@ def test_commands_write_only_their_target_and_their_log(world, capfd, tmp_path, 
 # --------------------------------------------------------------- sharding and a failing judge (Ray)
 
 
-class _FailingJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that is up (GET /models) but refuses every chat request."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, code: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._send(200, {"data": [{"id": "judge"}]})
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._send(400, {"error": {"message": "model overloaded and confused"}})
-
-
 @pytest.mark.slow
 def test_shard_keeps_siblings_reuses_its_cache_and_a_failing_judge_keeps_the_metrics(
     ray_local, world, capfd, records
@@ -678,17 +697,35 @@ def test_shard_keeps_siblings_reuses_its_cache_and_a_failing_judge_keeps_the_met
     refused([*shard[:-3], "24", "--out", "shards"], capfd, world, "fingerprint", "--force")
 
     model = save_tiny_model(world / "shards", world / "model")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingJudge)
+    # test_judge's endpoint: it answers (GET is "501 unsupported": up), then refuses our missing key (401)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(FakeChat()))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        argv = ["eval", "--model", model, "--shards", "shards", "--out", "e.json", "--max-per-group", "2",
-                "--workdir", "wd", "--judge-url", url, "--judge-model", "judge", "--judge-key-env", ""]  # fmt: skip
+        argv = [
+            "eval",
+            "--model",
+            model,
+            "--shards",
+            "shards",
+            "--out",
+            "e.json",
+            "--max-per-group",
+            "2",
+            "--workdir",
+            "wd",
+            "--judge-url",
+            url,
+            "--judge-model",
+            "judge",
+            "--judge-key-env",
+            "",
+        ]
         rc, _out, err = run(argv, capfd)
     finally:
         server.shutdown()
         server.server_close()
     assert rc == 1 and "judge failed" in err and "the judge.* scores are missing" in err
     report = json.loads((world / "e.json").read_text())
-    assert report["judge"]["status"] == "failed" and "HTTP 400" in report["judge"]["error"]
+    assert report["judge"]["status"] == "failed" and "HTTP 401" in report["judge"]["error"]
     assert report["metrics"] and not any(k.startswith("judge.") for k in report["metrics"])

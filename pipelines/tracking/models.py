@@ -55,7 +55,7 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str, force: bool 
     ``out_dir`` follows ``unlearn_core.outputs``: a new or empty folder, or (``force``) an earlier
     output of the project; the download happens in a temporary folder beside it and is moved in whole.
     An unknown model, version or alias is a ``ConfigError`` naming it and what the registry holds."""
-    dest = check_folder(out_dir, "--out", force=force)
+    dest = check_folder(out_dir, "--out", force=force, recognise=earlier_pull)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     name, ref = _parse_models_uri(model_uri)
@@ -77,10 +77,15 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str, force: bool 
         (hf / "PULLED_FROM.json").write_text(
             json.dumps({"uri": model_uri, "name": name, "version": mv.version, SHA_TAG: got}, indent=2)
         )
-        publish_folder(hf, dest, "unlearn pull", force=force)
+        publish_folder(hf, dest, "unlearn pull", force=force, recognise=earlier_pull)
     finally:
         discard(stage)  # the download's leftovers (MLmodel, requirements ...)
     return dest
+
+
+def earlier_pull(folder: Path) -> str | None:
+    """A folder `unlearn pull` wrote before output folders carried the marker: it holds PULLED_FROM.json."""
+    return "lvlm-unlearn (no marker): unlearn pull" if (folder / "PULLED_FROM.json").is_file() else None
 
 
 def _model_version(client: MlflowClient, model_uri: str, name: str, ref: str, tracking_uri: str) -> Any:

@@ -80,7 +80,7 @@ def compute_mask(
     out.parent.mkdir(parents=True, exist_ok=True)
     written_by = outputs.stamp("unlearn mask")  # lets a later `unlearn mask --force` replace them
     mask.meta[outputs.WRITTEN_BY] = written_by
-    mask.save(out)
+    outputs.write_file(out, mask.save, field="mask", force=True)  # atomic: a crash leaves no half mask
     stats = {
         outputs.WRITTEN_BY: written_by,
         "path": final_path or str(out),  # where the caller moves it (mask_job writes beside, then moves)
@@ -101,7 +101,7 @@ def compute_mask(
             },
         },
     }
-    out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
+    outputs.write_file(out.with_suffix(".json"), json.dumps(stats, indent=1), field="mask", force=True)
     return stats
 
 
