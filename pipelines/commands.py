@@ -67,6 +67,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--name: {args.name!r} must be a plain folder name (letters, digits, . _ -)")
     cfg = run_config_from_args(args, "finetune")
     preflight.run_config(cfg, "finetune")
+    model_dir = Path(cfg.workdir) / "models" / args.name  # replaced only if a training job wrote it
+    outputs.check_folder(model_dir, "--name", force=True, recognise=preflight.earlier_model)
     start(args, cfg.workdir, "finetune")
     from pipelines.ray_env import ensure_ray
     from pipelines.train.finetune import run_finetune

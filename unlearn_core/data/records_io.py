@@ -77,10 +77,15 @@ def write_records(
     """Write canonical rows (or ``Record`` objects) as a records folder; return the counts.
 
     The rows must already be valid (see ``validate.validate_rows``); a row Arrow cannot store, an
-    unknown split or a repeated ``sample_id`` raises ``RecordError``. Split files left over from an
-    earlier write into the same folder are removed.
+    unknown split or a repeated ``sample_id`` raises ``RecordError``. ``out_dir`` is new, empty or an
+    earlier records folder (its ``records_meta.json``), whose split files left over are removed; any
+    other non-empty folder is refused (the CLI writes into a new staging folder, ``unlearn_core.outputs``).
     """
     out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise RecordError(
+            f"{out}: not empty and not a records folder (no {META_FILE}); write into a new folder"
+        )
     by_split = _group_by_split(_coerce_row(r) for r in rows_or_records)
     _check_unique(by_split)
     out.mkdir(parents=True, exist_ok=True)
