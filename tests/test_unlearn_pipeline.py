@@ -222,6 +222,8 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
             str(report_path),
             "--max-per-group",
             "4",
+            "--workdir",  # without it: ./workdir of the checkout (its log went there; conftest now fails that)
+            str(tmp_path),
         ],
         {"MLFLOW_TRACKING_URI": uri},
     )
