@@ -17,7 +17,21 @@ from pathlib import Path
 
 from unlearn_core.config import ConfigError
 
-PROBE_TIMEOUT_S = float(os.environ.get("UNLEARN_PROBE_TIMEOUT_S", "5"))
+PROBE_TIMEOUT_S = 5.0  # default; UNLEARN_PROBE_TIMEOUT_S changes it
+
+
+def probe_timeout() -> float:
+    """Seconds a probe waits: ``$UNLEARN_PROBE_TIMEOUT_S``, else ``PROBE_TIMEOUT_S``."""
+    raw = os.environ.get("UNLEARN_PROBE_TIMEOUT_S", "").strip()
+    if not raw:
+        return PROBE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 600:
+        raise ConfigError(f"UNLEARN_PROBE_TIMEOUT_S={raw!r}: expected seconds in (0, 600]")
+    return value
 
 
 def tracking_uri(configured: str | None, workdir: str | Path) -> str:
@@ -30,8 +44,9 @@ def tracking_uri(configured: str | None, workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
 
 
-def no_answer(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+def no_answer(url: str, timeout_s: float | None = None) -> str | None:
     """None when ``url`` answers an HTTP GET within ``timeout_s`` (any status), else why not."""
+    timeout_s = probe_timeout() if timeout_s is None else timeout_s
     outcome: list[str | None] = []
 
     def probe() -> None:
@@ -64,7 +79,7 @@ def no_answer(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     return outcome[0]
 
 
-def check_tracking(uri: str, field: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def check_tracking(uri: str, field: str, timeout_s: float | None = None) -> None:
     """An ``http(s)://`` tracking server answers; a ``sqlite:///`` store is not a copy pointing into
     another folder (``store_paths.check_store``). Other schemes are left to MLflow."""
     if uri.startswith(("http://", "https://")):
@@ -81,7 +96,7 @@ def check_tracking(uri: str, field: str, timeout_s: float = PROBE_TIMEOUT_S) -> 
         check_store(Path(uri[len("sqlite:///") :]))
 
 
-def check_judge(base_url: str, api_key_env: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def check_judge(base_url: str, api_key_env: str | None, timeout_s: float | None = None) -> None:
     """The judge endpoint answers (``GET BASE/models``) and its API key variable is set."""
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(
