@@ -165,14 +165,14 @@ def model_spec(spec: str, field: str, *, allow_hub: bool = True, allow_registry:
 
 def json_report(path: str | Path, field: str) -> None:
     """An `unlearn eval` / `score` JSON report: a file holding an object with a ``per_sample`` list."""
-    from unlearn_core.bounded import JsonTooLarge, load_json_text
+    from unlearn_core.bounded import InputTooLarge, load_json_text
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{field}: {p} is not a file (an `unlearn eval --out` or `score --out` JSON)")
     try:
         data = load_json_text(p.read_bytes(), max_bytes=None)
-    except (JsonTooLarge, ValueError, UnicodeDecodeError) as err:
+    except (InputTooLarge, ValueError, UnicodeDecodeError) as err:
         raise ConfigError(f"{field}: {p} is not valid JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("per_sample"), list):
         raise ConfigError(f"{field}: {p} has no 'per_sample' list (write it with `unlearn eval --out`)")
