@@ -153,3 +153,9 @@ def test_readme_is_a_short_guide_without_dated_measurements():
     assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", text)  # dates: CHANGELOG.md, docs/results.md
     assert not re.findall(r"`[0-9a-f]{7,12}`", text)  # commit hashes
     assert not re.findall(r"this machine|No GPU was lent", text, re.I)
+
+
+def test_every_registered_method_is_in_the_methods_table():
+    """Adding a method includes its row in docs/methods.md (its loss and parameters)."""
+    rows = set(re.findall(r"^\| `(\w+)` \|", (REPO / "docs" / "methods.md").read_text(), re.M))
+    assert sorted(set(REGISTRY) - rows) == []
