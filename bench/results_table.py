@@ -91,8 +91,10 @@ def main() -> None:
     parser.add_argument("--metrics", default="all", help="all, compact, or a comma-separated list")
     args = parser.parse_args()
 
+    from pipelines.console import quiet_library_bars
     from unlearn_core.eval.report import format_markdown_table
 
+    quiet_library_bars(always=True)  # MLflow's download bar, once per artifact
     uri = args.tracking_uri or f"sqlite:///{Path(args.workdir).resolve() / 'mlflow.db'}"
     reports = {name: evaluation(uri, run) for name, run in run_columns(uri).items()}
     metrics = (
