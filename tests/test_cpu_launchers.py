@@ -30,7 +30,7 @@ from pipelines.sweep.resources import (
 )
 from pipelines.train import WorkerSpec, fit
 from pipelines.train.in_process import fit_in_process, saved_checkpoints
-from tests.pipeline_fixtures import write_tiny_train_shards
+from tests.pipeline_fixtures import tiny_finetune_spec, write_tiny_train_shards
 from unlearn_core.config import (
     ConfigError,
     RunConfig,
@@ -74,13 +74,7 @@ def _job(shards: Path, workdir: Path, steps: int, launcher: str) -> WorkerSpec:
             "train.launcher": launcher,
         },
     )
-    return WorkerSpec(
-        cfg=cfg.model_dump(),
-        mode="finetune",
-        processor_dir=str(shards / "processor"),
-        init_model="tiny-llava",
-        image_size=32,
-    )
+    return tiny_finetune_spec(cfg, shards)
 
 
 def _weights(result: Any) -> dict[str, torch.Tensor]:

@@ -36,13 +36,7 @@ def format_table(
     ``metrics`` picks and orders the rows (default: every metric any run has, docs/metrics.md order first).
     With ``show_direction`` a column says whether lower or higher is better.
     """
-    names = list(metrics) if metrics is not None else _order({m for r in runs.values() for m in r})
-    header = ["metric", *(["better"] if show_direction else []), *runs]
-    rows = [
-        [name, *(["high" if higher_is_better(name) else "low"] if show_direction else [])]
-        + [_fmt(run.get(name), precision) for run in runs.values()]
-        for name in names
-    ]
+    header, rows = _cells(runs, metrics, precision, show_direction)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     n_left = 2 if show_direction else 1  # text columns are left-aligned, numbers right-aligned
 
@@ -54,3 +48,35 @@ def format_table(
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def format_markdown_table(
+    runs: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] | None = None,
+    *,
+    precision: int = 3,
+    show_direction: bool = True,
+) -> str:
+    """``format_table``'s table as Markdown (metric names as code, numbers right-aligned)."""
+    header, rows = _cells(runs, metrics, precision, show_direction)
+    n_left = 2 if show_direction else 1
+    align = ["---"] * n_left + ["---:"] * (len(header) - n_left)
+    lines = [header, align, *([f"`{r[0]}`", *r[1:]] for r in rows)]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def _cells(
+    runs: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] | None,
+    precision: int,
+    show_direction: bool,
+) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows (metric, direction, one value per run) of a metric table."""
+    names = list(metrics) if metrics is not None else _order({m for r in runs.values() for m in r})
+    header = ["metric", *(["better"] if show_direction else []), *runs]
+    rows = [
+        [name, *(["high" if higher_is_better(name) else "low"] if show_direction else [])]
+        + [_fmt(run.get(name), precision) for run in runs.values()]
+        for name in names
+    ]
+    return header, rows
