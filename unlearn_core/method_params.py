@@ -44,6 +44,9 @@ class NPOParams(StrictParams):
 class SimNPOParams(StrictParams):
     beta: float = Field(4.5, gt=0, le=100, description="inverse temperature of the SimNPO loss")
     delta: float = Field(0.0, ge=0, le=100, description="reward margin")
+    # open-unlearning's configs/trainer/SimNPO.yaml: gamma 0.125 (the forget term is 8x lighter than
+    # the retain NLL at alpha 1).
+    gamma: float = Field(0.125, ge=0, le=100, description="weight of the SimNPO forget term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure SimNPO)")
 
 
