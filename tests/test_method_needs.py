@@ -431,6 +431,41 @@ def test_non_finite_loss_stops_naming_the_step_and_terms(name):
     assert all(torch.equal(before[n], after[n]) or before[n].isnan().any() for n in before)
 
 
+def poison_gradients(model: nn.Module):
+    """A finite loss whose gradients are NaN: ``lm_head``'s output sends NaN back in the backward."""
+
+    def hook(_module, _inputs, out):
+        out.register_hook(lambda g: torch.full_like(g, float("nan")))
+
+    return model.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("grad_diff", {}), ("mmunlearner", {"forget_every": 1}), ("pubg", {"mask": "vision", "w_bg": 0})],
+)
+def test_non_finite_gradient_stops_naming_the_step_and_the_loss_terms(name, params):
+    """The loss is finite, its gradient is not: the run stops before the update on every update path
+    (the accumulated step, MMUnlearner's masked ascent, masked PUBG), and the message names the step
+    and the loss terms of the batch."""
+    model = tiny_llava()
+    method = get_method(name, params)
+    if method.mask_spec() is not None:
+        method.set_mask(compute_saliency_masks(model, llava_groups, [llava_batch(1)], [llava_batch(2)]))
+    before = snapshot(model)
+    poison_gradients(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batches = {"forget": itertools.repeat(llava_batch(1)), "retain": itertools.repeat(llava_batch(2))}
+    step = make_step(method, None, model, opt, batches, TrainConfig(steps=5))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"step 0: non-finite .*gradient norm nan \(loss terms: .*forget_nll=\d[^)]*\); no update",
+    ):
+        step(0)
+    after = snapshot(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
 # ---- 10. methods own their needs ----------------------------------------------------------------------
 def test_no_caller_tests_a_method_name_or_view_string():
     pattern = re.compile(

@@ -58,12 +58,17 @@ class NonFiniteLossError(FloatingPointError):
     """A loss or gradient norm is NaN / inf; the message names the loss terms."""
 
 
+def non_finite_error(what: str, stats: Mapping[str, float]) -> NonFiniteLossError:
+    """The error for a non-finite ``what`` (e.g. ``gradient norm nan``), naming the loss terms."""
+    terms = ", ".join(f"{k}={x:.4g}" for k, x in stats.items()) or "none recorded"
+    return NonFiniteLossError(f"non-finite {what} (loss terms: {terms}); no update was applied")
+
+
 def ensure_finite(what: str, value: Tensor | float, stats: Mapping[str, float]) -> None:
     """Raise ``NonFiniteLossError`` when ``value`` is not finite (before any optimizer step)."""
     v = float(value.detach()) if isinstance(value, Tensor) else float(value)
     if not math.isfinite(v):
-        terms = ", ".join(f"{k}={x:.4g}" for k, x in stats.items()) or "none recorded"
-        raise NonFiniteLossError(f"non-finite {what} {v} (loss terms: {terms}); no update was applied")
+        raise non_finite_error(f"{what} {v}", stats)
 
 
 AnswerPicker = Callable[[Sequence[Mapping[str, Any]], int], dict[str, str]]
@@ -133,11 +138,17 @@ def zero_grad(model: nn.Module) -> None:
         p.grad = None
 
 
-def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
-    """Clip the gradient norm of all trainable parameters and take one optimizer step."""
+def clip_and_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float,
+    stats: Mapping[str, float] | None = None,
+) -> float:
+    """Clip the gradient norm of all trainable parameters and take one optimizer step; a non-finite
+    norm raises ``NonFiniteLossError`` naming ``stats`` (the loss terms of the batch) instead."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.zeros(())
-    ensure_finite("gradient norm", norm, {})
+    ensure_finite("gradient norm", norm, stats or {})
     optimizer.step()
     return float(norm)
 
@@ -232,10 +243,16 @@ class UnlearnMethod:
         return stats
 
     def optimizer_step(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, max_grad_norm: float
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_grad_norm: float,
+        stats: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
-        """Clip, step and zero the gradients after the last ``backward()`` of an accumulation window."""
-        norm = clip_and_step(model, optimizer, max_grad_norm)
+        """Clip, step and zero the gradients after the last ``backward()`` of an accumulation window
+        (``stats``: the window's loss terms, named if the gradient norm is not finite)."""
+        norm = clip_and_step(model, optimizer, max_grad_norm, stats)
         optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": norm}
 
@@ -254,7 +271,7 @@ class UnlearnMethod:
         global step (used by methods with a schedule, e.g. MMUnlearner's every-k-th forget step)."""
         optimizer.zero_grad(set_to_none=True)
         stats = self.backward(model, forget, retain, ref)
-        stats.update(self.optimizer_step(model, optimizer, max_grad_norm=max_grad_norm))
+        stats.update(self.optimizer_step(model, optimizer, max_grad_norm=max_grad_norm, stats=stats))
         return stats
 
     # -- extra optimizer state of custom-step methods (checkpointing) ----------------------------

@@ -127,9 +127,14 @@ class MMUnlearner(UnlearnMethod):
         it only supplies lr / betas)."""
         zero_grad(model)
         nll_f = nll(model, forget)
-        ensure_finite("forget loss", nll_f, {"forget_nll": float(nll_f.detach())})
+        terms = {"forget_nll": float(nll_f.detach())}
+        ensure_finite("forget loss", nll_f, terms)
         norm = self.update.step(
-            model, -nll_f, max_grad_norm=self.params.forget_max_grad_norm, main_optimizer=optimizer
+            model,
+            -nll_f,
+            max_grad_norm=self.params.forget_max_grad_norm,
+            main_optimizer=optimizer,
+            stats=terms,
         )
         return {"forget_nll": float(nll_f.detach()), "forget_grad_norm": norm}
 
@@ -140,9 +145,10 @@ class MMUnlearner(UnlearnMethod):
         optimizer.zero_grad(set_to_none=True)
         zero_grad(model)
         nll_r = nll(model, retain)
-        ensure_finite("retain loss", nll_r, {"retain_nll": float(nll_r.detach())})
+        terms = {"retain_nll": float(nll_r.detach())}
+        ensure_finite("retain loss", nll_r, terms)
         nll_r.backward()
-        norm = clip_and_step(model, optimizer, max_grad_norm)
+        norm = clip_and_step(model, optimizer, max_grad_norm, terms)
         optimizer.zero_grad(set_to_none=True)
         return {"retain_nll": float(nll_r.detach()), "retain_grad_norm": norm}
 

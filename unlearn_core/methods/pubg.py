@@ -220,7 +220,7 @@ class PUBG(UnlearnMethod):
         stats["loss"] = float(loss.detach())
         ensure_finite("forget loss", loss, stats)
         stats["grad_norm"] = self.update.step(
-            model, loss, max_grad_norm=max_grad_norm, main_optimizer=optimizer
+            model, loss, max_grad_norm=max_grad_norm, main_optimizer=optimizer, stats=stats
         )
         if self.params.w_ret > 0:
             optimizer.zero_grad(set_to_none=True)
@@ -228,7 +228,7 @@ class PUBG(UnlearnMethod):
             ensure_finite("retain loss", nll_r, {**stats, "retain_nll": float(nll_r.detach())})
             (self.params.w_ret * nll_r).backward()
             stats["retain_nll"] = float(nll_r.detach())
-            stats["retain_grad_norm"] = clip_and_step(model, optimizer, max_grad_norm)
+            stats["retain_grad_norm"] = clip_and_step(model, optimizer, max_grad_norm, stats)
             optimizer.zero_grad(set_to_none=True)
         return stats
 
