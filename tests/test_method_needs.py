@@ -321,6 +321,48 @@ def test_two_worker_ddp_mmunlearner_with_a_text_only_retain_batch():
     )  # the ascent moved vision
 
 
+# ---- 5b. 2-worker DDP fine-tune with train.group_by_length: a text-only batch on one rank ---------------
+def _grouped_finetune_worker(rank: int, port: int, out: dict) -> None:
+    """Length grouping puts the short text-only rows together: rank 0 steps on text-only batches (no
+    vision gradient) while rank 1 steps on image batches, as two ranks of a grouped epoch can."""
+    from datetime import timedelta
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+    try:
+        torch.set_num_threads(1)
+        model = tiny_llava(seed=0)
+        cfg = with_overrides(RunConfig(), {"train.group_by_length": True, "train.num_workers": 2})
+        built = BuiltModel(model=model, processor=None, cfg=cfg, streams={"train": ("",)})
+        ddp = DistributedDataParallel(model, **ddp_kwargs(built))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        train = itertools.repeat(llava_batch(30 + rank, text_only=rank == 0))
+        step = make_step(None, None, ddp, opt, {"train": train}, TrainConfig(steps=3))
+        for i in range(3):
+            step(i)
+        out[rank] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    except Exception as err:  # reported to the test (a DDP error on one rank hangs the other until timeout)
+        out[rank] = f"{type(err).__name__}: {err}"
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_worker_ddp_finetune_grouped_by_length_with_a_text_only_batch():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_grouped_finetune_worker, args=(_free_port(), out), nprocs=2, join=True)
+        w0, w1 = out[0], out[1]
+    assert isinstance(w0, dict) and isinstance(w1, dict), (str(w0)[:300], str(w1)[:300])
+    assert all(torch.equal(w0[n], w1[n]) for n in w0)  # the ranks stayed in sync
+    before = dict(tiny_llava(seed=0).named_parameters())
+    moved = [n for n in w0 if "vision_tower" in n and not torch.equal(w0[n], before[n])]
+    assert moved  # rank 1's image batches trained the vision tower on both ranks
+
+
 # ---- 6. PUBG keeps the leaking rows for the ascent, leaves them out of L_BG only ---------------------
 def test_pubg_leaking_rows_stay_in_the_ascent_and_leave_the_guidance_term():
     student, teacher = BigramLM(seed=0), BigramLM(seed=4)

@@ -129,9 +129,13 @@ def build_worker_model(
 
 
 def ddp_kwargs(built: BuiltModel) -> dict[str, Any]:
-    """``DistributedDataParallel`` options the method needs (``find_unused_parameters`` for methods
-    with a separate retain step, which a text-only retain batch leaves without vision gradients)."""
-    return {"find_unused_parameters": bool(built.method is not None and built.method.find_unused_parameters)}
+    """``DistributedDataParallel`` options: ``find_unused_parameters`` wherever a rank's batch may hold
+    no image, so that its vision tower gets no gradient while another rank's does: methods with a
+    separate retain step (a text-only retain batch), and ``train.group_by_length``, which batches the
+    short text-only rows together (without it DDP fails at the next step: "Expected to have finished
+    reduction in the prior iteration")."""
+    own_steps = built.method is not None and built.method.find_unused_parameters
+    return {"find_unused_parameters": bool(own_steps or built.cfg.train.group_by_length)}
 
 
 def make_step_fn(
