@@ -509,6 +509,20 @@ def test_non_finite_gradient_stops_naming_the_step_and_the_loss_terms(name, para
 
 
 # ---- 10. methods own their needs ----------------------------------------------------------------------
+def test_params_declare_the_own_steps_their_method_takes():
+    """Preflight's torch-free check reads ``own_optimizer_steps`` from the Params; the trainer reads the
+    method's ``custom_step``: they agree for every registered method, default and masked."""
+    from unlearn_core.method_registry import REGISTRY, check_params
+
+    variants = [(name, {}) for name in REGISTRY]
+    variants += [("pubg", {"mask": m}) for m in ("none", "vision", "language", "both")]
+    variants += [("mmunlearner", {"mask": m}) for m in ("vision", "language", "both")]
+    for name, params in variants:
+        method, declared = get_method(name, params), check_params(name, params)
+        assert method.custom_step == declared.own_optimizer_steps(), (name, params)
+        assert method.deepspeed_hint() == declared.plain_steps_hint()
+
+
 def test_no_caller_tests_a_method_name_or_view_string():
     pattern = re.compile(
         r"""(method\.name|cfg\.method\.name|\bname)\s*==\s*["']|["'](guide_|teacher_|idk_|rand_)["']\s+in\s"""

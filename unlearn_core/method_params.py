@@ -21,6 +21,16 @@ class StrictParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def own_optimizer_steps(self) -> bool:
+        """Whether the method, with these values, takes its own optimizer steps (two separate,
+        saliency-masked updates): then no gradient accumulation and no DeepSpeed engine
+        (``method_registry.check_supported``; the method's ``custom_step`` says the same)."""
+        return False
+
+    def plain_steps_hint(self) -> str:
+        """How to give the own steps up, appended to a refusal (empty: there is no way)."""
+        return ""
+
 
 class GAParams(StrictParams):
     """Plain gradient ascent has no hyper-parameters (lr and steps belong to the trainer)."""
@@ -69,6 +79,9 @@ class MMUnlearnerParams(StrictParams):
     forget_lr: float | None = Field(None, gt=0, le=1.0, description="None = the trainer optimizer's lr")
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after the ascent step")
 
+    def own_optimizer_steps(self) -> bool:
+        return True
+
 
 class PUBGParams(StrictParams):
     w_ga: float = Field(0.1, ge=0, le=10, description="weight of gradient ascent on the private answers")
@@ -83,6 +96,12 @@ class PUBGParams(StrictParams):
     mask: Literal["none", "vision", "language", "both"] = Field("none", description="saliency mask group")
     mask_path: str | None = Field(None, description="safetensors SaliencyMask file")
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after a masked step")
+
+    def own_optimizer_steps(self) -> bool:
+        return self.mask != "none"
+
+    def plain_steps_hint(self) -> str:
+        return " or method.params.mask=none" if self.own_optimizer_steps() else ""
 
     @field_validator("instruction")
     @classmethod

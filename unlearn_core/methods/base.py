@@ -200,7 +200,7 @@ class UnlearnMethod:
 
     def deepspeed_hint(self) -> str:
         """How to make this config DeepSpeed-compatible (appended to the refusal), if there is a way."""
-        return ""
+        return self.params.plain_steps_hint()  # type: ignore[attr-defined]
 
     def uses_forget_batch(self, step: int) -> bool:
         """Whether ``train_step(step)`` reads a forget batch (the trainer draws one only then)."""

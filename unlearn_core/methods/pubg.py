@@ -99,7 +99,7 @@ class PUBG(UnlearnMethod):
         if use_bg and not p.teacher_cache:
             views.append("teacher_")
         self.views = tuple(views)
-        self.custom_step = p.mask != "none"
+        self.custom_step = p.own_optimizer_steps()
         self.update = (
             MaskedUpdate(p.mask, p.mask_path, restore=p.restore_masked_out) if p.mask != "none" else None
         )
@@ -118,9 +118,6 @@ class PUBG(UnlearnMethod):
 
     def mask_spec(self) -> MaskSpec | None:
         return None if self.params.mask == "none" else mmunlearner_mask_spec(self.params.mask, 1.0)
-
-    def deepspeed_hint(self) -> str:
-        return " or method.params.mask=none" if self.custom_step else ""
 
     # -- L_BG ----------------------------------------------------------------------------------
     def guidance_kl(self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None) -> Tensor:

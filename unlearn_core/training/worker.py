@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from unlearn_core.config import ConfigError, RunConfig, TrainConfig
+from unlearn_core.config import RunConfig, TrainConfig
+from unlearn_core.method_registry import check_supported
 from unlearn_core.tensors import unwrap_model as unwrap
 from unlearn_core.training import ds_engine
 from unlearn_core.training.steps import make_step, sft_loss
@@ -70,31 +71,6 @@ def trainable_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         return prepare_for_training(model, cfg.model)
-
-
-def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
-    """Refuse what the worker cannot run: methods with their own optimizer steps (two separate,
-    saliency-masked updates) under DeepSpeed or with gradient accumulation."""
-    if mode == "finetune":
-        return
-    from unlearn_core.methods import get_method
-
-    method = get_method(cfg.method.name, dict(cfg.method.params))
-    if not method.custom_step:
-        return
-    stage, accum = cfg.train.deepspeed_stage, cfg.train.grad_accum
-    if stage:
-        raise ConfigError(
-            f"train.deepspeed_stage={stage}: method.name={method.name!r} does its own (saliency-masked) "
-            f"optimizer steps, which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP)"
-            f"{method.deepspeed_hint()}"
-        )
-    if accum > 1:
-        raise ConfigError(
-            f"train.grad_accum={accum}: method.name={method.name!r} takes two separate (saliency-masked) "
-            "optimizer steps per training step and cannot accumulate gradients over micro-batches; use "
-            f"train.grad_accum=1 and a {accum}x larger train.batch_size{method.deepspeed_hint()}"
-        )
 
 
 def build_worker_model(
