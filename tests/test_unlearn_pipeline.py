@@ -239,3 +239,62 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
         {"sample_id", "split", "task", "answer", "leaked"} <= set(s) for s in report["per_sample"]
     )
     assert "forget.leak_rate" in done.stdout  # the table on the terminal
+
+
+@pytest.mark.slow
+def test_random_leaves_out_a_forget_row_no_one_else_answers(ray_local, tmp_path):
+    """On real benchmarks a forget question may be one no retain person is asked: `random` has no
+    other answer for it (no ``rand_`` view). The run leaves the row out of the forget stream and says
+    so (row counted and named); every batch the workers get collates; none left is an error."""
+    from transformers import AutoProcessor
+
+    from pipelines.train.unlearn import forget_rows_left_out, unlearn_job
+    from pipelines.train.worker_data import collate_shard_batch
+    from unlearn_core.config import ConfigError
+    from unlearn_core.data.records_io import read_records, write_records
+    from unlearn_core.methods import get_method
+
+    rows = read_records(write_tiny_records(tmp_path / "synth")).to_pylist()
+    victim = next(r for r in rows if in_stream("forget", r["split"], r["task"]) and r["task"] == "fact_vqa")
+    victim["question"] = "Which secret does this person keep in the cellar?"
+    write_records(rows, tmp_path / "records", source="synthetic")
+    shards = tmp_path / "shards"
+    shard_records(tmp_path / "records", shards, image_size=32)
+    save_tiny_model(shards, tmp_path / "wd" / "models" / "vanilla")
+    cfg = with_overrides(
+        RunConfig(), {"workdir": str(tmp_path / "wd"), "shards": str(shards), "method.name": "random"}
+    )
+    said: list[str] = []
+    prepared = prepare_inputs(cfg, Workspace(tmp_path / "wd"), "sqlite:///unused.db", log=said.append)
+    total = _forget_prompts(shards)
+    assert prepared["forget_left_out"] == [victim["sample_id"]]
+    line = next(s for s in said if "left out of the forget stream" in s)
+    assert f"1 of {total} forget rows" in line and victim["sample_id"] in line
+    assert "no other person answers the same question" in line
+
+    job = unlearn_job(
+        cfg,
+        prepared,
+        out_dir=tmp_path / "out",
+        eval_path=tmp_path / "e.json",
+        name="t",
+        storage_path=str(tmp_path),
+    )
+    processor = AutoProcessor.from_pretrained(shards / "processor")
+    seen = []
+    for batch in job.datasets["forget"].iter_batches(batch_size=4, batch_format="numpy"):
+        collated = collate_shard_batch(batch, processor, ("rand_",))
+        assert collated["rand_input_ids"].shape[0] == len(batch["sample_id"])
+        seen += list(batch["sample_id"])
+    assert len(seen) == total - 1 and victim["sample_id"] not in seen
+
+    # No forget row with the view: refused, naming the view and the rows.
+    empty = shards / "only_unmatched"
+    (empty / "forget").mkdir(parents=True)
+    forget = pq.read_table(shards / "forget")
+    mine = [i for i, sid in enumerate(forget["sample_id"].to_pylist()) if sid == victim["sample_id"]]
+    pq.write_table(forget.take(mine), empty / "forget" / "part-00000.parquet")
+    with pytest.raises(
+        ConfigError, match=r"none of the 1 forget rows has its 'rand_' view.*" + victim["sample_id"]
+    ):
+        forget_rows_left_out(get_method("random"), empty, None, said.append)

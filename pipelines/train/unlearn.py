@@ -7,7 +7,7 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate_cached
-from pipelines.shards import load_manifest, stream_dataset
+from pipelines.shards import load_manifest, rows_lacking_views, stream_dataset
 from pipelines.train.driver import TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
 from pipelines.workspace import NotCached, Workspace, ensure_shards, say_once
@@ -97,6 +97,31 @@ def stream_rows(shards: Path) -> dict[str, int]:
     return count_stream_rows(tables)
 
 
+def forget_rows_left_out(
+    method: UnlearnMethod, shards: Path, forget_dir: Path | None, log
+) -> tuple[int, list[str]]:
+    """Forget rows the method cannot train on: those the shards hold none of its views for (e.g.
+    ``random``: no other person answers the same question, as on real benchmarks). They are left out
+    of the forget stream, and the log says how many and which; none left is a ``ConfigError``.
+    Returns ``(rows of the forget stream, sample ids left out)``."""
+    total, lacking = rows_lacking_views(shards, "forget", tuple(method.views), forget_dir=forget_dir)
+    if not lacking:
+        return total, []
+    why = "; ".join(v.missing for v in method.shard_views if v.missing and v.prefix in method.views)
+    views = ", ".join(repr(v) for v in method.views if v)
+    shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+    if len(lacking) == total:
+        raise ConfigError(
+            f"method {method.name!r}: none of the {total} forget rows has its {views} view"
+            f"{f' ({why})' if why else ''}; nothing to unlearn with (rows: {shown})"
+        )
+    log(
+        f"{method.name}: {len(lacking)} of {total} forget rows have no {views} view"
+        f"{f' ({why})' if why else ''}: left out of the forget stream ({total - len(lacking)} kept): {shown}"
+    )
+    return total, lacking
+
+
 def prepare_inputs(
     cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print, *, compute: bool = True
 ) -> dict[str, Any]:
@@ -122,7 +147,10 @@ def prepare_inputs(
             log=log,
             compute=compute,
         )
-    params = {**method.resolved_params(), **method.derive(stream_rows(shards), cfg.train.batch_size)}
+    _, left_out = forget_rows_left_out(method, shards, forget_dir, log)
+    sizes = stream_rows(shards)
+    sizes["forget"] -= len(left_out)
+    params = {**method.resolved_params(), **method.derive(sizes, cfg.train.batch_size)}
     mask_path = _mask_for(cfg, method, init_model, shards, ws, log, compute)
     if mask_path is not None:
         params["mask_path"] = mask_path
@@ -137,6 +165,7 @@ def prepare_inputs(
         "forget_dir": forget_dir,
         "mask_path": mask_path,
         "cfg": resolved,
+        "forget_left_out": left_out,
     }
 
 
@@ -152,7 +181,10 @@ def unlearn_job(
 ) -> TrainingJob:
     """The unlearning job on prepared ``inputs`` (``prepare_inputs``): `unlearn run` and every sweep trial."""
     init_model = str(inputs["init_model"])
-    datasets = {"forget": stream_dataset(inputs["shards"], "forget", forget_dir=inputs["forget_dir"])}
+    views = tuple(inputs["method"].views)
+    datasets = {
+        "forget": stream_dataset(inputs["shards"], "forget", forget_dir=inputs["forget_dir"], views=views)
+    }
     if inputs["method"].needs_retain:
         datasets["retain"] = stream_dataset(inputs["shards"], "retain")
     return TrainingJob(
@@ -187,7 +219,12 @@ def run_unlearn(
         exp_id,
         run_name=f"unlearn-{cfg.method.name}",
         params=mlflow_params(cfg),
-        tags={"job": "unlearn", "method": cfg.method.name, "init_model": str(init_model)},
+        tags={
+            "job": "unlearn",
+            "method": cfg.method.name,
+            "init_model": str(init_model),
+            "forget_rows_left_out": str(len(inputs["forget_left_out"])),
+        },
     )
     with tracking.run_status(uri, run_id, finish=False):  # FAILED if even the job cannot be set up
         tracking.log_metrics(uri, run_id, {f"before.{k}": v for k, v in before["metrics"].items()})

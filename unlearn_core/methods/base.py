@@ -79,10 +79,12 @@ class ShardView:
     """A forget-row view written into the shards: ``{prefix}input_ids`` / ``{prefix}labels`` encode the
     row's image and question with the answer ``answers(rows, seed)[sample_id]`` (rows without one get
     nulls). ``rows`` are every record as a dict (``sample_id``, ``entity_id``, ``split``, ``task``,
-    ``question``, ``answer``), in record order; ``seed`` is the shard seed."""
+    ``question``, ``answer``), in record order; ``seed`` is the shard seed. ``missing`` says why a row
+    may get none (the run leaves such rows out of the forget stream and says how many)."""
 
     prefix: str
     answers: AnswerPicker
+    missing: str = ""
 
 
 @dataclass(frozen=True)
