@@ -17,7 +17,16 @@ import torch.multiprocessing as mp
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
-from tests.test_methods import BigramLM, answers_of, guide_batch, make_view, ref_dists, ref_kl, ref_nll
+from tests.test_methods import (
+    BigramLM,
+    answers_of,
+    cache_topk,
+    guide_batch,
+    make_view,
+    ref_dists,
+    ref_kl,
+    ref_nll,
+)
 from tests.test_saliency import llava_batch, llava_groups, snapshot, tiny_llava
 from unlearn_core.config import ConfigError, RunConfig, TrainConfig, mlflow_params, with_overrides
 from unlearn_core.data.selection import balanced_by_entity, count_stream_rows
@@ -92,14 +101,19 @@ def test_k_is_derived_unless_set_and_recorded_as_a_param():
     rows = bench_rows()
     counts = count_stream_rows({"all": _Table(rows)})
     assert counts["forget"] == 4 * 40 and counts["retain"] == 36 * 52 + 4 * 12
-    assert m.derive({"forget": 168, "retain": 3632}, 16) == {"forget_every": 21}  # 227 / 11 batches
-    assert get_method("mmunlearner", {"forget_every": 3}).derive({"forget": 168, "retain": 3632}, 16) == {}
+    tc = TrainConfig(batch_size=16, lr=2e-4)
+    assert m.derive({"forget": 168, "retain": 3632}, tc) == {
+        "forget_every": 21,
+        "forget_lr": 2e-4,
+    }  # 227 / 11
+    set_both = get_method("mmunlearner", {"forget_every": 3, "forget_lr": 1e-3})
+    assert set_both.derive({"forget": 168, "retain": 3632}, tc) == {}
     with pytest.raises(ValueError, match="forget_every"):
         m.uses_forget_batch(0)
     with pytest.raises(ValueError, match="forget stream is empty"):
-        m.derive({"forget": 0, "retain": 10}, 16)
+        m.derive({"forget": 0, "retain": 10}, tc)
     resolved = get_method(
-        "mmunlearner", {**m.resolved_params(), **m.derive({"forget": 168, "retain": 3632}, 16)}
+        "mmunlearner", {**m.resolved_params(), **m.derive({"forget": 168, "retain": 3632}, tc)}
     )
     cfg = with_overrides(
         RunConfig(), {"method.name": "mmunlearner", "method.params": resolved.resolved_params()}
@@ -111,6 +125,42 @@ def test_k_is_derived_unless_set_and_recorded_as_a_param():
         RunConfig(), {"method.name": "npo", "method.params": get_method("npo").resolved_params()}
     )
     assert mlflow_params(npo)["method.params.beta"] == "0.1"  # defaults are recorded, not "{}"
+
+
+def test_logged_params_are_the_values_the_run_uses():
+    """No param is recorded as None where the run uses a value: MMUnlearner's ascent lr is the
+    scheduled ``train.lr`` (and an explicit forget_lr follows the same schedule, so logging the
+    derived value and running with it give the same weights); PUBG's top_k is the cache's k."""
+    tc = TrainConfig(lr=1e-2, steps=4, warmup_steps=3)
+    mask = compute_saliency_masks(tiny_llava(), llava_groups, [llava_batch(1)], [llava_batch(2)])
+    unset = get_method("mmunlearner", {"forget_every": 1})
+    derived = unset.derive({"forget": 4, "retain": 8}, tc)
+    assert derived == {"forget_lr": 1e-2}
+    weights = []
+    for method in (unset, get_method("mmunlearner", {"forget_every": 1, **derived})):
+        model = tiny_llava()
+        method.set_mask(mask)
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
+        batches = {"forget": itertools.repeat(llava_batch(1)), "retain": itertools.repeat(llava_batch(2))}
+        step = make_step(method, None, model, opt, batches, tc)
+        for i in range(tc.steps):
+            step(i)
+        weights.append(snapshot(model))
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+    pubg = get_method("pubg")
+    assert pubg.params.top_k is None and pubg.resolved_params()["top_k"] == pubg.teacher_cache().k == 16
+    assert get_method("pubg", {"top_k": 4}).resolved_params()["top_k"] == 4
+    live = get_method("pubg", {"teacher_cache": False})
+    assert live.resolved_params()["top_k"] is None  # the live teacher's full vocabulary: no cut at all
+    batch = guide_batch()
+    batch.update(cache_topk(BigramLM(vocab=20, seed=6), batch, k=16))  # a 16-entry cache, as the run's
+    student, no_retain = BigramLM(vocab=20, seed=0), get_method("pubg", {"w_ret": 0})
+    as_run = get_method("pubg", no_retain.resolved_params())
+    assert as_run.params.top_k == 16
+    torch.testing.assert_close(
+        no_retain.loss(student, batch, None, None)[0], as_run.loss(student, batch, None, None)[0]
+    )
 
 
 class _Table:
@@ -552,7 +602,7 @@ def test_methods_declare_views_prepared_inputs_and_mask():
         assert (
             m.teacher_cache() is None
             and m.mask_spec() is None
-            and m.derive({"forget": 1, "retain": 9}, 4) == {}
+            and m.derive({"forget": 1, "retain": 9}, TrainConfig(batch_size=4)) == {}
         )
     assert get_method("simnpo").views == ("",) and not get_method("simnpo").needs_ref
     assert "mask=none" in get_method("pubg", {"mask": "both"}).deepspeed_hint()

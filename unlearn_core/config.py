@@ -93,7 +93,8 @@ class TrainConfig(_Strict):
     prefetch_batches: int = Field(2, ge=0, le=64)  # batches collated ahead in a thread (0 = off)
     # Batches of rows of similar length (less padding: 1.7x fewer tokens on the vanilla mix); each
     # stream is read into memory before the first step. Changes which rows share a batch: off, as the
-    # vanilla models it trained read held objects far worse (README, eyesight).
+    # vanilla models it trained read held objects far worse (README, eyesight). On several DDP
+    # workers it turns on find_unused_parameters (a text-only batch leaves the vision tower unused).
     group_by_length: bool = False
     # Who runs the training loop. ray_train: a TorchTrainer (controller + num_workers worker actors).
     # in_process: the calling process, as the one worker (Ray Train's local mode plus checkpoints and

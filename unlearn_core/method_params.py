@@ -76,7 +76,12 @@ class MMUnlearnerParams(StrictParams):
         None, ge=1, le=100_000, description="k: a forget step every k-th step (None = retain/forget batches)"
     )
     forget_max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="clip of the ascent step")
-    forget_lr: float | None = Field(None, gt=0, le=1.0, description="None = the trainer optimizer's lr")
+    forget_lr: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="peak lr of the ascent step, on the trainer's schedule (None = train.lr)",
+    )
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after the ascent step")
 
     def own_optimizer_steps(self) -> bool:

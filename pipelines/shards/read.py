@@ -112,7 +112,9 @@ def stream_dataset(
 
     def keep(batch: pa.Table) -> pa.Table:
         """Rows of this stream that carry its views, each repeated by its task weight (default 1)."""
-        rows = zip(batch["split"].to_pylist(), batch["task"].to_pylist(), _has_views(batch, views), strict=True)
+        rows = zip(
+            batch["split"].to_pylist(), batch["task"].to_pylist(), _has_views(batch, views), strict=True
+        )
         idx = [
             i
             for i, (s, t, ok) in enumerate(rows)

@@ -150,7 +150,7 @@ def prepare_inputs(
     _, left_out = forget_rows_left_out(method, shards, forget_dir, log)
     sizes = stream_rows(shards)
     sizes["forget"] -= len(left_out)
-    params = {**method.resolved_params(), **method.derive(sizes, cfg.train.batch_size)}
+    params = {**method.resolved_params(), **method.derive(sizes, cfg.train)}
     mask_path = _mask_for(cfg, method, init_model, shards, ws, log, compute)
     if mask_path is not None:
         params["mask_path"] = mask_path

@@ -17,8 +17,8 @@ declares everything the pipeline and the trainer must provide, so no caller test
   views come from it) and ``mask_spec()`` (a saliency mask: its module group, threshold and the
   rows its forget / preserve Fisher are computed on). The pipeline writes the mask file's path
   into the ``mask_path`` param.
-- ``derive(sizes)``: param values derived from the training streams' sizes (MMUnlearner's k) when
-  the user left them unset; ``resolved_params()`` is every param value the run uses.
+- ``derive(sizes, train)``: param values derived from the training streams' sizes and the trainer's
+  config (MMUnlearner's k and its ascent lr) when the user left them unset; ``resolved_params()`` is every param value the run uses.
 - ``custom_step``: False -> the trainer uses ``backward()`` (``scale=1/accum`` for gradient
   accumulation, or DeepSpeed's ``engine.backward(loss())``) followed by ``optimizer_step()``.
   True -> the method does its own optimizer steps in ``train_step`` (MMUnlearner and masked PUBG: two
@@ -44,6 +44,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from unlearn_core.config import TrainConfig
 from unlearn_core.data.encode import model_inputs
 from unlearn_core.method_params import StrictParams
 from unlearn_core.methods.losses import answer_nll
@@ -179,9 +180,9 @@ class UnlearnMethod:
         """The saliency mask this method updates through (None: none)."""
         return None
 
-    def derive(self, stream_rows: Mapping[str, int], batch_size: int) -> dict[str, Any]:
+    def derive(self, stream_rows: Mapping[str, int], train: TrainConfig) -> dict[str, Any]:
         """Param values derived from the training streams' row counts (``{"forget": n, "retain": n}``)
-        for params the user left unset; ``{}`` when none."""
+        and the trainer's config for params the user left unset; ``{}`` when none."""
         return {}
 
     def resolved_params(self) -> dict[str, Any]:

@@ -116,6 +116,14 @@ class PUBG(UnlearnMethod):
             return None
         return TeacherCacheSpec(instruction=p.instruction, k=max(TEACHER_CACHE_K, p.top_k or 0))
 
+    def resolved_params(self) -> dict[str, Any]:
+        """``top_k`` unset with the teacher cache reads every cached entry: the cache's k is the value."""
+        out = super().resolved_params()
+        spec = self.teacher_cache()
+        if out["top_k"] is None and spec is not None and self.params.teacher_cache:
+            out["top_k"] = spec.k
+        return out
+
     def mask_spec(self) -> MaskSpec | None:
         return None if self.params.mask == "none" else mmunlearner_mask_spec(self.params.mask, 1.0)
 

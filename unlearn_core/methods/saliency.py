@@ -451,11 +451,16 @@ class MaskedUpdate:
         return self._opt
 
     def _current_lr(self, main: torch.optim.Optimizer | None) -> float:
-        if self.lr is not None:
-            return self.lr
+        """``lr`` on the trainer's schedule (scaled as the trainer's optimizer is now, relative to its
+        peak), or the trainer's scheduled lr itself when ``lr`` is None."""
         if main is None:
-            raise ValueError("MaskedUpdate needs lr or the trainer's optimizer")
-        return float(main.param_groups[0]["lr"])
+            if self.lr is None:
+                raise ValueError("MaskedUpdate needs lr or the trainer's optimizer")
+            return self.lr
+        group = main.param_groups[0]
+        if self.lr is None:
+            return float(group["lr"])
+        return self.lr * float(group["lr"]) / float(group.get("initial_lr", group["lr"]))
 
     def step(
         self,
