@@ -115,6 +115,11 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
         and run.data.params["method.params.topk_mode"] == "tail"
     )
     assert "method.params" not in run.data.params
+    # every param is the value the run used: the cache's k, the shards read; "None" only where
+    # nothing is used (records: the shards were given; mask_path: no mask)
+    assert run.data.params["method.params.top_k"] == "16"
+    assert run.data.params["shards"] == str(inputs["shards"])
+    assert {k for k, v in run.data.params.items() if v == "None"} == {"records", "method.params.mask_path"}
     eval_steps = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/forget.leak_rate")]
     assert eval_steps == list(range(eval_every, steps + 1, eval_every))
     assert max(int(m.step) for m in client.get_metric_history(run.info.run_id, "train/loss")) == steps

@@ -11,7 +11,7 @@ from pipelines.shards import load_manifest, rows_lacking_views, stream_dataset
 from pipelines.train.driver import TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
 from pipelines.workspace import NotCached, Workspace, ensure_shards, say_once
-from unlearn_core.config import ConfigError, RunConfig, mlflow_params
+from unlearn_core.config import ConfigError, RunConfig, mlflow_params, with_overrides
 from unlearn_core.data.selection import count_stream_rows
 from unlearn_core.eval.report import format_table
 from unlearn_core.methods import UnlearnMethod, get_method
@@ -85,6 +85,11 @@ def _mask_for(
     return str(out)
 
 
+def registered_name(cfg: RunConfig) -> str:
+    """The registry name an unlearned model is registered under (``lvlm-unlearn-<method>`` by default)."""
+    return cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}"
+
+
 def stream_rows(shards: Path) -> dict[str, int]:
     """Rows of the forget and retain training streams (read from the shards' split/task columns)."""
     import pyarrow.parquet as pq
@@ -155,7 +160,16 @@ def prepare_inputs(
     if mask_path is not None:
         params["mask_path"] = mask_path
     method = get_method(cfg.method.name, params)
-    resolved = cfg.model_copy(
+    resolved = with_overrides(
+        cfg,
+        {  # what the run uses where the config left it unset: MLflow records values, not "None"
+            "records": cfg.records or (None if cfg.shards else str(ws.records)),
+            "shards": str(shards),
+            "tracking.tracking_uri": tracking_uri,
+            "tracking.registered_model_name": registered_name(cfg),
+        },
+    )
+    resolved = resolved.model_copy(
         update={"method": cfg.method.model_copy(update={"params": method.resolved_params()})}
     )
     return {
@@ -200,7 +214,7 @@ def unlearn_job(
         storage_path=storage_path,
         mask_path=inputs["mask_path"],
         log_model=log_model,
-        register_as=cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}",
+        register_as=registered_name(cfg),
     )
 
 
