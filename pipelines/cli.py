@@ -13,7 +13,7 @@ from unlearn_core.data.schema import RecordError
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML run config (see README: config reference)")
+    p.add_argument("--config", help="YAML run config (docs/configuration.md)")
     p.add_argument("--workdir", default=None, help="working folder for records, shards, models, mlflow.db")
     p.add_argument("--model", default=None, help="model SPEC (overrides model.spec)")
     p.add_argument("--steps", type=int, default=None, help="overrides train.steps")
@@ -25,7 +25,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="7B cluster preset (pipelines/cluster_presets.py): " + _preset_names(),
     )
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="any config field, dotted (train.lr=1e-4)"
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config field, dotted (train.lr=1e-4); every field: docs/configuration.md",
     )
 
 
@@ -56,20 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = dsub.add_parser("synth", help="generate the synthetic identity benchmark as canonical records")
     p.add_argument("--out", required=True, help="records folder to write")
-    syn = SynthConfig()  # the defaults are the schema's (`synth.*`), stated once
-    for field, kind, what in (
-        ("people", int, "forget + retain people"),
-        ("images_per_person", int, "training images per person"),
-        ("unseen_per_person", int, "held-out images per person"),
-        ("forget_pct", float, "share of people to forget, in %%"),
-        ("utility_people", int, "extra people for the utility split"),
-        ("describe_images", int, "anonymous faces seen once, for the vanilla fine-tune's eyesight"),
-        ("image_size", int, "image side in pixels"),
-        ("seed", int, "seed of everything generated"),
-    ):
+    syn = SynthConfig()  # the defaults and descriptions are the schema's (`synth.*`), stated once
+    for field, info in SynthConfig.model_fields.items():
         default = getattr(syn, field)
+        what = (info.description or "").replace("%", "%%")  # argparse formats help with %
         flag = "--" + field.replace("_", "-")
-        p.add_argument(flag, type=kind, default=default, help=f"{what} (default {default:g})")
+        p.add_argument(flag, type=type(default), default=default, help=f"{what} (default {default:g})")
     p.set_defaults(handler=data_commands.cmd_data_synth)
 
     p = dsub.add_parser(
@@ -270,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    console.quiet_library_bars()  # before any library runs: every command, `unlearn pull` included
     try:
         return int(args.handler(args))
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as err:

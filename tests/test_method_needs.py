@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
+from tests.ray_head import free_ports
 from tests.test_methods import (
     BigramLM,
     answers_of,
@@ -249,23 +249,6 @@ def test_mask_job_and_worker_draw_the_same_lora_adapters():
 
 
 # ---- 4. train.grad_accum on the plain (DDP) path --------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gloo_group():
-    """A real one-rank gloo process group, so the model runs wrapped in DDP (``no_sync`` included)."""
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    yield
-    if owned:
-        dist.destroy_process_group()
-
-
 def _cat(views: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: torch.cat([v[k] for v in views]) for k in views[0]}
 
@@ -362,7 +345,7 @@ def test_two_worker_ddp_mmunlearner_with_a_text_only_retain_batch():
     ]
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_ddp_worker, args=(_free_port(), out), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(free_ports(1)[0], out), nprocs=2, join=True)
         w0, w1 = dict(out[0]), dict(out[1])
     before = dict(tiny_llava(seed=0).named_parameters())
     assert all(torch.equal(w0[n], w1[n]) for n in w0)  # the ranks stayed in sync
@@ -404,7 +387,7 @@ def _grouped_finetune_worker(rank: int, port: int, out: dict) -> None:
 def test_two_worker_ddp_finetune_grouped_by_length_with_a_text_only_batch():
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_grouped_finetune_worker, args=(_free_port(), out), nprocs=2, join=True)
+        mp.spawn(_grouped_finetune_worker, args=(free_ports(1)[0], out), nprocs=2, join=True)
         w0, w1 = out[0], out[1]
     assert isinstance(w0, dict) and isinstance(w1, dict), (str(w0)[:300], str(w1)[:300])
     assert all(torch.equal(w0[n], w1[n]) for n in w0)  # the ranks stayed in sync

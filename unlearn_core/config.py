@@ -41,29 +41,52 @@ class _Strict(BaseModel):
 
 
 class SynthConfig(_Strict):
-    people: int = Field(40, ge=4, le=2000)
-    images_per_person: int = Field(6, ge=1, le=200)
-    unseen_per_person: int = Field(2, ge=1, le=50)
-    forget_pct: float = Field(10.0, gt=0, lt=100)
-    utility_people: int = Field(8, ge=0, le=2000)
-    # Anonymous faces seen once each, for the vanilla fine-tune only (docs/data.md); 0 = none. They
-    # teach the tiny model to read hats, glasses and objects off the pixels of images it never saw.
-    describe_images: int = Field(5760, ge=0, le=100_000)
-    image_size: int = Field(64, ge=16, le=1024)
-    seed: int = 0
+    """The synthetic identity benchmark (``unlearn data synth``; a workspace generates it again when
+    these fields or the generator change)."""
+
+    people: int = Field(40, ge=4, le=2000, description="forget + retain people")
+    images_per_person: int = Field(6, ge=1, le=200, description="training images per person")
+    unseen_per_person: int = Field(
+        2, ge=1, le=50, description="held-out images per person (forget_unseen, retain_unseen)"
+    )
+    forget_pct: float = Field(10.0, gt=0, lt=100, description="share of the people to forget, in %")
+    utility_people: int = Field(8, ge=0, le=2000, description="extra people for the utility split")
+    # They teach the tiny model to read hats, glasses and objects off the pixels of images it never saw.
+    describe_images: int = Field(
+        5760,
+        ge=0,
+        le=100_000,
+        description="anonymous faces seen once each, read only by the vanilla fine-tune, for its eyesight "
+        "(docs/data.md; 0 = none)",
+    )
+    image_size: int = Field(64, ge=16, le=1024, description="image side in pixels")
+    seed: int = Field(0, description="seed of everything generated (the same seed gives the same bytes)")
 
 
 class ModelConfig(_Strict):
-    spec: str = "tiny-llava"  # HF id, local folder, "tiny-llava", or models:/NAME@ALIAS
-    lora: bool = False
-    lora_r: int = Field(16, ge=1, le=1024)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    train_vision: bool = True  # vision tower + projector trainable (LoRA or full)
-    trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """The model: where it comes from and what of it trains."""
+
+    spec: str = Field(
+        "tiny-llava",
+        description="HF id, local folder, `tiny-llava` (built from scratch; for `run`: WORKDIR/models/vanilla) "
+        "or a registry URI `models:/NAME@ALIAS`",
+    )
+    lora: bool = Field(False, description="train PEFT LoRA adapters instead of the full weights")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="module names LoRA adapts; `[]` = the model family's defaults (docs/models.md)",
+    )
+    train_vision: bool = Field(True, description="the vision tower and projector train too (LoRA or full)")
+    trust_remote_code: bool = Field(False, description="let transformers run a model repository's own code")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (memory)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights' dtype when loaded"
+    )
 
     @field_validator("spec")
     @classmethod
@@ -72,40 +95,70 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    lr: float = Field(1e-3, gt=0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0)
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(32, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    warmup_steps: int = Field(0, ge=0)
-    seed: int = 0
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    deepspeed_stage: Literal[0, 2, 3] = 0  # 0 = plain DDP
-    bf16: bool = True  # only used on GPU
-    checkpoint_every: int = Field(0, ge=0)  # 0 = only at the end
-    eval_every: int = Field(0, ge=0)  # 0 = only at the end
-    eval_max_samples: int = Field(64, ge=1)
-    max_failures: int = Field(0, ge=-1)
-    torch_threads: int = Field(0, ge=0)  # 0 = one per CPU of the worker (cpus_per_worker, at least 1)
-    prefetch_batches: int = Field(2, ge=0, le=64)  # batches collated ahead in a thread (0 = off)
-    # Batches of rows of similar length (less padding: 1.7x fewer tokens on the vanilla mix); each
-    # stream is read into memory before the first step. Changes which rows share a batch: off, as the
-    # vanilla models it trained read held objects far worse (README, eyesight). On several DDP
-    # workers it turns on find_unused_parameters (a text-only batch leaves the vision tower unused).
-    group_by_length: bool = False
-    # Who runs the training loop. ray_train: a TorchTrainer (controller + num_workers worker actors).
-    # in_process: the calling process, as the one worker (Ray Train's local mode plus checkpoints and
-    # callbacks; num_workers 1, no DeepSpeed). auto: in_process for a one-worker sweep trial (its Tune
-    # actor already holds the worker's CPU/GPU, and Ray Train's actors would only add start-up time;
-    # `make run` resolves its one-worker jobs the same way), ray_train for every other job.
-    launcher: Literal["auto", "ray_train", "in_process"] = "auto"
-    # Vanilla fine-tune only: how many times each task's rows appear per epoch. Recognising a face
-    # is learned from identity/open questions; at 1x they are 1/9 of the mix and 40 identities
-    # take ~9x more steps to learn.
-    task_weights: dict[str, int] = Field(default_factory=lambda: {"identity_vqa": 6, "open_vqa": 3})
+    """Optimisation, workers and evaluation during training (Ray Train's ``ScalingConfig`` and
+    ``FailureConfig`` come from here)."""
+
+    lr: float = Field(
+        1e-3, gt=0, le=1.0, description="AdamW learning rate (linear warm-up, cosine decay to 10%)"
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="rows per micro-batch and worker")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    seed: int = Field(0, description="seeds the model's initialisation and the data order")
+    num_workers: int = Field(1, ge=1, description="training workers (Ray Train)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker holds")
+    deepspeed_stage: Literal[0, 2, 3] = Field(
+        0,
+        description="0 = DDP; 2 / 3 = DeepSpeed ZeRO-2 / ZeRO-3 (sharded checkpoints; resume needs the same "
+        "stage and worker count). Methods with their own optimizer steps (mmunlearner, pubg with a mask) "
+        "are refused",
+    )
+    bf16: bool = Field(True, description="bf16 mixed precision, on GPU only")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0 = only at the end)")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="steps between in-training evaluations, logged as `eval/<metric>` (0 = only the final one)",
+    )
+    eval_max_samples: int = Field(
+        64,
+        ge=1,
+        description="rows per (split, task) of the final evaluation (a quarter, at least 4, in training)",
+    )
+    max_failures: int = Field(
+        0, ge=-1, description="restarts from the last checkpoint after a failure (-1 = always)"
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="intra-op threads per worker, always set (0 = one per CPU of the worker, at least 1): "
+        "the numbers depend on it",
+    )
+    prefetch_batches: int = Field(
+        2, ge=0, le=64, description="batches collated ahead in a background thread (0 = off)"
+    )
+    group_by_length: bool = Field(
+        False,
+        description="batches of rows of similar length (less padding; each stream read into memory first). "
+        "Off: the vanilla models it trained read held objects far worse (docs/results.md). On several DDP "
+        "workers it turns on find_unused_parameters (a text-only batch leaves the vision tower unused)",
+    )
+    launcher: Literal["auto", "ray_train", "in_process"] = Field(
+        "auto",
+        description="who runs the training loop: ray_train (a TorchTrainer: controller + worker actors), "
+        "in_process (the calling process as the one worker: checkpoints, resume, retries and callbacks "
+        "as under a TorchTrainer), auto (in_process for one worker without DeepSpeed, else ray_train)",
+    )
+    # Recognising a face is learned from identity/open questions; at 1x they are 1/9 of the mix and
+    # 40 identities take ~9x more steps to learn.
+    task_weights: dict[str, int] = Field(
+        default_factory=lambda: {"identity_vqa": 6, "open_vqa": 3},
+        description="vanilla fine-tune: how many times each task's rows appear per epoch",
+    )
 
     @model_validator(mode="after")
     def _launcher_fits(self) -> TrainConfig:
@@ -129,16 +182,38 @@ class TrainConfig(_Strict):
         return v
 
 
+def resolve_launcher(train: TrainConfig) -> Literal["ray_train", "in_process"]:
+    """Who runs the training loop: ``train.launcher``, where ``auto`` is ``in_process`` for one worker
+    without DeepSpeed (Ray Train's controller, worker and dataset actors would add only start-up time;
+    the weights are the same) and ``ray_train`` otherwise. The one rule for every job: `unlearn run`,
+    `finetune`, sweep trials (with ``train.num_workers`` = ``--workers-per-trial``) and `make run`."""
+    if train.launcher != "auto":
+        return train.launcher
+    return "in_process" if train.num_workers == 1 and not train.deepspeed_stage else "ray_train"
+
+
 class TrackingConfig(_Strict):
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
-    experiment: str = "lvlm-unlearn"
-    registered_model_name: str | None = None
-    log_model: bool = True
+    """MLflow: where runs go and what is registered."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="the tracking server or store (unset: `$MLFLOW_TRACKING_URI`, else `sqlite:///WORKDIR/mlflow.db`)",
+    )
+    experiment: str = Field("lvlm-unlearn", description="the MLflow experiment")
+    registered_model_name: str | None = Field(
+        None,
+        description="registry name of the model (unset: `lvlm-unlearn-<method>` for run and sweep champions)",
+    )
+    log_model: bool = Field(True, description="log the final model on the run as an mlflow.pyfunc model")
 
 
 class MethodConfig(_Strict):
-    name: str = "pubg"
-    params: dict[str, Any] = Field(default_factory=dict)
+    """The unlearning method and its parameters (below, per method)."""
+
+    name: str = Field("pubg", description="a registered method (`unlearn_core/method_registry.py`)")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the method's parameters; unset ones take the method's defaults"
+    )
 
     @field_validator("name")
     @classmethod
@@ -147,9 +222,15 @@ class MethodConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    workdir: str = Field("workdir", validate_default=True)
-    records: str | None = None
-    shards: str | None = None
+    """One job's whole configuration: the one schema of the CLI, the Tune spaces and the MLflow params."""
+
+    workdir: str = Field(
+        "workdir", validate_default=True, description="records, shards, models, mlflow.db and Ray results"
+    )
+    records: str | None = Field(
+        None, description="a records folder to use instead of the synthetic benchmark"
+    )
+    shards: str | None = Field(None, description="a shards folder to use as is")
     synth: SynthConfig = Field(default_factory=SynthConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -224,6 +305,11 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
                 raise ConfigError(f"{dotted}: {k!r} is a value, not a section")
         node[keys[-1]] = value
     return validate(RunConfig, data)
+
+
+def with_launcher_resolved(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``train.launcher`` resolved (``resolve_launcher``): what ran is what MLflow records."""
+    return with_overrides(cfg, {"train.launcher": resolve_launcher(cfg.train)})
 
 
 def mlflow_params(cfg: BaseModel) -> dict[str, str]:
