@@ -193,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
     p.add_argument(
+        "--clip-model",
+        default=None,
+        metavar="SPEC",
+        help="CLIP checkpoint (HF id or folder) scoring each open answer against its image: "
+        "quality.clipscore (raw cosine) and quality.clip_s (2.5 * max(cos, 0)); off by default",
+    )
+    p.add_argument(
         "--protocol",
         default=None,
         choices=_protocol_names(),

@@ -176,6 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     preflight.folder_writable(Path(args.out).parent, "--out")
     if args.judge_url and not args.judge_model:
         raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    if args.clip_model:
+        preflight.model_spec(args.clip_model, "--clip-model", allow_registry=False)
     start(args, args.workdir, "eval")
     from pipelines import tracking
     from pipelines.evaluate import evaluate
@@ -205,6 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge=judge,
         protocol=args.protocol,
         reference_report=args.reference_report,
+        clip_model=args.clip_model,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

@@ -22,7 +22,7 @@ from pipelines import tracking
 from pipelines.shards.build import shard_records
 from pipelines.train.unlearn import prepare_inputs, run_unlearn
 from pipelines.workspace import Workspace
-from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
+from tests.pipeline_fixtures import save_tiny_clip, save_tiny_model, write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.data.selection import in_stream
 from unlearn_core.data.teacher_cache import TOPK_IDS, TOPK_LOGPROBS
@@ -227,14 +227,28 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
             str(report_path),
             "--max-per-group",
             "4",
+            "--clip-model",
+            str(save_tiny_clip(tmp_path / "tiny-clip")),
         ],
         {"MLFLOW_TRACKING_URI": uri},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
+    metrics = report["metrics"]
     assert {"forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "utility.caption_f1"} <= set(
-        report["metrics"]
-    ) and all(0.0 <= v <= 1.0 for v in report["metrics"].values())
+        metrics
+    ) and all(0.0 <= v <= 1.0 for k, v in metrics.items() if not k.startswith("quality.clip"))
+    # --clip-model: every open answer on the forget images scored against its image
+    open_forget = [
+        s
+        for s in report["per_sample"]
+        if s["split"].startswith("forget") and s["task"] in ("identity_vqa", "open_vqa")
+    ]
+    assert report["counts"]["quality.clipscore"] == len(open_forget) > 0
+    assert all(-1.0 <= s["clipscore"] <= 1.0 and 0.0 <= s["clip_s"] <= 2.5 for s in open_forget)
+    assert metrics["quality.clipscore"] == pytest.approx(
+        sum(s["clipscore"] for s in open_forget) / len(open_forget)
+    )
     assert report["per_sample"] and all(
         {"sample_id", "split", "task", "answer", "leaked"} <= set(s) for s in report["per_sample"]
     )

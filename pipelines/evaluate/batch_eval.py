@@ -90,6 +90,22 @@ def judge_shard_outputs(
     return judge_answers(judged, outputs, cfg)
 
 
+def clip_score_shard_outputs(
+    rows: list[dict[str, Any]], outputs: dict[str, Any], clip_model: str, report: dict[str, Any]
+) -> None:
+    """``--clip-model``: ``quality.clipscore`` / ``quality.clip_s`` of the open answers against their
+    shard images (raw uint8 pixels), into ``report``'s metrics, counts and per-sample rows."""
+    from pipelines.shards import rows_with_images
+    from unlearn_core.eval.clipscore import CLIP_SPLITS, ClipScorer, clip_scores
+
+    scored = rows_with_images([r for r in rows if r.get("split") in CLIP_SPLITS])
+    metrics, counts, per_sample = clip_scores(scored, outputs, ClipScorer.load(clip_model))
+    report["metrics"] = dict(sorted({**report["metrics"], **metrics}.items()))
+    report["counts"] = dict(sorted({**report["counts"], **counts}.items()))
+    for row in report["per_sample"]:
+        row.update(per_sample.get(str(row["sample_id"]), {}))
+
+
 def evaluate(
     model_dir: str | Path,
     shards_dir: str | Path,
@@ -100,9 +116,11 @@ def evaluate(
     judge: JudgeConfig | None = None,
     protocol: str | None = None,
     reference_report: str | Path | None = None,
+    clip_model: str | None = None,
 ) -> dict[str, Any]:
     """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``;
-    with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint.
+    with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint; with
+    ``clip_model`` (a CLIP checkpoint), the answers' ``quality.clipscore`` and ``quality.clip_s``.
     ``protocol`` (default: the one the rows' benchmark implies) fixes prompts, decoding and metrics.
     ``reference_report`` (CLEAR): the eval / score JSON of the retain-only model, whose forget rows'
     truth-ratio losses give ``clear.forget_quality``."""
@@ -114,6 +132,8 @@ def evaluate(
     report = build_report(rows, outputs, proto, reference=reference, reference_name=str(reference_report))
     if judge is not None:
         report["metrics"].update(judge_shard_outputs(rows, outputs, judge))
+    if clip_model is not None:
+        clip_score_shard_outputs(rows, outputs, clip_model, report)
     return report
 
 
