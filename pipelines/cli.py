@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompts, decoding and metrics (default: from the benchmark the records come from)",
     )
     p.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="mllmu-bench: no few-shot examples before the classification and cloze prompts (default: "
+        "MLLMU-Bench eval.py's few-shot prompts, seeded)",
+    )
+    p.add_argument(
         "--reference-report",
         default=None,
         metavar="FILE.json",

@@ -208,10 +208,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         reference_report=args.reference_report,
         clip_model=args.clip_model,
+        zero_shot=args.zero_shot,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     say(format_table({Path(args.model).name or args.model: report["metrics"]}))
+    if "few_shot" in report:
+        shots = report["few_shot"]
+        people = sorted({p for plan in shots["plans"].values() for p in plan["people"]})
+        say(
+            f"MLLMU-Bench few-shot prompts (seed {shots['seed']}): examples from {', '.join(people)}; "
+            f"their own {shots['skipped_rows']} questions not evaluated (the draws: 'few_shot' in "
+            f"{args.out}; --zero-shot for none)"
+        )
     say(f"wrote {args.out}")
     if args.track:
         _track_eval(args, report, model)

@@ -15,12 +15,13 @@ import torch
 
 from unlearn_core.data.schema import MC_TASKS
 from unlearn_core.data.shard_image import decode_image_u8
-from unlearn_core.eval.protocols import Protocol, get_protocol
+from unlearn_core.eval.protocols import Protocol, get_protocol, has_image
 
 # Version of what an evaluation selects and scores: part of every cache key of an evaluation result,
 # so results cached by an older version are computed again. Bump it when either changes.
 # 2: retain_unseen guided answers evaluated (eyesight metric); one sampler per (split, task).
-EVAL_VERSION = 2
+# 3: MLLMU-Bench few-shot prompts (the examples' people's own questions left out).
+EVAL_VERSION = 3
 
 EVAL_TASKS: dict[str, tuple[str, ...]] = {
     "forget": ("identity_vqa", "open_vqa", "mc_vqa", "mc_text", "guided"),
@@ -40,14 +41,27 @@ def row_image(row: dict[str, Any]) -> np.ndarray | None:
 
 
 def select_eval_rows(
-    rows: list[dict[str, Any]], max_per_group: int, seed: int = 0, *, every_task: bool = False
+    rows: list[dict[str, Any]],
+    max_per_group: int,
+    seed: int = 0,
+    *,
+    every_task: bool = False,
+    few_shot: bool = False,
 ) -> list[dict[str, Any]]:
     """A fixed, seeded subsample of at most ``max_per_group`` rows per (split, task) that is evaluated.
 
     ``EVAL_TASKS`` picks the tasks (the synthetic protocol); ``every_task`` (the benchmark protocols)
     keeps every converted task of every split. Each group draws from its own generator (seeded by
     ``seed``, split and task), so adding or removing a group never changes another group's sample.
+    ``few_shot`` (MLLMU-Bench): the people drawn as examples (seeded by ``seed``) have their own
+    questions left out first, and every classification / cloze row gets its examples as ``few_shot``
+    (a ``FewShot``, shared by the rows of one split, family and modality).
     """
+    plans: dict[str, Any] = {}
+    if few_shot:
+        from unlearn_core.eval.few_shot import plan_few_shot
+
+        rows, plans = plan_few_shot(rows, seed)  # type: ignore[assignment]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         wanted = EVAL_TASKS.get(r["split"], ()) + EVAL_TASKS["*"]
@@ -58,6 +72,10 @@ def select_eval_rows(
         g = sorted(groups[(split, task)], key=lambda r: r["sample_id"])
         rng = random.Random(f"{seed}/{split}/{task}")  # str seeds hash with SHA-512: stable across runs
         out.extend(g if len(g) <= max_per_group else rng.sample(g, max_per_group))
+    if plans:
+        from unlearn_core.eval.few_shot import few_shot_key
+
+        out = [{**r, "few_shot": plans[k]} if (k := few_shot_key(r)) in plans else r for r in out]
     return out
 
 
@@ -88,7 +106,7 @@ def model_outputs(
     for r in gen_rows:
         by_length[max_new_tokens or protocol.max_new_tokens(r)].append(r)
     for length, group in sorted(by_length.items()):
-        prompts = [{"question": protocol.prompt(r), "image": row_image(r)} for r in group]
+        prompts = [_prompt(r, protocol, processor) for r in group]
         texts = generate(model, processor, prompts, max_new_tokens=length, batch_size=batch_size)
         for r, t in zip(group, texts, strict=True):
             outputs[r["sample_id"]] = {"generation": t}
@@ -102,6 +120,24 @@ def model_outputs(
             if losses is not None:
                 outputs.setdefault(r["sample_id"], {}).update(losses)
     return outputs
+
+
+def _prompt(row: dict[str, Any], protocol: Protocol, processor: Any) -> dict[str, Any]:
+    """What ``generate`` is given for ``row``: the protocol's question in the chat template, or, for a
+    row carrying MLLMU-Bench few-shot examples (``few_shot``, see ``select_eval_rows``), the
+    reference's raw few-shot prompt with the examples' images before the row's own."""
+    shots = row.get("few_shot") if protocol.few_shot else None
+    if shots is None:
+        return {"question": protocol.prompt(row), "image": row_image(row)}
+    from unlearn_core.eval.few_shot import few_shot_prompt
+
+    token = str(getattr(processor, "image_token", None) or "<image>")
+    images = [row_image(dict(ex)) for ex in shots.examples if has_image(ex)]
+    own = row_image(row)
+    return {
+        "text": few_shot_prompt(row, shots.examples, token),
+        "images": [*images, own] if own is not None else [],
+    }
 
 
 # Rows per generation call of a final evaluation, in order: Ray Data batch evaluation
