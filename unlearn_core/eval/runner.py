@@ -90,13 +90,14 @@ def model_outputs(
     protocol: Protocol | None = None,
 ) -> dict[str, dict[str, Any]]:
     """sample_id -> {"generation": str} or {"option_scores": [...]} for every row; under ``clear``, rows
-    with paraphrased + perturbed captions also get their truth-ratio losses (``truth_losses``).
+    with paraphrased + perturbed captions also get their truth-ratio losses, and FaceRec / real_* rows
+    their answer-against-wrong-ones losses and open answer (``truth_losses.clear_losses``).
 
     The protocol (default ``synthetic``) gives each row its question text and decoding length and says
     whether multiple choice is a generated letter or option log-probs; ``max_new_tokens`` overrides
     the protocol's lengths.
     """
-    from unlearn_core.eval.truth_losses import truth_losses
+    from unlearn_core.eval.truth_losses import against_specs, clear_losses
     from unlearn_core.models.generate import generate, score_options_many
 
     protocol = protocol or get_protocol("synthetic")
@@ -114,10 +115,18 @@ def model_outputs(
     items = [(r["question"], row_image(r), list(r["options"])) for r in scored]
     for r, scores in zip(scored, score_options_many(model, processor, items), strict=True):
         outputs[r["sample_id"]] = {"option_scores": [float(s) for s in scores]}
-    for r in rows:
-        if protocol.name == "clear":
-            losses = truth_losses(model, processor, r, row_image(r))
-            if losses is not None:
+    if protocol.name == "clear":
+        # CLEAR's open reading of its FaceRec / real_* rows: the answer to the task's own question
+        opens = [(r, task, spec["question"]) for r in rows for task, spec in against_specs(r).items()]
+        prompts = [{"question": question, "image": row_image(r)} for r, _, question in opens]
+        texts = generate(
+            model, processor, prompts, max_new_tokens=protocol.open_tokens, batch_size=batch_size
+        )
+        for (r, task, _), text in zip(opens, texts, strict=True):
+            outputs.setdefault(r["sample_id"], {})[f"{task}_generation"] = text
+        for r in rows:
+            losses = clear_losses(model, processor, r, row_image(r))
+            if losses:
                 outputs.setdefault(r["sample_id"], {}).update(losses)
     return outputs
 
