@@ -18,10 +18,15 @@ if TYPE_CHECKING:
     from unlearn_core.config import RunConfig
 
 
-def run_config_from_args(args: argparse.Namespace, command: str):
-    """The command's default config file (or --config), then --preset, then flags, then --set (last wins).
+def run_config_from_args(args: argparse.Namespace, command: str, method: str | None = None):
+    """The command's default config file (or --config), then the method's own trainer defaults, then
+    --preset, then flags, then --set (last wins).
 
-    Method parameters default to the method's own (``unlearn_core.methods``): no second set of defaults here.
+    Method parameters default to the method's own (``unlearn_core.methods``): no second set of defaults
+    here. A method whose defaults were measured with another step budget or learning rate than the
+    starting config's declares them (``Params.train_defaults``, docs/methods.md); they apply to the
+    project's starting config only, never over a ``--config`` file. ``method``: the method when the
+    config does not name it (a sweep's space).
     """
     from pipelines.cluster_presets import preset_overrides
     from pipelines.defaults import default_config
@@ -38,9 +43,27 @@ def run_config_from_args(args: argparse.Namespace, command: str):
     import yaml
 
     try:
-        return load_run_config(path, overrides)
+        cfg = load_run_config(path, overrides)
+        if command != "unlearn" or getattr(args, "config", None):
+            return cfg
+        from unlearn_core.method_registry import train_defaults
+
+        own = train_defaults(method or cfg.method.name)
+        return load_run_config(path, {**own, **overrides}) if own else cfg
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
+
+
+def _space_method(space: str | None) -> str | None:
+    """The method a sweep space file names (None: no file, or one preflight will refuse)."""
+    if not space:
+        return None
+    try:
+        from unlearn_core.search_space import load_space
+
+        return load_space(space).method
+    except ConfigError:
+        return None
 
 
 def _parse_set(item: str) -> tuple[str, object]:
@@ -87,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
-    cfg = run_config_from_args(args, "unlearn")  # the same starting config as `unlearn run` and the demo
+    # the same starting config as `unlearn run` (with the space's method's trainer defaults) and the demo
+    cfg = run_config_from_args(args, "unlearn", method=_space_method(args.space))
     options = {
         "scheduler": args.scheduler,
         "search": args.search,

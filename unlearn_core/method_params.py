@@ -8,7 +8,7 @@ sets ``Params`` to its model here, and ``method_registry`` names the pair on one
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,6 +20,11 @@ class StrictParams(BaseModel):
     """Base of every method's Params: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Trainer settings (dotted config keys) this method's defaults were measured with, where they
+    # differ from the starting config's (pipelines/configs/unlearn.yaml): `unlearn run --method M` and
+    # `unlearn sweep` start from them (docs/methods.md, "Where the defaults come from").
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def own_optimizer_steps(self) -> bool:
         """Whether the method, with these values, takes its own optimizer steps (two separate,

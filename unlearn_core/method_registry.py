@@ -49,6 +49,11 @@ def check_params(name: str, params: dict[str, Any] | None) -> BaseModel:
     return P.validate_params(method_key(name), params_class(name), params or {})
 
 
+def train_defaults(name: str) -> dict[str, Any]:
+    """The trainer settings method ``name``'s defaults were measured with (``Params.train_defaults``)."""
+    return dict(getattr(params_class(name), "train_defaults", {}))
+
+
 def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
     """Refuse what the training worker cannot run, before any work (preflight, no torch): a method that
     takes its own (saliency-masked) optimizer steps under DeepSpeed or with gradient accumulation."""
