@@ -18,15 +18,14 @@ if TYPE_CHECKING:
     from unlearn_core.config import RunConfig
 
 
-def run_config_from_args(args: argparse.Namespace, command: str, method: str | None = None):
+def run_config_from_args(args: argparse.Namespace, command: str):
     """The command's default config file (or --config), then the method's own trainer defaults, then
     --preset, then flags, then --set (last wins).
 
     Method parameters default to the method's own (``unlearn_core.methods``): no second set of defaults
     here. A method whose defaults were measured with another step budget or learning rate than the
     starting config's declares them (``Params.train_defaults``, docs/methods.md); they apply to the
-    project's starting config only, never over a ``--config`` file. ``method``: the method when the
-    config does not name it (a sweep's space).
+    project's starting config only, never over a ``--config`` file. A sweep's method is its space's.
     """
     from pipelines.cluster_presets import preset_overrides
     from pipelines.defaults import default_config
@@ -38,6 +37,8 @@ def run_config_from_args(args: argparse.Namespace, command: str, method: str | N
     for field, attr in (("model.spec", "model"), ("train.steps", "steps"), ("train.num_workers", "workers")):
         if getattr(args, attr, None) is not None:
             overrides[field] = getattr(args, attr)
+    if getattr(args, "method", None):
+        overrides["method.name"] = args.method
     overrides.update(_parse_set(x) for x in (getattr(args, "set", None) or []))
     path = getattr(args, "config", None) or default_config(command)
     import yaml
@@ -48,7 +49,7 @@ def run_config_from_args(args: argparse.Namespace, command: str, method: str | N
             return cfg
         from unlearn_core.method_registry import train_defaults
 
-        own = train_defaults(method or cfg.method.name)
+        own = train_defaults(_space_method(getattr(args, "space", None)) or cfg.method.name)
         return load_run_config(path, {**own, **overrides}) if own else cfg
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
@@ -110,8 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
-    # the same starting config as `unlearn run` (with the space's method's trainer defaults) and the demo
-    cfg = run_config_from_args(args, "unlearn", method=_space_method(args.space))
+    cfg = run_config_from_args(args, "unlearn")  # the same starting config as `unlearn run` and the demo
     options = {
         "scheduler": args.scheduler,
         "search": args.search,
