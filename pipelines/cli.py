@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", choices=["asha", "none"], default="asha", help="ASHA early stopping (default) or none"
     )
     p.add_argument(
-        "--search", choices=["random", "optuna"], default="random", help="search algorithm (default random)"
+        "--search",
+        choices=["random", "optuna"],
+        default=None,
+        help="search algorithm (default: the space's `search:`, else random)",
     )
     p.add_argument(
         "--max-concurrent", type=int, default=None, help="concurrent trials (default: what the cluster fits)"

@@ -192,7 +192,7 @@ def sweep(
     *,
     resume: str | None,
     scheduler: str,
-    search: str,
+    search: str | None,
     num_samples: int | None,
     max_concurrent: int | None,
     workers_per_trial: int,
@@ -229,7 +229,7 @@ def sweep(
         space, objectives = load_sweep_space(space_path)
     except yaml.YAMLError as err:
         raise ConfigError(f"--space {space_path}: not valid YAML: {err}") from None
-    check_options(objectives, scheduler, search)
+    check_options(objectives, scheduler, search or space.search or "random")
     from unlearn_core.config import MethodConfig
 
     # load_sweep_space checked every dim and base value against the schema and the method's params;

@@ -406,3 +406,25 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
     for res in by_name[1:]:  # sampled: in bounds, and not the start point again
         assert all(_in_bounds(space.dims[k], v) for k, v in res.config.items())
         assert res.config["train.lr"] != point["train.lr"]
+
+
+def test_a_space_names_its_search_and_asha_grace_period():
+    """`search:` is the space's default algorithm (the CLI's --search overrides it) and `grace_period:`
+    ASHA's, in steps (default: the first evaluation, train.eval_every)."""
+    from pipelines.sweep.tune_config import _scheduler
+    from unlearn_core.config import RunConfig
+
+    space = parse_space({**_pubg(), "search": "optuna", "grace_period": 40})
+    assert (space.search, space.grace_period) == ("optuna", 40)
+
+    def first_rung(scheduler: Any) -> int:  # ASHA's first milestone is its grace period
+        return min(int(milestone) for milestone, _ in scheduler._brackets[0]._rungs)
+
+    assert first_rung(_scheduler("asha", space, RunConfig())) == 40
+    plain = parse_space(_pubg())
+    assert (plain.search, plain.grace_period) == (None, None)
+    assert first_rung(_scheduler("asha", plain, RunConfig())) == int(plain.base["train.eval_every"])
+    with pytest.raises(ConfigError, match=r"search: must be one of random, optuna, got 'tpe'"):
+        parse_space({**_pubg(), "search": "tpe"})
+    with pytest.raises(ConfigError, match=r"grace_period: must be an integer >= 1"):
+        parse_space({**_pubg(), "grace_period": 0})
