@@ -120,7 +120,11 @@ def model_outputs(
         opens = [(r, task, spec["question"]) for r in rows for task, spec in against_specs(r).items()]
         prompts = [{"question": question, "image": row_image(r)} for r, _, question in opens]
         texts = generate(
-            model, processor, prompts, max_new_tokens=protocol.open_tokens, batch_size=batch_size
+            model,
+            processor,
+            prompts,
+            max_new_tokens=max_new_tokens or protocol.open_tokens,
+            batch_size=batch_size,
         )
         for (r, task, _), text in zip(opens, texts, strict=True):
             outputs.setdefault(r["sample_id"], {})[f"{task}_generation"] = text
