@@ -110,9 +110,8 @@ def test_sweep_prepares_only_its_first_trials_inputs_up_front():
     """The demo's 2-trial PUBG sweep used to build a teacher cache for each of 3 instructions and a
     mask for each of 3 groups before any trial; the driver now prepares the start point's inputs only
     (a later trial builds the ones it samples, once, under a lock)."""
-    from pipelines.sweep.driver import first_points
-
     from pipelines.demo import DEMO_SWEEP_SPACE
+    from pipelines.sweep.driver import first_points
 
     space = load_space(DEMO_SWEEP_SPACE)
     points = first_points(space, seed=0)
@@ -399,10 +398,9 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
     """The sweep's TuneConfig runs the space's start point first, then samples; num_samples in total."""
     from ray import tune
 
+    from pipelines.demo import DEMO_SWEEP_SPACE
     from pipelines.sweep.param_space import tune_param_space
     from pipelines.sweep.tune_config import OBJECTIVE, build_tune_config, load_sweep_space
-
-    from pipelines.demo import DEMO_SWEEP_SPACE
 
     space, objectives = load_sweep_space(DEMO_SWEEP_SPACE)
     tune_config = build_tune_config(
