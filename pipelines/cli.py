@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", choices=["asha", "none"], default="asha", help="ASHA early stopping (default) or none"
     )
     p.add_argument(
-        "--search", choices=["random", "optuna"], default="random", help="search algorithm (default random)"
+        "--search",
+        choices=["random", "optuna"],
+        default=None,
+        help="search algorithm (default: the space's `search:`, else random)",
     )
     p.add_argument(
         "--max-concurrent", type=int, default=None, help="concurrent trials (default: what the cluster fits)"
@@ -224,10 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--judge-max-samples", type=int, default=None, help="judge at most this many answers")
     p.add_argument(
+        "--clip-model",
+        default=None,
+        metavar="SPEC",
+        help="CLIP checkpoint (HF id or folder) scoring each open answer against its image: "
+        "quality.clipscore (raw cosine) and quality.clip_s (2.5 * max(cos, 0)); off by default",
+    )
+    p.add_argument(
         "--protocol",
         default=None,
         choices=_protocol_names(),
         help="prompts, decoding and metrics (default: from the benchmark the records come from)",
+    )
+    p.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="mllmu-bench: no few-shot examples before the classification and cloze prompts (default: "
+        "MLLMU-Bench eval.py's few-shot prompts, seeded)",
     )
     p.add_argument(
         "--reference-report",

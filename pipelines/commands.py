@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 
 
 def run_config_from_args(args: argparse.Namespace, command: str):
-    """The command's default config file (or --config), then --preset, then flags, then --set (last wins).
+    """The command's default config file (or --config), then the method's own trainer defaults, then
+    --preset, then flags, then --set (last wins).
 
-    Method parameters default to the method's own (``unlearn_core.methods``): no second set of defaults here.
+    Method parameters default to the method's own (``unlearn_core.methods``): no second set of defaults
+    here. A method whose defaults were measured with another step budget or learning rate than the
+    starting config's declares them (``Params.train_defaults``, docs/methods.md); they apply to the
+    project's starting config only, never over a ``--config`` file. A sweep's method is its space's.
     """
     from pipelines.cluster_presets import preset_overrides
     from pipelines.defaults import default_config
@@ -35,14 +39,34 @@ def run_config_from_args(args: argparse.Namespace, command: str):
     for field, attr in (("model.spec", "model"), ("train.steps", "steps"), ("train.num_workers", "workers")):
         if getattr(args, attr, None) is not None:
             overrides[field] = getattr(args, attr)
+    if getattr(args, "method", None):
+        overrides["method.name"] = args.method
     overrides.update(_parse_set(x) for x in (getattr(args, "set", None) or []))
     path = getattr(args, "config", None) or default_config(command)
     import yaml
 
     try:
-        return load_run_config(path, overrides)
+        cfg = load_run_config(path, overrides)
+        if command != "unlearn" or getattr(args, "config", None):
+            return cfg
+        from unlearn_core.method_registry import train_defaults
+
+        own = train_defaults(_space_method(getattr(args, "space", None)) or cfg.method.name)
+        return load_run_config(path, {**own, **overrides}) if own else cfg
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
+
+
+def _space_method(space: str | None) -> str | None:
+    """The method a sweep space file names (None: no file, or one preflight will refuse)."""
+    if not space:
+        return None
+    try:
+        from unlearn_core.search_space import load_space
+
+        return load_space(space).method
+    except ConfigError:
+        return None
 
 
 def _parse_set(item: str) -> tuple[str, object]:
@@ -198,6 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from pipelines.services import check_judge
 
         check_judge(args.judge_url, args.judge_key_env or None)
+    if args.clip_model:
+        preflight.model_spec(args.clip_model, "--clip-model", allow_registry=False)
     if args.track or args.model.startswith("models:/"):
         preflight.tracking(None, args.workdir, "MLFLOW_TRACKING_URI")
     start(args, args.workdir, "eval")
@@ -230,9 +256,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge=judge,
         protocol=args.protocol,
         reference_report=args.reference_report,
+        clip_model=args.clip_model,
+        zero_shot=args.zero_shot,
     )
     outputs.write_json(args.out, report, "unlearn eval", force=args.force)
     say(format_table({Path(args.model).name or args.model: report["metrics"]}))
+    if "few_shot" in report:
+        shots = report["few_shot"]
+        people = sorted({p for plan in shots["plans"].values() for p in plan["people"]})
+        say(
+            f"MLLMU-Bench few-shot prompts (seed {shots['seed']}): examples from {', '.join(people)}; "
+            f"their own {shots['skipped_rows']} questions not evaluated (the draws: 'few_shot' in "
+            f"{args.out}; --zero-shot for none)"
+        )
     say(f"wrote {args.out}")
     if args.track:
         _track_eval(args, report, model)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn_core.config import ConfigError, RunConfig
-from unlearn_core.method_registry import METHOD_CLASSES, check_params
+from unlearn_core.method_registry import METHOD_CLASSES, check_params, check_supported
 
 RECORDS_MARKER = "records_meta.json"  # written by `unlearn data synth|convert`
 SHARDS_MARKER = "manifest.json"  # written by `unlearn data shard`
@@ -247,6 +247,7 @@ def run_config(cfg: RunConfig, command: str) -> None:
         model_spec(spec, "model.spec", allow_registry=False)
         return
     method(cfg.method.name, cfg.method.params)
+    check_supported(cfg)  # a custom-step method under DeepSpeed or grad_accum: refused before any work
     if spec == "tiny-llava":  # unlearning starts from the workdir's fine-tuned vanilla model
         vanilla = Path(cfg.workdir) / "models" / "vanilla"
         if not (vanilla / MODEL_MARKER).is_file():
@@ -264,7 +265,7 @@ def sweep(
     *,
     resume: str | None,
     scheduler: str,
-    search: str,
+    search: str | None,
     num_samples: int | None,
     max_concurrent: int | None,
     workers_per_trial: int,
@@ -301,9 +302,30 @@ def sweep(
         space, objectives = load_sweep_space(space_path)
     except yaml.YAMLError as err:
         raise ConfigError(f"--space {space_path}: not valid YAML: {err}") from None
-    check_options(objectives, scheduler, search)
+    check_options(objectives, scheduler, search or space.search or "random")
     from unlearn_core.config import MethodConfig
 
     # load_sweep_space checked every dim and base value against the schema and the method's params;
-    # left: the config the trials start from (workdir, data, the model to unlearn).
-    run_config(cfg.model_copy(update={"method": MethodConfig(name=space.method)}), "sweep")
+    # left: the config the trials start from (workdir, data, the model to unlearn) and whether the
+    # trainer runs every value the space can sample on top of it.
+    start = cfg.model_copy(update={"method": MethodConfig(name=space.method)})
+    trainer_runs_the_space(start, space, space_path)
+    run_config(start, "sweep")
+
+
+def trainer_runs_the_space(cfg: RunConfig, space: Any, space_path: str) -> None:
+    """``check_supported`` on the trials' starting config with the space's base and, one at a time,
+    every value a choice / grid dim can take, each range dim's bounds and every start point: e.g. a
+    PUBG space sampling saliency masks is refused under DeepSpeed before the first trial."""
+    from unlearn_core.config import with_overrides
+
+    probes: list[dict[str, Any]] = [{}, *space.start]
+    for key, dim in space.dims.items():
+        values = dim.args if dim.kind in ("choice", "grid") else dim.args[:1]
+        probes += [{key: v} for v in values]
+    for probe in probes:
+        try:
+            check_supported(with_overrides(cfg, {**space.base, **probe}))
+        except ConfigError as err:
+            where = ", ".join(f"{k}={v}" for k, v in probe.items()) or "base"
+            raise ConfigError(f"--space {space_path}: a trial with {where}: {err}") from None

@@ -135,3 +135,55 @@ def tiny_finetune_spec(cfg: Any, shards: Path, **extra: Any) -> Any:
         image_size=32,
         **extra,
     )
+
+
+CLIP_WORDS = (
+    "a photo depicts person with red blue green shirt hat glasses background of the man woman cup book"
+).split()
+
+
+def save_tiny_clip(out: Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny CLIP (text and vision towers, projections) saved as a checkpoint
+    `--clip-model` loads: ``AutoModel`` weights, a word-level tokenizer that ends every text with its
+    EOS (where CLIP pools the text), and a CLIP image processor at 32x32."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(CLIP_WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 12,
+            "eos_token_id": vocab["</s>"],
+            "pad_token_id": vocab["<pad>"],
+            "bos_token_id": vocab["<s>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out

@@ -63,3 +63,26 @@ def test_mask_and_eval_take_a_shards_folder():
     assert args.shards == "s"
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "--model", "m", "--records", "s", "--out", "o.json"])
+
+
+def test_a_methods_trainer_defaults_start_run_and_sweep_but_never_override_the_user(tmp_path, monkeypatch):
+    """A method measured with another step budget than the starting config's declares it
+    (``Params.train_defaults``): `unlearn run --method M` and a sweep of M's space start from it; flags,
+    --set and a --config file of the user's win."""
+    from unlearn_core import method_params
+
+    monkeypatch.setattr(method_params.NPOParams, "train_defaults", {"train.steps": 250, "train.lr": 1.0e-3})
+    wd = ["--workdir", str(tmp_path)]
+    run = _cfg(["run", "--method", "npo", *wd], "unlearn")
+    assert (run.train.steps, run.train.lr, run.train.batch_size) == (250, 1e-3, 32)  # the rest: unlearn.yaml
+    other = _cfg(["run", "--method", "ga", *wd], "unlearn")
+    assert (other.train.steps, other.train.lr) == (100, 5e-4)
+    assert _cfg(["run", "--method", "npo", "--steps", "7", *wd], "unlearn").train.steps == 7
+    assert _cfg(["run", "--method", "npo", "--set", "train.lr=2.0e-4", *wd], "unlearn").train.lr == 2e-4
+    space = tmp_path / "npo.yaml"
+    space.write_text("method: npo\nspace:\n  method.params.beta: {loguniform: [0.05, 0.5]}\n")
+    sweep = _cfg(["sweep", "--space", str(space), *wd], "unlearn")
+    assert sweep.train.steps == 250
+    own = tmp_path / "mine.yaml"
+    own.write_text("train:\n  steps: 30\n")
+    assert _cfg(["run", "--method", "npo", "--config", str(own), *wd], "unlearn").train.steps == 30

@@ -288,3 +288,65 @@ def test_dead_ray_address_is_refused_before_the_log_file(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in err and "ray start --head" in err
     assert not wd.exists()
+
+
+TRAINER_REFUSALS = [
+    (
+        ["run", "--method", "mmunlearner", "--set", "train.deepspeed_stage=2"],
+        ["train.deepspeed_stage=2", "method.name='mmunlearner'", "train.deepspeed_stage=0"],
+    ),
+    (
+        ["run", "--method", "pubg", "--set", "method.params.mask=vision", "--set", "train.grad_accum=2"],
+        ["train.grad_accum=2", "method.name='pubg'", "method.params.mask=none"],
+    ),
+    (
+        ["sweep", "--space", "tune_spaces/pubg.yaml", "--set", "train.deepspeed_stage=3"],
+        ["tune_spaces/pubg.yaml", "a trial with method.params.mask=vision", "train.deepspeed_stage=3"],
+    ),
+    (
+        ["sweep", "--space", "tune_spaces/mmunlearner.yaml", "--set", "train.grad_accum=4"],
+        ["tune_spaces/mmunlearner.yaml", "train.grad_accum=4", "cannot accumulate"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"), TRAINER_REFUSALS, ids=[" ".join(c[0])[:60] for c in TRAINER_REFUSALS]
+)
+def test_trainer_refusals_come_from_preflight(argv, fragments, workdir, capsys, monkeypatch):
+    """A custom-step method under DeepSpeed or grad_accum is refused before Ray starts, the mask is
+    computed or an MLflow run opens: the workdir (with its vanilla model) is left as it was, and no
+    torch was needed for the check."""
+    import pipelines.ray_env
+
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("the command got past preflight and started Ray")
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(pipelines.ray_env, "ensure_ray", no_work)
+    _vanilla(workdir)
+    before = _tree(workdir)
+    rc = main(_argv(argv, workdir, workdir))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    assert _tree(workdir) == before
+
+
+def test_the_trainer_check_needs_no_torch():
+    code = (
+        "import sys\n"
+        "from unlearn_core.config import RunConfig, with_overrides\n"
+        "from unlearn_core.method_registry import check_supported\n"
+        "cfg = with_overrides(RunConfig(), {'method.name': 'pubg', 'method.params': {'mask': 'both'}})\n"
+        "check_supported(cfg)\n"
+        "try:\n"
+        "    check_supported(with_overrides(cfg, {'train.deepspeed_stage': 2}))\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["ConfigError", "False"]

@@ -25,6 +25,7 @@ from unlearn_core.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from unlearn_core.data.encode import collate, encode_example
 from unlearn_core.eval.runner import select_eval_rows
 from unlearn_core.methods import get_method
+from unlearn_core.methods.base import NonFiniteLossError
 from unlearn_core.models.loading import load_model_and_processor
 from unlearn_core.models.tiny import build_tiny_llava
 from unlearn_core.models.tokenizer import train_word_tokenizer
@@ -188,6 +189,40 @@ def test_engine_sft_ga_checkpoint_roundtrip(stage, gloo_group, tiny, tmp_path):
     assert stats[0]["forget_nll"] == pytest.approx(before, rel=1e-5)
     with torch.no_grad():
         assert float(sft_loss(engine, batch)) > before + 0.1
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_non_finite_gradient_stops_the_engine_before_its_step(stage, gloo_group, tiny):
+    """A finite loss with NaN gradients (lm_head's output sends NaN back): ZeRO-3 would apply them
+    (DeepSpeed checks for overflow only under fp16), ZeRO-2 would skip the step silently. The run
+    stops before ``engine.step()`` instead, naming the step and the loss terms, weights untouched."""
+    tok, processor, batch = tiny
+    tc = _tc(stage, grad_accum=2)
+    engine = ds_engine.init_engine(
+        _model(tok),
+        tc,
+        world_size=1,
+        zero_overrides={"stage3_param_persistence_threshold": 0} if stage == 3 else None,
+    )
+    built = BuiltModel(
+        model=engine.module, processor=processor, cfg=RunConfig(train=tc), streams={}, method=get_method("ga")
+    )
+    step = make_step_fn(built, engine, engine.optimizer, {"forget": itertools.repeat(batch)}, tc)
+    step(0)  # a healthy step first
+    before = _full_state(engine)
+
+    def hook(_module, _inputs, out):
+        out.register_hook(lambda g: torch.full_like(g, float("nan")))
+
+    handle = engine.module.lm_head.register_forward_hook(hook)
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 1: non-finite gradient \(loss terms: forget_nll=\d[^)]*\); no update"
+    ):
+        step(1)
+    handle.remove()
+    after = _full_state(engine)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert engine.global_steps == 1  # the optimizer step of step 1 never ran
 
 
 # --------------------------------------------------------------------------- 2-worker Ray Train run

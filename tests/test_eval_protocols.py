@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unlearn_core.data.encode import collate, encode_example, model_inputs
+from unlearn_core.eval.few_shot import plan_few_shot
 from unlearn_core.eval.protocols import get_protocol
 from unlearn_core.eval.runner import evaluate_model, model_outputs, select_eval_rows
 from unlearn_core.eval.score import score_outputs
@@ -141,14 +142,22 @@ def test_in_training_eval_selects_every_converted_task(tmp_path, fmt: str, expec
     rows = load_record_rows(tmp_path / "rec")
     assert {(r["split"], r["task"]) for r in rows} == expected  # what the converter made
 
-    picked = in_training_selection(rows, eval_max_samples=64)  # 16 per pair: every row of the fixtures
-    assert {(r["split"], r["task"]) for r in picked} == expected
-    assert sorted(r["sample_id"] for r in picked) == sorted(r["sample_id"] for r in rows)
+    # MLLMU-Bench's few-shot examples: their people's own questions are not evaluated (eval.py)
+    evaluable = plan_few_shot(rows)[0] if fmt == "mllmu-bench" else rows
+    assert (fmt == "clear") == (len(evaluable) == len(rows))
+    picked = in_training_selection(rows, eval_max_samples=64)  # 16 per pair: every evaluable row
+    assert {(r["split"], r["task"]) for r in picked} == {(r["split"], r["task"]) for r in evaluable}
+    assert sorted(r["sample_id"] for r in picked) == sorted(r["sample_id"] for r in evaluable)
+    assert all(
+        r.get("few_shot") is not None
+        for r in picked
+        if r["task"] in ("mc_vqa", "mc_text", "cloze") and r["split"] != "utility"
+    ) == (fmt == "mllmu-bench")
     synthetic_pairs = {(r["split"], r["task"]) for r in select_eval_rows(rows, 16)}
     assert len(synthetic_pairs) == {"mllmu-bench": 19, "clear": 2}[fmt]  # what the old selection kept
 
     small = Counter((r["split"], r["task"]) for r in in_training_selection(rows, eval_max_samples=8))
-    full = Counter((r["split"], r["task"]) for r in rows)
+    full = Counter((r["split"], r["task"]) for r in evaluable)
     assert small == {pair: min(4, n) for pair, n in full.items()}  # max(4, 8 // 4) = 4 per pair
 
 
@@ -186,16 +195,17 @@ def test_eval_pipeline_on_converted_mllmu_bench_shards(tmp_path, ray_local, mlfl
                 "--workdir",
                 str(tmp_path / "wd"),
                 "--track",
+                "--zero-shot",  # one forget person here: few-shot examples would leave no forget question
             ]
         )
         == 0
     )
     report = json.loads(out.read_text())
-    assert report["protocol"] == "mllmu-bench"
+    assert report["protocol"] == "mllmu-bench-zero-shot" and "few_shot" not in report
     client = MlflowClient(mlflow_store["tracking_uri"])  # the store $MLFLOW_TRACKING_URI names
     (run,) = client.search_runs([client.get_experiment_by_name("lvlm-unlearn").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["job"] == "eval"
-    assert run.data.params["protocol"] == "mllmu-bench" and run.data.params["max_per_group"] == "8"
+    assert run.data.params["protocol"] == "mllmu-bench-zero-shot" and run.data.params["max_per_group"] == "8"
     assert run.data.metrics == pytest.approx(report["metrics"], nan_ok=True)  # every name, same value
     assert sum(k.startswith("mllmu.") for k in run.data.metrics) >= 50
     assert run.data.metrics["mllmu.utility.mc_acc_text"] == report["metrics"]["mllmu.utility.mc_acc_text"]
@@ -219,3 +229,67 @@ def test_eval_pipeline_on_converted_mllmu_bench_shards(tmp_path, ray_local, mlfl
     assert not any(
         k.startswith("logprob.") or k.endswith(".vqa_acc") for k in m
     )  # no log-prob under this name
+
+
+@pytest.mark.slow
+def test_few_shot_eval_states_its_draw_and_score_reads_its_generations(tmp_path, ray_local) -> None:
+    """`unlearn eval` on MLLMU-Bench shards prompts few-shot by default: the draw is stated in the
+    report, the drawn people's own questions are not evaluated (one MC person, two cloze people per
+    split), `--zero-shot` evaluates them all; `unlearn score` of the few-shot generations gives the
+    report's benchmark metrics unchanged."""
+    import json
+
+    import real_fixtures as rf
+    from pipeline_fixtures import save_tiny_model
+
+    from pipelines.cli import main
+    from pipelines.shards import shard_records
+    from unlearn_core.data.adapters import convert
+    from unlearn_core.eval.score import score_predictions
+
+    names = {str(i): f"Person{i} Name{i}" for i in range(1, 7)}
+    colors = {pid: (40 * int(pid), 200 - 30 * int(pid), 90) for pid in names}
+    profiles = {pid: rf.mllmu_profile(pid, name, colors[pid]) for pid, name in names.items()}
+    tables = {
+        "forget_5": [profiles[p] for p in "123"],
+        "retain_95": [profiles[p] for p in "456"],
+        "Full_Set": [{**profiles[p], "Directory": f"images/{p}.png"} for p in names],
+        "Test_Set": [rf.mllmu_test_profile(p, n, [colors[p], (9, 9, 9)]) for p, n in names.items()],
+        "Retain_Set": [rf.mllmu_profile(rf.MLLMU_CELEBRITY[0], rf.MLLMU_CELEBRITY[1], (128, 128, 0))],
+    }
+    rf.write_mllmu_bench(tmp_path / "src", tables, unknown_folder=False)
+    convert("mllmu-bench", tmp_path / "src", tmp_path / "rec")
+    shard_records(tmp_path / "rec", tmp_path / "shards", image_size=32, actors=1)
+    model = save_tiny_model(tmp_path / "shards", tmp_path / "model")
+    reports = {}
+    for mode, extra in (("few", []), ("zero", ["--zero-shot"])):
+        out = tmp_path / f"{mode}.json"
+        argv = ["eval", "--model", str(model), "--shards", str(tmp_path / "shards"), "--out", str(out)]
+        assert main([*argv, "--workdir", str(tmp_path / "wd"), *extra]) == 0
+        reports[mode] = json.loads(out.read_text())
+    few, zero = reports["few"], reports["zero"]
+    assert few["protocol"] == "mllmu-bench" and zero["protocol"] == "mllmu-bench-zero-shot"
+    shots = few["few_shot"]
+    assert shots["seed"] == 0 and "few_shot" not in zero
+    for split in ("forget", "forget_unseen", "retain", "retain_unseen"):
+        assert len(shots["plans"][f"{split}/classification/image"]["people"]) == 1
+        assert len(shots["plans"][f"{split}/cloze/image"]["people"]) == 2
+    assert not any(k.startswith("utility/") for k in shots["plans"])
+    skipped = {sid for plan in shots["plans"].values() for sid in plan["skipped"]}
+    assert len(skipped) == shots["skipped_rows"] == zero["n_rows"] - few["n_rows"] > 0
+    assert {s["sample_id"] for s in zero["per_sample"]} - {
+        s["sample_id"] for s in few["per_sample"]
+    } == skipped
+    # 3 forget people, one image MC question each: the drawn one's is an example, not a question
+    assert (
+        zero["counts"]["mllmu.forget.mc_acc_image"] == 3 and few["counts"]["mllmu.forget.mc_acc_image"] == 2
+    )
+    assert few["counts"]["mllmu.forget.cloze_acc_image"] == 1  # two of three people drawn for cloze
+    assert few["counts"]["mllmu.utility.mc_acc_image"] == zero["counts"]["mllmu.utility.mc_acc_image"]
+
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps(s) + "\n" for s in few["per_sample"]))
+    scored = score_predictions(tmp_path / "rec", predictions)
+    bench = {k: v for k, v in few["metrics"].items() if k.startswith("mllmu.")}
+    assert {k: v for k, v in scored["metrics"].items() if k.startswith("mllmu.")} == pytest.approx(bench)
+    assert scored["problems"]["missing_ids"]["count"] >= len(skipped)  # not generated: counted, not scored

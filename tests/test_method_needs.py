@@ -17,7 +17,16 @@ from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
 from tests.ray_head import free_ports
-from tests.test_methods import BigramLM, answers_of, guide_batch, make_view, ref_dists, ref_kl, ref_nll
+from tests.test_methods import (
+    BigramLM,
+    answers_of,
+    cache_topk,
+    guide_batch,
+    make_view,
+    ref_dists,
+    ref_kl,
+    ref_nll,
+)
 from tests.test_saliency import llava_batch, llava_groups, snapshot, tiny_llava
 from unlearn_core.config import ConfigError, RunConfig, TrainConfig, mlflow_params, with_overrides
 from unlearn_core.data.selection import balanced_by_entity, count_stream_rows
@@ -92,14 +101,19 @@ def test_k_is_derived_unless_set_and_recorded_as_a_param():
     rows = bench_rows()
     counts = count_stream_rows({"all": _Table(rows)})
     assert counts["forget"] == 4 * 40 and counts["retain"] == 36 * 52 + 4 * 12
-    assert m.derive({"forget": 168, "retain": 3632}, 16) == {"forget_every": 21}  # 227 / 11 batches
-    assert get_method("mmunlearner", {"forget_every": 3}).derive({"forget": 168, "retain": 3632}, 16) == {}
+    tc = TrainConfig(batch_size=16, lr=2e-4)
+    assert m.derive({"forget": 168, "retain": 3632}, tc) == {
+        "forget_every": 21,
+        "forget_lr": 2e-4,
+    }  # 227 / 11
+    set_both = get_method("mmunlearner", {"forget_every": 3, "forget_lr": 1e-3})
+    assert set_both.derive({"forget": 168, "retain": 3632}, tc) == {}
     with pytest.raises(ValueError, match="forget_every"):
         m.uses_forget_batch(0)
     with pytest.raises(ValueError, match="forget stream is empty"):
-        m.derive({"forget": 0, "retain": 10}, 16)
+        m.derive({"forget": 0, "retain": 10}, tc)
     resolved = get_method(
-        "mmunlearner", {**m.resolved_params(), **m.derive({"forget": 168, "retain": 3632}, 16)}
+        "mmunlearner", {**m.resolved_params(), **m.derive({"forget": 168, "retain": 3632}, tc)}
     )
     cfg = with_overrides(
         RunConfig(), {"method.name": "mmunlearner", "method.params": resolved.resolved_params()}
@@ -111,6 +125,42 @@ def test_k_is_derived_unless_set_and_recorded_as_a_param():
         RunConfig(), {"method.name": "npo", "method.params": get_method("npo").resolved_params()}
     )
     assert mlflow_params(npo)["method.params.beta"] == "0.1"  # defaults are recorded, not "{}"
+
+
+def test_logged_params_are_the_values_the_run_uses():
+    """No param is recorded as None where the run uses a value: MMUnlearner's ascent lr is the
+    scheduled ``train.lr`` (and an explicit forget_lr follows the same schedule, so logging the
+    derived value and running with it give the same weights); PUBG's top_k is the cache's k."""
+    tc = TrainConfig(lr=1e-2, steps=4, warmup_steps=3)
+    mask = compute_saliency_masks(tiny_llava(), llava_groups, [llava_batch(1)], [llava_batch(2)])
+    unset = get_method("mmunlearner", {"forget_every": 1})
+    derived = unset.derive({"forget": 4, "retain": 8}, tc)
+    assert derived == {"forget_lr": 1e-2}
+    weights = []
+    for method in (unset, get_method("mmunlearner", {"forget_every": 1, **derived})):
+        model = tiny_llava()
+        method.set_mask(mask)
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
+        batches = {"forget": itertools.repeat(llava_batch(1)), "retain": itertools.repeat(llava_batch(2))}
+        step = make_step(method, None, model, opt, batches, tc)
+        for i in range(tc.steps):
+            step(i)
+        weights.append(snapshot(model))
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+    pubg = get_method("pubg")
+    assert pubg.params.top_k is None and pubg.resolved_params()["top_k"] == pubg.teacher_cache().k == 16
+    assert get_method("pubg", {"top_k": 4}).resolved_params()["top_k"] == 4
+    live = get_method("pubg", {"teacher_cache": False})
+    assert live.resolved_params()["top_k"] is None  # the live teacher's full vocabulary: no cut at all
+    batch = guide_batch()
+    batch.update(cache_topk(BigramLM(vocab=20, seed=6), batch, k=16))  # a 16-entry cache, as the run's
+    student, no_retain = BigramLM(vocab=20, seed=0), get_method("pubg", {"w_ret": 0})
+    as_run = get_method("pubg", no_retain.resolved_params())
+    assert as_run.params.top_k == 16
+    torch.testing.assert_close(
+        no_retain.loss(student, batch, None, None)[0], as_run.loss(student, batch, None, None)[0]
+    )
 
 
 class _Table:
@@ -304,6 +354,48 @@ def test_two_worker_ddp_mmunlearner_with_a_text_only_retain_batch():
     )  # the ascent moved vision
 
 
+# ---- 5b. 2-worker DDP fine-tune with train.group_by_length: a text-only batch on one rank ---------------
+def _grouped_finetune_worker(rank: int, port: int, out: dict) -> None:
+    """Length grouping puts the short text-only rows together: rank 0 steps on text-only batches (no
+    vision gradient) while rank 1 steps on image batches, as two ranks of a grouped epoch can."""
+    from datetime import timedelta
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+    try:
+        torch.set_num_threads(1)
+        model = tiny_llava(seed=0)
+        cfg = with_overrides(RunConfig(), {"train.group_by_length": True, "train.num_workers": 2})
+        built = BuiltModel(model=model, processor=None, cfg=cfg, streams={"train": ("",)})
+        ddp = DistributedDataParallel(model, **ddp_kwargs(built))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        train = itertools.repeat(llava_batch(30 + rank, text_only=rank == 0))
+        step = make_step(None, None, ddp, opt, {"train": train}, TrainConfig(steps=3))
+        for i in range(3):
+            step(i)
+        out[rank] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    except Exception as err:  # reported to the test (a DDP error on one rank hangs the other until timeout)
+        out[rank] = f"{type(err).__name__}: {err}"
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_worker_ddp_finetune_grouped_by_length_with_a_text_only_batch():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_grouped_finetune_worker, args=(free_ports(1)[0], out), nprocs=2, join=True)
+        w0, w1 = out[0], out[1]
+    assert isinstance(w0, dict) and isinstance(w1, dict), (str(w0)[:300], str(w1)[:300])
+    assert all(torch.equal(w0[n], w1[n]) for n in w0)  # the ranks stayed in sync
+    before = dict(tiny_llava(seed=0).named_parameters())
+    moved = [n for n in w0 if "vision_tower" in n and not torch.equal(w0[n], before[n])]
+    assert moved  # rank 1's image batches trained the vision tower on both ranks
+
+
 # ---- 6. PUBG keeps the leaking rows for the ascent, leaves them out of L_BG only ---------------------
 def test_pubg_leaking_rows_stay_in_the_ascent_and_leave_the_guidance_term():
     student, teacher = BigramLM(seed=0), BigramLM(seed=4)
@@ -414,7 +506,56 @@ def test_non_finite_loss_stops_naming_the_step_and_terms(name):
     assert all(torch.equal(before[n], after[n]) or before[n].isnan().any() for n in before)
 
 
+def poison_gradients(model: nn.Module):
+    """A finite loss whose gradients are NaN: ``lm_head``'s output sends NaN back in the backward."""
+
+    def hook(_module, _inputs, out):
+        out.register_hook(lambda g: torch.full_like(g, float("nan")))
+
+    return model.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("grad_diff", {}), ("mmunlearner", {"forget_every": 1}), ("pubg", {"mask": "vision", "w_bg": 0})],
+)
+def test_non_finite_gradient_stops_naming_the_step_and_the_loss_terms(name, params):
+    """The loss is finite, its gradient is not: the run stops before the update on every update path
+    (the accumulated step, MMUnlearner's masked ascent, masked PUBG), and the message names the step
+    and the loss terms of the batch."""
+    model = tiny_llava()
+    method = get_method(name, params)
+    if method.mask_spec() is not None:
+        method.set_mask(compute_saliency_masks(model, llava_groups, [llava_batch(1)], [llava_batch(2)]))
+    before = snapshot(model)
+    poison_gradients(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batches = {"forget": itertools.repeat(llava_batch(1)), "retain": itertools.repeat(llava_batch(2))}
+    step = make_step(method, None, model, opt, batches, TrainConfig(steps=5))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"step 0: non-finite .*gradient norm nan \(loss terms: .*forget_nll=\d[^)]*\); no update",
+    ):
+        step(0)
+    after = snapshot(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
 # ---- 10. methods own their needs ----------------------------------------------------------------------
+def test_params_declare_the_own_steps_their_method_takes():
+    """Preflight's torch-free check reads ``own_optimizer_steps`` from the Params; the trainer reads the
+    method's ``custom_step``: they agree for every registered method, default and masked."""
+    from unlearn_core.method_registry import REGISTRY, check_params
+
+    variants = [(name, {}) for name in REGISTRY]
+    variants += [("pubg", {"mask": m}) for m in ("none", "vision", "language", "both")]
+    variants += [("mmunlearner", {"mask": m}) for m in ("vision", "language", "both")]
+    for name, params in variants:
+        method, declared = get_method(name, params), check_params(name, params)
+        assert method.custom_step == declared.own_optimizer_steps(), (name, params)
+        assert method.deepspeed_hint() == declared.plain_steps_hint()
+
+
 def test_no_caller_tests_a_method_name_or_view_string():
     pattern = re.compile(
         r"""(method\.name|cfg\.method\.name|\bname)\s*==\s*["']|["'](guide_|teacher_|idk_|rand_)["']\s+in\s"""
@@ -444,7 +585,7 @@ def test_methods_declare_views_prepared_inputs_and_mask():
         assert (
             m.teacher_cache() is None
             and m.mask_spec() is None
-            and m.derive({"forget": 1, "retain": 9}, 4) == {}
+            and m.derive({"forget": 1, "retain": 9}, TrainConfig(batch_size=4)) == {}
         )
     assert get_method("simnpo").views == ("",) and not get_method("simnpo").needs_ref
     assert "mask=none" in get_method("pubg", {"mask": "both"}).deepspeed_hint()

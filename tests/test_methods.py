@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -496,26 +497,62 @@ def test_ga_forgets_and_grad_diff_keeps_retain():
 
 
 # ---- SimNPO ---------------------------------------------------------------------------------------------
-def test_simnpo_matches_hand_reference(forget, retain):
-    """-(2/beta) * mean_b log sigmoid(-(beta/|y_b|) sum_t log p(y_t) - beta*delta) + alpha * NLL_r."""
-    model = BigramLM()
+def simnpo_hand_batches() -> tuple[BigramLM, dict[str, Tensor], dict[str, Tensor]]:
+    """A 3-token bigram model with a hand-set table (next-token probabilities after token 0:
+    1/2, 1/4, 1/4; after 1: 1/5, 3/5, 1/5; after 2: 1/3 each) and two hand-written views, so every
+    answer log-probability below is a fraction read off the table."""
+    model = BigramLM(vocab=3)
+    with torch.no_grad():
+        model.table.copy_(torch.tensor([[math.log(2), 0, 0], [0, math.log(3), 0], [0, 0, 0]]))
+
+    def view(rows: list[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
+        T = max(len(p) + len(a) for p, a in rows)
+        ids = torch.zeros(len(rows), T, dtype=torch.long)
+        att = torch.zeros(len(rows), T, dtype=torch.long)
+        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        for b, (p, a) in enumerate(rows):
+            ids[b, : len(p) + len(a)] = torch.tensor(p + a)
+            att[b, : len(p) + len(a)] = 1
+            labels[b, len(p) : len(p) + len(a)] = torch.tensor(a)
+        return {"input_ids": ids, "attention_mask": att, "labels": labels}
+
+    forget = view([([2], [0, 1]), ([0], [0, 0, 2])])  # padded: row 0 has one pad position
+    retain = view([([1], [1]), ([2], [2, 1])])
+    return model, forget, retain
+
+
+@pytest.mark.parametrize("gamma", [None, 2.0])
+def test_simnpo_matches_the_reference_formula_by_hand(gamma):
+    """open-unlearning's SimNPO (configs/trainer/SimNPO.yaml: gamma 0.125, alpha 1, beta 4.5, delta 0):
+    forget = -(2/beta) * mean_b log sigmoid(beta * (NLL_sum_b / |y_b| - delta)),
+    loss = gamma * forget + alpha * NLL_r (the retain answer tokens' mean NLL).
+    The numbers come from the table by hand, not from the project's loss helpers."""
     beta, delta, alpha = 2.5, 0.3, 0.7
-    m = get_method("simnpo", {"beta": beta, "delta": delta, "alpha": alpha})
+    model, forget, retain = simnpo_hand_batches()
+    # forget row 0: after 2 -> 0 (1/3), after 0 -> 1 (1/4); row 1: after 0 -> 0, 0 (1/2 each), -> 2 (1/4)
+    per_token = [(math.log(3) + math.log(4)) / 2, (math.log(2) + math.log(2) + math.log(4)) / 3]
+    # retain: after 1 -> 1 (3/5); after 2 -> 2 (1/3), after 2 -> 1 (1/3): 3 answer tokens
+    retain_nll = (math.log(5 / 3) + 2 * math.log(3)) / 3
+
+    def log_sigmoid(x: float) -> float:
+        return -math.log1p(math.exp(-x))
+
+    forget_term = -(2 / beta) * sum(log_sigmoid(beta * (a - delta)) for a in per_token) / 2
+    weight = 0.125 if gamma is None else gamma
+    expected = weight * forget_term + alpha * retain_nll
+
+    params = {"beta": beta, "delta": delta, "alpha": alpha} | ({} if gamma is None else {"gamma": gamma})
+    m = get_method("simnpo", params)
+    assert m.params.gamma == weight and get_method("simnpo").params.gamma == 0.125
     assert not m.needs_ref and m.needs_retain and m.views == ("",)
     loss, stats = m.loss(model, forget, retain, None)
-    terms = []
-    for row in ref_token_logps(model, forget):
-        avg = torch.stack(row).sum() / len(row)
-        terms.append(torch.log(torch.sigmoid(-beta * avg - beta * delta)))
-    expected = -(2.0 / beta) * torch.stack(terms).mean() + alpha * ref_nll(model, retain)
-    torch.testing.assert_close(loss, expected)
-    loss.backward()
-    got = model.table.grad.clone()
-    model.table.grad = None
-    expected.backward()
-    torch.testing.assert_close(got, model.table.grad)
-    assert stats["simnpo"] > 0 and "retain_nll" in stats
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert stats["simnpo"] == pytest.approx(forget_term, rel=1e-6)  # the unweighted forget term
+    assert stats["retain_nll"] == pytest.approx(retain_nll, rel=1e-6)
+    assert stats["forget_nll_per_token"] == pytest.approx(sum(per_token) / 2, rel=1e-6)
     assert not get_method("simnpo", {"alpha": 0}).needs_retain
+    alone, _ = get_method("simnpo", {**params, "alpha": 0}).loss(model, forget, None, None)
+    assert float(alone) == pytest.approx(weight * forget_term, rel=1e-6)
 
 
 def test_sft_loss_of_a_length_grouped_batch_weighs_tokens_as_a_random_batch():

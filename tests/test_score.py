@@ -242,7 +242,9 @@ def test_protocol_prompts_follow_the_reference_formats() -> None:
         clear.max_new_tokens({"task": "caption"}),
         synthetic.max_new_tokens(gen),
     ) == (50, 300, 40)
-    with pytest.raises(ValueError, match="valid protocols: synthetic, mllmu-bench, clear"):
+    with pytest.raises(
+        ValueError, match="valid protocols: synthetic, mllmu-bench, mllmu-bench-zero-shot, clear"
+    ):
         get_protocol("tofu")
     with pytest.raises(ValueError, match="mix benchmarks"):
         resolve_protocol([{"source": "clear:forget10"}, {"source": "mllmu-bench:forget_5"}])

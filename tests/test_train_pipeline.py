@@ -54,6 +54,7 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
     assert [r["sample_id"] for r in out.report["per_sample"]] == [r["sample_id"] for r in rows]
     assert out.report["per_sample"] == again["per_sample"]
     assert out.report["metrics"] == again["metrics"] and out.report["n_rows"] == len(rows)
+    assert not any(k.startswith("quality.clip") for k in again["metrics"])  # CLIPScore: off without a model
     # ... so it is kept as the model's cached evaluation: runs starting from it do not evaluate it again.
     kept = cache_path(out.model_dir, shards, tmp_path / "wd" / "results", 4)
     assert json.loads(kept.read_text()) == out.report

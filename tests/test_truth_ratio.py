@@ -234,7 +234,23 @@ def test_convert_shard_eval_reports_the_truth_ratio_and_score_reads_it_back(
     shard_records(tmp_path / "rec", tmp_path / "shards", image_size=32, actors=1)
     forget = pq.read_table(tmp_path / "shards" / "forget").to_pylist()
     (mc,) = [r for r in forget if r["task"] == "mc_vqa"]
-    assert json.loads(mc["answer_variants"])["perturbed"] == ["A dog on a sofa.", "A red car."]
+    variants = json.loads(mc["answer_variants"])
+    assert variants["perturbed"] == ["A dog on a sofa.", "A red car."]
+    assert variants["facerec"] == {  # CLEAR's FaceRec: the name against perturbed_names as published
+        "question": "The name of the person on the image is ",
+        "answer": "Ann Smith",
+        "perturbed": ["Zed Quinn", "Yul Ray", "Xia Sol"],
+    }
+    real = {
+        r["sample_id"].split(":")[1]: json.loads(r["answer_variants"])["open"]
+        for r in pq.read_table(tmp_path / "shards" / "utility").to_pylist()
+    }
+    assert real["real_faces"]["perturbed"] == ["Other One", "Other Two", "Other Three"]
+    assert real["real_world"] == {  # the published options, the answer among them
+        "question": "What color is the square?",
+        "answer": "green",
+        "perturbed": ["red", "green", "blue", "black"],
+    }
     assert all(r["answer_variants"] == "{}" for r in forget if r["task"] == "caption")
     model = save_tiny_model(tmp_path / "shards", tmp_path / "model")
 
@@ -269,6 +285,31 @@ def test_convert_shard_eval_reports_the_truth_ratio_and_score_reads_it_back(
         assert report["counts"][f"clear.{split}.truth_ratio"] == 1
         assert m[f"clear.{split}.prob"] == pytest.approx(math.exp(-rows[0]["caption_loss"]))
     assert m["clear.forget_quality"] == pytest.approx(1.0)  # same weights, same losses: identical samples
+    # FaceRec, real_faces / real_world and Model Utility (calculate_metrics.py), from the per-sample rows
+    for group in ("forget_facerec", "retain_facerec", "real_faces", "real_world"):
+        task = "facerec" if group.endswith("facerec") else "open"
+        (row,) = [
+            r
+            for r in report["per_sample"]
+            if f"{task}_loss" in r and (group.startswith(r["split"]) or r["sample_id"].split(":")[1] == group)
+        ]
+        p = math.exp(-row[f"{task}_loss"])
+        assert m[f"clear.{group}.prob"] == pytest.approx(
+            p / (p + sum(math.exp(-x) for x in row[f"{task}_perturbed_losses"]))
+        )
+        ratios = set_truth_ratios([row[f"{task}_loss"]], [row[f"{task}_perturbed_losses"]])
+        assert m[f"clear.{group}.truth_ratio"] == pytest.approx(
+            truth_ratio_score(ratios, forget=group.startswith("forget"))
+        )
+        assert m[f"clear.{group}.rougeL_recall_image"] == pytest.approx(row[f"{task}_rougeL_recall"])
+    assert m["clear.forget_facerec.acc"] in (0.0, 1.0)
+    components = [
+        m[f"clear.{g}.{k}"]
+        for g in ("retain", "retain_facerec", "real_faces", "real_world")
+        for k in ("prob", "rougeL_recall_image", "truth_ratio")
+    ]
+    hmean = 0.0 if min(components) == 0 else len(components) / sum(1 / c for c in components)
+    assert m["clear.model_utility"] == pytest.approx(hmean) and report["counts"]["clear.model_utility"] == 12
 
     preds = tmp_path / "preds.jsonl"
     preds.write_text("".join(json.dumps(r) + "\n" for r in report["per_sample"]))
@@ -292,6 +333,11 @@ def test_convert_shard_eval_reports_the_truth_ratio_and_score_reads_it_back(
         "clear.retain.truth_ratio",
         "clear.forget.prob",
         "clear.forget.rougeL_recall_image",
+        "clear.forget_facerec.prob",
+        "clear.retain_facerec.truth_ratio",
+        "clear.real_faces.prob",
+        "clear.real_world.rougeL_recall_image",
+        "clear.model_utility",
     ):
         assert scored[name] == pytest.approx(m[name]), name
 
@@ -316,3 +362,149 @@ def test_records_without_answer_variants_still_shard_with_a_null_column(tmp_path
     assert forget.column("answer_variants").null_count == forget.num_rows
     manifest = load_manifest(tmp_path / "shards")
     assert manifest["schema"]["answer_variants"] == "string" and manifest["format_version"] == 2
+
+
+# ---- CLEAR's FaceRec and real_* tasks, and its Model Utility ---------------------------------------
+def _against_row(sid: str, split: str, task: str, answer: str, perturbed: list[str], question: str) -> dict:
+    """A converted CLEAR row carrying one answer-against-wrong-ones task in ``answer_variants``."""
+    return {
+        "sample_id": sid,
+        "split": split,
+        "task": "mc_vqa",
+        "answer": answer,
+        "options": sorted({answer, *perturbed}),
+        "has_image": True,
+        "answer_variants": json.dumps(
+            {task: {"question": question, "answer": answer, "perturbed": perturbed}}
+        ),
+    }
+
+
+FACE = "The name of the person on the image is "
+
+
+def test_facerec_and_real_tasks_score_as_calculate_metrics_does() -> None:
+    """By hand from ``compute_model_utility``: "Prob." of the tasks without ``eval_log`` in their file
+    name is P / (P + sum P(perturbed)); the truth ratio uses the task's set-mean perturbed loss; the
+    forget FaceRec task takes min(t, 1/t), the others max(0, 1 - 1/t); ROUGE is the mean ROUGE-L recall
+    of the open answer; Model Utility is the harmonic mean of every non-forget Prob. / ROUGE / Truth Ratio."""
+    rows = [
+        _against_row(
+            "clear:forget10_perturbed:0", "forget", "facerec", "Ann Smith", ["Zed Quinn", "Yul Ray"], FACE
+        ),
+        _against_row(
+            "clear:retain_perturbed:0", "retain", "facerec", "Bob Jones", ["Zed Quinn", "Yul Ray"], FACE
+        ),
+        _against_row(
+            "clear:retain_perturbed:1", "retain", "facerec", "Cat Lee", ["Zed Quinn", "Yul Ray"], FACE
+        ),
+        _against_row(
+            "clear:real_faces:0", "utility", "open", "Famous Person", ["Other One", "Other Two"], FACE
+        ),
+        _against_row(
+            "clear:real_world:0", "utility", "open", "green", ["red", "green", "blue"], "Which color?"
+        ),
+    ]
+    outputs = {
+        "clear:forget10_perturbed:0": {"facerec_loss": 2.0, "facerec_perturbed_losses": [1.0, 3.0]},
+        "clear:retain_perturbed:0": {
+            "facerec_loss": 0.5,
+            "facerec_perturbed_losses": [2.0, 2.0],
+            "facerec_generation": "Bob Jones",
+        },
+        "clear:retain_perturbed:1": {
+            "facerec_loss": 1.5,
+            "facerec_perturbed_losses": [1.0, 2.0],
+            "facerec_generation": "Lee",
+        },
+        "clear:real_faces:0": {
+            "open_loss": 1.0,
+            "open_perturbed_losses": [2.0, 3.0],
+            "open_generation": "a famous actor smiling",
+        },
+        "clear:real_world:0": {
+            "open_loss": 0.2,
+            "open_perturbed_losses": [1.0, 0.2, 1.0],  # the answer is among the published options
+            "open_generation": "it is green",
+        },
+    }
+    # retain caption task (Retain): prob / truth ratio / ROUGE from its own rows
+    caption = {
+        "sample_id": "clear:retain_perturbed:9",
+        "split": "retain",
+        "task": "caption",
+        "answer": "a person in a blue coat",
+        "options": None,
+        "has_image": True,
+    }
+    rows.append(caption)
+    outputs[caption["sample_id"]] = {
+        "generation": "a person in a coat",
+        "paraphrased_loss": 1.0,
+        "perturbed_losses": [2.0],
+        "caption_loss": 1.0,
+    }
+    m = score_benchmark(rows, outputs, CLEAR).metrics
+
+    def prob(loss: float, perturbed: list[float]) -> float:
+        return math.exp(-loss) / (math.exp(-loss) + sum(math.exp(-x) for x in perturbed))
+
+    assert m["clear.forget_facerec.prob"] == pytest.approx(prob(2.0, [1.0, 3.0]))
+    t_forget = math.exp((1.0 + 3.0) / 2 - 2.0)  # set mean perturbed 2.0
+    assert m["clear.forget_facerec.truth_ratio"] == pytest.approx(min(t_forget, 1 / t_forget))
+    assert m["clear.forget_facerec.acc"] == 0.0  # Zed Quinn (1.0) is likelier than the name (2.0)
+    retain_prob = (prob(0.5, [2.0, 2.0]) + prob(1.5, [1.0, 2.0])) / 2
+    assert m["clear.retain_facerec.prob"] == pytest.approx(retain_prob)
+    mean_perturbed = (2 + 2 + 1 + 2) / 4  # 1.75: one mean over the task
+    t = [math.exp(mean_perturbed - 0.5), math.exp(mean_perturbed - 1.5)]
+    retain_tr = sum(max(0.0, 1 - 1 / x) for x in t) / 2
+    assert m["clear.retain_facerec.truth_ratio"] == pytest.approx(retain_tr)
+    assert m["clear.retain_facerec.acc"] == 0.5
+    # ROUGE-L recall (stemmer): "Bob Jones" fully recalled, "Lee" 1 of "Cat Lee"'s 2 tokens
+    assert m["clear.retain_facerec.rougeL_recall_image"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["clear.real_faces.prob"] == pytest.approx(prob(1.0, [2.0, 3.0]))
+    t_faces = math.exp(2.5 - 1.0)
+    assert m["clear.real_faces.truth_ratio"] == pytest.approx(1 - 1 / t_faces)
+    assert m["clear.real_faces.rougeL_recall_image"] == pytest.approx(0.5)  # "famous" of "Famous Person"
+    # real_world: the published options hold the answer, so its P counts twice, as in the reference
+    assert m["clear.real_world.prob"] == pytest.approx(
+        math.exp(-0.2) / (2 * math.exp(-0.2) + 2 * math.exp(-1.0))
+    )
+    t_world = math.exp((1.0 + 0.2 + 1.0) / 3 - 0.2)
+    assert m["clear.real_world.truth_ratio"] == pytest.approx(1 - 1 / t_world)
+    assert m["clear.real_world.rougeL_recall_image"] == pytest.approx(1.0)
+    # "a person in a coat": 5 of "a person in a blue coat"'s 6 tokens
+    retain_caption = {"prob": math.exp(-1.0), "rouge": 5 / 6, "tr": 1 - 1 / math.exp(1.0)}
+    components = [
+        retain_caption["prob"], retain_caption["rouge"], retain_caption["tr"],
+        retain_prob, (1.0 + 0.5) / 2, retain_tr,
+        prob(1.0, [2.0, 3.0]), 0.5, 1 - 1 / t_faces,
+        m["clear.real_world.prob"], 1.0, 1 - 1 / t_world,
+    ]  # fmt: skip
+    assert m["clear.model_utility"] == pytest.approx(len(components) / sum(1 / c for c in components))
+    assert score_benchmark(rows, outputs, CLEAR).counts["clear.model_utility"] == 12
+    # a zero component makes the harmonic mean 0 (scipy's hmean, as the reference)
+    outputs["clear:real_world:0"]["open_generation"] = "no idea"
+    assert score_benchmark(rows, outputs, CLEAR).metrics["clear.model_utility"] == 0.0
+
+
+def test_facerec_and_real_losses_are_computed_on_clears_own_question() -> None:
+    """The runner computes a FaceRec row's name / perturbed-name losses and open answer on CLEAR's face
+    question ("The name of the person on the image is "), not on the lettered multiple-choice one."""
+    torch.manual_seed(0)
+    row = {
+        **_against_row("clear:retain_perturbed:0", "retain", "facerec", "Bob Jones", ["Zed Quinn"], FACE),
+        "entity_id": "clear:Bob Jones",
+        "question": "Who is this person?",
+        "image": np.zeros((32, 32, 3), dtype=np.uint8),
+    }
+    tok = train_word_tokenizer([FACE, "Who is this person?", "Bob Jones Zed Quinn A B Just give ONE letter"])
+    model, proc = build_tiny_llava(
+        tok, image_size=32, patch_size=16, hidden=32, vision_layers=1, text_layers=1
+    )
+    out = model_outputs(model, proc, [row], protocol=CLEAR, max_new_tokens=3)[row["sample_id"]]
+    expected = answer_mean_nll(model, proc, FACE, row["image"], ["Bob Jones", "Zed Quinn"])
+    assert [out["facerec_loss"], *out["facerec_perturbed_losses"]] == pytest.approx(expected)
+    asked_otherwise = answer_mean_nll(model, proc, "Who is this person?", row["image"], ["Bob Jones"])
+    assert out["facerec_loss"] != pytest.approx(asked_otherwise[0])
+    assert isinstance(out["facerec_generation"], str) and isinstance(out["generation"], str)

@@ -84,22 +84,36 @@ def test_every_space_loads_and_validates(path: Path):
         assert not key.startswith("method.params.") or key.split(".")[2] in params
 
 
-def test_pubg_space_searches_the_guidance_knobs():
-    dims = load_space(default_space_path("pubg")).dims
+def test_pubg_space_searches_the_guidance_knobs_by_itself():
+    """The default budget: the three weights, lr, steps, top-k and the saliency mask, Optuna's TPE, a
+    grace period that lets a 40-step trial finish, no start point (docs/methods.md measures it)."""
+    space = load_space(default_space_path("pubg"))
+    dims = space.dims
     for w in ("w_ga", "w_bg", "w_ret"):
         assert dims[f"method.params.{w}"].kind == "loguniform"
-    assert set(dims["method.params.mask"].args) == {"none", "vision", "language", "both"}
-    assert set(dims["method.params.instruction"].args) == {"default", "short", "strict"}
-    assert None in dims["method.params.top_k"].args
+    assert set(dims["method.params.mask"].args) == {"none", "both"}
+    assert set(dims["method.params.top_k"].args) == {4, 16}
+    assert (space.search, space.grace_period, space.start) == ("optuna", 40, ())
+    assert space.grace_period >= min(dims["train.steps"].args)  # no trial stopped before its 40th step
+
+
+def test_the_demo_sweep_is_the_pubg_space_with_the_hand_tuned_start():
+    from pipelines.demo import DEMO_SWEEP_SPACE
+
+    demo, pubg = load_space(DEMO_SWEEP_SPACE), load_space(default_space_path("pubg"))
+    assert (demo.dims, demo.base, demo.grace_period) == (pubg.dims, pubg.base, pubg.grace_period)
+    (point,) = demo.start
+    assert point["method.params.w_ga"] == 0.02 and point["train.steps"] == 60
 
 
 def test_sweep_prepares_only_its_first_trials_inputs_up_front():
     """The demo's 2-trial PUBG sweep used to build a teacher cache for each of 3 instructions and a
     mask for each of 3 groups before any trial; the driver now prepares the start point's inputs only
     (a later trial builds the ones it samples, once, under a lock)."""
+    from pipelines.demo import DEMO_SWEEP_SPACE
     from pipelines.sweep.driver import first_points
 
-    space = load_space(default_space_path("pubg"))
+    space = load_space(DEMO_SWEEP_SPACE)
     points = first_points(space, seed=0)
     (point,) = space.start
     assert len(points) == 1 and {k: points[0][k] for k in point} == point
@@ -230,8 +244,10 @@ def test_top_level_errors():
 
 
 def test_start_points_are_validated_against_their_dims():
-    space = load_space(default_space_path("pubg"))
-    (point,) = space.start  # the README's hand-tuned run is every PUBG sweep's first trial
+    from pipelines.demo import DEMO_SWEEP_SPACE
+
+    space = load_space(DEMO_SWEEP_SPACE)
+    (point,) = space.start  # the README's hand-tuned run: the demo sweep's first trial
     assert (
         point["method.params.w_ga"] == 0.02
         and point["train.steps"] == 60
@@ -243,10 +259,10 @@ def test_start_points_are_validated_against_their_dims():
         with pytest.raises(ConfigError, match=pattern):
             parse_space({**_pubg(), "start": start, **extra})
 
-    bad([{"train.lr": 0.5}], r"start\[0\]\.train\.lr: 0\.5 outside loguniform \[0\.0001, 0\.003\]")
+    bad([{"train.lr": 0.5}], r"start\[0\]\.train\.lr: 0\.5 outside loguniform \[0\.0003, 0\.001\]")
     bad(
         [{}, {"train.steps": 30}],
-        r"start\[1\]\.train\.steps: 30 is not one of the choice values \[20, 40, 60, 80\]",
+        r"start\[1\]\.train\.steps: 30 is not one of the choice values \[40, 60\]",
     )
     bad([{"train.seed": 1}], r"start\[0\]\.train\.seed: not a dim of space; valid: method\.params\.w_ga")
     bad([{"method.params.w_ga": "1e-2x"}], r"start\[0\]\.method\.params\.w_ga: '1e-2x' outside")
@@ -254,7 +270,7 @@ def test_start_points_are_validated_against_their_dims():
     bad([{}] * 3, r"start: 3 points but num_samples is 2", num_samples=2)
     grid = _with_dim(_pubg(), "method.params.mask", {"grid": ["none", "vision"]})
     with pytest.raises(ConfigError, match=r"start: not supported together with grid dims"):
-        parse_space({**grid, "start": [{"train.steps": 20}]})
+        parse_space({**grid, "start": [{"train.steps": 40}]})
     # A partial point keeps the other dims sampled; YAML exponents without a dot are numbers here too.
     partial = parse_space({**_pubg(), "start": [{"train.lr": "1e-3"}]})
     assert partial.start == ({"train.lr": 1e-3},)
@@ -322,7 +338,7 @@ def test_optuna_converts_every_space():
         converted = OptunaSearch.convert_search_space(tune_param_space(space))
         assert set(converted) == set(space.dims)
     pubg = OptunaSearch.convert_search_space(tune_param_space(load_space(default_space_path("pubg"))))
-    assert list(pubg["method.params.top_k"].choices) == [None, 4, 16]
+    assert list(pubg["method.params.top_k"].choices) == [4, 16]
     assert "none" in pubg["method.params.mask"].choices
     grid = _space_with_grid()
     assert has_grid(grid)
@@ -382,10 +398,11 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
     """The sweep's TuneConfig runs the space's start point first, then samples; num_samples in total."""
     from ray import tune
 
+    from pipelines.demo import DEMO_SWEEP_SPACE
     from pipelines.sweep.param_space import tune_param_space
     from pipelines.sweep.tune_config import OBJECTIVE, build_tune_config, load_sweep_space
 
-    space, objectives = load_sweep_space(default_space_path("pubg"))
+    space, objectives = load_sweep_space(DEMO_SWEEP_SPACE)
     tune_config = build_tune_config(
         objectives, space, RunConfig(), num_samples=3, scheduler="none", search=search, max_concurrent=1
     )
@@ -406,3 +423,25 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
     for res in by_name[1:]:  # sampled: in bounds, and not the start point again
         assert all(_in_bounds(space.dims[k], v) for k, v in res.config.items())
         assert res.config["train.lr"] != point["train.lr"]
+
+
+def test_a_space_names_its_search_and_asha_grace_period():
+    """`search:` is the space's default algorithm (the CLI's --search overrides it) and `grace_period:`
+    ASHA's, in steps (default: the first evaluation, train.eval_every)."""
+    from pipelines.sweep.tune_config import _scheduler
+    from unlearn_core.config import RunConfig
+
+    space = parse_space({**_pubg(), "search": "optuna", "grace_period": 40})
+    assert (space.search, space.grace_period) == ("optuna", 40)
+
+    def first_rung(scheduler: Any) -> int:  # ASHA's first milestone is its grace period
+        return min(int(milestone) for milestone, _ in scheduler._brackets[0]._rungs)
+
+    assert first_rung(_scheduler("asha", space, RunConfig())) == 40
+    plain = parse_space({k: v for k, v in _pubg().items() if k not in ("search", "grace_period")})
+    assert (plain.search, plain.grace_period) == (None, None)
+    assert first_rung(_scheduler("asha", plain, RunConfig())) == int(plain.base["train.eval_every"])
+    with pytest.raises(ConfigError, match=r"search: must be one of random, optuna, got 'tpe'"):
+        parse_space({**_pubg(), "search": "tpe"})
+    with pytest.raises(ConfigError, match=r"grace_period: must be an integer >= 1"):
+        parse_space({**_pubg(), "grace_period": 0})

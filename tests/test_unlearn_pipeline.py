@@ -22,7 +22,7 @@ from pipelines import tracking
 from pipelines.shards.build import shard_records
 from pipelines.train.unlearn import prepare_inputs, run_unlearn
 from pipelines.workspace import Workspace
-from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
+from tests.pipeline_fixtures import save_tiny_clip, save_tiny_model, write_tiny_records
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.data.selection import in_stream
 from unlearn_core.data.teacher_cache import TOPK_IDS, TOPK_LOGPROBS
@@ -115,6 +115,11 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
         and run.data.params["method.params.topk_mode"] == "tail"
     )
     assert "method.params" not in run.data.params
+    # every param is the value the run used: the cache's k, the shards read; "None" only where
+    # nothing is used (records: the shards were given; mask_path: no mask)
+    assert run.data.params["method.params.top_k"] == "16"
+    assert run.data.params["shards"] == str(inputs["shards"])
+    assert {k for k, v in run.data.params.items() if v == "None"} == {"records", "method.params.mask_path"}
     eval_steps = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/forget.leak_rate")]
     assert eval_steps == list(range(eval_every, steps + 1, eval_every))
     assert max(int(m.step) for m in client.get_metric_history(run.info.run_id, "train/loss")) == steps
@@ -224,15 +229,88 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
             "4",
             "--workdir",  # without it: ./workdir of the checkout (its log went there; conftest now fails that)
             str(tmp_path),
+            "--clip-model",
+            str(save_tiny_clip(tmp_path / "tiny-clip")),
         ],
         {"MLFLOW_TRACKING_URI": uri},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
+    metrics = report["metrics"]
     assert {"forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "utility.caption_f1"} <= set(
-        report["metrics"]
-    ) and all(0.0 <= v <= 1.0 for v in report["metrics"].values())
+        metrics
+    ) and all(0.0 <= v <= 1.0 for k, v in metrics.items() if not k.startswith("quality.clip"))
+    # --clip-model: every open answer on the forget images scored against its image
+    open_forget = [
+        s
+        for s in report["per_sample"]
+        if s["split"].startswith("forget") and s["task"] in ("identity_vqa", "open_vqa")
+    ]
+    assert report["counts"]["quality.clipscore"] == len(open_forget) > 0
+    assert all(-1.0 <= s["clipscore"] <= 1.0 and 0.0 <= s["clip_s"] <= 2.5 for s in open_forget)
+    assert metrics["quality.clipscore"] == pytest.approx(
+        sum(s["clipscore"] for s in open_forget) / len(open_forget)
+    )
     assert report["per_sample"] and all(
         {"sample_id", "split", "task", "answer", "leaked"} <= set(s) for s in report["per_sample"]
     )
     assert "forget.leak_rate" in done.stdout  # the table on the terminal
+
+
+@pytest.mark.slow
+def test_random_leaves_out_a_forget_row_no_one_else_answers(ray_local, tmp_path):
+    """On real benchmarks a forget question may be one no retain person is asked: `random` has no
+    other answer for it (no ``rand_`` view). The run leaves the row out of the forget stream and says
+    so (row counted and named); every batch the workers get collates; none left is an error."""
+    from transformers import AutoProcessor
+
+    from pipelines.train.unlearn import forget_rows_left_out, unlearn_job
+    from pipelines.train.worker_data import collate_shard_batch
+    from unlearn_core.config import ConfigError
+    from unlearn_core.data.records_io import read_records, write_records
+    from unlearn_core.methods import get_method
+
+    rows = read_records(write_tiny_records(tmp_path / "synth")).to_pylist()
+    victim = next(r for r in rows if in_stream("forget", r["split"], r["task"]) and r["task"] == "fact_vqa")
+    victim["question"] = "Which secret does this person keep in the cellar?"
+    write_records(rows, tmp_path / "records", source="synthetic")
+    shards = tmp_path / "shards"
+    shard_records(tmp_path / "records", shards, image_size=32)
+    save_tiny_model(shards, tmp_path / "wd" / "models" / "vanilla")
+    cfg = with_overrides(
+        RunConfig(), {"workdir": str(tmp_path / "wd"), "shards": str(shards), "method.name": "random"}
+    )
+    said: list[str] = []
+    prepared = prepare_inputs(cfg, Workspace(tmp_path / "wd"), "sqlite:///unused.db", log=said.append)
+    total = _forget_prompts(shards)
+    assert prepared["forget_left_out"] == [victim["sample_id"]]
+    line = next(s for s in said if "left out of the forget stream" in s)
+    assert f"1 of {total} forget rows" in line and victim["sample_id"] in line
+    assert "no other person answers the same question" in line
+
+    job = unlearn_job(
+        cfg,
+        prepared,
+        out_dir=tmp_path / "out",
+        eval_path=tmp_path / "e.json",
+        name="t",
+        storage_path=str(tmp_path),
+    )
+    processor = AutoProcessor.from_pretrained(shards / "processor")
+    seen = []
+    for batch in job.datasets["forget"].iter_batches(batch_size=4, batch_format="numpy"):
+        collated = collate_shard_batch(batch, processor, ("rand_",))
+        assert collated["rand_input_ids"].shape[0] == len(batch["sample_id"])
+        seen += list(batch["sample_id"])
+    assert len(seen) == total - 1 and victim["sample_id"] not in seen
+
+    # No forget row with the view: refused, naming the view and the rows.
+    empty = shards / "only_unmatched"
+    (empty / "forget").mkdir(parents=True)
+    forget = pq.read_table(shards / "forget")
+    mine = [i for i, sid in enumerate(forget["sample_id"].to_pylist()) if sid == victim["sample_id"]]
+    pq.write_table(forget.take(mine), empty / "forget" / "part-00000.parquet")
+    with pytest.raises(
+        ConfigError, match=r"none of the 1 forget rows has its 'rand_' view.*" + victim["sample_id"]
+    ):
+        forget_rows_left_out(get_method("random"), empty, None, said.append)

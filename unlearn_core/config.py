@@ -143,7 +143,8 @@ class TrainConfig(_Strict):
     group_by_length: bool = Field(
         False,
         description="batches of rows of similar length (less padding; each stream read into memory first). "
-        "Off: the vanilla models it trained read held objects far worse (docs/results.md)",
+        "Off: the vanilla models it trained read held objects far worse (docs/results.md). On several DDP "
+        "workers it turns on find_unused_parameters (a text-only batch leaves the vision tower unused)",
     )
     launcher: Literal["auto", "ray_train", "in_process"] = Field(
         "auto",

@@ -8,7 +8,7 @@ sets ``Params`` to its model here, and ``method_registry`` names the pair on one
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,6 +20,21 @@ class StrictParams(BaseModel):
     """Base of every method's Params: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Trainer settings (dotted config keys) this method's defaults were measured with, where they
+    # differ from the starting config's (pipelines/configs/unlearn.yaml): `unlearn run --method M` and
+    # `unlearn sweep` start from them (docs/methods.md, "Where the defaults come from").
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    def own_optimizer_steps(self) -> bool:
+        """Whether the method, with these values, takes its own optimizer steps (two separate,
+        saliency-masked updates): then no gradient accumulation and no DeepSpeed engine
+        (``method_registry.check_supported``; the method's ``custom_step`` says the same)."""
+        return False
+
+    def plain_steps_hint(self) -> str:
+        """How to give the own steps up, appended to a refusal (empty: there is no way)."""
+        return ""
 
 
 class GAParams(StrictParams):
@@ -44,6 +59,9 @@ class NPOParams(StrictParams):
 class SimNPOParams(StrictParams):
     beta: float = Field(4.5, gt=0, le=100, description="inverse temperature of the SimNPO loss")
     delta: float = Field(0.0, ge=0, le=100, description="reward margin")
+    # open-unlearning's configs/trainer/SimNPO.yaml: gamma 0.125 (the forget term is 8x lighter than
+    # the retain NLL at alpha 1).
+    gamma: float = Field(0.125, ge=0, le=100, description="weight of the SimNPO forget term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure SimNPO)")
 
 
@@ -63,8 +81,16 @@ class MMUnlearnerParams(StrictParams):
         None, ge=1, le=100_000, description="k: a forget step every k-th step (None = retain/forget batches)"
     )
     forget_max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="clip of the ascent step")
-    forget_lr: float | None = Field(None, gt=0, le=1.0, description="None = the trainer optimizer's lr")
+    forget_lr: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="peak lr of the ascent step, on the trainer's schedule (None = train.lr)",
+    )
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after the ascent step")
+
+    def own_optimizer_steps(self) -> bool:
+        return True
 
 
 class PUBGParams(StrictParams):
@@ -80,6 +106,12 @@ class PUBGParams(StrictParams):
     mask: Literal["none", "vision", "language", "both"] = Field("none", description="saliency mask group")
     mask_path: str | None = Field(None, description="safetensors SaliencyMask file")
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after a masked step")
+
+    def own_optimizer_steps(self) -> bool:
+        return self.mask != "none"
+
+    def plain_steps_hint(self) -> str:
+        return " or method.params.mask=none" if self.own_optimizer_steps() else ""
 
     @field_validator("instruction")
     @classmethod

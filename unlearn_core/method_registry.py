@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from unlearn_core import method_params as P
-from unlearn_core.config import ConfigError
+from unlearn_core.config import ConfigError, RunConfig
 
 # name: ("module:Class" of the method, its Params model)
 REGISTRY: dict[str, tuple[str, type[BaseModel]]] = {
@@ -47,3 +47,33 @@ def check_params(name: str, params: dict[str, Any] | None) -> BaseModel:
     """``params`` validated for method ``name`` without loading the method: a ``ConfigError`` naming
     each bad field and its valid range."""
     return P.validate_params(method_key(name), params_class(name), params or {})
+
+
+def train_defaults(name: str) -> dict[str, Any]:
+    """The trainer settings method ``name``'s defaults were measured with (``Params.train_defaults``)."""
+    return dict(getattr(params_class(name), "train_defaults", {}))
+
+
+def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
+    """Refuse what the training worker cannot run, before any work (preflight, no torch): a method that
+    takes its own (saliency-masked) optimizer steps under DeepSpeed or with gradient accumulation."""
+    if mode == "finetune":
+        return
+    name = method_key(cfg.method.name)
+    params = check_params(name, dict(cfg.method.params))
+    if not params.own_optimizer_steps():  # type: ignore[attr-defined]
+        return
+    hint = params.plain_steps_hint()  # type: ignore[attr-defined]
+    stage, accum = cfg.train.deepspeed_stage, cfg.train.grad_accum
+    if stage:
+        raise ConfigError(
+            f"train.deepspeed_stage={stage}: method.name={name!r} does its own (saliency-masked) "
+            f"optimizer steps, which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP)"
+            f"{hint}"
+        )
+    if accum > 1:
+        raise ConfigError(
+            f"train.grad_accum={accum}: method.name={name!r} takes two separate (saliency-masked) "
+            "optimizer steps per training step and cannot accumulate gradients over micro-batches; use "
+            f"train.grad_accum=1 and a {accum}x larger train.batch_size{hint}"
+        )

@@ -5,6 +5,8 @@ File format::
 
     method: pubg                 # a registered method name (unlearn_core.methods.METHODS)
     num_samples: 8               # optional (default 8): trials; with grid dims, samples per grid point
+    search: optuna               # optional (default random): the search algorithm (--search overrides)
+    grace_period: 40             # optional (default train.eval_every): ASHA stops no trial before this step
     base:                        # optional: fixed dotted overrides applied to every trial
       train.eval_every: 10
     space:                       # dotted config key -> exactly one distribution
@@ -55,7 +57,8 @@ SPACES_DIR = Path(__file__).resolve().parents[1] / "tune_spaces"
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 VALUE_KINDS = ("choice", "grid")
 KINDS = RANGE_KINDS + VALUE_KINDS
-TOP_LEVEL = ("method", "num_samples", "base", "space", "start", "objective")
+TOP_LEVEL = ("method", "num_samples", "search", "grace_period", "base", "space", "start", "objective")
+SEARCHES = ("random", "optuna")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -101,6 +104,8 @@ class SearchSpace:
     num_samples: int = 8
     source: str = "<space>"
     start: tuple[dict[str, Any], ...] = ()
+    search: str | None = None  # the space's search algorithm (None: the CLI's default, random)
+    grace_period: int | None = None  # ASHA's grace period in steps (None: train.eval_every)
 
 
 def default_space_path(method: str) -> Path:
@@ -134,6 +139,12 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     num_samples = data.get("num_samples", 8)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"{source}: num_samples: must be an integer >= 1, got {num_samples!r}")
+    search = data.get("search")
+    if search is not None and search not in SEARCHES:
+        raise ConfigError(f"{source}: search: must be one of {', '.join(SEARCHES)}, got {search!r}")
+    grace = data.get("grace_period")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 1):
+        raise ConfigError(f"{source}: grace_period: must be an integer >= 1 (steps), got {grace!r}")
     base = {str(k): _number(v) for k, v in _mapping(data.get("base"), f"{source}: base").items()}
     raw_space = data.get("space")
     if raw_space is None:
@@ -151,7 +162,7 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     if len(start) > num_samples:
         raise ConfigError(f"{source}: start: {len(start)} points but num_samples is {num_samples}")
     objective = _parse_objective(data.get("objective"), f"{source}: objective")
-    return SearchSpace(method, base, dims, objective, num_samples, source, start)
+    return SearchSpace(method, base, dims, objective, num_samples, source, start, search, grace)
 
 
 def sample(space: SearchSpace, rng: random.Random | None = None) -> dict[str, Any]:

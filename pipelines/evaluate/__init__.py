@@ -2,6 +2,7 @@
 
 from pipelines.evaluate.batch_eval import (
     build_report,
+    clip_score_shard_outputs,
     evaluate,
     evaluation_rows,
     generate_outputs,
@@ -12,7 +13,7 @@ from pipelines.evaluate.cached import evaluate_cached, remember_evaluation
 from pipelines.shards import EVAL_SPLITS, load_shard_rows
 
 __all__ = [
-    "EVAL_SPLITS", "build_report", "evaluate", "evaluation_rows", "evaluate_cached", "generate_outputs", "judge_shard_outputs", "load_shard_rows",
+    "EVAL_SPLITS", "build_report", "clip_score_shard_outputs", "evaluate", "evaluation_rows", "evaluate_cached", "generate_outputs", "judge_shard_outputs", "load_shard_rows",
     "remember_evaluation",
     "shard_image_png",
 ]  # fmt: skip

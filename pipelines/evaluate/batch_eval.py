@@ -15,21 +15,29 @@ from unlearn_core.config import ModelConfig
 from unlearn_core.data.shard_image import decode_image_u8
 from unlearn_core.eval.judge import JudgeConfig
 from unlearn_core.eval.protocols import Protocol, get_protocol, resolve_protocol
+from unlearn_core.eval.protocols import zero_shot as zero_shot_protocol
 from unlearn_core.eval.runner import EVAL_CHUNK, model_outputs, select_eval_rows
 
 
 class _Generator:
-    """One model per actor; each batch of rows -> their outputs as JSON strings."""
+    """One model per actor; each batch of rows -> their outputs as JSON strings. ``few_shot``: the
+    MLLMU-Bench few-shot examples by key (rows carry only the key, ``few_shot_key``)."""
 
-    def __init__(self, model_dir: str, protocol: str = "synthetic") -> None:
+    def __init__(
+        self, model_dir: str, protocol: str = "synthetic", few_shot: dict[str, Any] | None = None
+    ) -> None:
         from unlearn_core.models.loading import load_model_and_processor
 
         self.model, self.processor = load_model_and_processor(model_dir, ModelConfig(spec=model_dir))
         self.model.eval()
         self.protocol = get_protocol(protocol)
+        self.few_shot = few_shot or {}
 
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
-        rows = batch.to_pylist()
+        rows = [
+            {**r, "few_shot": self.few_shot[r["few_shot_key"]]} if r.get("few_shot_key") else r
+            for r in batch.to_pylist()
+        ]
         outs = model_outputs(self.model, self.processor, rows, protocol=self.protocol)
         return {
             "sample_id": [r["sample_id"] for r in rows],
@@ -42,12 +50,22 @@ def generate_outputs(
 ) -> dict[str, dict]:
     """Ray Data batch inference over ``rows``; returns sample_id -> output."""
     columns = ["sample_id", "split", "task", "question", "options", "answer_variants", "image_u8", "image_hw"]
-    schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
-    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows], schema=schema)
+    schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns] + [pa.field("few_shot_key", pa.string())])
+    few_shot = {r["few_shot"].key: r["few_shot"] for r in rows if r.get("few_shot") is not None}
+    table = pa.Table.from_pylist(
+        [
+            {
+                **{k: r.get(k) for k in columns},
+                "few_shot_key": r["few_shot"].key if r.get("few_shot") else None,
+            }
+            for r in rows
+        ],
+        schema=schema,
+    )
     ds = ray.data.from_arrow(table).repartition(max(1, actors))
     out = ds.map_batches(
         _Generator,
-        fn_constructor_args=(str(model_dir), protocol),
+        fn_constructor_args=(str(model_dir), protocol, few_shot),
         batch_size=EVAL_CHUNK,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_cpus=1,
@@ -90,6 +108,22 @@ def judge_shard_outputs(
     return judge_answers(judged, outputs, cfg)
 
 
+def clip_score_shard_outputs(
+    rows: list[dict[str, Any]], outputs: dict[str, Any], clip_model: str, report: dict[str, Any]
+) -> None:
+    """``--clip-model``: ``quality.clipscore`` / ``quality.clip_s`` of the open answers against their
+    shard images (raw uint8 pixels), into ``report``'s metrics, counts and per-sample rows."""
+    from pipelines.shards import rows_with_images
+    from unlearn_core.eval.clipscore import CLIP_SPLITS, ClipScorer, clip_scores
+
+    scored = rows_with_images([r for r in rows if r.get("split") in CLIP_SPLITS])
+    metrics, counts, per_sample = clip_scores(scored, outputs, ClipScorer.load(clip_model))
+    report["metrics"] = dict(sorted({**report["metrics"], **metrics}.items()))
+    report["counts"] = dict(sorted({**report["counts"], **counts}.items()))
+    for row in report["per_sample"]:
+        row.update(per_sample.get(str(row["sample_id"]), {}))
+
+
 def evaluate(
     model_dir: str | Path,
     shards_dir: str | Path,
@@ -100,19 +134,25 @@ def evaluate(
     judge: JudgeConfig | None = None,
     protocol: str | None = None,
     reference_report: str | Path | None = None,
+    clip_model: str | None = None,
+    zero_shot: bool = False,
 ) -> dict[str, Any]:
     """Metrics + per-sample details for a saved model on the evaluation splits of ``shards_dir``;
     with ``judge``, also the ``judge.*`` rubric scores of an OpenAI-compatible endpoint (``report["judge"]``
-    says whether it scored; a failing judge keeps every other metric and leaves ``judge.*`` missing).
+    says whether it scored; a failing judge keeps every other metric and leaves ``judge.*`` missing);
+    with ``clip_model`` (a CLIP checkpoint), the answers' ``quality.clipscore`` and ``quality.clip_s``.
     ``protocol`` (default: the one the rows' benchmark implies) fixes prompts, decoding and metrics.
     ``reference_report`` (CLEAR): the eval / score JSON of the retain-only model, whose forget rows'
-    truth-ratio losses give ``clear.forget_quality``."""
+    truth-ratio losses give ``clear.forget_quality``. ``zero_shot``: MLLMU-Bench without its few-shot
+    prefixes (the protocol ``mllmu-bench-zero-shot``)."""
     from unlearn_core.eval.score import report_truth_losses
 
-    rows, proto = evaluation_rows(shards_dir, max_per_group, seed, protocol)
+    rows, proto = evaluation_rows(shards_dir, max_per_group, seed, protocol, zero_shot=zero_shot)
     reference = report_truth_losses(reference_report) if reference_report is not None else None
     outputs = generate_outputs(model_dir, rows, actors=actors, protocol=proto.name)
-    report = build_report(rows, outputs, proto, reference=reference, reference_name=str(reference_report))
+    report = build_report(
+        rows, outputs, proto, reference=reference, reference_name=str(reference_report), few_shot_seed=seed
+    )
     if judge is not None:
         from unlearn_core.eval.judge import JudgeError
 
@@ -126,6 +166,8 @@ def evaluate(
                 "model": judge.model,
                 "error": str(err),
             }
+    if clip_model is not None:
+        clip_score_shard_outputs(rows, outputs, clip_model, report)
     return report
 
 
@@ -136,12 +178,19 @@ def evaluation_rows(
     protocol: str | None = None,
     *,
     all_rows: list[dict[str, Any]] | None = None,
+    zero_shot: bool = False,
 ) -> tuple[list[dict[str, Any]], Protocol]:
     """The rows a final evaluation of ``shards_dir`` scores, in order, and their protocol
-    (``all_rows``: the shard rows, when the caller has already read them)."""
+    (``all_rows``: the shard rows, when the caller has already read them; ``zero_shot``: the
+    protocol without few-shot prefixes). Under ``mllmu-bench`` the rows carry their few-shot examples
+    and the examples' people's own questions are left out (``select_eval_rows``)."""
     all_rows = load_shard_rows(shards_dir) if all_rows is None else all_rows
     proto = resolve_protocol(all_rows, protocol)
-    rows = select_eval_rows(all_rows, max_per_group, seed, every_task=proto.is_benchmark)
+    if zero_shot:
+        proto = zero_shot_protocol(proto)
+    rows = select_eval_rows(
+        all_rows, max_per_group, seed, every_task=proto.is_benchmark, few_shot=proto.few_shot
+    )
     if not rows:
         raise ValueError(f"{shards_dir}: no evaluation rows (splits {EVAL_SPLITS})")
     return rows, proto
@@ -154,6 +203,7 @@ def build_report(
     *,
     reference: Any = None,
     reference_name: str = "",
+    few_shot_seed: int = 0,
 ) -> dict[str, Any]:
     """The evaluation report (metrics, counts, per-sample rows with their generations) of ``outputs``,
     wherever they were generated (Ray Data actors here, or the training workers at the last step)."""
@@ -168,10 +218,18 @@ def build_report(
         else r
         for r in result["per_sample"]
     ]
-    return {
+    report = {
         "protocol": proto.name,
         "metrics": dict(result["metrics"]),
         "counts": result["counts"],
         "per_sample": per_sample,
         "n_rows": len(rows),
     }
+    plans = {r["few_shot"].key: r["few_shot"] for r in rows if r.get("few_shot") is not None}
+    if plans:  # MLLMU-Bench few-shot: what was drawn, stated
+        report["few_shot"] = {
+            "seed": few_shot_seed,
+            "skipped_rows": sum(len(p.skipped) for p in plans.values()),
+            "plans": {k: plans[k].statement() for k in sorted(plans)},
+        }
+    return report

@@ -103,10 +103,15 @@ def _variant_texts(variants: str | None) -> list[str]:
     """The strings of a record's ``answer_variants`` JSON (validated by `unlearn data convert`)."""
     if not variants:
         return []
-    out: list[str] = []
-    for value in json.loads(variants).values():
-        out.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
-    return out
+
+    def strings(value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, dict):
+            value = list(value.values())
+        return [s for v in value for s in strings(v)] if isinstance(value, list) else []
+
+    return strings(json.loads(variants))
 
 
 def shard_records(

@@ -48,15 +48,7 @@ TRAIN_SPLITS = STREAM_SPLITS["train"]  # the vanilla fine-tune's
 MATERIALIZE_MAX_BYTES = int(os.environ.get("UNLEARN_MATERIALIZE_MAX_BYTES", 1 << 30))
 
 
-def stream_dataset(
-    shards: Path, stream: str, *, forget_dir: Path | None = None, task_weights: dict[str, int] | None = None
-) -> ray.data.Dataset:
-    """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
-
-    ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
-    Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are read here into the object store as
-    one block; large ones stream (Ray Data reads them as the workers iterate).
-    """
+def _stream_paths(shards: Path, stream: str, forget_dir: Path | None) -> list[str]:
     if stream not in STREAM_SPLITS:
         raise ValueError(f"unknown stream {stream!r}; valid: {', '.join(STREAM_SPLITS)}")
     splits = STREAM_SPLITS[stream]
@@ -66,14 +58,68 @@ def stream_dataset(
         paths = [str(shards / s) for s in splits if (shards / s).is_dir()]
     if not paths:
         raise FileNotFoundError(f"{shards}: none of the splits {splits} has shards")
+    return paths
 
+
+def _has_views(batch: pa.Table, views: tuple[str, ...]) -> list[bool]:
+    """Per row: every view of ``views`` the table carries is encoded (``{prefix}input_ids`` not null)."""
+    ok = [True] * batch.num_rows
+    for prefix in views:
+        column = f"{prefix}input_ids"
+        if prefix and column in batch.column_names:
+            ok = [a and b for a, b in zip(ok, batch[column].is_valid().to_pylist(), strict=True)]
+    return ok
+
+
+def rows_lacking_views(
+    shards: Path, stream: str, views: tuple[str, ...], *, forget_dir: Path | None = None
+) -> tuple[int, list[str]]:
+    """``(rows of stream, sample ids of those lacking one of views)``: e.g. a forget row for which
+    ``random`` found no other person's answer has no ``rand_`` view, and ``stream_dataset(...,
+    views=...)`` leaves it out."""
+    total, lacking = 0, []
+    for path in _stream_paths(shards, stream, forget_dir):
+        columns = ["sample_id", "split", "task"]
+        names = pq.read_schema(next(Path(path).rglob("*.parquet"))).names
+        columns += [f"{p}input_ids" for p in views if p and f"{p}input_ids" in names]
+        table = pq.read_table(path, columns=columns)
+        pairs = zip(table["split"].to_pylist(), table["task"].to_pylist(), strict=True)
+        mine = [i for i, (s, t) in enumerate(pairs) if in_stream(stream, s, t)]
+        table = table.take(pa.array(mine, type=pa.int64()))
+        total += table.num_rows
+        ids = table["sample_id"].to_pylist()
+        lacking += [sid for sid, ok in zip(ids, _has_views(table, views), strict=True) if not ok]
+    return total, lacking
+
+
+def stream_dataset(
+    shards: Path,
+    stream: str,
+    *,
+    forget_dir: Path | None = None,
+    task_weights: dict[str, int] | None = None,
+    views: tuple[str, ...] = (),
+) -> ray.data.Dataset:
+    """The rows of one training stream (see unlearn_core.data.selection) as a Ray Dataset.
+
+    ``forget_dir`` replaces the forget split for the forget stream (PUBG: the teacher-annotated copy).
+    ``views``: the batch views the method reads; rows without one of them (``rows_lacking_views``)
+    are left out. Small streams (shard files under ``MATERIALIZE_MAX_BYTES``) are read here into the
+    object store as one block; large ones stream (Ray Data reads them as the workers iterate).
+    """
+    paths = _stream_paths(shards, stream, forget_dir)
     weights = task_weights or {}
 
     def keep(batch: pa.Table) -> pa.Table:
-        """Rows of this stream, each repeated by its task weight (default 1)."""
-        pairs = zip(batch["split"].to_pylist(), batch["task"].to_pylist(), strict=True)
+        """Rows of this stream that carry its views, each repeated by its task weight (default 1)."""
+        rows = zip(
+            batch["split"].to_pylist(), batch["task"].to_pylist(), _has_views(batch, views), strict=True
+        )
         idx = [
-            i for i, (s, t) in enumerate(pairs) if in_stream(stream, s, t) for _ in range(weights.get(t, 1))
+            i
+            for i, (s, t, ok) in enumerate(rows)
+            if ok and in_stream(stream, s, t)
+            for _ in range(weights.get(t, 1))
         ]
         return batch.take(pa.array(idx, type=pa.int64()))
 
@@ -86,7 +132,7 @@ def stream_dataset(
         # Read here into one block, the files in order (what a materialized read_parquet of small
         # shards holds: the same block gives the same shuffled batches): no Ray Data job to start,
         # which cost every training job ~6 s per stream on a small machine.
-        key = (stream, tuple(sorted(weights.items())), tuple(_file_id(f) for f in files))
+        key = (stream, tuple(sorted(weights.items())), views, tuple(_file_id(f) for f in files))
         if key in _READ:
             return _READ[key]
         ds = ray.data.from_arrow(pa.concat_tables([keep(pq.read_table(f)) for f in files]))

@@ -119,7 +119,7 @@ def run_sweep(
     *,
     num_samples: int | None = None,
     scheduler: str = "asha",
-    search: str = "random",
+    search: str | None = None,
     max_concurrent: int | None = None,
     workers_per_trial: int = 1,
     resume_dir: str | Path | None = None,
@@ -135,6 +135,7 @@ def run_sweep(
     ``if_exists``: what to do when the same sweep (space, config, options) already has a folder:
     ``"error"`` (the CLI: the user chooses ``--resume``) or ``"resume"`` (``unlearn demo``).
     ``table=False`` leaves out the trials' metric table (the demo prints the champion in its own).
+    ``search`` None: the space's own (``search:`` in its file), else random.
     """
     if if_exists not in ("error", "resume"):
         raise ConfigError(f"if_exists: expected 'error' or 'resume', got {if_exists!r}")
@@ -151,6 +152,7 @@ def run_sweep(
         cfg = _resolved_cfg(cfg)
         rule = champion_rule or ChampionRule()
         space, objectives = load_sweep_space(space_path)
+        search = search or space.search or "random"
         check_options(objectives, scheduler, search)
         if cfg.train.launcher == "in_process" and workers_per_trial != 1:
             raise ConfigError(

@@ -67,7 +67,9 @@ def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int |
             "method": cfg.method.name,
             "sweep": ctx.sweep_name,
         },
-        params=mlflow_params(cfg),
+        # unset values (None) are logged once resolved (_log_resolved_params): MLflow params are
+        # write-once, and a trial's run would keep "None" where the trial uses a value
+        params={k: v for k, v in mlflow_params(cfg).items() if v != "None"},
     )
     return run_id, None
 

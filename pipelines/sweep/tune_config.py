@@ -94,8 +94,12 @@ def _scheduler(kind: str, space: SearchSpace, cfg: RunConfig) -> Any:
         )
     # time_attr "step": trials of different lengths are compared at equal training budgets. max_t is
     # one past the longest trial so ASHA never stops a trial at its last step before its final eval.
+    # The grace period (default: the first evaluation) is the space's when it names one.
     return ASHAScheduler(
-        time_attr="step", grace_period=every, max_t=max_steps(space, cfg) + 1, reduction_factor=2
+        time_attr="step",
+        grace_period=space.grace_period or every,
+        max_t=max_steps(space, cfg) + 1,
+        reduction_factor=2,
     )
 
 

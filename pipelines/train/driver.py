@@ -42,8 +42,13 @@ def in_training_selection(rows: list[dict[str, Any]], eval_max_samples: int) -> 
     """A quarter of the final evaluation's sample count per (split, task), at least 4, so intermediate
     reports stay cheap; the (split, task) pairs are the final evaluation's (every converted task under a
     benchmark protocol, as ``evaluate`` selects), so no task is missing from the ``eval/*`` curves."""
-    every_task = resolve_protocol(rows).is_benchmark
-    return select_eval_rows(rows, max_per_group=max(4, eval_max_samples // 4), every_task=every_task)
+    proto = resolve_protocol(rows)
+    return select_eval_rows(
+        rows,
+        max_per_group=max(4, eval_max_samples // 4),
+        every_task=proto.is_benchmark,
+        few_shot=proto.few_shot,
+    )
 
 
 @dataclass

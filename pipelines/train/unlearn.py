@@ -8,11 +8,11 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate_cached
-from pipelines.shards import load_manifest, stream_dataset
+from pipelines.shards import load_manifest, rows_lacking_views, stream_dataset
 from pipelines.train.driver import JobResult, TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
 from pipelines.workspace import NotCached, Workspace, ensure_shards, say_once
-from unlearn_core.config import ConfigError, RunConfig, mlflow_params, with_launcher_resolved
+from unlearn_core.config import ConfigError, RunConfig, mlflow_params, with_launcher_resolved, with_overrides
 from unlearn_core.data.selection import count_stream_rows
 from unlearn_core.eval.report import format_table
 from unlearn_core.methods import UnlearnMethod, get_method
@@ -86,6 +86,11 @@ def _mask_for(
     return str(out)
 
 
+def registered_name(cfg: RunConfig) -> str:
+    """The registry name an unlearned model is registered under (``lvlm-unlearn-<method>`` by default)."""
+    return cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}"
+
+
 def training_stream_sizes(shards: Path) -> dict[str, int]:
     """Rows of the forget and retain training streams (read from the shards' split/task columns)."""
     import pyarrow.parquet as pq
@@ -98,6 +103,31 @@ def training_stream_sizes(shards: Path) -> dict[str, int]:
     return count_stream_rows(tables)
 
 
+def forget_rows_left_out(
+    method: UnlearnMethod, shards: Path, forget_dir: Path | None, log
+) -> tuple[int, list[str]]:
+    """Forget rows the method cannot train on: those the shards hold none of its views for (e.g.
+    ``random``: no other person answers the same question, as on real benchmarks). They are left out
+    of the forget stream, and the log says how many and which; none left is a ``ConfigError``.
+    Returns ``(rows of the forget stream, sample ids left out)``."""
+    total, lacking = rows_lacking_views(shards, "forget", tuple(method.views), forget_dir=forget_dir)
+    if not lacking:
+        return total, []
+    why = "; ".join(v.missing for v in method.shard_views if v.missing and v.prefix in method.views)
+    views = ", ".join(repr(v) for v in method.views if v)
+    shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+    if len(lacking) == total:
+        raise ConfigError(
+            f"method {method.name!r}: none of the {total} forget rows has its {views} view"
+            f"{f' ({why})' if why else ''}; nothing to unlearn with (rows: {shown})"
+        )
+    log(
+        f"{method.name}: {len(lacking)} of {total} forget rows have no {views} view"
+        f"{f' ({why})' if why else ''}: left out of the forget stream ({total - len(lacking)} kept): {shown}"
+    )
+    return total, lacking
+
+
 @dataclass(frozen=True)
 class PreparedInputs:
     """What an unlearning job starts from, every piece cached in the workspace (``prepare_inputs``)."""
@@ -108,6 +138,7 @@ class PreparedInputs:
     method: UnlearnMethod  # built with the resolved params
     forget_dir: Path | None = None  # the forget shards annotated with the teacher's top-k (PUBG), if asked
     mask_path: str | None = None  # the saliency mask file, if the method asks for one
+    forget_left_out: tuple[str, ...] = ()  # forget rows without one of the method's views (not trained on)
 
 
 def prepare_inputs(
@@ -135,15 +166,24 @@ def prepare_inputs(
             log=log,
             compute=compute,
         )
-    params = {
-        **method.resolved_params(),
-        **method.derive(training_stream_sizes(shards), cfg.train.batch_size),
-    }
+    _, left_out = forget_rows_left_out(method, shards, forget_dir, log)
+    sizes = training_stream_sizes(shards)
+    sizes["forget"] -= len(left_out)
+    params = {**method.resolved_params(), **method.derive(sizes, cfg.train)}
     mask_path = _mask_for(cfg, method, init_model, shards, ws, log, compute)
     if mask_path is not None:
         params["mask_path"] = mask_path
     method = get_method(cfg.method.name, params)
-    resolved = cfg.model_copy(
+    resolved = with_overrides(
+        cfg,
+        {  # what the run uses where the config left it unset: MLflow records values, not "None"
+            "records": cfg.records or (None if cfg.shards else str(ws.records)),
+            "shards": str(shards),
+            "tracking.tracking_uri": tracking_uri,
+            "tracking.registered_model_name": registered_name(cfg),
+        },
+    )
+    resolved = resolved.model_copy(
         update={"method": cfg.method.model_copy(update={"params": method.resolved_params()})}
     )
     return PreparedInputs(
@@ -153,6 +193,7 @@ def prepare_inputs(
         method=method,
         forget_dir=forget_dir,
         mask_path=mask_path,
+        forget_left_out=tuple(left_out),
     )
 
 
@@ -168,7 +209,8 @@ def unlearn_job(
 ) -> TrainingJob:
     """The unlearning job on prepared ``inputs`` (``prepare_inputs``): `unlearn run` and every sweep trial."""
     init_model = str(inputs.init_model)
-    datasets = {"forget": stream_dataset(inputs.shards, "forget", forget_dir=inputs.forget_dir)}
+    views = tuple(inputs.method.views)
+    datasets = {"forget": stream_dataset(inputs.shards, "forget", forget_dir=inputs.forget_dir, views=views)}
     if inputs.method.needs_retain:
         datasets["retain"] = stream_dataset(inputs.shards, "retain")
     return TrainingJob(
@@ -184,7 +226,7 @@ def unlearn_job(
         storage_path=storage_path,
         mask_path=inputs.mask_path,
         log_model=log_model,
-        register_as=cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}",
+        register_as=registered_name(cfg),
     )
 
 
@@ -206,7 +248,12 @@ def run_unlearn(
         exp_id,
         run_name=f"unlearn-{cfg.method.name}",
         params=mlflow_params(cfg),
-        tags={"job": "unlearn", "method": cfg.method.name, "init_model": str(init_model)},
+        tags={
+            "job": "unlearn",
+            "method": cfg.method.name,
+            "init_model": str(init_model),
+            "forget_rows_left_out": str(len(inputs.forget_left_out)),
+        },
     )
     with tracking.run_status(uri, run_id, finish=False):  # FAILED if even the job cannot be set up
         tracking.log_metrics(uri, run_id, {f"before.{k}": v for k, v in before["metrics"].items()})

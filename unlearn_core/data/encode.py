@@ -134,6 +134,15 @@ def encode_prompt(
     return {"input_ids": _prompt_ids(processor, question, to_image_array(image, image_size))}
 
 
+def encode_raw_prompt(processor: Any, *, text: str, images: Sequence[ImageLike] = ()) -> dict[str, list[int]]:
+    """A prompt written out in full, without the chat template (MLLMU-Bench's few-shot prompts), with
+    one image per placeholder, in order; the tokenizer's special tokens (BOS) added: ``{"input_ids"}``."""
+    kwargs: dict[str, Any] = {"text": [text], "add_special_tokens": True}
+    if images:
+        kwargs["images"] = [to_image_array(i) for i in images]
+    return {"input_ids": [int(i) for i in processor(**kwargs)["input_ids"][0]]}
+
+
 def encode_example(
     processor: Any, *, question: str, answer: str, image: ImageLike | None, image_size: int | None = None
 ) -> dict[str, list[int]]:
@@ -195,8 +204,9 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Pad each prefix group (``{p}input_ids``, ``{p}attention_mask``, ``{p}labels`` when present).
 
-    Images (uint8 [H, W, 3] under ``image_key``, None for text-only rows) are normalised by the
-    processor's image processor once and shared by all prefix groups. Families that need it also
+    Images (uint8 [H, W, 3] under ``image_key``, None for text-only rows; or a list of them under
+    ``images``, one per placeholder of the row's prompt) are normalised by the processor's image
+    processor once and shared by all prefix groups. Families that need it also
     get ``{p}mm_token_type_ids`` (Qwen2-VL's M-RoPE).
     """
     batch: dict[str, torch.Tensor] = {}
@@ -211,7 +221,12 @@ def collate(
             batch[f"{p}labels"] = pad_sequences([r[f"{p}labels"] for r in rows], IGNORE_INDEX, padding_side)
         if needs_types:
             batch[f"{p}mm_token_type_ids"] = _mm_token_type_ids(processor, ids)
-    images = [to_image_array(r[image_key]) for r in rows if r.get(image_key) is not None]
+    images = []
+    for r in rows:  # a row's ``images`` (several, in placeholder order: a few-shot prompt) or its one image
+        if r.get("images") is not None:
+            images += [to_image_array(x) for x in r["images"]]
+        elif r.get(image_key) is not None:
+            images.append(to_image_array(r[image_key]))
     if images:
         processed = processor.image_processor(
             images=images, return_tensors="pt", input_data_format="channels_last"

@@ -98,12 +98,36 @@ def truth_ratio_score(ratios: Sequence[float], *, forget: bool) -> float:
     return sum(max(0.0, 1.0 - 1.0 / t) for t in ratios) / len(ratios)
 
 
+def normalised_probability(loss: float, perturbed_losses: Sequence[float]) -> float:
+    """CLEAR ``compute_model_utility`` "Prob." of the tasks whose file name lacks ``eval_log`` (FaceRec,
+    real_faces, real_world): P / (P + sum of the perturbed answers' P), P = exp(-mean token loss)."""
+    p = math.exp(-loss)
+    return p / (p + sum(math.exp(-x) for x in perturbed_losses))
+
+
+# CLEAR's tasks in ``compute_model_utility`` whose scores enter "Model Utility" (every task whose name
+# lacks "Forget"), by the metric group that holds them here.
+UTILITY_TASKS: dict[str, str] = {
+    "retain": "Retain",
+    "retain_facerec": "Retain FaceRec",
+    "real_faces": "Real Faces",
+    "real_world": "Real World",
+}
+
+
+def model_utility(components: Sequence[float]) -> float:
+    """CLEAR ``compute_model_utility`` "Model Utility": the harmonic mean (``scipy.stats.hmean``) of the
+    Prob., ROUGE and Truth Ratio of every non-forget task."""
+    from scipy.stats import hmean
+
+    return float(hmean(list(components)))
+
+
 def caption_probability(caption_loss: float) -> float:
     """CLEAR ``mm/calculate_metrics.py`` ``compute_model_utility`` "Prob." of one caption-task sample:
-    P(caption) = exp(-mean token loss), NOT normalised by the perturbed captions. The reference
-    normalises, P / (P + sum P(perturbed)), only for the tasks whose file name lacks ``eval_log``
-    (real_faces, real_world, FaceRec), which are not computed here; its Forget and Retain tasks
-    (``eval_log_forget``, ``eval_log``) are the caption tasks this value stands for."""
+    P(caption) = exp(-mean token loss), NOT normalised by the perturbed captions: the reference
+    normalises (``normalised_probability``) only the tasks whose file name lacks ``eval_log``; its
+    Forget and Retain tasks (``eval_log_forget``, ``eval_log``) are the caption tasks."""
     return math.exp(-caption_loss)
 
 
@@ -157,6 +181,8 @@ def score_benchmark(
     values: dict[str, list[float]] = defaultdict(list)
     per_sample: dict[str, dict[str, Any]] = {}
     losses: dict[str, list[Losses]] = defaultdict(list)
+    against: dict[str, list[Losses]] = defaultdict(list)  # FaceRec / real_* answer-vs-wrong losses
+    rouge: dict[str, list[float]] = defaultdict(list)  # ROUGE-L recall per group, every modality
     prefix = protocol.prefix
     for row in rows:
         sid = str(row["sample_id"])
@@ -177,16 +203,77 @@ def score_benchmark(
             _score_generation(row, gen, options, fields, values, scorer, f"{prefix}.{group}", mod)
         if protocol.name == "clear" and not isinstance(out, str):
             _score_truth_losses(out, fields, losses[group], values, group)
+            _score_against(row, out, fields, against, values, rouge, scorer)
+            if task in ("caption", "generation") and "rougeL_recall" in fields:  # CLEAR's open tasks
+                rouge[group].append(fields["rougeL_recall"])
         per_sample[sid] = fields
     losses = {group: pairs for group, pairs in losses.items() if pairs}
-    for group, pairs in losses.items():
+    for group, pairs in [*losses.items(), *against.items()]:
         ratios = set_truth_ratios([p for p, _ in pairs], [q for _, q in pairs])
         values[f"clear.{group}.truth_ratio"] = [
             truth_ratio_score(ratios, forget=group.startswith("forget"))
         ] * len(pairs)
     metrics = {k: sum(v) / len(v) for k, v in sorted(values.items()) if v}
     counts = {k: len(v) for k, v in sorted(values.items()) if v}
+    if protocol.name == "clear":
+        parts = _utility_components(metrics, rouge)
+        if parts:
+            metrics["clear.model_utility"] = model_utility(list(parts.values()))
+            counts["clear.model_utility"] = len(parts)
     return BenchResult(metrics, counts, per_sample, losses)
+
+
+def _utility_components(metrics: Mapping[str, float], rouge: Mapping[str, list[float]]) -> dict[str, float]:
+    """The Prob., ROUGE and Truth Ratio of CLEAR's non-forget tasks that were scored (``UTILITY_TASKS``).
+    ROUGE is the mean ROUGE-L recall of the task's open answers of every modality (CLEAR's one mean)."""
+    parts: dict[str, float] = {}
+    for group, task in UTILITY_TASKS.items():
+        for name, value in (
+            ("Prob.", metrics.get(f"clear.{group}.prob")),
+            ("ROUGE", sum(rouge[group]) / len(rouge[group]) if rouge.get(group) else None),
+            ("Truth Ratio", metrics.get(f"clear.{group}.truth_ratio")),
+        ):
+            if value is not None:
+                parts[f"{name} {task}"] = value
+    return parts
+
+
+def _score_against(
+    row: Mapping[str, Any],
+    out: Mapping[str, Any],
+    fields: dict[str, Any],
+    against: dict[str, list[Losses]],
+    values: dict[str, list[float]],
+    rouge: dict[str, list[float]],
+    scorer: rouge_scorer.RougeScorer,
+) -> None:
+    """CLEAR's FaceRec (group ``<split>_facerec``: the name against ``perturbed_names``) and real_faces /
+    real_world (the answer against the published ``options``) on one row's output: normalised
+    ``prob``, the truth-ratio losses, ROUGE recall of the open answer; FaceRec also ``acc`` (the name
+    more likely per token than every perturbed name: the project's reading of the same losses)."""
+    from unlearn_core.eval.truth_losses import against_specs
+
+    mod = "image" if has_image(row) else "text"
+    for task, spec in against_specs(row).items():
+        group = f"{row['split']}_facerec" if task == "facerec" else metric_group(row)
+        loss, perturbed = out.get(f"{task}_loss"), out.get(f"{task}_perturbed_losses")
+        if isinstance(loss, (int, float)) and perturbed:
+            perturbed = [float(x) for x in perturbed]
+            fields[f"{task}_loss"], fields[f"{task}_perturbed_losses"] = float(loss), perturbed
+            fields[f"{task}_prob"] = normalised_probability(float(loss), perturbed)
+            values[f"clear.{group}.prob"].append(fields[f"{task}_prob"])
+            against[group].append((float(loss), perturbed))
+            if task == "facerec":
+                fields["facerec_correct"] = float(loss) < min(perturbed)
+                values[f"clear.{group}.acc"].append(float(fields["facerec_correct"]))
+        gen = out.get(f"{task}_generation")
+        if isinstance(gen, str):
+            scores = rouge_scores(spec["answer"], gen, scorer)
+            fields[f"{task}_generation"] = gen
+            fields[f"{task}_rougeL_recall"] = scores["rougeL_recall"]
+            values[f"clear.{group}.rougeL_recall_{mod}"].append(scores["rougeL_recall"])
+            values[f"clear.{group}.rouge1_recall_{mod}"].append(scores["rouge1_recall"])
+            rouge[group].append(scores["rougeL_recall"])
 
 
 def _score_truth_losses(

@@ -51,6 +51,10 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "guided_unseen.attribute_precision": "the model's eyesight: on guided answers about forget_unseen + "
     "retain_unseen images (never trained on), correct visible-attribute values / all checkable ones "
     "stated (names and facts not counted); 0 if none stated.",
+    "quality.clipscore": "optional (`unlearn eval --clip-model SPEC`): on the same answers, mean cosine "
+    "similarity of the CLIP embeddings of the image and of the answer (PUBG's CLIPScore).",
+    "quality.clip_s": "optional, with quality.clipscore: Hessel et al.'s CLIP-S, mean 2.5 * max(cos, 0), the "
+    "answer prefixed with 'A photo depicts '.",
     "judge.privacy": "optional LLM judge (unlearn_core.eval.judge), mean 1-5, 5 = nothing identifying or private.",
     "judge.informativeness": "optional LLM judge, mean 1-5, 5 = rich, specific, visually grounded answer.",
     "judge.hallucination": "optional LLM judge, mean 1-5, 5 = every claim supported by the image (faithful).",

@@ -10,7 +10,8 @@ which metrics its answers feed (``unlearn_core.eval.bench_metrics``). Three are 
   (``"A: ..."`` lines) and "Just give ONE letter representing the answer directly."; cloze with
   ``"__"`` replaced by ``"[Blank]"`` and "Please **ONLY** provide the correct answer that should
   replace the [Blank]."; generation with "Answer the question based on your trained knowledge in one
-  sentence ...". 50 new tokens everywhere.
+  sentence ...". 50 new tokens everywhere. Classification and cloze prompts carry the reference's
+  few-shot examples (``unlearn_core.eval.few_shot``); ``mllmu-bench-zero-shot`` is the same without.
 - ``clear``: CLEAR (``mm/eval.py``; MMUnlearner ``CLEAR_eval.py`` for the multiple-choice sets).
   Captions and TOFU answers are scored by ROUGE recall; 300 new tokens for open answers, 50 for
   lettered multiple choice, prompted as MLLMU-Bench does (``CLEAR_eval.py`` writes ``"A. name"`` lines
@@ -70,6 +71,7 @@ class Protocol:
     open_tokens: int  # max_new_tokens for open answers
     mc_tokens: int  # max_new_tokens for a generated option letter
     generated_mc: bool  # multiple choice answered by a generated letter (else option log-probs)
+    few_shot: bool = False  # MLLMU-Bench's few-shot prefixes (unlearn_core.eval.few_shot)
 
     @property
     def is_benchmark(self) -> bool:
@@ -85,7 +87,7 @@ class Protocol:
             return lettered_question(question, list(row["options"])) + "\n" + MC_INSTRUCTION
         if task == "cloze":
             return cloze_question(question)
-        if task == "generation" and self.name == "mllmu-bench":
+        if task == "generation" and self.prefix == "mllmu":
             instruction = GENERATION_INSTRUCTION_IMAGE if has_image(row) else GENERATION_INSTRUCTION_TEXT
             return f"{question}\n{instruction}"
         return question
@@ -96,10 +98,21 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     "synthetic": Protocol("synthetic", prefix="", open_tokens=40, mc_tokens=40, generated_mc=False),
-    "mllmu-bench": Protocol("mllmu-bench", prefix="mllmu", open_tokens=50, mc_tokens=50, generated_mc=True),
+    "mllmu-bench": Protocol(
+        "mllmu-bench", prefix="mllmu", open_tokens=50, mc_tokens=50, generated_mc=True, few_shot=True
+    ),
+    # the same without the few-shot prefixes (`unlearn eval --zero-shot`)
+    "mllmu-bench-zero-shot": Protocol(
+        "mllmu-bench-zero-shot", prefix="mllmu", open_tokens=50, mc_tokens=50, generated_mc=True
+    ),
     "clear": Protocol("clear", prefix="clear", open_tokens=300, mc_tokens=50, generated_mc=True),
 }
 _SOURCE_PREFIX = {"mllmu-bench": "mllmu-bench", "mllmu": "mllmu-bench", "clear": "clear"}
+
+
+def zero_shot(protocol: Protocol) -> Protocol:
+    """``protocol`` without few-shot prefixes (``mllmu-bench`` -> ``mllmu-bench-zero-shot``)."""
+    return PROTOCOLS[f"{protocol.name}-zero-shot"] if protocol.few_shot else protocol
 
 
 def protocol_names() -> tuple[str, ...]:

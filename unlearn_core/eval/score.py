@@ -3,7 +3,9 @@
 A predictions file is JSON lines ``{"sample_id": ..., "generation": "<raw model text>"}``; a line may
 also carry ``option_scores`` (one log-prob per option: ``logprob.*`` accuracy) and, for CLEAR,
 ``paraphrased_loss`` + ``perturbed_losses`` (+ ``caption_loss``), each the mean loss per answer
-token (truth ratio, probability). `unlearn eval` writes the same fields and the ``generation`` on its
+token (truth ratio, probability), and for its FaceRec / real_* tasks ``facerec_loss`` +
+``facerec_perturbed_losses`` / ``open_loss`` + ``open_perturbed_losses`` and the open answers
+``facerec_generation`` / ``open_generation``. `unlearn eval` writes the same fields and the ``generation`` on its
 per-sample rows, so ``jq -c '.per_sample[]' eval.json`` is a predictions file. Lines that cannot be
 used are never dropped silently: ``problems`` counts them with the first ids / line numbers, a known
 id whose line has none of ``generation`` (a string), ``option_scores`` or ``paraphrased_loss`` included
@@ -32,7 +34,17 @@ from unlearn_core.eval.metrics import evaluate_outputs
 from unlearn_core.eval.protocols import Protocol, resolve_protocol
 
 FIRST_N = 10  # ids / line numbers listed per problem
-_USABLE = frozenset({"generation", "option_scores", "paraphrased_loss"})  # a line with none is not scored
+_USABLE = frozenset(  # a line with none of these is not scored
+    {
+        "generation",
+        "option_scores",
+        "paraphrased_loss",
+        "facerec_loss",
+        "facerec_generation",
+        "open_loss",
+        "open_generation",
+    }
+)
 
 
 def _problem(items: list[Any]) -> dict[str, Any]:

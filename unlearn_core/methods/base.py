@@ -18,8 +18,8 @@ declares everything the pipeline and the trainer must provide, so no caller test
   views come from it) and ``mask_spec()`` (a saliency mask: its module group, threshold and the
   rows its forget / preserve Fisher are computed on). The pipeline writes the mask file's path
   into the ``mask_path`` param.
-- ``derive(sizes)``: param values derived from the training streams' sizes (MMUnlearner's k) when
-  the user left them unset; ``resolved_params()`` is every param value the run uses.
+- ``derive(sizes, train)``: param values derived from the training streams' sizes and the trainer's
+  config (MMUnlearner's k and its ascent lr) when the user left them unset; ``resolved_params()`` is every param value the run uses.
 - ``custom_step``: False -> the trainer uses ``backward()`` (``scale=1/accum`` for gradient
   accumulation, or DeepSpeed's ``engine.backward(loss())``) followed by ``optimizer_step()``.
   True -> the method does its own optimizer steps in ``train_step`` (MMUnlearner and masked PUBG: two
@@ -45,6 +45,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from unlearn_core.config import TrainConfig
 from unlearn_core.data.encode import model_inputs
 from unlearn_core.method_params import StrictParams
 from unlearn_core.methods.losses import answer_nll
@@ -59,12 +60,17 @@ class NonFiniteLossError(FloatingPointError):
     """A loss or gradient norm is NaN / inf; the message names the loss terms."""
 
 
+def non_finite_error(what: str, stats: Mapping[str, float]) -> NonFiniteLossError:
+    """The error for a non-finite ``what`` (e.g. ``gradient norm nan``), naming the loss terms."""
+    terms = ", ".join(f"{k}={x:.4g}" for k, x in stats.items()) or "none recorded"
+    return NonFiniteLossError(f"non-finite {what} (loss terms: {terms}); no update was applied")
+
+
 def ensure_finite(what: str, value: Tensor | float, stats: Mapping[str, float]) -> None:
     """Raise ``NonFiniteLossError`` when ``value`` is not finite (before any optimizer step)."""
     v = float(value.detach()) if isinstance(value, Tensor) else float(value)
     if not math.isfinite(v):
-        terms = ", ".join(f"{k}={x:.4g}" for k, x in stats.items()) or "none recorded"
-        raise NonFiniteLossError(f"non-finite {what} {v} (loss terms: {terms}); no update was applied")
+        raise non_finite_error(f"{what} {v}", stats)
 
 
 AnswerPicker = Callable[[Sequence[Mapping[str, Any]], int], dict[str, str]]
@@ -75,10 +81,12 @@ class ShardView:
     """A forget-row view written into the shards: ``{prefix}input_ids`` / ``{prefix}labels`` encode the
     row's image and question with the answer ``answers(rows, seed)[sample_id]`` (rows without one get
     nulls). ``rows`` are every record as a dict (``sample_id``, ``entity_id``, ``split``, ``task``,
-    ``question``, ``answer``), in record order; ``seed`` is the shard seed."""
+    ``question``, ``answer``), in record order; ``seed`` is the shard seed. ``missing`` says why a row
+    may get none (the run leaves such rows out of the forget stream and says how many)."""
 
     prefix: str
     answers: AnswerPicker
+    missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -134,11 +142,17 @@ def zero_grad(model: nn.Module) -> None:
         p.grad = None
 
 
-def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
-    """Clip the gradient norm of all trainable parameters and take one optimizer step."""
+def clip_and_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float,
+    stats: Mapping[str, float] | None = None,
+) -> float:
+    """Clip the gradient norm of all trainable parameters and take one optimizer step; a non-finite
+    norm raises ``NonFiniteLossError`` naming ``stats`` (the loss terms of the batch) instead."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.zeros(())
-    ensure_finite("gradient norm", norm, {})
+    ensure_finite("gradient norm", norm, stats or {})
     optimizer.step()
     return float(norm)
 
@@ -170,9 +184,9 @@ class UnlearnMethod:
         """The saliency mask this method updates through (None: none)."""
         return None
 
-    def derive(self, stream_rows: Mapping[str, int], batch_size: int) -> dict[str, Any]:
+    def derive(self, stream_rows: Mapping[str, int], train: TrainConfig) -> dict[str, Any]:
         """Param values derived from the training streams' row counts (``{"forget": n, "retain": n}``)
-        for params the user left unset; ``{}`` when none."""
+        and the trainer's config for params the user left unset; ``{}`` when none."""
         return {}
 
     def resolved_params(self) -> dict[str, Any]:
@@ -193,7 +207,7 @@ class UnlearnMethod:
 
     def deepspeed_hint(self) -> str:
         """How to make this config DeepSpeed-compatible (appended to the refusal), if there is a way."""
-        return ""
+        return self.params.plain_steps_hint()  # type: ignore[attr-defined]
 
     def uses_forget_batch(self, step: int) -> bool:
         """Whether ``train_step(step)`` reads a forget batch (the trainer draws one only then)."""
@@ -236,10 +250,16 @@ class UnlearnMethod:
         return stats
 
     def optimizer_step(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, max_grad_norm: float
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_grad_norm: float,
+        stats: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
-        """Clip, step and zero the gradients after the last ``backward()`` of an accumulation window."""
-        norm = clip_and_step(model, optimizer, max_grad_norm)
+        """Clip, step and zero the gradients after the last ``backward()`` of an accumulation window
+        (``stats``: the window's loss terms, named if the gradient norm is not finite)."""
+        norm = clip_and_step(model, optimizer, max_grad_norm, stats)
         optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": norm}
 
@@ -258,7 +278,7 @@ class UnlearnMethod:
         global step (used by methods with a schedule, e.g. MMUnlearner's every-k-th forget step)."""
         optimizer.zero_grad(set_to_none=True)
         stats = self.backward(model, forget, retain, ref)
-        stats.update(self.optimizer_step(model, optimizer, max_grad_norm=max_grad_norm))
+        stats.update(self.optimizer_step(model, optimizer, max_grad_norm=max_grad_norm, stats=stats))
         return stats
 
     # -- extra optimizer state of custom-step methods (checkpointing) ----------------------------

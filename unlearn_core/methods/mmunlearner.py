@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from unlearn_core.config import TrainConfig
 from unlearn_core.data.selection import FORGET_TRAIN_TASKS, balanced_by_entity, in_stream
 from unlearn_core.method_params import MMUnlearnerParams
 from unlearn_core.methods.base import (
@@ -85,15 +86,19 @@ class MMUnlearner(UnlearnMethod):
     def mask_spec(self) -> MaskSpec:
         return mmunlearner_mask_spec(self.params.mask, self.params.gamma)
 
-    def derive(self, stream_rows: Mapping[str, int], batch_size: int) -> dict[str, Any]:
-        """k = retain batches / forget batches (rounded, at least 1), unless set."""
+    def derive(self, stream_rows: Mapping[str, int], train: TrainConfig) -> dict[str, Any]:
+        """Unless set: k = retain batches / forget batches (rounded, at least 1), and the ascent step's
+        peak lr = ``train.lr`` (both steps follow the trainer's warm-up + cosine schedule)."""
+        out: dict[str, Any] = {}
+        if self.params.forget_lr is None:
+            out["forget_lr"] = train.lr
         if self.params.forget_every is not None:
-            return {}
+            return out
         n_f, n_r = stream_rows.get("forget", 0), stream_rows.get("retain", 0)
         if n_f <= 0:
             raise ValueError("mmunlearner: the forget stream is empty, k (forget_every) cannot be derived")
-        k = math.ceil(n_r / batch_size) / math.ceil(n_f / batch_size)
-        return {"forget_every": max(1, round(k))}
+        k = math.ceil(n_r / train.batch_size) / math.ceil(n_f / train.batch_size)
+        return {**out, "forget_every": max(1, round(k))}
 
     @property
     def k(self) -> int:
@@ -127,9 +132,14 @@ class MMUnlearner(UnlearnMethod):
         it only supplies lr / betas)."""
         zero_grad(model)
         nll_f = nll(model, forget)
-        ensure_finite("forget loss", nll_f, {"forget_nll": float(nll_f.detach())})
+        terms = {"forget_nll": float(nll_f.detach())}
+        ensure_finite("forget loss", nll_f, terms)
         norm = self.update.step(
-            model, -nll_f, max_grad_norm=self.params.forget_max_grad_norm, main_optimizer=optimizer
+            model,
+            -nll_f,
+            max_grad_norm=self.params.forget_max_grad_norm,
+            main_optimizer=optimizer,
+            stats=terms,
         )
         return {"forget_nll": float(nll_f.detach()), "forget_grad_norm": norm}
 
@@ -140,9 +150,10 @@ class MMUnlearner(UnlearnMethod):
         optimizer.zero_grad(set_to_none=True)
         zero_grad(model)
         nll_r = nll(model, retain)
-        ensure_finite("retain loss", nll_r, {"retain_nll": float(nll_r.detach())})
+        terms = {"retain_nll": float(nll_r.detach())}
+        ensure_finite("retain loss", nll_r, terms)
         nll_r.backward()
-        norm = clip_and_step(model, optimizer, max_grad_norm)
+        norm = clip_and_step(model, optimizer, max_grad_norm, terms)
         optimizer.zero_grad(set_to_none=True)
         return {"retain_nll": float(nll_r.detach()), "retain_grad_norm": norm}
 

@@ -99,7 +99,7 @@ class PUBG(UnlearnMethod):
         if use_bg and not p.teacher_cache:
             views.append("teacher_")
         self.views = tuple(views)
-        self.custom_step = p.mask != "none"
+        self.custom_step = p.own_optimizer_steps()
         self.update = (
             MaskedUpdate(p.mask, p.mask_path, restore=p.restore_masked_out) if p.mask != "none" else None
         )
@@ -116,11 +116,16 @@ class PUBG(UnlearnMethod):
             return None
         return TeacherCacheSpec(instruction=p.instruction, k=max(TEACHER_CACHE_K, p.top_k or 0))
 
+    def resolved_params(self) -> dict[str, Any]:
+        """``top_k`` unset with the teacher cache reads every cached entry: the cache's k is the value."""
+        out = super().resolved_params()
+        spec = self.teacher_cache()
+        if out["top_k"] is None and spec is not None and self.params.teacher_cache:
+            out["top_k"] = spec.k
+        return out
+
     def mask_spec(self) -> MaskSpec | None:
         return None if self.params.mask == "none" else mmunlearner_mask_spec(self.params.mask, 1.0)
-
-    def deepspeed_hint(self) -> str:
-        return " or method.params.mask=none" if self.custom_step else ""
 
     # -- L_BG ----------------------------------------------------------------------------------
     def guidance_kl(self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None) -> Tensor:
@@ -220,7 +225,7 @@ class PUBG(UnlearnMethod):
         stats["loss"] = float(loss.detach())
         ensure_finite("forget loss", loss, stats)
         stats["grad_norm"] = self.update.step(
-            model, loss, max_grad_norm=max_grad_norm, main_optimizer=optimizer
+            model, loss, max_grad_norm=max_grad_norm, main_optimizer=optimizer, stats=stats
         )
         if self.params.w_ret > 0:
             optimizer.zero_grad(set_to_none=True)
@@ -228,7 +233,7 @@ class PUBG(UnlearnMethod):
             ensure_finite("retain loss", nll_r, {**stats, "retain_nll": float(nll_r.detach())})
             (self.params.w_ret * nll_r).backward()
             stats["retain_nll"] = float(nll_r.detach())
-            stats["retain_grad_norm"] = clip_and_step(model, optimizer, max_grad_norm)
+            stats["retain_grad_norm"] = clip_and_step(model, optimizer, max_grad_norm, stats)
             optimizer.zero_grad(set_to_none=True)
         return stats
 

@@ -42,6 +42,6 @@ class RandomLabel(Reject):
     Params = RandomLabelParams
     params: RandomLabelParams
     views = ("rand_",)
-    shard_views = (ShardView("rand_", other_entity_answers),)
+    shard_views = (ShardView("rand_", other_entity_answers, "no other person answers the same question"),)
     prefix = "rand_"
     stat = "rand_nll"

@@ -451,11 +451,16 @@ class MaskedUpdate:
         return self._opt
 
     def _current_lr(self, main: torch.optim.Optimizer | None) -> float:
-        if self.lr is not None:
-            return self.lr
+        """``lr`` on the trainer's schedule (scaled as the trainer's optimizer is now, relative to its
+        peak), or the trainer's scheduled lr itself when ``lr`` is None."""
         if main is None:
-            raise ValueError("MaskedUpdate needs lr or the trainer's optimizer")
-        return float(main.param_groups[0]["lr"])
+            if self.lr is None:
+                raise ValueError("MaskedUpdate needs lr or the trainer's optimizer")
+            return self.lr
+        group = main.param_groups[0]
+        if self.lr is None:
+            return float(group["lr"])
+        return self.lr * float(group["lr"]) / float(group.get("initial_lr", group["lr"]))
 
     def step(
         self,
@@ -464,13 +469,16 @@ class MaskedUpdate:
         *,
         max_grad_norm: float,
         main_optimizer: torch.optim.Optimizer | None = None,
+        stats: Mapping[str, float] | None = None,
     ) -> float:
         """Backward ``loss`` (gradients must be zero before), mask, clip, step; returns the grad norm.
+        ``stats`` (the loss terms of the batch) are named if the loss or the norm is not finite.
 
         Gradients are zeroed again afterwards so the trainer's next step starts clean.
         """
         opt = self._bind(model, main_optimizer)
-        ensure_finite("masked-step loss", loss, {})
+        terms = {**(stats or {}), "loss": float(loss.detach())}
+        ensure_finite("masked-step loss", loss, terms)
         loss.backward()
         masked = set(self._params)
         for name, p in unwrap_model(model).named_parameters():
@@ -482,7 +490,7 @@ class MaskedUpdate:
         norm = torch.nn.utils.clip_grad_norm_(with_grad, max_grad_norm) if with_grad else torch.zeros(())
         if not torch.isfinite(norm):
             zero_grad(model)
-            ensure_finite("masked-step gradient norm", norm, {"loss": float(loss.detach())})
+            ensure_finite("masked-step gradient norm", norm, terms)
         snapshot: dict[str, Tensor] = {}
         if self.restore:
             snapshot = {n: p.detach()[self._out[n]].clone() for n, p in self._params.items()}

@@ -1,11 +1,12 @@
 """SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization for
 LLM Unlearning"): NPO without a reference model, on the length-normalised log-likelihood.
 
-L = -(2/beta) * mean_b log sigmoid(-(beta/|y_b|) * log p_theta(y_b|x_b) - beta*delta)  [+ alpha * NLL_r]
+L = gamma * -(2/beta) * mean_b log sigmoid(-(beta/|y_b|) * log p_theta(y_b|x_b) - beta*delta)  [+ alpha * NLL_r]
 
 ``|y_b|`` is the number of answer tokens of sequence b and ``delta`` the reward margin. The
 normalisation stops long answers from dominating the ascent, and no frozen copy is needed.
-(open-unlearning writes the same term as -(2/beta) log sigmoid(beta * (NLL_sum/|y| - delta)).)
+(open-unlearning writes the same term as -(2/beta) log sigmoid(beta * (NLL_sum/|y| - delta)), and
+weighs it with gamma, 0.125 in its SimNPO config, against alpha * NLL_r.)
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class SimNPO(UnlearnMethod):
         logits, labels = forward_logits(model, forget)
         lp = sequence_logprob(logits, labels)
         lengths = answer_mask(labels).sum(1)
-        loss = simnpo_loss(lp, lengths, p.beta, p.delta)
+        forget_term = simnpo_loss(lp, lengths, p.beta, p.delta)
         with torch.no_grad():
             stats = {
-                "simnpo": float(loss),
+                "simnpo": float(forget_term),
                 "forget_nll_per_token": float((-lp / lengths.clamp_min(1)).mean()),
             }
-        return add_retain_nll(loss, model, retain, p.alpha, stats), stats
+        return add_retain_nll(p.gamma * forget_term, model, retain, p.alpha, stats), stats

@@ -17,6 +17,7 @@ from unlearn_core.data.encode import (
     collate,
     encode_answers,
     encode_prompt,
+    encode_raw_prompt,
     model_inputs,
     pad_id,
     to_image_array,
@@ -84,7 +85,8 @@ def generate(
     instruction: str | None = None,
     image_size: int | None = None,
 ) -> list[str]:
-    """Greedy answers to ``prompts`` (``{"question", "image": uint8 array | None}``), in order.
+    """Greedy answers to ``prompts`` (``{"question", "image": uint8 array | None}``, chat-templated; or
+    ``{"text", "images": [uint8 arrays]}``, a prompt written out in full), in order.
 
     Left-padded batches; only the new tokens are decoded, special tokens skipped.
     """
@@ -95,6 +97,12 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             rows = []
             for p in prompts[start : start + batch_size]:
+                if "text" in p:
+                    images = [to_image_array(i, image_size) for i in p.get("images") or ()]
+                    rows.append(
+                        {**encode_raw_prompt(processor, text=p["text"], images=images), "images": images}
+                    )
+                    continue
                 image = to_image_array(p.get("image"), image_size)
                 q = apply_instruction(p["question"], instruction)
                 rows.append({**encode_prompt(processor, question=q, image=image), "image": image})

@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from unlearn_core.config import TrainConfig
 from unlearn_core.training.deepspeed_cfg import deepspeed_config
-from unlearn_core.training.steps import apply_lr_schedule, naming_the_step, sft_loss
+from unlearn_core.training.steps import apply_lr_schedule, mean_stats, naming_the_step, sft_loss
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -97,8 +96,9 @@ def make_ds_step_fn(
     """One optimisation step = ``tc.grad_accum`` micro-batches of ``engine.backward`` +
     ``engine.step`` (the engine steps the optimizer on the last one). SFT (``method`` None) or an
     ``UnlearnMethod``'s ``loss``; custom-step methods are refused. A non-finite loss stops the run
-    before its backward."""
-    from unlearn_core.methods.base import ensure_finite
+    before its backward, a non-finite gradient before ``engine.step()`` applies it (naming the step
+    and the window's loss terms)."""
+    from unlearn_core.methods.base import ensure_finite, non_finite_error
 
     if method is not None and method.custom_step:
         raise ValueError(
@@ -115,19 +115,29 @@ def make_ds_step_fn(
     def step_fn(step: int) -> dict[str, float]:
         apply_lr_schedule(engine.optimizer, tc, step)
         window: list[dict[str, float]] = []
-        for _ in range(tc.grad_accum):
+        for i in range(tc.grad_accum):
             loss, stats = micro_batch()
             ensure_finite("loss", loss, stats)
             engine.backward(loss)  # scales by 1 / gradient_accumulation_steps itself
-            engine.step()  # optimizer step (with clipping) only at the accumulation boundary
             window.append({**stats, "loss": float(loss.detach())})
-        keys = sorted({k for d in window for k in d})
-        out = {k: float(np.mean([d[k] for d in window if k in d])) for k in keys}
+            if i == tc.grad_accum - 1 and not gradients_finite(engine):
+                raise non_finite_error("gradient", mean_stats(window))
+            engine.step()  # optimizer step (with clipping) only at the accumulation boundary
+        out = mean_stats(window)
         norm = engine.get_global_grad_norm()
         out["grad_norm"] = float(norm) if norm is not None else float("nan")
         return out
 
     return naming_the_step(step_fn)
+
+
+def gradients_finite(engine: DeepSpeedEngine) -> bool:
+    """Whether the reduced gradients of this accumulation window are all finite, asked before
+    ``engine.step()``: DeepSpeed's own overflow check of the gradient partitions, the flag all-reduced
+    over the data-parallel group so every rank stops together. (ZeRO-3 in fp32 or bf16 would apply a
+    NaN gradient, ZeRO-2 skip it without a word: the check inside ``step`` is fp16's.)"""
+    opt = engine.optimizer
+    return not bool(opt.has_overflow(partition_gradients=getattr(opt, "partition_gradients", True)))
 
 
 def save_ds_checkpoint(engine: DeepSpeedEngine, folder: Path, step: int) -> bool:

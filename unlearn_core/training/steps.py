@@ -128,7 +128,7 @@ def make_step(
                 window.append(method.backward(model, forget, retain, ref, scale=1.0 / accum))
         stats = mean_stats(window)
         apply_lr_schedule(optimizer, tc, step)
-        stats.update(method.optimizer_step(model, optimizer, max_grad_norm=tc.max_grad_norm))
+        stats.update(method.optimizer_step(model, optimizer, max_grad_norm=tc.max_grad_norm, stats=stats))
         return stats
 
     if method is None:

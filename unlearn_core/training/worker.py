@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from unlearn_core.config import ConfigError, RunConfig, TrainConfig
+from unlearn_core.config import RunConfig, TrainConfig
+from unlearn_core.method_registry import check_supported
 from unlearn_core.tensors import unwrap_model as unwrap
 from unlearn_core.training import ds_engine
 from unlearn_core.training.steps import make_step, sft_loss
@@ -72,31 +73,6 @@ def trainable_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
         return prepare_for_training(model, cfg.model)
 
 
-def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
-    """Refuse what the worker cannot run: methods with their own optimizer steps (two separate,
-    saliency-masked updates) under DeepSpeed or with gradient accumulation."""
-    if mode == "finetune":
-        return
-    from unlearn_core.methods import get_method
-
-    method = get_method(cfg.method.name, dict(cfg.method.params))
-    if not method.custom_step:
-        return
-    stage, accum = cfg.train.deepspeed_stage, cfg.train.grad_accum
-    if stage:
-        raise ConfigError(
-            f"train.deepspeed_stage={stage}: method.name={method.name!r} does its own (saliency-masked) "
-            f"optimizer steps, which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP)"
-            f"{method.deepspeed_hint()}"
-        )
-    if accum > 1:
-        raise ConfigError(
-            f"train.grad_accum={accum}: method.name={method.name!r} takes two separate (saliency-masked) "
-            "optimizer steps per training step and cannot accumulate gradients over micro-batches; use "
-            f"train.grad_accum=1 and a {accum}x larger train.batch_size{method.deepspeed_hint()}"
-        )
-
-
 def build_worker_model(
     cfg: RunConfig,
     mode: str,
@@ -129,9 +105,13 @@ def build_worker_model(
 
 
 def ddp_kwargs(built: BuiltModel) -> dict[str, Any]:
-    """``DistributedDataParallel`` options the method needs (``find_unused_parameters`` for methods
-    with a separate retain step, which a text-only retain batch leaves without vision gradients)."""
-    return {"find_unused_parameters": bool(built.method is not None and built.method.find_unused_parameters)}
+    """``DistributedDataParallel`` options: ``find_unused_parameters`` wherever a rank's batch may hold
+    no image, so that its vision tower gets no gradient while another rank's does: methods with a
+    separate retain step (a text-only retain batch), and ``train.group_by_length``, which batches the
+    short text-only rows together (without it DDP fails at the next step: "Expected to have finished
+    reduction in the prior iteration")."""
+    own_steps = built.method is not None and built.method.find_unused_parameters
+    return {"find_unused_parameters": bool(own_steps or built.cfg.train.group_by_length)}
 
 
 def make_step_fn(

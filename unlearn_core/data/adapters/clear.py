@@ -20,7 +20,9 @@ Mapping (decisions):
     = the true name and the perturbed names, sorted alphabetically (so the answer's position carries
     no signal), answer = the true name. ``paraphrased_caption`` and ``perturbed_captions``, where
     present, are kept on that record in ``answer_variants`` ({"caption", "paraphrased", "perturbed":
-    [...]}): the inputs of CLEAR's truth ratio, which `unlearn score` computes from per-token losses.
+    [...]}): the inputs of CLEAR's truth ratio, which `unlearn score` computes from per-token losses;
+    and CLEAR's FaceRec task, ``"facerec": {"question": FACE_QUESTION, "answer": name, "perturbed":
+    perturbed_names}``.
   forgetNN+tofu / retainNN+tofu -> text_qa (no image) in forget / retain for the TOFU rows; the
     entity is the CLEAR person of the same side whose name appears in the question or answer
     (longest match), else ``clear:tofu-unmatched:<side>`` (counted in a warning). Their caption rows
@@ -29,6 +31,9 @@ Mapping (decisions):
   real_faces -> mc_vqa in utility (entity ``clear-real:<answer>``); real_world -> mc_vqa (mc_text
     without an image; generation without options) in utility, entity ``clear:real_world``. When the
     answer is not among ``options`` they are distractors: options = sorted(distractors + answer).
+    CLEAR's own open reading of them is kept in ``answer_variants``: ``"open": {"question"
+    (FACE_QUESTION for real_faces, the row's question for real_world), "answer", "perturbed": the
+    options as published}``.
   Other percentages, full, full+tofu and the default config are skipped (listed in the report).
 Entity ids ``clear:<name>``; private_facts ``{"name": <name>}``; sample ids
 ``clear:<config>:<row number in the config>``; source ``clear:<config>``.
@@ -56,6 +61,9 @@ from unlearn_core.prompts import OPEN_QUESTIONS
 FORMAT = "clear"
 DEFAULT_FORGET_CONFIG = "forget10"
 CAPTION_QUESTION = "Describe what you see in this image."
+# CLEAR's question for the face tasks (mm/dataset.py question_strategy "random_faces"): FaceRec and
+# real_faces are scored on the name that completes it.
+FACE_QUESTION = "The name of the person on the image is "
 IDENTITY_QUESTION = OPEN_QUESTIONS["identity_vqa"]
 REAL_FACES, REAL_WORLD, RETAIN_PERTURBED = "real_faces", "real_world", "retain_perturbed"
 SUPERSETS = ("full", "full+tofu", "default", "data")
@@ -213,7 +221,10 @@ def _convert_row(
                     "question": IDENTITY_QUESTION,
                     "answer": name.strip(),
                     "options": _name_options(name.strip(), row.get("perturbed_names")),
-                    "answer_variants": _caption_variants(row),
+                    "answer_variants": {
+                        **_caption_variants(row),
+                        **_against("facerec", FACE_QUESTION, name.strip(), row.get("perturbed_names")),
+                    },
                 },
             )
     elif job.kind == "tofu":
@@ -231,6 +242,7 @@ def _convert_row(
                 "question": IDENTITY_QUESTION,
                 "answer": answer,
                 "options": _with_answer(row.get("options"), answer),
+                "answer_variants": _against("open", FACE_QUESTION, answer, row.get("options")),
             },
         )
     else:
@@ -247,6 +259,7 @@ def _convert_row(
                 "question": row.get("question"),
                 "answer": row.get("answer"),
                 "options": _with_answer(options, row.get("answer")) if has_options else None,
+                "answer_variants": _against("open", row.get("question"), row.get("answer"), options),
             },
         )
 
@@ -328,6 +341,18 @@ def _caption_variants(row: Mapping[str, Any]) -> dict[str, Any]:
     if row.get("caption") is not None:
         variants["caption"] = row["caption"]
     return variants
+
+
+def _against(key: str, question: Any, answer: Any, perturbed: Any) -> dict[str, Any]:
+    """``{key: {"question", "answer", "perturbed"}}``: an answer scored against the published wrong ones
+    (``perturbed_names`` for FaceRec, ``options`` for real_faces / real_world, kept as published:
+    CLEAR's ``mm/eval.py`` uses them as its perturbed answers), or {} when they are not strings."""
+    ok = isinstance(question, str) and isinstance(answer, str) and answer.strip()
+    if not ok or not isinstance(perturbed, list) or not perturbed:
+        return {}
+    if not all(isinstance(p, str) for p in perturbed):
+        return {}
+    return {key: {"question": question, "answer": answer.strip(), "perturbed": list(perturbed)}}
 
 
 def _find_name(names: Iterable[str], texts: Iterable[Any]) -> str | None:
