@@ -14,39 +14,19 @@ probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from pydantic import BaseModel
-from torch import Tensor, nn
+from torch import Tensor
 
 from unlearn_core.method_params import SatImpParams
-from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits
-from unlearn_core.methods.losses import weighted_answer_nll
+from unlearn_core.methods.wga import WGA
 
 
-class SatImp(UnlearnMethod):
+class SatImp(WGA):
+    """WGA's weighted ascent with the saturation-importance weight (``weight`` below)."""
+
     name = "satimp"
     Params = SatImpParams
     params: SatImpParams
-    needs_retain = True
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
 
     def weight(self, prob: Tensor) -> Tensor:
         """p^beta1 * (1 - p)^beta2."""
         return prob.pow(self.params.beta1) * (1.0 - prob).pow(self.params.beta2)
-
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        logits, labels = forward_logits(model, forget)
-        weighted = weighted_answer_nll(logits, labels, self.weight)
-        stats = {"weighted_forget_nll": float(weighted.detach())}
-        return add_retain_nll(-self.params.gamma * weighted, model, retain, self.params.alpha, stats), stats

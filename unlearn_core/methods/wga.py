@@ -24,6 +24,8 @@ from unlearn_core.methods.losses import weighted_answer_nll
 
 
 class WGA(UnlearnMethod):
+    """Also the base of SatImp, which has its own ``weight`` (and Params)."""
+
     name = "wga"
     Params = WGAParams
     params: WGAParams
