@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from tests.test_method_needs import _free_port
+from tests.ray_head import free_ports
 from tests.test_methods import BigramLM, make_view, ref_nll, ref_token_logps
 from tests.test_saliency import IMAGE_TOKEN, llava_batch
 from unlearn_core.config import ConfigError, RunConfig, TrainConfig
@@ -462,7 +462,7 @@ def _ddp_all_methods(rank: int, port: int, out: dict) -> None:
 def test_two_worker_ddp_runs_each_new_method_in_sync():
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_ddp_all_methods, args=(_free_port(), out), nprocs=2, join=True)
+        mp.spawn(_ddp_all_methods, args=(free_ports(1)[0], out), nprocs=2, join=True)
         results = dict(out)
     before = dict(tiny_llava(seed=0).named_parameters())
     for name in NEW:

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import CEUParams
@@ -44,11 +43,7 @@ class CEU(UnlearnMethod):
     name = "ceu"
     Params = CEUParams
     params: CEUParams
-    needs_retain = False
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
+    retain_weight = "alpha"
 
     def loss(
         self,

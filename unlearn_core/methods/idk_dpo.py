@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import IdkDPOParams
@@ -41,13 +40,9 @@ class IdkDPO(UnlearnMethod):
     Params = IdkDPOParams
     params: IdkDPOParams
     needs_ref = True
-    needs_retain = True
+    retain_weight = "alpha"
     views = ("", PREFERRED)
     shard_views = (ShardView(PREFERRED, refusal_answers),)
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
 
     def log_ratio(
         self, model: nn.Module, ref: nn.Module | None, forget: Mapping[str, Any], prefix: str

@@ -59,12 +59,12 @@ class RMU(UnlearnMethod):
     Params = RMUParams
     params: RMUParams
     needs_ref = True
-    needs_retain = True
+    retain_weight = "alpha"
     reads_logits = False
 
     def __init__(self, params: BaseModel | None = None) -> None:
         super().__init__(params)
-        self.needs_retain = self.needs_ref = self.params.alpha > 0
+        self.needs_ref = self.needs_retain  # the frozen activations are the retain term's target
 
     def layer_hooks(self) -> tuple[LayerHook, ...]:
         return (LayerHook(self.params.layer, "layer"),)

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import UNDIALParams
@@ -43,11 +42,7 @@ class UNDIAL(UnlearnMethod):
     Params = UNDIALParams
     params: UNDIALParams
     needs_ref = True
-    needs_retain = False
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
+    retain_weight = "alpha"
 
     def loss(
         self,

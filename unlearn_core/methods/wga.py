@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import WGAParams
@@ -29,11 +28,7 @@ class WGA(UnlearnMethod):
     name = "wga"
     Params = WGAParams
     params: WGAParams
-    needs_retain = True
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
+    retain_weight = "alpha"
 
     def weight(self, prob: Tensor) -> Tensor:
         """p^beta."""
