@@ -30,6 +30,7 @@ from pipelines.train import collate_shard_batch
 from unlearn_core.config import ModelConfig
 from unlearn_core.methods import get_method
 from unlearn_core.models.loading import load_model_and_processor
+from unlearn_core.training.worker import apply_method_needs
 
 THREADS = 2
 BATCH = 32
@@ -57,6 +58,13 @@ VARIANTS: list[tuple[str, str, dict[str, Any], int, int]] = [
     (GUIDE_NLL, "reject", {"alpha": 0.0}, 1, 0),
     ("pubg live teacher, w_ret=1", "pubg", {"teacher_cache": False, "w_ret": 1.0}, 3, 1),
     ("pubg live teacher, w_ret=0", "pubg", {"teacher_cache": False, "w_ret": 0.0}, 2, 1),
+    # open-unlearning's set, at their defaults (docs/methods.md); rmu trains its layers only
+    ("rmu", "rmu", {}, 2, 1),
+    ("idk_dpo", "idk_dpo", {}, 3, 2),
+    ("undial", "undial", {}, 1, 1),
+    ("wga", "wga", {}, 2, 0),
+    ("satimp", "satimp", {}, 2, 0),
+    ("ceu", "ceu", {}, 1, 0),
 ]
 
 
@@ -99,6 +107,7 @@ class Runner:
         if label == GUIDE_NLL:
             self.method.prefix = "guide_"
         self.model = copy.deepcopy(base).train()
+        apply_method_needs(self.model, self.method)  # the trainable parameters a worker would train
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
         self.ref = None
         if self.method.needs_ref:

@@ -270,7 +270,7 @@ ACCUM_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"rmu"}))  # rmu: test_methods_open_unlearning.py
 def test_grad_accum_4_equals_a_4x_batch_on_ddp_or_is_refused(name, gloo_group):
     from torch.nn.parallel import DistributedDataParallel
 
@@ -580,7 +580,7 @@ def test_methods_declare_views_prepared_inputs_and_mask():
         and get_method("pubg", {"mask": "vision"}).mask_spec().group == "vision"
     )
     assert get_method("mmunlearner").mask_spec().group == "both"  # the default group lives on the method
-    for name in ("ga", "grad_diff", "kl", "npo", "simnpo", "reject", "random"):
+    for name in sorted(set(METHODS) - {"pubg", "mmunlearner"}):
         m = get_method(name)
         assert (
             m.teacher_cache() is None

@@ -7,6 +7,7 @@ sets ``Params`` to its model here, and ``method_registry`` names the pair on one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -136,6 +137,62 @@ class PUBGParams(StrictParams):
                 "topk_mode='renorm', or teacher_cache=false with top_k=null, or temperature=1"
             )
         return self
+
+
+class RMUParams(StrictParams):
+    layer: int = Field(1, ge=0, le=1000, description="language-model decoder layer whose output is steered")
+    steering_coeff: float = Field(20.0, gt=0, le=1e5, description="c: norm of the random target direction")
+    alpha: float = Field(1.0, ge=0, le=1e5, description="weight of the retain activation-matching term")
+    trainable: str | None = Field(
+        None, description="regex of the parameters that train (None: decoder layers layer-2..layer)"
+    )
+    direction_seed: int = Field(
+        0, ge=0, description="seed of the random direction (the same on every worker)"
+    )
+
+    @field_validator("trainable")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"not a regular expression: {err}") from None
+        return v
+
+
+class IdkDPOParams(StrictParams):
+    beta: float = Field(0.1, gt=0, le=10, description="inverse temperature of the DPO loss")
+    gamma: float = Field(1.0, ge=0, le=100, description="weight of the preference (forget) term")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
+
+
+class UNDIALParams(StrictParams):
+    beta: float = Field(
+        10.0, gt=0, le=1000, description="how far the target token's teacher logit is lowered"
+    )
+    gamma: float = Field(1.0, ge=0, le=100, description="weight of the self-distillation (forget) term")
+    alpha: float = Field(0.0, ge=0, le=100, description="weight of the retain NLL term (0: the paper's)")
+
+
+class WGAParams(StrictParams):
+    beta: float = Field(1.0, ge=0, le=100, description="exponent of the token weight p^beta")
+    gamma: float = Field(1.0, ge=0, le=100, description="weight of the weighted ascent (forget) term")
+    alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
+
+
+class SatImpParams(StrictParams):
+    beta1: float = Field(5.0, ge=0, le=100, description="saturation exponent: weight p^beta1")
+    beta2: float = Field(1.0, ge=0, le=100, description="importance exponent: weight (1-p)^beta2")
+    gamma: float = Field(1.0, ge=0, le=100, description="weight of the weighted ascent (forget) term")
+    alpha: float = Field(0.1, ge=0, le=100, description="weight of the retain NLL term")
+
+
+class CEUParams(StrictParams):
+    ignore_first_n_answer_tokens: int = Field(
+        1, ge=0, le=1000, description="answer tokens at the start of each answer left out of the loss"
+    )
+    alpha: float = Field(0.0, ge=0, le=100, description="weight of the retain NLL term (0: the paper's)")
 
 
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}

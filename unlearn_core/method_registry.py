@@ -26,6 +26,12 @@ REGISTRY: dict[str, tuple[str, type[BaseModel]]] = {
     "random": ("unlearn_core.methods.random_label:RandomLabel", P.RandomLabelParams),
     "mmunlearner": ("unlearn_core.methods.mmunlearner:MMUnlearner", P.MMUnlearnerParams),
     "pubg": ("unlearn_core.methods.pubg:PUBG", P.PUBGParams),
+    "rmu": ("unlearn_core.methods.rmu:RMU", P.RMUParams),
+    "idk_dpo": ("unlearn_core.methods.idk_dpo:IdkDPO", P.IdkDPOParams),
+    "undial": ("unlearn_core.methods.undial:UNDIAL", P.UNDIALParams),
+    "wga": ("unlearn_core.methods.wga:WGA", P.WGAParams),
+    "satimp": ("unlearn_core.methods.satimp:SatImp", P.SatImpParams),
+    "ceu": ("unlearn_core.methods.ceu:CEU", P.CEUParams),
 }
 METHOD_CLASSES: dict[str, str] = {name: path for name, (path, _) in REGISTRY.items()}
 

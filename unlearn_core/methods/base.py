@@ -18,6 +18,12 @@ declares everything the pipeline and the trainer must provide, so no caller test
   views come from it) and ``mask_spec()`` (a saliency mask: its module group, threshold and the
   rows its forget / preserve Fisher are computed on). The pipeline writes the mask file's path
   into the ``mask_path`` param.
+- ``layer_hooks()``: the decoder layers of the language model whose output the loss reads
+  (``LayerHook``; RMU). The worker checks each exists before training; ``layer_output`` captures
+  one with a forward hook. ``reads_logits`` False says the loss reads nothing after those layers,
+  so a parameter after the last one could never get a gradient: the worker refuses to train one.
+- ``trainable_regex()``: only parameters whose name matches it train (RMU: a few layers); the worker
+  freezes the rest after the LoRA / full fine-tuning set-up, for both.
 - ``derive(sizes, train)``: param values derived from the training streams' sizes and the trainer's
   config (MMUnlearner's k and its ascent lr) when the user left them unset; ``resolved_params()`` is every param value the run uses.
 - ``custom_step``: False -> the trainer uses ``backward()`` (``scale=1/accum`` for gradient
@@ -87,6 +93,15 @@ class ShardView:
     prefix: str
     answers: AnswerPicker
     missing: str = ""
+
+
+@dataclass(frozen=True)
+class LayerHook:
+    """The loss reads the output hidden states of the language model's decoder layer ``index``
+    (0-based); ``param`` is the Params field that chose it (named in errors)."""
+
+    index: int
+    param: str
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,7 @@ class UnlearnMethod:
     views: tuple[str, ...] = ("",)
     shard_views: ClassVar[tuple[ShardView, ...]] = ()
     custom_step: bool = False
+    reads_logits: bool = True
     params: BaseModel
 
     def __init__(self, params: BaseModel | None = None) -> None:
@@ -182,6 +198,15 @@ class UnlearnMethod:
 
     def mask_spec(self) -> MaskSpec | None:
         """The saliency mask this method updates through (None: none)."""
+        return None
+
+    def layer_hooks(self) -> tuple[LayerHook, ...]:
+        """The decoder layers whose output the loss reads (none: it reads the logits only)."""
+        return ()
+
+    def trainable_regex(self) -> str | None:
+        """Only parameters whose name matches this regex (``re.search``) train; None: all that the
+        LoRA / full fine-tuning set-up made trainable."""
         return None
 
     def derive(self, stream_rows: Mapping[str, int], train: TrainConfig) -> dict[str, Any]:

@@ -12,6 +12,8 @@ Conventions (the batch contract of the collate function):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -140,3 +142,20 @@ def kl_topk(
 def npo_loss(logp_theta: Tensor, logp_ref: Tensor, beta: float) -> Tensor:
     """NPO: -(2/beta) * mean_b log sigmoid(-beta * (log p_theta(y_b|x_b) - log p_ref(y_b|x_b)))."""
     return -(2.0 / beta) * F.logsigmoid(-beta * (logp_theta - logp_ref.detach())).mean()
+
+
+def weighted_answer_nll(logits: Tensor, labels: Tensor, weight: Callable[[Tensor], Tensor]) -> Tensor:
+    """mean over the answer tokens of ``weight(p_t) * (-log p_t)``, with ``p_t`` the model's probability
+    of the answer token; the weights are computed from the detached probabilities (no gradient flows
+    through them), as in WGA and SatImp. 0 if there are no answer tokens."""
+    logp, _ = token_logprobs(logits, labels)
+    if logp.numel() == 0:
+        return logits.sum() * 0.0
+    return (weight(logp.detach().exp()) * -logp).mean()
+
+
+def soft_target_ce(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Per-position cross-entropy ``-sum_v q_v log softmax(logits)_v`` against a target distribution
+    ``q`` ([N, V] each; terms with q_v = 0 contribute 0 even where the logit is -inf): [N]."""
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    return -(target_probs * torch.where(target_probs > 0, logq, torch.zeros_like(logq))).sum(-1)

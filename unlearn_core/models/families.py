@@ -125,6 +125,24 @@ def module_groups(model: nn.Module) -> dict[str, list[str]]:
     return {"vision": parts["vision_tower"] + parts["projector"], "language": parts["language"]}
 
 
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The language model's decoder layers: ``(name, ModuleList)`` of the ``layers`` list of the
+    language part (PEFT prefixes included in the name), for methods that read a layer's output."""
+    fam = family_of(model)
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and name.rsplit(".", 1)[-1] == "layers"
+        and fam.part_of(name) == "language"
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"{fam.model_type}: expected one 'layers' list in the language model, found {[n for n, _ in found]}"
+        )
+    return found[0]
+
+
 def _used_vision_layers(config: Any) -> int | None:
     """Number of leading vision encoder layers whose output LLaVA reads (None: all)."""
     layer = getattr(config, "vision_feature_layer", None)

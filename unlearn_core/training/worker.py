@@ -10,13 +10,21 @@ from typing import Any
 
 import torch
 
-from unlearn_core.config import RunConfig, TrainConfig
+from unlearn_core.config import ConfigError, RunConfig, TrainConfig
 from unlearn_core.method_registry import check_supported
 from unlearn_core.tensors import unwrap_model as unwrap
 from unlearn_core.training import ds_engine
 from unlearn_core.training.steps import make_step, sft_loss
 
-__all__ = ["BuiltModel", "build_worker_model", "check_supported", "ddp_kwargs", "make_step_fn", "sft_loss"]
+__all__ = [
+    "BuiltModel",
+    "apply_method_needs",
+    "build_worker_model",
+    "check_supported",
+    "ddp_kwargs",
+    "make_step_fn",
+    "sft_loss",
+]
 
 
 @dataclass
@@ -73,6 +81,55 @@ def trainable_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
         return prepare_for_training(model, cfg.model)
 
 
+def apply_method_needs(model: torch.nn.Module, method: Any) -> None:
+    """Fit the model to what the method declares, before training (a ``ConfigError`` naming the field
+    when it cannot): only the parameters matching ``method.trainable_regex()`` stay trainable, each
+    ``method.layer_hooks()`` layer exists, and a method that reads no logits (``reads_logits``) trains
+    nothing after its last hooked layer (no gradient could reach it)."""
+    import re
+
+    from unlearn_core.models.families import decoder_layers, family_of
+
+    regex = method.trainable_regex()
+    if regex is not None:
+        kept = 0
+        for name, p in model.named_parameters():
+            if p.requires_grad and not re.search(regex, name):
+                p.requires_grad_(False)
+            kept += int(p.requires_grad)
+        if not kept:
+            raise ConfigError(
+                f"method {method.name!r}: no trainable parameter matches {regex!r} (check the method's "
+                "layer / trainable params and model.lora: LoRA trains only the adapters' parameters)"
+            )
+    hooks = method.layer_hooks()
+    if not hooks:
+        return
+    layers_name, layers = decoder_layers(model)
+    for hook in hooks:
+        if not 0 <= hook.index < len(layers):
+            raise ConfigError(
+                f"method.params.{hook.param}={hook.index}: the language model has {len(layers)} decoder "
+                f"layers (valid: 0..{len(layers) - 1})"
+            )
+    if method.reads_logits:
+        return
+    last, fam = max(h.index for h in hooks), family_of(model)
+    layer_re = re.compile(re.escape(layers_name) + r"\.(\d+)\.")
+    after = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or fam.part_of(name) != "language":
+            continue
+        match = layer_re.match(name)
+        if (int(match.group(1)) > last) if match else "embed" not in name:
+            after.append(name)
+    if after:
+        raise ConfigError(
+            f"method {method.name!r} reads decoder layer {last}'s output only, so these trainable "
+            f"parameters after it would get no gradient: {after[:3]}{' ...' if len(after) > 3 else ''}"
+        )
+
+
 def build_worker_model(
     cfg: RunConfig,
     mode: str,
@@ -91,6 +148,7 @@ def build_worker_model(
     from unlearn_core.methods import get_method
 
     method = get_method(cfg.method.name, dict(cfg.method.params))
+    apply_method_needs(model, method)
     if mask_path is not None and method.mask_spec() is not None and method.params.mask_path is None:
         method = get_method(cfg.method.name, {**cfg.method.params, "mask_path": mask_path})
     ref = None
