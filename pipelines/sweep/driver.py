@@ -44,6 +44,7 @@ from pipelines.sweep.train_groups import GROUP_KEY, ReleaseEndedTrialGroups, rel
 from pipelines.sweep.trial import TrialContext, sweep_trial
 from pipelines.sweep.tune_space import to_tune
 from pipelines.train import storage_dir, sweep_callbacks
+from pipelines.train.trainer import WorkerLoop
 from pipelines.train.unlearn import prepare_inputs
 from pipelines.workspace import Workspace
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
@@ -106,6 +107,7 @@ def run_sweep(
     if_exists: str = "error",
     log: Callable[..., None] = print,
     table: bool = True,
+    loop: WorkerLoop | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep; returns the sweep folder, parent run, per-trial results and champion.
 
@@ -114,6 +116,8 @@ def run_sweep(
     ``if_exists``: what to do when the same sweep (space, config, options) already has a folder:
     ``"error"`` (the CLI: the user chooses ``--resume``) or ``"resume"`` (``unlearn demo``).
     ``table=False`` leaves out the trials' metric table (the demo prints the champion in its own).
+    ``loop``: the trials' training-worker loop (default the project's; bench/sweep_scale.py passes a
+    stand-in that reports like it, to measure what the sweep costs around the training).
     """
     if if_exists not in ("error", "resume"):
         raise ConfigError(f"if_exists: expected 'error' or 'resume', got {if_exists!r}")
@@ -153,7 +157,7 @@ def run_sweep(
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
             if if_exists == "resume":
                 log(f"[cached] sweep {sweep_dir.name} exists: resuming it (finished trials are kept)")
-                return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log)
+                return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log, loop=loop)
             raise ConfigError(
                 f"sweep {sweep_dir} exists (same space, config and options): "
                 f"continue it with --resume {sweep_dir}, or change the config"
@@ -185,7 +189,7 @@ def run_sweep(
             state["before_logged"] = True
             (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
         grid = _fit(
-            space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log
+            space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log, loop
         )
         trials = collect_trials(grid)
         close_unfinished(client, trials)
@@ -212,6 +216,7 @@ def _fit(
     exp_id: str,
     resuming: bool,
     log: Callable[..., None],
+    loop: WorkerLoop | None = None,
 ) -> Any:
     workers = int(state["workers_per_trial"])
     ctx = TrialContext(
@@ -223,6 +228,7 @@ def _fit(
         parent_run_id=state["parent_run_id"],
         sweep_name=state["sweep_name"],
         train_storage=str(sweep_dir / "train"),
+        loop=loop,
     )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)

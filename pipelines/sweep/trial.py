@@ -23,6 +23,7 @@ from pipelines.sweep.resources import trial_launcher
 from pipelines.sweep.space import OBJECTIVE
 from pipelines.sweep.train_groups import TrainGroupReporter
 from pipelines.train.driver import run_training_job
+from pipelines.train.trainer import WorkerLoop
 from pipelines.train.unlearn import prepare_inputs, unlearn_job
 from pipelines.workspace import NotCached, Workspace
 from unlearn_core.config import RunConfig, mlflow_params, with_overrides
@@ -43,6 +44,7 @@ class TrialContext:
     parent_run_id: str
     sweep_name: str
     train_storage: str
+    loop: WorkerLoop | None = None  # the workers' loop; None: the project's (a bench passes a stand-in)
 
 
 def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None]:
@@ -147,6 +149,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             storage_path=ctx.train_storage,
         )
         laps["time/trial_streams_s"] = time.perf_counter() - began  # the training streams read
+        job.loop = ctx.loop
         to_tune = EvalToTune(ctx.space.objective, dict(extra), in_process=cfg.train.launcher == "in_process")
         job.callbacks.append(to_tune)
         if cfg.train.launcher == "ray_train":  # the Train worker group's placement group, to release

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.evaluate import build_report, evaluate, evaluation_rows
 from pipelines.shards import load_manifest, load_shard_rows
-from pipelines.train.trainer import TrainJob, export_final_model, final_outputs, fit
+from pipelines.train.trainer import TrainJob, WorkerLoop, export_final_model, final_outputs, fit
 from unlearn_core.config import RunConfig
 from unlearn_core.eval.protocols import resolve_protocol
 from unlearn_core.eval.runner import select_eval_rows
@@ -62,6 +62,7 @@ class TrainingJob:
     log_model: bool = False  # log the final model on the run as an ``mlflow.pyfunc`` model
     register_as: str | None = None  # ... and register it under this name
     callbacks: list[Any] = field(default_factory=list)  # extra Ray Train callbacks (a sweep's Tune bridge)
+    loop: WorkerLoop | None = None  # the workers' loop; None: the project's (``trainer.run_worker``)
 
     def train_job(
         self,
@@ -122,6 +123,7 @@ def run_training_job(
                 name=job.name,
                 storage_path=job.storage_path,
                 callbacks=[live, *job.callbacks],
+                loop=job.loop,
             )
         finally:
             live.flush()  # values the controller could not send (tracking server down) come back here
