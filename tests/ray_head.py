@@ -247,6 +247,60 @@ def start_head(
     return head
 
 
+def fake_cluster_config(
+    gcs_port: int,
+    worker_types: Mapping[str, Mapping[str, float]],
+    *,
+    max_workers: int,
+    idle_minutes: float,
+    upscaling_speed: float = 1.0,
+    min_workers: int = 0,
+    name: str = "fake-autoscale-test",
+) -> dict[str, Any]:
+    """A complete autoscaler config for Ray's fake multi-node provider (the wheel ships no example
+    yaml): a 0-CPU head and ``worker_types`` (name -> resources), each 0 (``min_workers``) to
+    ``max_workers`` nodes. Each fake node is a real raylet on this machine. Start the head with
+    ``RAY_FAKE_CLUSTER=1`` and ``autoscaling_config`` pointing at this (as YAML)."""
+    return {
+        "cluster_name": name,
+        "max_workers": max_workers * len(worker_types),
+        "upscaling_speed": upscaling_speed,
+        "idle_timeout_minutes": idle_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"{HOST}:{gcs_port}",  # else the fake nodes join port 6379
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            **{
+                kind: {
+                    "resources": dict(resources),
+                    "node_config": {},
+                    "min_workers": min_workers,
+                    "max_workers": max_workers,
+                }
+                for kind, resources in worker_types.items()
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
 def base_env(**extra: str) -> dict[str, str]:
     """The test's environment for Ray processes: the venv first on PATH, no inherited Ray address,
     auth, MLflow or sweep settings (the caller sets what it means), quiet Train V2 warnings."""

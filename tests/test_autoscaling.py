@@ -33,6 +33,7 @@ from tests.pipeline_fixtures import write_tiny_records, write_tiny_vanilla
 from tests.ray_head import (
     RayHead,
     cluster_processes,
+    fake_cluster_config,
     free_ports,
     make_auth_token,
     ray_cli,
@@ -67,45 +68,6 @@ needs_cli = pytest.mark.skipif(
     ray_cli() is None or unlearn_cli() is None,
     reason="needs the `ray` and `unlearn` executables (make setup)",
 )
-
-
-def fake_cluster_config(gcs_port: int) -> dict[str, Any]:
-    """A complete autoscaler config for the fake multi-node provider (the wheel ships no example.yaml)."""
-    return {
-        "cluster_name": "fake-autoscale-test",
-        "max_workers": MAX_WORKERS,
-        "upscaling_speed": 2.0,
-        "idle_timeout_minutes": IDLE_MINUTES,
-        "provider": {
-            "type": "fake_multinode",
-            "use_node_id_as_ip": True,
-            "disable_node_updaters": True,
-            "disable_launch_config_check": True,
-            "gcs_address": f"127.0.0.1:{gcs_port}",  # else the fake nodes join port 6379
-        },
-        "auth": {"ssh_user": "ubuntu"},
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            WORKER_TYPE: {
-                "resources": {"CPU": 1, "tune_driver": 1},
-                "node_config": {},
-                "min_workers": 0,
-                "max_workers": MAX_WORKERS,
-            },
-        },
-        "head_node_type": "ray.head.default",
-        "file_mounts": {},
-        "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False,
-        "rsync_exclude": [],
-        "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
-    }
 
 
 def state_api(head: RayHead, token: str, kind: str) -> list[dict[str, Any]]:
@@ -157,7 +119,17 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
     temp_dir = short_temp_dir("ray-as-")
     gcs_port = free_ports(1)[0]
     config = temp_dir / "autoscaler.yaml"
-    config.write_text(yaml.safe_dump(fake_cluster_config(gcs_port)))
+    config.write_text(
+        yaml.safe_dump(
+            fake_cluster_config(
+                gcs_port,
+                {WORKER_TYPE: {"CPU": 1, "tune_driver": 1}},
+                max_workers=MAX_WORKERS,
+                idle_minutes=IDLE_MINUTES,
+                upscaling_speed=2.0,
+            )
+        )
+    )
     env = token_env(token_path, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     head = start_head(temp_dir, env=env, num_cpus=0, dashboard=True, autoscaling_config=config, port=gcs_port)
     timings: dict[str, float] = {"head": time.monotonic() - t0}

@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,21 +22,8 @@ from pipelines.shards import stream_dataset
 from pipelines.shards.build import shard_records
 from pipelines.train import TrainJob, fit
 from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
+from tests.tracking_servers import MlflowServer, free_port
 from unlearn_core.config import RunConfig, with_overrides
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _history_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -138,7 +122,7 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
     live = tracking.MlflowReportCallback(uri, run_id)
     # A second callback whose server never answers: training must finish regardless, and the
     # driver-side flush at the end says how many values it could not log.
-    down = tracking.MlflowReportCallback(f"http://127.0.0.1:{_free_port()}", "0" * 32)
+    down = tracking.MlflowReportCallback(f"http://127.0.0.1:{free_port()}", "0" * 32)
 
     job = TrainJob(
         cfg=cfg.model_dump(),
@@ -189,72 +173,9 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
 # --------------------------------------------------------------------------- tracking server down
 
 
-class _MlflowServer:
-    """A real ``mlflow server`` on 127.0.0.1 that can be stopped and started on the same port + store."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.store = f"sqlite:///{root / 'server.db'}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout_s: float = 150.0) -> float:
-        t0 = time.perf_counter()
-        self.starts += 1
-        log = (self.root / f"server-{self.starts}.log").open("wb")
-        exe = Path(sys.executable).with_name("mlflow")
-        cmd = [
-            str(exe),
-            "server",
-            "--backend-store-uri",
-            self.store,
-            "--default-artifact-root",
-            (self.root / "artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        while time.perf_counter() - t0 < timeout_s:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.3)
-        tail = (self.root / f"server-{self.starts}.log").read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"mlflow server did not come up on {self.uri}:\n{tail}")
-
-    def stop(self) -> None:
-        """An outage as a crash: SIGKILL the server's process group (the CLI and its uvicorn child)."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(20)
-        deadline = time.monotonic() + 20
-        while _listening(self.port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.proc = None
-
-
 @pytest.fixture()
 def mlflow_server(tmp_path):
-    server = _MlflowServer(tmp_path)
+    server = MlflowServer(tmp_path)
     yield server
     server.stop()
 
@@ -310,3 +231,50 @@ def test_tracking_server_outage_buffers_then_delivers_each_value_once(mlflow_ser
     assert f"2 metric values were NOT logged to MLflow run {run_id}" in err, err
     assert _history_steps(MlflowClient(mlflow_server.store), run_id, "train/loss") == [1, 2, 3, 4]
     print(f"mlflow server start: {up1:.1f} s, restart: {up2:.1f} s", file=sys.__stderr__)
+
+
+@pytest.mark.slow
+def test_background_sender_queues_reports_and_delivers_each_value_once_across_restarts(mlflow_server, capsys):
+    """A job that trains in its own process (a sweep trial) logs through a sender thread: a report only
+    queues its values, an outage is warned about once, and every value reaches the run once, also when
+    the server comes back only after training ended (the final flush waits for it)."""
+    store = MlflowClient(mlflow_server.store)
+    run_id = store.create_run(store.create_experiment("background")).info.run_id
+    mlflow_server.start()
+    cb = tracking.MlflowReportCallback(mlflow_server.uri, run_id, background=True, outage_wait_s=240)
+
+    def report(step: int) -> None:
+        cb.after_report(None, [{"step": float(step), "loss": 1.0 / step, "grad_norm": float(step)}], None)
+
+    report(1)
+    client = MlflowClient(mlflow_server.uri)
+    deadline = time.monotonic() + 60
+    while not _history_steps(client, run_id, "train/loss") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the sender delivers step 1 (a request cut off mid-way is MLflow's to retry)
+    mlflow_server.stop()
+    for step in (2, 3):
+        report(step)
+    report(4)
+    time.sleep(3 * cb.RETRY_S)  # the sender tries (and fails) in the meantime
+    err = capsys.readouterr().err
+    assert err.count("WARNING: MLflow unreachable") == 1, err  # one outage, one warning
+
+    # Down when training ends: the final flush waits until the server is back, then delivers.
+    restarter = threading.Timer(2.0, mlflow_server.start)
+    restarter.start()
+    try:
+        assert cb.flush() is True
+    finally:
+        restarter.join()
+    assert "MLflow reachable again" in capsys.readouterr().err
+    for key in ("train/loss", "train/grad_norm"):
+        assert _history_steps(client, run_id, key) == [1, 2, 3, 4], key
+
+    # A batch the server stored but whose answer was lost is sent again: the values keep the time they
+    # were reported, so the store holds them once.
+    report(5)
+    assert cb.flush() is True
+    sent = [m for m in client.get_metric_history(run_id, "train/loss") if m.step == 5]
+    cb._pending.extend(("train/loss", m.value, 5, m.timestamp) for m in sent)
+    assert cb.flush() is True
+    assert _history_steps(client, run_id, "train/loss") == [1, 2, 3, 4, 5]

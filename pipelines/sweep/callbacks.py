@@ -15,7 +15,7 @@ from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines.sweep.space import OBJECTIVE
-from pipelines.tracking.live import MlflowReportCallback
+from pipelines.tracking.live import OUTAGE_WAIT_S, MlflowReportCallback
 from unlearn_core.config import ConfigError
 from unlearn_core.search_space import objective_value
 
@@ -24,9 +24,14 @@ class LiveCurves(MlflowReportCallback):
     """Train reports -> the child run: ``train/<key>`` for training, ``eval/<metric>`` for evaluations."""
 
     def __init__(
-        self, tracking_uri: str, run_id: str, objective: Any, logged_through: int | None = None
+        self,
+        tracking_uri: str,
+        run_id: str,
+        objective: Any,
+        logged_through: int | None = None,
+        background: bool = False,
     ) -> None:
-        super().__init__(tracking_uri, run_id, prefix="")
+        super().__init__(tracking_uri, run_id, prefix="", background=background, outage_wait_s=OUTAGE_WAIT_S)
         self.objective = objective
         self.logged_through = logged_through  # a resumed trial's run already has the steps up to here
 

@@ -159,7 +159,13 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking_uri=ctx.tracking_uri,
         run_id=run_id,
         settle_failure=False,
-        live=LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through),
+        live=LiveCurves(
+            ctx.tracking_uri,
+            run_id,
+            ctx.space.objective,
+            logged_through,
+            background=cfg.train.launcher == "in_process",  # its reports come from the training loop
+        ),
         evaluator=lambda *a, **kw: _outside_trial_group(evaluate, *a, **kw),
         derived=lambda metrics: _objective_metrics(ctx.space, metrics),
     )

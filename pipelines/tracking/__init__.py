@@ -24,7 +24,7 @@ _HOMES = {
         ),
         "pipelines.tracking.experiments",
     ),  # fmt: skip
-    "MlflowReportCallback": "pipelines.tracking.live",
+    **dict.fromkeys(("MlflowReportCallback", "OUTAGE_WAIT_S"), "pipelines.tracking.live"),
     **dict.fromkeys(("SHA_TAG", "log_model", "pull", "set_alias"), "pipelines.tracking.models"),
     "weights_sha256": "unlearn_core.models.loading",
 }

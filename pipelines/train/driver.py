@@ -106,7 +106,12 @@ def run_training_job(
     run's final status to the caller (see ``tracking.run_status``). Returns the model folder, the
     final metrics and report, and the logged model (and its registered version) when ``job.log_model``.
     """
-    live = live or tracking.MlflowReportCallback(tracking_uri, run_id)
+    live = live or tracking.MlflowReportCallback(
+        tracking_uri,
+        run_id,
+        background=job.cfg.train.launcher == "in_process",  # reports from the loop itself: never wait
+        outage_wait_s=tracking.OUTAGE_WAIT_S,
+    )
     clock = [time.perf_counter()]
 
     def lap() -> float:
