@@ -26,10 +26,10 @@ from ray import tune
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate_cached
+from pipelines.ray_env import autoscaler_max_resources
 from pipelines.sweep.champion import ChampionRule
 from pipelines.sweep.report import close_unfinished, collect_trials, pick_champion, write_report
 from pipelines.sweep.resources import (
-    autoscaler_max_resources,
     capacity_note,
     cluster_capacity,
     default_max_concurrent,
