@@ -76,7 +76,7 @@ def drive(args: argparse.Namespace) -> None:
     import functools
     import gc
 
-    import cloudpickle
+    import ray.cloudpickle as cloudpickle
     import psutil
     import ray
     import sweep_standin

@@ -229,6 +229,7 @@ def _fit(
         sweep_name=state["sweep_name"],
         train_storage=str(sweep_dir / "train"),
         loop=loop,
+        resuming=resuming,
     )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)

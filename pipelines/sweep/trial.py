@@ -45,23 +45,33 @@ class TrialContext:
     sweep_name: str
     train_storage: str
     loop: WorkerLoop | None = None  # the workers' loop; None: the project's (a bench passes a stand-in)
+    resuming: bool = False  # a resumed sweep: trials may have runs from before
 
 
-def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None]:
-    """The trial's MLflow run under the parent and the last step it has logged (None for a new run):
-    a resumed trial that starts again reuses its run and does not log a step twice."""
+RUN_MARKER = "mlflow_run_id"  # in the trial's Train run folder: its MLflow run, for a retry or resume
+
+
+def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None, dict[str, str]]:
+    """The trial's MLflow run under the parent, the last step it has logged (None for a new run) and
+    the params it holds: a trial that starts again (a retry, a resumed sweep) reuses its run and logs
+    no step twice. The run's id is kept in the trial's Train run folder (on the sweep's storage, where
+    its checkpoints are), so a new trial costs no search over the sweep's runs; a resumed sweep that
+    started before trials kept it finds the run by its tags."""
     client = MlflowClient(ctx.tracking_uri)
-    found = client.search_runs(
-        [ctx.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_name = '{name}'",
-    )
-    if found:
-        run = found[0]
-        client.update_run(run.info.run_id, status="RUNNING")
-        steps = [
-            int(m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)
-        ]
-        return run.info.run_id, max(steps, default=None)
+    marker = Path(ctx.train_storage) / name / RUN_MARKER
+    run_id = marker.read_text().strip() if marker.is_file() else None
+    if run_id is None and ctx.resuming:
+        found = client.search_runs(
+            [ctx.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_name = '{name}'",
+        )
+        run_id = found[0].info.run_id if found else None
+    if run_id is not None:
+        run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        steps = [int(m.step) for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
+        return run_id, max(steps, default=None), dict(run.data.params)
+    params = mlflow_params(cfg)
     run_id = tracking.open_run(
         ctx.tracking_uri,
         ctx.experiment_id,
@@ -73,14 +83,15 @@ def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int |
             "method": cfg.method.name,
             "sweep": ctx.sweep_name,
         },
-        params=mlflow_params(cfg),
+        params=params,
     )
-    return run_id, None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_id)
+    return run_id, None, params
 
 
-def _log_resolved_params(client: MlflowClient, run_id: str, cfg: RunConfig) -> None:
-    """The resolved params the trial's run does not have yet (MLflow params are write-once)."""
-    have = client.get_run(run_id).data.params
+def _log_resolved_params(client: MlflowClient, run_id: str, cfg: RunConfig, have: dict[str, str]) -> None:
+    """The resolved params the trial's run does not have yet (``have``; MLflow params are write-once)."""
     new = [mlflow.entities.Param(k, v) for k, v in mlflow_params(cfg).items() if k not in have]
     for i in range(0, len(new), 100):
         client.log_batch(run_id, params=new[i : i + 100])
@@ -127,7 +138,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         },
     )
     ws = Workspace(Path(cfg.workdir))
-    run_id, logged_through = _child_run(ctx, name, cfg)
+    run_id, logged_through, params = _child_run(ctx, name, cfg)
     laps = {"time/trial_run_s": time.perf_counter() - started}
     with tracking.run_status(ctx.tracking_uri, run_id, settle_failure=False, finish=False):
         began = time.perf_counter()
@@ -137,7 +148,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
         laps["time/trial_inputs_s"] = time.perf_counter() - began  # teacher cache, mask (cached or made)
         cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
-        _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg)
+        _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg, params)
         extra = {"trial_name": name, "mlflow_run_id": run_id}
         began = time.perf_counter()
         job = unlearn_job(
@@ -159,6 +170,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking_uri=ctx.tracking_uri,
         run_id=run_id,
         settle_failure=False,
+        new_run=logged_through is None and not ctx.resuming,
         live=LiveCurves(
             ctx.tracking_uri,
             run_id,

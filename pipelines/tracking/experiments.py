@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from unlearn_core.config import TrackingConfig
@@ -76,15 +76,26 @@ def open_run(
     return run.info.run_id
 
 
-def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
-    """Numeric values of ``metrics`` on the run at ``step`` (others, e.g. strings, are not metrics)."""
+def log_metrics(
+    tracking_uri: str,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    step: int = 0,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Numeric values of ``metrics`` on the run at ``step`` (others, e.g. strings, are not metrics),
+    and ``tags`` in the same request (MLflow's ``log_batch``: 1,000 metrics / 100 tags per call)."""
     batch = [
         Metric(k, float(v), now_ms(), step)
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     ]
-    for i in range(0, len(batch), 500):
-        MlflowClient(tracking_uri).log_batch(run_id, metrics=batch[i : i + 500])
+    tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    client = MlflowClient(tracking_uri)
+    for k in range(max(-(-len(batch) // 500), -(-len(tag_list) // 100))):
+        client.log_batch(
+            run_id, metrics=batch[k * 500 : (k + 1) * 500], tags=tag_list[k * 100 : (k + 1) * 100]
+        )
 
 
 @contextmanager

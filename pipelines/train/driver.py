@@ -94,6 +94,7 @@ def run_training_job(
     evaluator: Evaluator = evaluate,
     derived: Callable[[dict[str, float]], dict[str, float]] | None = None,
     settle_failure: bool = True,
+    new_run: bool = False,
     log: Callable[..., None] = print,
 ) -> dict[str, Any]:
     """Fit, export, evaluate and log ``job`` on the MLflow run ``run_id``, which this function ends.
@@ -103,7 +104,9 @@ def run_training_job(
     (``TrainJob.final_eval_records``) and scored here; ``evaluator(model_dir, shards, max_per_group=...)``
     evaluates the exported model instead when the last checkpoint has no outputs (a run resumed from a
     checkpoint of an older version; a sweep trial runs it outside its placement group). ``settle_failure=False`` leaves a failed
-    run's final status to the caller (see ``tracking.run_status``). Returns the model folder, the
+    run's final status to the caller (see ``tracking.run_status``). ``new_run``: the run was just opened
+    for this job, so nothing is checked for values logged before (a re-run trial's run is checked, so
+    that it logs no step twice). Returns the model folder, the
     final metrics and report, and the logged model (and its registered version) when ``job.log_model``.
     """
     live = live or tracking.MlflowReportCallback(
@@ -150,19 +153,18 @@ def run_training_job(
             metrics.update(derived(metrics))
         step = job.cfg.train.steps
         client = MlflowClient(tracking_uri)
-        if not _logged_at(client, run_id, next(iter(metrics), ""), step):  # a re-run trial logs no step twice
-            tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
-        client.log_artifact(run_id, str(job.eval_path))
         sha = tracking.weights_sha256(model_dir)
-        client.set_tag(run_id, "model_dir", str(model_dir))
-        client.set_tag(run_id, tracking.SHA_TAG, sha)
+        tags = {"model_dir": str(model_dir), tracking.SHA_TAG: sha}
+        first = new_run or not _logged_at(client, run_id, next(iter(metrics), ""), step)
+        tracking.log_metrics(tracking_uri, run_id, metrics if first else {}, step=step, tags=tags)
+        client.log_artifact(run_id, str(job.eval_path))
         logged = (
             tracking.log_model(run_id, model_dir, job.register_as, tracking_uri=tracking_uri)
             if job.log_model
             else {}
         )
         timing = phase_times(result.metrics or {}, fit_s, export_s, eval_s, lap())
-        if not _logged_at(client, run_id, "time/job_s", step):  # a re-run trial keeps its first times
+        if new_run or not _logged_at(client, run_id, "time/job_s", step):  # a re-run keeps its first times
             tracking.log_metrics(tracking_uri, run_id, timing, step=step)
     return {
         "run_id": run_id,

@@ -214,7 +214,7 @@ def run_unlearn(
         )
         job.callbacks.extend(callbacks or [])
     log(f"unlearning with {cfg.method.name} for {cfg.train.steps} steps; MLflow run {run_id}")
-    out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
+    out = run_training_job(job, tracking_uri=uri, run_id=run_id, new_run=True, log=log)
     if table:  # the demo shows one table of every method at the end instead
         log(format_table({"before": before["metrics"], cfg.method.name: out["metrics"]}))
     return {**out, "before": before["metrics"]}
