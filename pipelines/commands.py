@@ -92,6 +92,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial,
+        max_failures=args.max_failures,
     )
     from pipelines.sweep.champion import ChampionRule
 
@@ -111,6 +112,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         search=args.search,
         max_concurrent=args.max_concurrent,
         workers_per_trial=args.workers_per_trial,
+        max_failures=args.max_failures,
         resume_dir=args.resume,
         champion_rule=rule,
         log=say,

@@ -102,6 +102,7 @@ def run_sweep(
     search: str = "random",
     max_concurrent: int | None = None,
     workers_per_trial: int = 1,
+    max_failures: int = 0,
     resume_dir: str | Path | None = None,
     champion_rule: ChampionRule | None = None,
     if_exists: str = "error",
@@ -116,7 +117,9 @@ def run_sweep(
     ``if_exists``: what to do when the same sweep (space, config, options) already has a folder:
     ``"error"`` (the CLI: the user chooses ``--resume``) or ``"resume"`` (``unlearn demo``).
     ``table=False`` leaves out the trials' metric table (the demo prints the champion in its own).
-    ``loop``: the trials' training-worker loop (default the project's; bench/sweep_scale.py passes a
+    ``max_failures``: how often Tune starts a failed trial again (its actor died with its node, or it
+    raised; -1: always); the new attempt resumes from the trial's last checkpoint and reuses its MLflow
+    run. ``loop``: the trials' training-worker loop (default the project's; bench/sweep_scale.py passes a
     stand-in that reports like it, to measure what the sweep costs around the training).
     """
     if if_exists not in ("error", "resume"):
@@ -153,6 +156,7 @@ def run_sweep(
             workers_per_trial=workers_per_trial,
             rule=rule,
         )
+        state["max_failures"] = max_failures  # not part of the sweep's name: a retry policy, not a result
         sweep_dir = Path(storage_dir(cfg.workdir)) / state["sweep_name"]
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
             if if_exists == "resume":
@@ -191,8 +195,8 @@ def run_sweep(
         grid = _fit(
             space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log, loop
         )
-        trials = collect_trials(grid)
-        close_unfinished(client, trials)
+        trials = collect_trials(grid, sweep_dir / "train")
+        close_unfinished(client, trials, exp_id, parent)
         summary = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
         summary["champion"] = pick_champion(space, objectives, cfg, trials, before, rule, uri, parent, log)
     return {
@@ -258,6 +262,8 @@ def _fit(
             f"{cfg.train.cpus_per_worker} CPU{' + 1 GPU' if cfg.train.use_gpu else ''}"
         )
         log(f"up to {concurrent} concurrent trial(s); each: {each}")
+        if note := tracking.concurrency_note(uri, concurrent):
+            log(note)
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space, grid_as_choice=state["search"] == "optuna"),
@@ -274,7 +280,7 @@ def _fit(
             run_config=tune.RunConfig(
                 name=sweep_dir.name,
                 storage_path=str(sweep_dir.parent),
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=int(state.get("max_failures", 0))),
                 callbacks=[*sweep_callbacks(int(state["num_samples"])), ReleaseEndedTrialGroups()],
             ),
         )

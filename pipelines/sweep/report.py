@@ -27,12 +27,20 @@ TABLE_METRICS = (
 )
 
 
-def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
-    """ResultGrid -> trial name -> {status, metrics, config, model_dir, run_id, step}."""
+def collect_trials(grid: Any, train_storage: Path | None = None) -> dict[str, dict[str, Any]]:
+    """ResultGrid -> trial name -> {status, metrics, config, model_dir, run_id, step}. A trial that
+    failed before its first report has its MLflow run's id only in its Train run folder (under
+    ``train_storage``, where the trial wrote it)."""
+    from pipelines.sweep.trial import RUN_MARKER
+
     out: dict[str, dict[str, Any]] = {}
     for result in grid:
         m = dict(result.metrics or {})
         name = m.get("trial_name") or Path(result.path).name
+        run_id = m.get("mlflow_run_id")
+        marker = train_storage / name / RUN_MARKER if train_storage is not None else None
+        if run_id is None and marker is not None and marker.is_file():
+            run_id = marker.read_text().strip()
         status = "failed" if result.error else "completed" if m.get("final") == 1 else "stopped"
         metrics = {
             k: float(v)
@@ -45,7 +53,7 @@ def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
             "metrics": metrics,
             "params": params,
             "model_dir": m.get("model_dir"),
-            "run_id": m.get("mlflow_run_id"),
+            "run_id": run_id,
             "step": m.get("step"),
             "timing": {k: float(v) for k, v in m.items() if k.startswith("time/")},
             tracking.SHA_TAG: m.get(tracking.SHA_TAG),
@@ -54,16 +62,42 @@ def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-def close_unfinished(client: MlflowClient, trials: Mapping[str, dict[str, Any]]) -> None:
-    """Final status of the runs of trials that did not complete: KILLED (stopped early) or FAILED."""
-    for t in trials.values():
-        if not t["run_id"] or t["status"] == "completed":
-            continue
-        if t["status"] == "stopped":
-            client.set_tag(t["run_id"], "stopped_early", f"step {t['step']}")
-        status = "KILLED" if t["status"] == "stopped" else "FAILED"
-        if client.get_run(t["run_id"]).info.status != status:
-            client.set_terminated(t["run_id"], status)
+def close_unfinished(
+    client: MlflowClient, trials: Mapping[str, dict[str, Any]], experiment_id: str, parent_run_id: str
+) -> None:
+    """Final status of the runs of trials that did not complete: KILLED (stopped early) or FAILED, with
+    the reason Tune gives in the ``error`` tag when the trial could not tag it (its process died). A
+    trial that failed before it could open its run gets one here, FAILED with that reason: every trial
+    has its child run. A tracking server gets a few requests at once (a large sweep has hundreds of
+    runs to close); a SQLite store one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sweep_name = client.get_run(parent_run_id).info.run_name
+    todo = [(n, t) for n, t in trials.items() if t["status"] != "completed"]
+    with ThreadPoolExecutor(max_workers=8 if client.tracking_uri.startswith("http") else 1) as pool:
+        list(pool.map(lambda item: _close(client, *item, experiment_id, parent_run_id, sweep_name), todo))
+
+
+def _close(
+    client: MlflowClient, name: str, t: dict[str, Any], experiment_id: str, parent_run_id: str, sweep: str
+) -> None:
+    if not t["run_id"]:
+        t["run_id"] = tracking.open_run(
+            client.tracking_uri,
+            experiment_id,
+            run_name=f"{sweep}-{name}",
+            tags={"mlflow.parentRunId": parent_run_id, "trial_name": name, "job": "sweep-trial"},
+            params=dict(t["params"]),
+        )
+    if t["status"] == "stopped":
+        tracking.log_metrics(
+            client.tracking_uri, t["run_id"], {}, tags={"stopped_early": f"step {t['step']}"}
+        )
+        client.set_terminated(t["run_id"], "KILLED")  # the same status again on a resumed sweep: harmless
+        return
+    if t["error"] and tracking.ERROR_TAG not in client.get_run(t["run_id"]).data.tags:
+        client.set_tag(t["run_id"], tracking.ERROR_TAG, t["error"][:4000])
+    client.set_terminated(t["run_id"], "FAILED")
 
 
 def write_report(

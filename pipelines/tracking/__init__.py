@@ -14,7 +14,9 @@ _HOMES = {
     **dict.fromkeys(
         (
             "ERROR_TAG",
+            "SQLITE_MAX_WRITERS",
             "artifact_root",
+            "concurrency_note",
             "ensure_experiment",
             "log_metrics",
             "now_ms",

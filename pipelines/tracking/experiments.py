@@ -30,6 +30,23 @@ def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
     return f"sqlite:///{db}"
 
 
+# Concurrent writers a SQLite store took without refused or lost writes in bench/mlflow_load.py (it
+# refused writes at the next count measured); a sweep with more trials at once than this is warned.
+SQLITE_MAX_WRITERS = 8
+
+
+def concurrency_note(tracking_uri: str, writers: int) -> str | None:
+    """A warning when ``writers`` processes (a sweep's concurrent trials) would write to a SQLite store."""
+    if not tracking_uri.startswith("sqlite:") or writers <= SQLITE_MAX_WRITERS:
+        return None
+    return (
+        f"WARNING: {writers} trials at once will write to the SQLite store {tracking_uri}: SQLite held "
+        f"{SQLITE_MAX_WRITERS} concurrent writers without refusing writes (bench/mlflow_load.py), more "
+        "get 'database is locked'. Run an MLflow tracking server on PostgreSQL (docs/cluster.md) and pass "
+        f"--set tracking.tracking_uri=http://HOST:5000, or limit the sweep with --max-concurrent {SQLITE_MAX_WRITERS}."
+    )
+
+
 def artifact_root(tracking_uri: str, workdir: str | Path) -> str | None:
     """For the embedded SQLite store: a local artifact folder beside it; servers choose their own."""
     if tracking_uri.startswith("sqlite:///"):
