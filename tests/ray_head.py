@@ -16,12 +16,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -299,6 +301,58 @@ def fake_cluster_config(
         "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
+
+
+@contextmanager
+def fake_cluster(
+    worker_types: Mapping[str, Mapping[str, float]],
+    *,
+    max_workers: int,
+    idle_minutes: float = 10.0,
+    min_workers: int = 0,
+    env: Mapping[str, str] | None = None,
+    name: str = "fake-cluster-test",
+) -> Iterator[RayHead]:
+    """A private autoscaling cluster on this machine (Ray's fake multi-node provider): a 0-CPU head in
+    its own temp dir and ports, worker nodes added and removed by the autoscaler as real raylets.
+    Torn down (every process of it) on exit. Run it under the heavy lock (brief)."""
+    temp_dir = short_temp_dir("ray-fc-")
+    gcs_port = free_ports(1)[0]
+    config = temp_dir / "autoscaler.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            fake_cluster_config(
+                gcs_port,
+                worker_types,
+                max_workers=max_workers,
+                idle_minutes=idle_minutes,
+                upscaling_speed=2.0,
+                min_workers=min_workers,
+                name=name,
+            )
+        )
+    )
+    full_env = base_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict(env or {}))
+    head = start_head(temp_dir, env=full_env, num_cpus=0, autoscaling_config=config, port=gcs_port)
+    try:
+        yield head
+    finally:
+        head.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def node_processes(head: RayHead) -> dict[int, list[psutil.Process]]:
+    """The fake worker nodes: each node's raylet pid -> the raylet and every process under it (its
+    workers and actors). The autoscaler (``monitor.py``) starts those raylets itself; the head's raylet
+    belongs to ``ray start``."""
+    out: dict[int, list[psutil.Process]] = {}
+    for p in cluster_processes(head.temp_dir):
+        try:
+            if p.name() == "raylet" and "monitor" in " ".join(p.parent().cmdline()):
+                out[p.pid] = [p, *p.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return out
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -27,7 +27,9 @@ from unlearn_core.config import RunConfig, with_overrides
 def postgres():
     if postgres_bin_dir() is None:
         if os.environ.get(REQUIRE_ENV):
-            pytest.fail(f"PostgreSQL server binaries not found and {REQUIRE_ENV} is set (.ci/run installs them)")
+            pytest.fail(
+                f"PostgreSQL server binaries not found and {REQUIRE_ENV} is set (.ci/run installs them)"
+            )
         pytest.skip("PostgreSQL server binaries not found (Debian package `postgresql`)")
     with PostgresServer(fsync=False) as pg:
         yield pg
