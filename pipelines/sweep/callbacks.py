@@ -14,7 +14,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipelines.sweep.space import OBJECTIVE
+from pipelines.sweep.space import OBJECTIVE, tune_report
 from pipelines.tracking.live import OUTAGE_WAIT_S, MlflowReportCallback
 from unlearn_core.config import ConfigError
 from unlearn_core.search_space import objective_value
@@ -57,9 +57,12 @@ class EvalToTune(UserCallback):
     the trial function's own thread, which reports to Tune directly (and stops there when ASHA says so).
     """
 
-    def __init__(self, objective: Any, extra: dict[str, Any], in_process: bool = False) -> None:
+    def __init__(
+        self, objective: Any, extra: dict[str, Any], in_process: bool = False, keep: tuple[str, ...] = ()
+    ) -> None:
         self.objective = objective
         self.extra = extra
+        self.keep = keep  # report keys Tune reads beside ``TUNE_KEYS`` (``space.tune_report``)
         self._bridge = None if in_process else TuneReportCallback()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
@@ -68,7 +71,10 @@ class EvalToTune(UserCallback):
         obj = _objective_of(self.objective, m)
         if not evals or obj is None:
             return
-        payload = {**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra}
+        payload = tune_report(
+            {**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra},
+            keep=(*self.keep, *self.extra),
+        )
         if self._bridge is None:
             tune.report(payload)
         else:

@@ -234,6 +234,7 @@ def _fit(
         train_storage=str(sweep_dir / "train"),
         loop=loop,
         resuming=resuming,
+        tune_keys=objectives.metrics if objectives.multi else (),
     )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)

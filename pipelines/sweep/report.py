@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.evaluate.plots import pareto_front, plot_forget_utility, write_results_table
 from pipelines.sweep.champion import ChampionRule, record_no_champion, register_champion, select_champion
-from pipelines.sweep.space import OBJECTIVE, Objectives
+from pipelines.sweep.space import OBJECTIVE, Objectives, tune_values
 from unlearn_core.config import RunConfig
 from unlearn_core.eval.report import format_table
 from unlearn_core.search_space import SearchSpace
@@ -35,7 +35,7 @@ def collect_trials(grid: Any, train_storage: Path | None = None) -> dict[str, di
 
     out: dict[str, dict[str, Any]] = {}
     for result in grid:
-        m = dict(result.metrics or {})
+        m = tune_values(result.metrics or {})
         name = m.get("trial_name") or Path(result.path).name
         run_id = m.get("mlflow_run_id")
         marker = train_storage / name / RUN_MARKER if train_storage is not None else None

@@ -20,7 +20,7 @@ from pipelines import tracking
 from pipelines.evaluate import evaluate
 from pipelines.sweep.callbacks import EvalToTune, LiveCurves
 from pipelines.sweep.resources import trial_launcher
-from pipelines.sweep.space import OBJECTIVE
+from pipelines.sweep.space import OBJECTIVE, tune_report
 from pipelines.sweep.train_groups import TrainGroupReporter
 from pipelines.train.driver import run_training_job
 from pipelines.train.trainer import WorkerLoop
@@ -46,6 +46,7 @@ class TrialContext:
     train_storage: str
     loop: WorkerLoop | None = None  # the workers' loop; None: the project's (a bench passes a stand-in)
     resuming: bool = False  # a resumed sweep: trials may have runs from before
+    tune_keys: tuple[str, ...] = ()  # report keys Tune reads beside ``space.TUNE_KEYS`` (several objectives)
 
 
 RUN_MARKER = "mlflow_run_id"  # in the trial's Train run folder: its MLflow run, for a retry or resume
@@ -161,7 +162,12 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         )
         laps["time/trial_streams_s"] = time.perf_counter() - began  # the training streams read
         job.loop = ctx.loop
-        to_tune = EvalToTune(ctx.space.objective, dict(extra), in_process=cfg.train.launcher == "in_process")
+        to_tune = EvalToTune(
+            ctx.space.objective,
+            dict(extra),
+            in_process=cfg.train.launcher == "in_process",
+            keep=ctx.tune_keys,
+        )
         job.callbacks.append(to_tune)
         if cfg.train.launcher == "ray_train":  # the Train worker group's placement group, to release
             job.callbacks.append(TrainGroupReporter(to_tune.extra))
@@ -181,7 +187,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         evaluator=lambda *a, **kw: _outside_trial_group(evaluate, *a, **kw),
         derived=lambda metrics: _objective_metrics(ctx.space, metrics),
     )
-    tune.report(
+    report = tune_report(
         {
             **out["metrics"],
             "step": float(out["step"]),
@@ -193,8 +199,10 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             "time/trial_setup_s": setup_s,  # the actor's imports, before the trial function ran
             **laps,
             **extra,
-        }
+        },
+        keep=ctx.tune_keys,
     )
+    tune.report(report)
 
 
 def _objective_metrics(space: SearchSpace, metrics: Mapping[str, float]) -> dict[str, float]:
