@@ -76,9 +76,9 @@ def drive(args: argparse.Namespace) -> None:
     import functools
     import gc
 
-    import ray.cloudpickle as cloudpickle
     import psutil
     import ray
+    import ray.cloudpickle as cloudpickle
     import sweep_standin
 
     from pipelines.ray_env import ensure_ray
@@ -388,6 +388,45 @@ def in_run_fit(data: dict[str, Any]) -> tuple[float, float]:
     return fit_line([float(k) for k in ks], [ends[k] for k in ks])
 
 
+# What the driver's CPU time goes to: the first category whose marker a sampled stack contains.
+PROFILE_CATEGORIES = (
+    (
+        "Tune experiment-state snapshots",
+        ("experiment_state", "_checkpoint_experiment", "save_to_dir", "checkpoint_manager"),
+    ),
+    ("Tune logger callbacks (CSV, JSON, TensorBoard)", ("ray/tune/logger/",)),
+    ("the sweep's Tune callbacks", ("pipelines/sweep/train_groups.py", "pipelines/train/progress.py")),
+    ("MLflow calls of the driver (parent run, closing runs, report, champion)", ("mlflow/",)),
+    ("Tune bookkeeping (controller, scheduler, search, results)", ("ray/tune/",)),
+    ("sweep set-up and report (inputs, evaluation, plots)", ("pipelines/",)),
+    ("Ray core (GCS, object store, actors)", ("ray/_private/", "ray/_raylet", "ray/actor.py")),
+    ("imports", ("importlib",)),
+)
+
+
+def profile_breakdown(path: Path, n: int, rate: int = 20) -> list[list[str]]:
+    """The driver's sampled CPU time (py-spy, active samples) by category, in seconds and ms/trial."""
+    totals: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        frames, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        cat = next((c for c, marks in PROFILE_CATEGORIES if any(m in frames for m in marks)), "other")
+        totals[cat] = totals.get(cat, 0) + int(count)
+    all_samples = sum(totals.values()) or 1
+    order = [c for c, _ in PROFILE_CATEGORIES] + ["other"]
+    return [
+        [
+            c,
+            f"{100 * totals[c] / all_samples:.1f}%",
+            f"{totals[c] / rate:.1f}",
+            f"{1000 * totals[c] / rate / n:.1f}",
+        ]
+        for c in order
+        if totals.get(c)
+    ]
+
+
 def median(values: list[float]) -> float:
     values = sorted(v for v in values if v is not None and not math.isnan(v))
     return values[len(values) // 2] if values else float("nan")
@@ -530,8 +569,8 @@ def bench(args: argparse.Namespace) -> None:
                 f"{len(m['twice'])}, wrong {len(m['wrong_status'])}; CPU s {json.dumps({k: round(v) for k, v in data['cpu_s'].items()})}",
                 flush=True,
             )
-        results["runs"] = [{k: v for k, v in r.items() if k not in ("samples",)} for r in runs]
         report(results, runs, root)
+        results["runs"] = [{k: v for k, v in r.items() if k not in ("samples",)} for r in runs]
     finally:
         if head is not None:
             head.stop()
@@ -621,3 +660,15 @@ def report(results: dict[str, Any], runs: list[dict[str, Any]], root: Path) -> N
         prow.append([r["n"], *(f"{median([t.get(p, float('nan')) for t in timing]):.3f}" for p in phases)])
     print("\ninside a completed trial (median seconds, the trial's own time/* report)")
     results["phases"] = common.table(["N", *(p.split("/")[1] for p in phases)], prow)
+    for r in runs:
+        prof = root / f"pyspy-driver-{r['n']}.txt"
+        if prof.is_file():
+            print(f"\nthe driver's CPU time at N={r['n']} (py-spy, 20 samples/s, active samples only)")
+            results[f"driver_profile_{r['n']}"] = common.table(
+                ["where", "share", "seconds", "ms per trial"], profile_breakdown(prof, r["n"])
+            )
+    samples = [(r["n"], max((s[1] for s in r.get("samples", [])), default=r["rss1"])) for r in runs]
+    if len(samples) >= 2:
+        a, b = fit_line([float(n) for n, _ in samples], [float(x) for _, x in samples])
+        results["peak_rss_fit"] = {"a_bytes": a, "b_bytes_per_trial": b}
+        print(f"\ndriver peak RSS during the sweep: {a / 2**20:.0f} MiB + {b / 1024:.1f} KB x N")
