@@ -137,9 +137,9 @@ def drive(args: argparse.Namespace) -> None:
     time.sleep(2.0)
     rss1, fds1 = me.memory_info().rss, me.num_fds()
     groups = {k: v["state"] for k, v in ray.util.placement_group_table().items() if v["state"] != "REMOVED"}
-    sweep_dir = Path(out["sweep_dir"])
+    sweep_dir = Path(out.sweep_dir)
     ends = {}
-    for name in out["trials"]:
+    for name in out.trials:
         result = sweep_dir / name / "result.json"
         last = result.read_text().splitlines()[-1] if result.is_file() else ""
         ends[name] = json.loads(last).get("timestamp") if last.strip() else None
@@ -158,19 +158,19 @@ def drive(args: argparse.Namespace) -> None:
         "samples": samples,
         "groups_left": groups,
         "driver_cpu_s": usage.ru_utime + usage.ru_stime,
-        "parent_run_id": out["parent_run_id"],
+        "parent_run_id": out.parent_run_id,
         "sweep_dir": str(sweep_dir),
-        "champion": out["champion"].get("trial"),
-        "artifacts": out["artifacts"],
+        "champion": out.champion.trial,
+        "artifacts": out.artifacts,
         "trials": {
             n: {
-                "status": t["status"],
-                "run_id": t["run_id"],
-                "step": t["step"],
-                "timing": t["timing"],
+                "status": t.status,
+                "run_id": t.run_id,
+                "step": t.step,
+                "timing": t.timing,
                 "end": ends.get(n),
             }
-            for n, t in out["trials"].items()
+            for n, t in out.trials.items()
         },
         "log": [line for _, line in lines][-40:],
     }

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pipelines.train.trainer import FINAL_OUTPUTS, TrainJob
+from pipelines.train.trainer import FINAL_OUTPUTS, WorkerSpec
 from unlearn_core.config import RunConfig
 from unlearn_core.data.schema import MC_TASKS
 from unlearn_core.eval.metrics import answer_index
@@ -66,7 +66,7 @@ def standin_loop(
     fail_one_in: int = 0,
 ) -> None:
     """A ``trainer.WorkerLoop``: the project's loop over a one-weight model, with drawn numbers."""
-    job = TrainJob(**job_dict)
+    job = WorkerSpec(**job_dict)
     cfg = RunConfig.model_validate(job.cfg)
     seed = _seed(cfg)
     rng = random.Random(seed)

@@ -9,6 +9,7 @@ command line is rewritten to ``ray::...``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+import requests
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,31 +317,26 @@ def fake_cluster(
     name: str = "fake-cluster-test",
 ) -> Iterator[RayHead]:
     """A private autoscaling cluster on this machine (Ray's fake multi-node provider): a 0-CPU head in
-    its own temp dir and ports, worker nodes added and removed by the autoscaler as real raylets.
-    Torn down (every process of it) on exit. Run it under the heavy lock (brief)."""
+    its own temp dir and ports (``private_head``), worker nodes added and removed by the autoscaler as
+    real raylets. Run it under the heavy lock (brief)."""
     temp_dir = short_temp_dir("ray-fc-")
     gcs_port = free_ports(1)[0]
     config = temp_dir / "autoscaler.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            fake_cluster_config(
-                gcs_port,
-                worker_types,
-                max_workers=max_workers,
-                idle_minutes=idle_minutes,
-                upscaling_speed=2.0,
-                min_workers=min_workers,
-                name=name,
-            )
-        )
+    cluster = fake_cluster_config(
+        gcs_port,
+        worker_types,
+        max_workers=max_workers,
+        idle_minutes=idle_minutes,
+        upscaling_speed=2.0,
+        min_workers=min_workers,
+        name=name,
     )
+    config.write_text(yaml.safe_dump(cluster))
     full_env = base_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict(env or {}))
-    head = start_head(temp_dir, env=full_env, num_cpus=0, autoscaling_config=config, port=gcs_port)
-    try:
+    with private_head(
+        temp_dir, {}, env=full_env, num_cpus=0, autoscaling_config=config, port=gcs_port
+    ) as head:
         yield head
-    finally:
-        head.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def node_processes(head: RayHead) -> dict[int, list[psutil.Process]]:
@@ -419,3 +417,102 @@ def wait_process(
             on_tick()
         time.sleep(interval)
     return int(proc.returncode)
+
+
+# -- a sweep against a private head (tests/test_job_submit.py, tests/test_autoscaling.py) ------------
+
+needs_cli = pytest.mark.skipif(
+    ray_cli() is None or unlearn_cli() is None,
+    reason="needs the `ray` and `unlearn` executables (make setup)",
+)
+
+
+@dataclass(frozen=True)
+class TinySweep:
+    """A tiny benchmark and starting model for `unlearn sweep` on a private head, and its workdir."""
+
+    records: Path
+    vanilla: Path
+    workdir: Path
+
+    @classmethod
+    def make(cls, tmp_path: Path) -> TinySweep:
+        from tests.pipeline_fixtures import write_tiny_records, write_tiny_vanilla
+
+        records = write_tiny_records(tmp_path / "records")
+        return cls(records, write_tiny_vanilla(records, tmp_path / "vanilla", image_size=32), tmp_path / "wd")
+
+    def options(self, registered_name: str, *settings: str) -> list[str]:
+        """``--workdir`` and the ``--set`` options of a sweep on these inputs (plus ``settings``)."""
+        sets = [
+            f"records={self.records}",
+            f"model.spec={self.vanilla}",
+            "synth.image_size=32",
+            "train.batch_size=8",
+            *settings,
+            f"tracking.registered_model_name={registered_name}",
+        ]
+        return ["--workdir", str(self.workdir), *(arg for s in sets for arg in ("--set", s))]
+
+    def sweep_runs(self) -> tuple[Any, list[Any]]:
+        """The sweep's parent MLflow run and its child runs, from the workdir's SQLite store."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{self.workdir / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("lvlm-unlearn")
+        (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.job = 'sweep'")
+        children = client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        return parent, children
+
+    def champion_run_id(self, registered_name: str) -> str:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{self.workdir / 'mlflow.db'}")
+        return client.get_model_version_by_alias(registered_name, "champion").run_id
+
+
+@contextmanager
+def private_head(temp_dir: Path, timings: dict[str, float], **start: Any) -> Iterator[RayHead]:
+    """A head (``start_head(temp_dir, **start)``) for the ``with`` block; then it and every process of
+    its cluster stop, the temp dir goes, the timings are printed, and no process may be left."""
+    t0 = time.monotonic()
+    head = start_head(temp_dir, **start)
+    timings["head"] = time.monotonic() - t0
+    try:
+        yield head
+    finally:
+        head.stop()
+        left = [(p.pid, p.name()) for p in cluster_processes(temp_dir)]
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        timings["total"] = time.monotonic() - t0
+        print("timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    assert not left, f"processes of the test cluster survived teardown: {left}"
+
+
+def run_logged(
+    cmd: Sequence[str], head: RayHead, log_path: Path, timeout: float, what: str, **popen: Any
+) -> tuple[int, str]:
+    """Run a CLI command against ``head`` with its output in ``log_path`` (printed at the end, its tail);
+    returns its exit status and output."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
+    try:
+        rc = wait_process(proc, head, timeout, what)
+    finally:
+        print(log_path.read_text(errors="replace")[-3000:])
+    return rc, log_path.read_text(errors="replace")
+
+
+def dashboard_get(head: RayHead, token: str | None, path: str, **params: Any) -> requests.Response:
+    """``GET`` a dashboard API path of ``head``, with the token as a Bearer header if given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(f"{head.dashboard_url}/{path}", params=params, headers=headers, timeout=30)

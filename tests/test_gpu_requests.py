@@ -92,7 +92,8 @@ def test_teacher_goes_to_ray_data_actors_holding_a_gpu(inputs, tmp_path):
     rows = rows.filter(pa.array(keep))
     here = teacher._Teacher(str(inputs["vanilla"]), "default", 16, 40)
     parts = [
-        here(rows.slice(start, n)) for start, n in teacher._batches(rows.num_rows, 2, teacher.TEACHER_BATCH)
+        here(rows.slice(start, n))
+        for start, n in teacher._batch_ranges(rows.num_rows, 2, teacher.TEACHER_BATCH)
     ]
     local = pa.concat_tables(parts).sort_by("sample_id")
     assert set(local[teacher.DEVICE_COLUMN].to_pylist()) == {"cpu (Ray GPU ids: -)"}

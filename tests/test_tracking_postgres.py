@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
 from pipelines.sweep import run_sweep
+from tests.pipeline_fixtures import TINY_GA_SPACE as SPACE
 from tests.pipeline_fixtures import write_sweep_inputs
-from tests.test_sweep import SPACE
 from tests.tracking_servers import REQUIRE_ENV, MlflowServer, PostgresServer, postgres_bin_dir
 from unlearn_core.config import RunConfig, with_overrides
 
@@ -82,7 +82,7 @@ def test_sweep_logs_through_a_tracking_server_on_postgresql(server, postgres, tm
 
     # Through the server: the parent and one child per trial, FINISHED, with their final metrics.
     client = MlflowClient(server.uri)
-    parent = client.get_run(out["parent_run_id"])
+    parent = client.get_run(out.parent_run_id)
     assert parent.info.status == "FINISHED"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
@@ -101,10 +101,10 @@ def test_sweep_logs_through_a_tracking_server_on_postgresql(server, postgres, tm
         history = sum(len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics)
         assert stored == history > 0
     ((versions,),) = postgres.query("SELECT COUNT(*) FROM model_versions WHERE name = 'pg-sweep'")
-    assert versions == 1 and out["champion"]["trial"] in {"trial_000", "trial_001"}
+    assert versions == 1 and out.champion.trial in {"trial_000", "trial_001"}
 
     # Artifacts go through the server (--serve-artifacts) into its artifact folder.
-    chosen = next(r for r in children if r.data.tags["trial_name"] == out["champion"]["trial"])
+    chosen = next(r for r in children if r.data.tags["trial_name"] == out.champion.trial)
     listed = {a.path for a in client.list_artifacts(chosen.info.run_id)}
     evals = [p for p in listed if p.startswith("eval-") and p.endswith(".json")]
     assert evals, listed

@@ -22,14 +22,10 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.ray_head import free_ports
+
 PG_DIRS = ("/usr/lib/postgresql",)  # Debian/Ubuntu: /usr/lib/postgresql/<major>/bin
 REQUIRE_ENV = "UNLEARN_REQUIRE_POSTGRES"  # set by .ci/run: missing binaries fail instead of skipping
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:
@@ -68,7 +64,7 @@ class PostgresServer:
         self.bindir = bindir
         self.database = database
         self.fsync = fsync  # off: faster, and what a crash of the machine would lose (tests only)
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))  # short: the socket path lives here
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -160,7 +156,7 @@ class MlflowServer:
     def __init__(self, root: Path, store: str | None = None, workers: int = 1) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{self.port}"
         self.store = store or f"sqlite:///{root / 'server.db'}"
         self.workers = workers

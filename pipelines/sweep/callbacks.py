@@ -14,7 +14,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipelines.sweep.space import OBJECTIVE, tune_report
+from pipelines.sweep.tune_config import OBJECTIVE, tune_report
 from pipelines.tracking.live import OUTAGE_WAIT_S, MlflowReportCallback
 from unlearn_core.config import ConfigError
 from unlearn_core.search_space import objective_value
@@ -62,7 +62,7 @@ class EvalToTune(UserCallback):
     ) -> None:
         self.objective = objective
         self.extra = extra
-        self.keep = keep  # report keys Tune reads beside ``TUNE_KEYS`` (``space.tune_report``)
+        self.keep = keep  # report keys Tune reads beside ``TUNE_KEYS`` (``tune_config.tune_report``)
         self._bridge = None if in_process else TuneReportCallback()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:

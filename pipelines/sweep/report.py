@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.evaluate.plots import pareto_front, plot_forget_utility, write_results_table
 from pipelines.sweep.champion import ChampionRule, record_no_champion, register_champion, select_champion
-from pipelines.sweep.space import OBJECTIVE, Objectives, tune_values
+from pipelines.sweep.tune_config import OBJECTIVE, Objectives, tune_values
 from unlearn_core.config import RunConfig
 from unlearn_core.eval.report import format_table
 from unlearn_core.search_space import SearchSpace
@@ -27,13 +28,45 @@ TABLE_METRICS = (
 )
 
 
-def collect_trials(grid: Any, train_storage: Path | None = None) -> dict[str, dict[str, Any]]:
-    """ResultGrid -> trial name -> {status, metrics, config, model_dir, run_id, step}. A trial that
-    failed before its first report has its MLflow run's id only in its Train run folder (under
-    ``train_storage``, where the trial wrote it)."""
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended, from its last Tune result."""
+
+    status: str  # "completed" (final evaluation reported), "stopped" (by the scheduler) or "failed"
+    metrics: dict[str, float]  # its last evaluation's metrics and the objective
+    params: dict[str, Any]  # the sampled dims (dotted config keys)
+    model_dir: str | None = None
+    run_id: str | None = None  # its MLflow child run
+    step: float | None = None  # the step of its last report
+    timing: dict[str, float] = field(default_factory=dict)  # ``time/*`` (completed trials)
+    weights_sha256: str | None = None
+    pid: int | None = None  # the process (Tune actor) that ran it
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChampionOutcome:
+    """The sweep's champion (``trial`` None: none), why, and where it is registered."""
+
+    trial: str | None
+    reason: str
+    qualifying: list[str]
+    fallback: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    registered_name: str | None = None
+    version: str | None = None
+    uri: str | None = None  # models:/NAME@champion
+    weights_sha256: str | None = None
+    rationale: str | None = None
+
+
+def collect_trials(grid: Any, train_storage: Path | None = None) -> dict[str, TrialOutcome]:
+    """ResultGrid -> trial name -> its outcome, sorted by name. A trial that failed before its first
+    report has its MLflow run's id only in its Train run folder (under ``train_storage``, where the
+    trial wrote it)."""
     from pipelines.sweep.trial import RUN_MARKER
 
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, TrialOutcome] = {}
     for result in grid:
         m = tune_values(result.metrics or {})
         name = m.get("trial_name") or Path(result.path).name
@@ -47,62 +80,71 @@ def collect_trials(grid: Any, train_storage: Path | None = None) -> dict[str, di
             for k, v in m.items()
             if ("." in k or k == OBJECTIVE) and isinstance(v, int | float) and not isinstance(v, bool)
         }
-        params = {k: v for k, v in (result.config or {}).items()}
-        out[name] = {
-            "status": status,
-            "metrics": metrics,
-            "params": params,
-            "model_dir": m.get("model_dir"),
-            "run_id": run_id,
-            "step": m.get("step"),
-            "timing": {k: float(v) for k, v in m.items() if k.startswith("time/")},
-            tracking.SHA_TAG: m.get(tracking.SHA_TAG),
-            "error": str(result.error)[:500] if result.error else None,
-        }
+        out[name] = TrialOutcome(
+            status=status,
+            metrics=metrics,
+            params=dict(result.config or {}),
+            model_dir=m.get("model_dir"),
+            run_id=run_id,
+            step=m.get("step"),
+            timing={k: float(v) for k, v in m.items() if k.startswith("time/")},
+            weights_sha256=m.get(tracking.SHA_TAG),
+            pid=m.get("pid"),
+            error=str(result.error)[:500] if result.error else None,
+        )
     return dict(sorted(out.items()))
 
 
 def close_unfinished(
-    client: MlflowClient, trials: Mapping[str, dict[str, Any]], experiment_id: str, parent_run_id: str
-) -> None:
+    client: MlflowClient, trials: Mapping[str, TrialOutcome], experiment_id: str, parent_run_id: str
+) -> dict[str, TrialOutcome]:
     """Final status of the runs of trials that did not complete: KILLED (stopped early) or FAILED, with
     the reason Tune gives in the ``error`` tag when the trial could not tag it (its process died). A
     trial that failed before it could open its run gets one here, FAILED with that reason: every trial
-    has its child run. A tracking server gets a few requests at once (a large sweep has hundreds of
-    runs to close); a SQLite store one at a time."""
+    has its child run. Returns the outcomes with those runs. A tracking server gets a few requests at
+    once (a large sweep has hundreds of runs to close); a SQLite store one at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     sweep_name = client.get_run(parent_run_id).info.run_name
-    todo = [(n, t) for n, t in trials.items() if t["status"] != "completed"]
+    todo = [(n, t) for n, t in trials.items() if t.status != "completed"]
     with ThreadPoolExecutor(max_workers=8 if client.tracking_uri.startswith("http") else 1) as pool:
-        list(pool.map(lambda item: _close(client, *item, experiment_id, parent_run_id, sweep_name), todo))
+        closed = dict(
+            pool.map(lambda item: _close(client, *item, experiment_id, parent_run_id, sweep_name), todo)
+        )
+    return {n: closed.get(n, t) for n, t in trials.items()}
 
 
 def _close(
-    client: MlflowClient, name: str, t: dict[str, Any], experiment_id: str, parent_run_id: str, sweep: str
-) -> None:
-    if not t["run_id"]:
-        t["run_id"] = tracking.open_run(
+    client: MlflowClient, name: str, t: TrialOutcome, experiment_id: str, parent_run_id: str, sweep: str
+) -> tuple[str, TrialOutcome]:
+    if not t.run_id:
+        run_id = tracking.open_run(
             client.tracking_uri,
             experiment_id,
             run_name=f"{sweep}-{name}",
             tags={"mlflow.parentRunId": parent_run_id, "trial_name": name, "job": "sweep-trial"},
-            params=dict(t["params"]),
+            params=dict(t.params),
         )
-    if t["status"] == "stopped":
-        tracking.log_metrics(
-            client.tracking_uri, t["run_id"], {}, tags={"stopped_early": f"step {t['step']}"}
-        )
-        client.set_terminated(t["run_id"], "KILLED")  # the same status again on a resumed sweep: harmless
-        return
-    if t["error"] and tracking.ERROR_TAG not in client.get_run(t["run_id"]).data.tags:
-        client.set_tag(t["run_id"], tracking.ERROR_TAG, t["error"][:4000])
-    client.set_terminated(t["run_id"], "FAILED")
+        t = replace(t, run_id=run_id)
+    if t.status == "stopped":
+        tags = {"stopped_early": f"step {t.step}"}
+        tracking.log_metrics(client.tracking_uri, t.run_id, {}, tags=tags)
+        client.set_terminated(t.run_id, "KILLED")  # the same status again on a resumed sweep: harmless
+        return name, t
+    if t.error and tracking.ERROR_TAG not in client.get_run(t.run_id).data.tags:
+        client.set_tag(t.run_id, tracking.ERROR_TAG, t.error[:4000])
+    client.set_terminated(t.run_id, "FAILED")
+    return name, t
+
+
+def completed_metrics(trials: Mapping[str, TrialOutcome]) -> dict[str, dict[str, float]]:
+    """Trial name -> final metrics, for the trials that completed (the champion's candidates)."""
+    return {n: t.metrics for n, t in trials.items() if t.status == "completed"}
 
 
 def write_report(
     space: SearchSpace,
-    trials: Mapping[str, dict[str, Any]],
+    trials: Mapping[str, TrialOutcome],
     before: Mapping[str, float],
     sweep_dir: Path,
     client: MlflowClient,
@@ -110,21 +152,23 @@ def write_report(
     log: Callable[..., None],
     *,
     table: bool = True,
-) -> dict[str, Any]:
-    done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
+) -> tuple[list[str], list[str]]:
+    """The trials' lines, table, Pareto plot and CSV/Markdown tables (logged on the parent run);
+    returns the Pareto front and the files written."""
+    done = completed_metrics(trials)
     front = pareto_front(done)
     if table:
         rows = {n: {k: v for k, v in m.items() if k != OBJECTIVE} for n, m in done.items()}
         log(format_table({"vanilla": before, **rows}))
     for n, t in trials.items():
-        params = ", ".join(f"{k}={_short(t['params'].get(k))}" for k in space.dims)
-        obj = t["metrics"].get(OBJECTIVE)
+        params = ", ".join(f"{k}={_short(t.params.get(k))}" for k in space.dims)
+        obj = t.metrics.get(OBJECTIVE)
         log(
-            f"{n}: {t['status']}"
-            + (f" at step {t['step']:g}" if t["status"] == "stopped" and t["step"] else "")
+            f"{n}: {t.status}"
+            + (f" at step {t.step:g}" if t.status == "stopped" and t.step else "")
             + (f", objective ({space.objective.mode}) {obj:.4g}" if obj is not None else "")
             + f"; {params}"
-            + (f"; error: {t['error']}" if t["error"] else "")
+            + (f"; error: {t.error}" if t.error else "")
         )
     log(f"Pareto front (leak rate, retain accuracy, informativeness): {', '.join(front) or '-'}")
     out_dir = sweep_dir / "report"
@@ -140,12 +184,12 @@ def write_report(
     rows = [
         {
             "trial": n,
-            "status": t["status"],
+            "status": t.status,
             "pareto": n in front,
-            "step": t["step"],
-            "run_id": t["run_id"],
-            **{k: t["params"].get(k) for k in space.dims},
-            **t["metrics"],
+            "step": t.step,
+            "run_id": t.run_id,
+            **{k: t.params.get(k) for k in space.dims},
+            **t.metrics,
         }
         for n, t in trials.items()
     ]
@@ -155,8 +199,8 @@ def write_report(
         client.log_artifact(parent, str(p))
     counts = {
         "trials_completed": len(done),
-        "trials_stopped": sum(t["status"] == "stopped" for t in trials.values()),
-        "trials_failed": sum(t["status"] == "failed" for t in trials.values()),
+        "trials_stopped": sum(t.status == "stopped" for t in trials.values()),
+        "trials_failed": sum(t.status == "failed" for t in trials.values()),
     }
     logged = client.get_run(parent).data.metrics
     if any(
@@ -164,7 +208,7 @@ def write_report(
     ):  # a resumed, already reported sweep logs nothing twice
         tracking.log_metrics(client.tracking_uri, parent, counts, step=len(trials))
     client.set_tag(parent, "pareto_front", ",".join(front))
-    return {"pareto": front, "artifacts": [str(p) for p in [png, *paths]]}
+    return front, [str(p) for p in [png, *paths]]
 
 
 def _short(value: Any) -> str:
@@ -175,14 +219,14 @@ def pick_champion(
     space: SearchSpace,
     objectives: Objectives,
     cfg: RunConfig,
-    trials: Mapping[str, dict[str, Any]],
+    trials: Mapping[str, TrialOutcome],
     before: Mapping[str, float],
     rule: ChampionRule,
     uri: str,
     parent: str,
     log: Callable[..., None],
-) -> dict[str, Any]:
-    done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
+) -> ChampionOutcome:
+    done = completed_metrics(trials)
     choice = select_champion(
         done, before, rule=rule, objective=OBJECTIVE, objective_mode=space.objective.mode
     )
@@ -191,7 +235,7 @@ def pick_champion(
     if choice.trial is None:
         log(f"NO CHAMPION: {choice.reason} (rule: {rule.describe()})")
         record_no_champion(choice, rule, tracking_uri=uri, parent_run_id=parent)
-        return {"trial": None, "reason": choice.reason, "qualifying": []}
+        return ChampionOutcome(trial=None, reason=choice.reason, qualifying=[])
     if choice.fallback_used:
         log(f"no trial meets the champion rule ({rule.describe()}); falling back to the best objective")
     t = trials[choice.trial]
@@ -199,18 +243,22 @@ def pick_champion(
     reg = register_champion(
         choice,
         rule,
-        run_id=t["run_id"],
-        model_dir=t["model_dir"],
+        run_id=t.run_id or "",
+        model_dir=t.model_dir or "",
         registered_name=name,
         tracking_uri=uri,
         parent_run_id=parent,
     )
     log(f"champion: {choice.trial} ({choice.reason}) -> {reg['uri']} (version {reg['version']})")
-    return {
-        "trial": choice.trial,
-        "reason": choice.reason,
-        "qualifying": choice.qualifying,
-        "fallback": choice.fallback_used,
-        "metrics": choice.metrics,
-        **reg,
-    }
+    return ChampionOutcome(
+        trial=choice.trial,
+        reason=choice.reason,
+        qualifying=choice.qualifying,
+        fallback=choice.fallback_used,
+        metrics=choice.metrics,
+        registered_name=reg["name"],
+        version=reg["version"],
+        uri=reg["uri"],
+        weights_sha256=reg[tracking.SHA_TAG],
+        rationale=reg["rationale"],
+    )

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
 from pipelines.evaluate import remember_evaluation
 from pipelines.shards import TRAIN_SPLITS, load_manifest, stream_dataset
-from pipelines.train.driver import TrainingJob, run_training_job
+from pipelines.train.driver import JobResult, TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
 from pipelines.workspace import Workspace, ensure_shards
-from unlearn_core.config import RunConfig, mlflow_params
+from unlearn_core.config import RunConfig, mlflow_params, with_launcher_resolved
 from unlearn_core.eval.report import format_table
 
 
-def run_finetune(
-    cfg: RunConfig, *, out_name: str = "vanilla", log=print, table: bool = True
-) -> dict[str, Any]:
+def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print, table: bool = True) -> JobResult:
+    cfg = with_launcher_resolved(cfg)
     ws = Workspace(Path(cfg.workdir))
     shards = ensure_shards(cfg, ws, log)
     manifest = load_manifest(shards)
@@ -50,7 +48,7 @@ def run_finetune(
     )
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, new_run=True, log=log)
     # The final evaluation is the vanilla's "before" evaluation of every run that starts from it.
-    remember_evaluation(out["report"], Path(out["model_dir"]), shards, ws.results, cfg.train.eval_max_samples)
+    remember_evaluation(out.report, out.model_dir, shards, ws.results, cfg.train.eval_max_samples)
     if table:  # the demo shows one table of every model at the end instead
-        log(format_table({out_name: out["metrics"]}))
+        log(format_table({out_name: out.metrics}))
     return out
