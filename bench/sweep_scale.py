@@ -29,6 +29,7 @@ Run (under the heavy lock; ~30 min on 2 shared cores):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -455,7 +456,7 @@ def main() -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
-    from tests.ray_head import base_env, fake_cluster_config, free_ports, short_temp_dir, start_head
+    from tests.ray_head import fake_cluster
     from tests.tracking_servers import MlflowServer, PostgresServer
 
     ns = [int(x) for x in args.n.split(",")]
@@ -469,8 +470,6 @@ def bench(args: argparse.Namespace) -> None:
 
     pg = PostgresServer() if args.tracking == "postgres" else None
     server = None
-    temp = short_temp_dir("ray-scale-")
-    head = None
     results: dict[str, Any] = {
         "config": {
             k: v
@@ -478,6 +477,7 @@ def bench(args: argparse.Namespace) -> None:
             if k in ("n", "tracking", "nodes", "cpus_per_node", "concurrent", "server_workers")
         }
     }
+    stack = contextlib.ExitStack()
     try:
         if pg is not None:
             pg.start()
@@ -485,22 +485,13 @@ def bench(args: argparse.Namespace) -> None:
         print(
             f"mlflow server on {'PostgreSQL' if pg else 'SQLite'} up in {server.start():.0f} s: {server.uri}"
         )
-        gcs = free_ports(1)[0]
-        cfg_path = temp / "autoscaler.yaml"
-        cfg_path.write_text(
-            yaml.safe_dump(
-                fake_cluster_config(
-                    gcs,
-                    {NODE_TYPE: {"CPU": args.cpus_per_node}},
-                    max_workers=args.nodes,
-                    idle_minutes=30,
-                    upscaling_speed=2.0,
-                    name="sweep-scale-bench",
-                )
-            )
+        cluster = fake_cluster(
+            {NODE_TYPE: {"CPU": args.cpus_per_node}},
+            max_workers=args.nodes,
+            idle_minutes=30,
+            name="sweep-scale",
         )
-        env = base_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-        head = start_head(temp, env=env, num_cpus=0, autoscaling_config=cfg_path, port=gcs)
+        head = stack.enter_context(cluster)
         print(f"fake cluster head up: {head.gcs_address}, up to {args.nodes} x {args.cpus_per_node} CPUs")
         ctx = {
             "root": root,
@@ -508,8 +499,8 @@ def bench(args: argparse.Namespace) -> None:
             "inputs": inputs,
             "tracking_uri": server.uri,
             "concurrent": args.concurrent,
-            "env": {**env, "RAY_ADDRESS": head.gcs_address, "PYTHONPATH": str(REPO)},
-            "groups": Groups(temp, server, pg.root if pg else None),
+            "env": {**head.env, "RAY_ADDRESS": head.gcs_address, "PYTHONPATH": str(REPO)},
+            "groups": Groups(head.temp_dir, server, pg.root if pg else None),
         }
         # 1. One real trial (the project's training loop): the metric names and counts a trial logs.
         common.load("reference trial")
@@ -572,13 +563,11 @@ def bench(args: argparse.Namespace) -> None:
         report(results, runs, root)
         results["runs"] = [{k: v for k, v in r.items() if k not in ("samples",)} for r in runs]
     finally:
-        if head is not None:
-            head.stop()
+        stack.close()  # the cluster: every process of it
         if server is not None:
             server.stop()
         if pg is not None:
             pg.stop()
-        shutil.rmtree(temp, ignore_errors=True)
     print(common.load_summary())
     common.save("sweep_scale", results)
 

@@ -315,10 +315,13 @@ def fake_cluster(
     min_workers: int = 0,
     env: Mapping[str, str] | None = None,
     name: str = "fake-cluster-test",
+    dashboard: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[RayHead]:
     """A private autoscaling cluster on this machine (Ray's fake multi-node provider): a 0-CPU head in
     its own temp dir and ports (``private_head``), worker nodes added and removed by the autoscaler as
-    real raylets. Run it under the heavy lock (brief)."""
+    real raylets. ``env`` adds to the cluster's environment (``base_env``). Run it under the heavy lock
+    (brief)."""
     temp_dir = short_temp_dir("ray-fc-")
     gcs_port = free_ports(1)[0]
     config = temp_dir / "autoscaler.yaml"
@@ -333,9 +336,8 @@ def fake_cluster(
     )
     config.write_text(yaml.safe_dump(cluster))
     full_env = base_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict(env or {}))
-    with private_head(
-        temp_dir, {}, env=full_env, num_cpus=0, autoscaling_config=config, port=gcs_port
-    ) as head:
+    start = {"num_cpus": 0, "dashboard": dashboard, "autoscaling_config": config, "port": gcs_port}
+    with private_head(temp_dir, {} if timings is None else timings, env=full_env, **start) as head:
         yield head
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipelines.sweep.resources import (
     capacity_note,
@@ -32,15 +31,11 @@ from tests.ray_head import (
     TinySweep,
     cluster_processes,
     dashboard_get,
-    fake_cluster_config,
-    free_ports,
+    fake_cluster,
     make_auth_token,
     needs_cli,
-    private_head,
     ray_cli,
     run_logged,
-    short_temp_dir,
-    token_env,
     unlearn_cli,
     wait_for,
 )
@@ -87,24 +82,15 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
     token_path = make_auth_token(tmp_path / "home")
     token = token_path.read_text().strip()
 
-    temp_dir = short_temp_dir("ray-as-")
-    gcs_port = free_ports(1)[0]
-    config = temp_dir / "autoscaler.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            fake_cluster_config(
-                gcs_port,
-                {WORKER_TYPE: {"CPU": 1, "tune_driver": 1}},
-                max_workers=MAX_WORKERS,
-                idle_minutes=IDLE_MINUTES,
-                upscaling_speed=2.0,
-            )
-        )
-    )
-    env = token_env(token_path, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     timings: dict[str, float] = {}
-    with private_head(
-        temp_dir, timings, env=env, num_cpus=0, dashboard=True, autoscaling_config=config, port=gcs_port
+    with fake_cluster(
+        {WORKER_TYPE: {"CPU": 1, "tune_driver": 1}},
+        max_workers=MAX_WORKERS,
+        idle_minutes=IDLE_MINUTES,
+        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)},
+        name="fake-autoscale-test",
+        dashboard=True,
+        timings=timings,
     ) as head:
         # The autoscaler is up (it publishes a status) and the cluster is the head alone, with 0 CPUs.
         wait_for(lambda: autoscaler_status(head), 180, "the autoscaler's first status report", interval=3)
@@ -127,7 +113,11 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
             "train.cpus_per_worker=1",
             "train.launcher=ray_train",
         )
-        sweep_env = {**env, "RAY_ADDRESS": head.gcs_address, "UNLEARN_TUNE_DRIVER_RESOURCE": "tune_driver"}
+        sweep_env = {
+            **head.env,
+            "RAY_ADDRESS": head.gcs_address,
+            "UNLEARN_TUNE_DRIVER_RESOURCE": "tune_driver",
+        }
         t1 = time.monotonic()
         rc, out = run_logged(
             [*sweep, *tiny.options("autoscale-sweep", *settings)],
