@@ -462,6 +462,9 @@ def bench(args: argparse.Namespace) -> None:
     ns = [int(x) for x in args.n.split(",")]
     common.header("bench/sweep_scale.py: the sweep path at N trials on a fake autoscaling cluster")
     inputs = common.inputs()
+    import ray
+
+    ray.shutdown()  # building the inputs may have started a local Ray here: the sweeps run on the cluster
     root = common.BENCH_DIR / "sweep_scale"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
