@@ -664,3 +664,7 @@ def report(results: dict[str, Any], runs: list[dict[str, Any]], root: Path) -> N
         a, b = fit_line([float(n) for n, _ in samples], [float(x) for _, x in samples])
         results["peak_rss_fit"] = {"a_bytes": a, "b_bytes_per_trial": b}
         print(f"\ndriver peak RSS during the sweep: {a / 2**20:.0f} MiB + {b / 1024:.1f} KB x N")
+
+
+if __name__ == "__main__":
+    main()

@@ -320,9 +320,14 @@ def fake_cluster(
 ) -> Iterator[RayHead]:
     """A private autoscaling cluster on this machine (Ray's fake multi-node provider): a 0-CPU head in
     its own temp dir and ports (``private_head``), worker nodes added and removed by the autoscaler as
-    real raylets. ``env`` adds to the cluster's environment (``base_env``). Run it under the heavy lock
-    (brief)."""
+    real raylets. ``env`` adds to the cluster's environment (``base_env``).
+
+    It has a token of its own (token authentication, ``RAY_AUTH_TOKEN_PATH`` in ``head.env``): Ray's
+    default token, ``~/.ray/auth_token``, is shared by every Ray started on this machine under the same
+    user and rewritten when one starts, so a client of this cluster could read another's. Its
+    clients run with ``head.env``. Run it under the heavy lock (brief)."""
     temp_dir = short_temp_dir("ray-fc-")
+    token_path = make_auth_token(temp_dir / "home")
     gcs_port = free_ports(1)[0]
     config = temp_dir / "autoscaler.yaml"
     cluster = fake_cluster_config(
@@ -335,7 +340,9 @@ def fake_cluster(
         name=name,
     )
     config.write_text(yaml.safe_dump(cluster))
-    full_env = base_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict(env or {}))
+    full_env = token_env(
+        token_path, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict(env or {})
+    )
     start = {"num_cpus": 0, "dashboard": dashboard, "autoscaling_config": config, "port": gcs_port}
     with private_head(temp_dir, {} if timings is None else timings, env=full_env, **start) as head:
         yield head

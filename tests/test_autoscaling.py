@@ -32,7 +32,6 @@ from tests.ray_head import (
     cluster_processes,
     dashboard_get,
     fake_cluster,
-    make_auth_token,
     needs_cli,
     ray_cli,
     run_logged,
@@ -79,19 +78,17 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
     tiny = TinySweep.make(tmp_path)
     space = tmp_path / "ga_tiny.yaml"
     space.write_text(TINY_GA_SPACE)
-    token_path = make_auth_token(tmp_path / "home")
-    token = token_path.read_text().strip()
 
     timings: dict[str, float] = {}
     with fake_cluster(
         {WORKER_TYPE: {"CPU": 1, "tune_driver": 1}},
         max_workers=MAX_WORKERS,
         idle_minutes=IDLE_MINUTES,
-        env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)},
         name="fake-autoscale-test",
         dashboard=True,
         timings=timings,
     ) as head:
+        token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         # The autoscaler is up (it publishes a status) and the cluster is the head alone, with 0 CPUs.
         wait_for(lambda: autoscaler_status(head), 180, "the autoscaler's first status report", interval=3)
         nodes = wait_for(lambda: state_api(head, token, "nodes"), 120, "the State API", interval=3)

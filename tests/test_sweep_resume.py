@@ -35,11 +35,20 @@ def ray_local():
     if ray.is_initialized():
         ray.shutdown()
     with fake_cluster({"cpu_node": {"CPU": 2}}, max_workers=2, name="resume-test") as head:
+        # The cluster's own token, for this process and the CLI it starts (which inherits os.environ).
+        auth = {k: head.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+        saved = {k: os.environ.get(k) for k in auth}
+        os.environ.update(auth)
         ray.init(address=head.gcs_address, log_to_driver=False)
         try:
             yield ray
         finally:
             ray.shutdown()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
