@@ -94,7 +94,34 @@ def stored_values(store: Any, run_ids: list[str]) -> dict[str, int]:
     return dict(store.query(sql))
 
 
-def load_run(uri: str, store: Any, writers: int, tag: str) -> dict[str, Any]:
+def server_cpu_s(server: Any, pg: Any) -> dict[str, float]:
+    """CPU seconds so far of the tracking server's processes and of PostgreSQL's (alive now)."""
+    import psutil
+
+    def total(procs: list[Any]) -> float:
+        out = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                out += t.user + t.system
+            except psutil.Error:
+                continue
+        return out
+
+    found: dict[str, float] = {}
+    if server is not None and server.proc is not None:
+        root = psutil.Process(server.proc.pid)
+        found["server"] = total([root, *root.children(recursive=True)])
+    if pg is not None:
+        marker = str(pg.root)
+        mains = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+        found["postgres"] = total([q for p in mains for q in (p, *p.children(recursive=True))])
+    return found
+
+
+def load_run(
+    uri: str, store: Any, writers: int, tag: str, server: Any = None, pg: Any = None
+) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     exp_id = MlflowClient(uri).create_experiment(f"load-{tag}-{writers}")
@@ -103,10 +130,12 @@ def load_run(uri: str, store: Any, writers: int, tag: str) -> dict[str, Any]:
     procs = [ctx.Process(target=writer, args=(uri, exp_id, i, barrier, out)) for i in range(writers)]
     for p in procs:
         p.start()
+    cpu0 = server_cpu_s(server, pg)
     barrier.wait()
     t0 = time.perf_counter()
     records = [out.get(timeout=1800) for _ in procs]
     wall = time.perf_counter() - t0
+    cpu1 = server_cpu_s(server, pg)
     for p in procs:
         p.join(60)
     stored = stored_values(store, [r["run_id"] for r in records])
@@ -128,6 +157,8 @@ def load_run(uri: str, store: Any, writers: int, tag: str) -> dict[str, Any]:
         "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
         "batches_per_s": batches / wall,
         "wall_s": wall,
+        # CPU per metric batch of the server and of PostgreSQL (what a core can serve: 1000 / ms)
+        **{f"{k}_cpu_ms_per_batch": 1000 * (cpu1[k] - cpu0.get(k, 0.0)) / max(batches, 1) for k in cpu1},
     }
 
 
@@ -153,7 +184,7 @@ def per_report_cost(uri: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         assert cb.flush()
         drain = time.perf_counter() - t0
-        stored = len(client.get_metric_history(run_id, "k1"))
+        stored = len(client.get_metric_history(run_id, "train/k1"))
         times.sort()
         out["background" if background else "in place"] = {
             "median_ms": 1000 * times[len(times) // 2],
@@ -185,21 +216,21 @@ def main() -> None:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(f"sqlite:///{db}").search_experiments()  # create the schema once, before the writers
-        backends: list[tuple[str, str, Any]] = [("SQLite file", f"sqlite:///{db}", db)]
+        backends: list[tuple[str, str, Any, Any, Any]] = [("SQLite file", f"sqlite:///{db}", db, None, None)]
         # (b) a server on SQLite, (c) a server on PostgreSQL
         lite = MlflowServer(root / "server-sqlite", workers=4)
         servers.append(lite)
         print(f"mlflow server on SQLite up in {lite.start():.0f} s")
-        backends.append(("server on SQLite", lite.uri, root / "server-sqlite" / "server.db"))
+        backends.append(("server on SQLite", lite.uri, root / "server-sqlite" / "server.db", lite, None))
         pg.start()
         pgs = MlflowServer(root / "server-pg", pg.uri, workers=4)
         servers.append(pgs)
         print(f"mlflow server on PostgreSQL up in {pgs.start():.0f} s")
-        backends.append(("server on PostgreSQL", pgs.uri, pg))
-        for name, uri, store in backends:
+        backends.append(("server on PostgreSQL", pgs.uri, pg, pgs, pg))
+        for name, uri, store, srv, db_server in backends:
             for w in WRITERS:
                 common.load(f"{name}, {w} writers")
-                r = load_run(uri, store, w, name.split()[-1].lower())
+                r = load_run(uri, store, w, name.split()[-1].lower(), srv, db_server)
                 r["backend"] = name
                 results.setdefault("runs", []).append(r)
                 print(
@@ -217,6 +248,8 @@ def main() -> None:
                         f"{r['p50_s']:.3f}",
                         f"{r['p99_s']:.3f}",
                         f"{r['batches_per_s']:.0f}",
+                        f"{r['server_cpu_ms_per_batch']:.1f}" if "server_cpu_ms_per_batch" in r else "-",
+                        f"{r['postgres_cpu_ms_per_batch']:.1f}" if "postgres_cpu_ms_per_batch" in r else "-",
                     ]
                 )
         print(f"\n{BATCHES + 1} metric batches of {METRICS} values per writer, back to back")
@@ -230,6 +263,8 @@ def main() -> None:
                 "p50 batch s",
                 "p99 batch s",
                 "batches/s",
+                "server CPU ms/batch",
+                "PostgreSQL CPU ms/batch",
             ],
             rows,
         )
