@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=None, help="concurrent trials (default: what the cluster fits)"
     )
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=0,
+        help="start a failed trial again this often, e.g. when its node is lost (-1: always; default 0)",
+    )
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the sweep in this folder")
     p.add_argument(
         "--max-leak", type=float, default=0.0, help="champion rule: highest allowed leak rates (default 0)"

@@ -126,6 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "num_samples": args.num_samples,
         "max_concurrent": args.max_concurrent,
         "workers_per_trial": args.workers_per_trial,
+        "max_failures": args.max_failures,
     }
     preflight.sweep(cfg, args.space, resume=args.resume, **options)
     from pipelines.sweep.champion import ChampionRule

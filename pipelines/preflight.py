@@ -269,6 +269,7 @@ def sweep(
     num_samples: int | None,
     max_concurrent: int | None,
     workers_per_trial: int,
+    max_failures: int = 0,
 ) -> None:
     """A new sweep: the space file (dims, base, objective), its options and the config its trials start
     from; a resumed one: the sweep folder."""
@@ -276,6 +277,7 @@ def sweep(
         ("--num-samples", num_samples, 1),
         ("--max-concurrent", max_concurrent, 1),
         ("--workers-per-trial", workers_per_trial, 1),
+        ("--max-failures", max_failures, -1),
     ):
         if value is not None and value < low:
             raise ConfigError(f"{field}: must be >= {low}, got {value}")

@@ -39,3 +39,34 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     else:
         # The dashboard also serves the State API, which Ray Train's placement-group cleaner polls.
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """The autoscaler's maximum cluster resources, where Ray publishes them (autoscaler v2, e.g. KubeRay;
+    the v1 autoscaler of ``ray up`` does not): None when unknown."""
+    try:
+        from ray._private.state import state
+
+        found = state.get_max_resources_from_cluster_config()
+    except Exception:  # a private API: absent or changed in this Ray version
+        return None
+    return {k: float(v) for k, v in found.items()} if found else None
+
+
+def cluster_has_gpu() -> bool:
+    """Whether the connected cluster has a GPU now or its autoscaler can add one (where Ray says so)."""
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return True
+    most = autoscaler_max_resources() or {}
+    return 1 <= most.get("GPU", 0) < 2**62  # Ray reports an unbounded node group as sys.maxsize
+
+
+def gpu_elsewhere(use_gpu: bool) -> bool:
+    """Whether model work (a saliency mask, the PUBG teacher) belongs on a cluster GPU rather than in
+    this process: this process sees no CUDA device, and the run trains on GPUs (``use_gpu``) or the
+    connected cluster has or can add a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    return use_gpu or (ray.is_initialized() and cluster_has_gpu())

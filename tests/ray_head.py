@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 import pytest
 import requests
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -249,6 +250,116 @@ def start_head(
         head.stop()
         raise
     return head
+
+
+def fake_cluster_config(
+    gcs_port: int,
+    worker_types: Mapping[str, Mapping[str, float]],
+    *,
+    max_workers: int,
+    idle_minutes: float,
+    upscaling_speed: float = 1.0,
+    min_workers: int = 0,
+    name: str = "fake-autoscale-test",
+) -> dict[str, Any]:
+    """A complete autoscaler config for Ray's fake multi-node provider (the wheel ships no example
+    yaml): a 0-CPU head and ``worker_types`` (name -> resources), each 0 (``min_workers``) to
+    ``max_workers`` nodes. Each fake node is a real raylet on this machine. Start the head with
+    ``RAY_FAKE_CLUSTER=1`` and ``autoscaling_config`` pointing at this (as YAML)."""
+    return {
+        "cluster_name": name,
+        "max_workers": max_workers * len(worker_types),
+        "upscaling_speed": upscaling_speed,
+        "idle_timeout_minutes": idle_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"{HOST}:{gcs_port}",  # else the fake nodes join port 6379
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            **{
+                kind: {
+                    "resources": dict(resources),
+                    "node_config": {},
+                    "min_workers": min_workers,
+                    "max_workers": max_workers,
+                }
+                for kind, resources in worker_types.items()
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+@contextmanager
+def fake_cluster(
+    worker_types: Mapping[str, Mapping[str, float]],
+    *,
+    max_workers: int,
+    idle_minutes: float = 10.0,
+    min_workers: int = 0,
+    env: Mapping[str, str] | None = None,
+    name: str = "fake-cluster-test",
+    dashboard: bool = False,
+    timings: dict[str, float] | None = None,
+) -> Iterator[RayHead]:
+    """A private autoscaling cluster on this machine (Ray's fake multi-node provider): a 0-CPU head in
+    its own temp dir and ports (``private_head``), worker nodes added and removed by the autoscaler as
+    real raylets. ``env`` adds to the cluster's environment (``base_env``).
+
+    It has a token of its own (token authentication, ``RAY_AUTH_TOKEN_PATH`` in ``head.env``): Ray's
+    default token, ``~/.ray/auth_token``, is shared by every Ray started on this machine under the same
+    user and rewritten when one starts, so a client of this cluster could read another's. Its
+    clients run with ``head.env``. Run it under the heavy lock (brief)."""
+    temp_dir = short_temp_dir("ray-fc-")
+    token_path = make_auth_token(temp_dir / "home")
+    gcs_port = free_ports(1)[0]
+    config = temp_dir / "autoscaler.yaml"
+    cluster = fake_cluster_config(
+        gcs_port,
+        worker_types,
+        max_workers=max_workers,
+        idle_minutes=idle_minutes,
+        upscaling_speed=2.0,
+        min_workers=min_workers,
+        name=name,
+    )
+    config.write_text(yaml.safe_dump(cluster))
+    full_env = token_env(
+        token_path, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict(env or {})
+    )
+    start = {"num_cpus": 0, "dashboard": dashboard, "autoscaling_config": config, "port": gcs_port}
+    with private_head(temp_dir, {} if timings is None else timings, env=full_env, **start) as head:
+        yield head
+
+
+def node_processes(head: RayHead) -> dict[int, list[psutil.Process]]:
+    """The fake worker nodes: each node's raylet pid -> the raylet and every process under it (its
+    workers and actors). The autoscaler (``monitor.py``) starts those raylets itself; the head's raylet
+    belongs to ``ray start``."""
+    out: dict[int, list[psutil.Process]] = {}
+    for p in cluster_processes(head.temp_dir):
+        try:
+            if p.name() == "raylet" and "monitor" in " ".join(p.parent().cmdline()):
+                out[p.pid] = [p, *p.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return out
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipelines.sweep.resources import (
     capacity_note,
@@ -32,14 +31,10 @@ from tests.ray_head import (
     TinySweep,
     cluster_processes,
     dashboard_get,
-    free_ports,
-    make_auth_token,
+    fake_cluster,
     needs_cli,
-    private_head,
     ray_cli,
     run_logged,
-    short_temp_dir,
-    token_env,
     unlearn_cli,
     wait_for,
 )
@@ -48,45 +43,6 @@ from unlearn_core.config import RunConfig, with_overrides
 MAX_WORKERS = 2
 IDLE_MINUTES = 0.5  # the schema takes a number: 30 s keeps the test short without churning mid-sweep
 WORKER_TYPE = "cpu_worker"
-
-
-def fake_cluster_config(gcs_port: int) -> dict[str, Any]:
-    """A complete autoscaler config for the fake multi-node provider (the wheel ships no example.yaml)."""
-    return {
-        "cluster_name": "fake-autoscale-test",
-        "max_workers": MAX_WORKERS,
-        "upscaling_speed": 2.0,
-        "idle_timeout_minutes": IDLE_MINUTES,
-        "provider": {
-            "type": "fake_multinode",
-            "use_node_id_as_ip": True,
-            "disable_node_updaters": True,
-            "disable_launch_config_check": True,
-            "gcs_address": f"127.0.0.1:{gcs_port}",  # else the fake nodes join port 6379
-        },
-        "auth": {"ssh_user": "ubuntu"},
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            WORKER_TYPE: {
-                "resources": {"CPU": 1, "tune_driver": 1},
-                "node_config": {},
-                "min_workers": 0,
-                "max_workers": MAX_WORKERS,
-            },
-        },
-        "head_node_type": "ray.head.default",
-        "file_mounts": {},
-        "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False,
-        "rsync_exclude": [],
-        "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
-    }
 
 
 def state_api(head: RayHead, token: str, kind: str) -> list[dict[str, Any]]:
@@ -122,18 +78,17 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
     tiny = TinySweep.make(tmp_path)
     space = tmp_path / "ga_tiny.yaml"
     space.write_text(TINY_GA_SPACE)
-    token_path = make_auth_token(tmp_path / "home")
-    token = token_path.read_text().strip()
 
-    temp_dir = short_temp_dir("ray-as-")
-    gcs_port = free_ports(1)[0]
-    config = temp_dir / "autoscaler.yaml"
-    config.write_text(yaml.safe_dump(fake_cluster_config(gcs_port)))
-    env = token_env(token_path, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     timings: dict[str, float] = {}
-    with private_head(
-        temp_dir, timings, env=env, num_cpus=0, dashboard=True, autoscaling_config=config, port=gcs_port
+    with fake_cluster(
+        {WORKER_TYPE: {"CPU": 1, "tune_driver": 1}},
+        max_workers=MAX_WORKERS,
+        idle_minutes=IDLE_MINUTES,
+        name="fake-autoscale-test",
+        dashboard=True,
+        timings=timings,
     ) as head:
+        token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         # The autoscaler is up (it publishes a status) and the cluster is the head alone, with 0 CPUs.
         wait_for(lambda: autoscaler_status(head), 180, "the autoscaler's first status report", interval=3)
         nodes = wait_for(lambda: state_api(head, token, "nodes"), 120, "the State API", interval=3)
@@ -155,7 +110,11 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
             "train.cpus_per_worker=1",
             "train.launcher=ray_train",
         )
-        sweep_env = {**env, "RAY_ADDRESS": head.gcs_address, "UNLEARN_TUNE_DRIVER_RESOURCE": "tune_driver"}
+        sweep_env = {
+            **head.env,
+            "RAY_ADDRESS": head.gcs_address,
+            "UNLEARN_TUNE_DRIVER_RESOURCE": "tune_driver",
+        }
         t1 = time.monotonic()
         rc, out = run_logged(
             [*sweep, *tiny.options("autoscale-sweep", *settings)],

@@ -104,6 +104,7 @@ CASES = [
     (["sweep"], ["needs --space FILE"]),
     (["sweep", "--resume", "WD/records"], ["--resume", "not a sweep folder"]),
     (["sweep", "--space", "tune_spaces/pubg.yaml", "--num-samples", "0"], ["--num-samples", ">= 1"]),
+    (["sweep", "--space", "tune_spaces/pubg.yaml", "--max-failures", "-2"], ["--max-failures", ">= -1"]),
     (
         [
             "sweep",

@@ -253,7 +253,8 @@ def test_head_starts_ray_then_mlflow_server(raw: dict[str, Any]) -> None:
     for flag in (
         "--host 0.0.0.0",
         "--port 5000",
-        "--backend-store-uri sqlite:////home/ubuntu/mlflow/mlflow.db",
+        '--backend-store-uri "postgresql://ubuntu@/mlflow?host=/var/run/postgresql"',
+        "--serve-artifacts",
         "--artifacts-destination ",
     ):
         assert flag in server, flag

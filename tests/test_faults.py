@@ -6,17 +6,17 @@ server is a real ``mlflow server`` subprocess that is stopped and started again 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -26,15 +26,8 @@ from pipelines.shards.build import shard_records
 from pipelines.train import WorkerSpec, fit
 from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
 from tests.ray_head import free_ports
+from tests.tracking_servers import MlflowServer
 from unlearn_core.config import RunConfig, with_overrides
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _history_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -185,72 +178,9 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
 # --------------------------------------------------------------------------- tracking server down
 
 
-class _MlflowServer:
-    """A real ``mlflow server`` on 127.0.0.1 that can be stopped and started on the same port + store."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_ports(1)[0]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.store = f"sqlite:///{root / 'server.db'}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout_s: float = 150.0) -> float:
-        t0 = time.perf_counter()
-        self.starts += 1
-        log = (self.root / f"server-{self.starts}.log").open("wb")
-        exe = Path(sys.executable).with_name("mlflow")
-        cmd = [
-            str(exe),
-            "server",
-            "--backend-store-uri",
-            self.store,
-            "--default-artifact-root",
-            (self.root / "artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        while time.perf_counter() - t0 < timeout_s:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.3)
-        tail = (self.root / f"server-{self.starts}.log").read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"mlflow server did not come up on {self.uri}:\n{tail}")
-
-    def stop(self) -> None:
-        """An outage as a crash: SIGKILL the server's process group (the CLI and its uvicorn child)."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(20)
-        deadline = time.monotonic() + 20
-        while _listening(self.port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.proc = None
-
-
 @pytest.fixture()
 def mlflow_server(tmp_path):
-    server = _MlflowServer(tmp_path)
+    server = MlflowServer(tmp_path)
     yield server
     server.stop()
 
@@ -306,3 +236,279 @@ def test_tracking_server_outage_buffers_then_delivers_each_value_once(mlflow_ser
     assert f"2 metric values were NOT logged to MLflow run {run_id}" in err, err
     assert _history_steps(MlflowClient(mlflow_server.store), run_id, "train/loss") == [1, 2, 3, 4]
     print(f"mlflow server start: {up1:.1f} s, restart: {up2:.1f} s", file=sys.__stderr__)
+
+
+@pytest.mark.slow
+def test_background_sender_queues_reports_and_delivers_each_value_once_across_restarts(mlflow_server, capsys):
+    """A job that trains in its own process (a sweep trial) logs through a sender thread: a report only
+    queues its values, an outage is warned about once, and every value reaches the run once, also when
+    the server comes back only after training ended (the final flush waits for it)."""
+    store = MlflowClient(mlflow_server.store)
+    run_id = store.create_run(store.create_experiment("background")).info.run_id
+    mlflow_server.start()
+    cb = tracking.MlflowReportCallback(mlflow_server.uri, run_id, background=True, outage_wait_s=240)
+
+    def report(step: int) -> None:
+        cb.after_report(None, [{"step": float(step), "loss": 1.0 / step, "grad_norm": float(step)}], None)
+
+    report(1)
+    client = MlflowClient(mlflow_server.uri)
+    deadline = time.monotonic() + 60
+    while not _history_steps(client, run_id, "train/loss") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the sender delivers step 1 (a request cut off mid-way is MLflow's to retry)
+    mlflow_server.stop()
+    for step in (2, 3):
+        report(step)
+    report(4)
+    time.sleep(3 * cb.RETRY_S)  # the sender tries (and fails) in the meantime
+    err = capsys.readouterr().err
+    assert err.count("WARNING: MLflow unreachable") == 1, err  # one outage, one warning
+
+    # Down when training ends: the final flush waits until the server is back, then delivers.
+    restarter = threading.Timer(2.0, mlflow_server.start)
+    restarter.start()
+    try:
+        assert cb.flush() is True
+    finally:
+        restarter.join()
+    assert "MLflow reachable again" in capsys.readouterr().err
+    for key in ("train/loss", "train/grad_norm"):
+        assert _history_steps(client, run_id, key) == [1, 2, 3, 4], key
+
+    # A batch the server stored but whose answer was lost is sent again: the values keep the time they
+    # were reported, so the store holds them once.
+    report(5)
+    assert cb.flush() is True
+    sent = [m for m in client.get_metric_history(run_id, "train/loss") if m.step == 5]
+    cb._pending.extend(("train/loss", m.value, 5, m.timestamp) for m in sent)
+    assert cb.flush() is True
+    assert _history_steps(client, run_id, "train/loss") == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- faults mid-sweep, fake cluster
+
+FAULT_SPACE = """
+method: ga
+num_samples: 4
+base:
+  train.eval_every: 5
+  train.eval_max_samples: 4
+  train.checkpoint_every: 5
+space:
+  train.lr: {loguniform: [1.0e-4, 3.0e-3]}
+  train.steps: {choice: [STEPS]}
+"""
+
+
+@pytest.fixture(scope="module")
+def fake(shards):
+    """A fake autoscaling cluster: a 0-CPU head, up to two 2-CPU worker nodes (real raylets here)."""
+    from tests.ray_head import fake_cluster
+
+    with fake_cluster({"cpu_node": {"CPU": 2}}, max_workers=2, name="faults-test") as head:
+        yield head
+
+
+def _sweep_cli(
+    head,
+    space: Path,
+    workdir: Path,
+    shards: Path,
+    model: Path,
+    log_path: Path,
+    *,
+    extra: list[str],
+    sets: dict,
+):
+    """``unlearn sweep`` against the fake cluster (its own process group), 2 trials at once."""
+    import subprocess
+
+    from tests.ray_head import unlearn_cli
+
+    cmd = [
+        str(unlearn_cli()), "sweep", "--space", str(space), "--workdir", str(workdir),
+        "--scheduler", "none", "--max-concurrent", "2", "--max-leak", "1", "--min-retain-ratio", "0", *extra,
+    ]  # fmt: skip
+    sets = {
+        "shards": shards,
+        "model.spec": model,
+        "train.batch_size": 8,
+        "train.cpus_per_worker": 1,
+        "train.torch_threads": 1,
+        "train.launcher": "in_process",
+        **sets,
+    }
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={value}"]
+    env = {**head.env, "RAY_ADDRESS": head.gcs_address}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _sweep_runs(uri: str) -> tuple[Any, list[Any]]:
+    """The (one) sweep parent run in the store and its child runs."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(RunConfig().tracking.experiment)
+    if exp is None:
+        return None, []
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.job = 'sweep'")
+    if not parents:
+        return None, []
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
+    )
+    return parents[0], children
+
+
+def _logged_step(client: MlflowClient, run: Any) -> int:
+    return max((int(m.step) for m in client.get_metric_history(run.info.run_id, "train/loss")), default=0)
+
+
+def _no_step_twice(client: MlflowClient, runs: list[Any]) -> None:
+    for run in runs:
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.data.tags["trial_name"], key, steps)
+
+
+def _trial_failures(workdir: Path) -> dict[str, int]:
+    """Trial index -> how often Tune saw it fail (the newest experiment state)."""
+    (state,) = sorted((workdir / "ray_results").glob("sweep-*/experiment_state-*.json"))[-1:]
+    out = {}
+    for entry in json.loads(state.read_text())["trial_data"]:
+        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+        out[str(trial["experiment_tag"]).split("_", 1)[0]] = int(meta["num_failures"])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_node_lost_mid_sweep_its_trials_restart_and_the_sweep_picks_a_champion(
+    fake, shards, start_model, tmp_path
+):
+    """The worker node running trials is killed (its raylet and every process under it, SIGKILL) once
+    a trial has logged steps. With ``--max-failures 1`` Tune starts the lost trials again (on a node
+    the autoscaler has or adds), each resumes from its last checkpoint in its own MLflow run, and the
+    sweep ends with every trial FINISHED and a champion."""
+    from tests.ray_head import node_processes, wait_process
+
+    space = tmp_path / "ga_fault.yaml"
+    space.write_text(FAULT_SPACE.replace("STEPS", "30"))
+    workdir = tmp_path / "wd"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    proc = _sweep_cli(
+        fake, space, workdir, shards, start_model, tmp_path / "sweep.log",
+        extra=["--max-failures", "1"], sets={"tracking.registered_model_name": "node-lost"},
+    )  # fmt: skip
+    killed: list[int] = []
+
+    def kill_a_busy_node() -> None:
+        if killed:
+            return
+        try:
+            _, children = _sweep_runs(uri) if (workdir / "mlflow.db").exists() else (None, [])
+            client = MlflowClient(uri)
+            busy = any(r.info.status == "RUNNING" and 5 <= _logged_step(client, r) < 30 for r in children)
+        except Exception:  # noqa: BLE001 - the store is busy with a write: look again
+            return
+        if not busy:
+            return
+        for procs in node_processes(fake).values():
+            trials = [p for p in procs if _cmd(p).startswith("ray::ImplicitFunc")]
+            if trials:
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
+                killed.append(len(trials))
+                return
+
+    try:
+        rc = wait_process(proc, fake, 1200, "the sweep", on_tick=kill_a_busy_node, interval=1.0)
+    finally:
+        out = (tmp_path / "sweep.log").read_text(errors="replace")
+        print(out[-3000:])
+    assert killed, "no node was running a trial that had logged steps"
+    assert rc == 0, out[-5000:]
+    parent, children = _sweep_runs(uri)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.tags["trial_name"] for r in children) == [f"trial_{i:03d}" for i in range(4)]
+    assert {r.info.status for r in children} == {"FINISHED"}, [
+        (r.data.tags["trial_name"], r.info.status) for r in children
+    ]
+    failures = _trial_failures(workdir)
+    assert sum(failures.values()) >= killed[0] >= 1, failures  # the lost trials were started again
+    client = MlflowClient(uri)
+    _no_step_twice(client, children)
+    assert all(_logged_step(client, r) == 30 for r in children)
+    assert client.get_model_version_by_alias("node-lost", "champion").run_id in {
+        r.info.run_id for r in children
+    }
+    print(f"node lost: {killed[0]} trial(s) on it, Tune failures {failures}", file=sys.__stderr__)
+
+
+def _cmd(p: Any) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_tracking_server_restarted_mid_sweep_delivers_every_value_once(fake, shards, start_model, tmp_path):
+    """The sweep logs to a real ``mlflow server``, which is killed once a trial has logged steps and
+    started again 5 s later. Trials keep training meanwhile (their reports queue), and every child run
+    ends FINISHED with each report's values exactly once."""
+    from tests.ray_head import wait_process
+
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    space = tmp_path / "ga_outage.yaml"
+    space.write_text(FAULT_SPACE.replace("STEPS", "20").replace("num_samples: 4", "num_samples: 3"))
+    proc = _sweep_cli(
+        fake, space, tmp_path / "wd", shards, start_model, tmp_path / "sweep.log", extra=[],
+        sets={"tracking.tracking_uri": server.uri, "tracking.registered_model_name": "server-restart"},
+    )  # fmt: skip
+    outage: list[float] = []
+
+    def restart_once() -> None:
+        if outage:
+            return
+        try:
+            _, children = _sweep_runs(server.uri)
+            client = MlflowClient(server.uri)
+            busy = any(5 <= _logged_step(client, r) < 20 for r in children if r.info.status == "RUNNING")
+        except Exception:  # noqa: BLE001 - the server is busy: look again
+            return
+        if busy:
+            t0 = time.monotonic()
+            server.stop()
+            time.sleep(5)
+            server.start()
+            outage.append(time.monotonic() - t0)
+
+    try:
+        rc = wait_process(proc, fake, 1200, "the sweep", on_tick=restart_once, interval=1.0)
+        out = (tmp_path / "sweep.log").read_text(errors="replace")
+        assert outage, "no trial had logged steps while the sweep ran"
+        assert rc == 0, out[-5000:]
+        parent, children = _sweep_runs(server.uri)
+        assert parent.info.status == "FINISHED"
+        assert sorted(r.data.tags["trial_name"] for r in children) == ["trial_000", "trial_001", "trial_002"]
+        assert {r.info.status for r in children} == {"FINISHED"}
+        client = MlflowClient(server.uri)
+        _no_step_twice(client, children)
+        for r in children:  # every report delivered: each evaluation step, and the final metrics
+            steps = [int(m.step) for m in client.get_metric_history(r.info.run_id, "eval/objective")]
+            assert sorted(steps) == [5, 10, 15, 20], (r.data.tags["trial_name"], steps)
+            assert {"forget.leak_rate", "objective", "time/job_s"} <= set(r.data.metrics)
+        print(f"mlflow server down for {outage[0]:.0f} s mid-sweep", file=sys.__stderr__)
+    finally:
+        server.stop()

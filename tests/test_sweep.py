@@ -443,3 +443,34 @@ def test_concurrent_trials_log_every_metric_once(tmp_path, mlflow_store, ray_loc
         for key in ("train/loss", "eval/forget.leak_rate", "eval/objective"):
             steps = sorted(int(m.step) for m in client.get_metric_history(run_id, key))
             assert steps == list(range(1, reports + 1)), (run_id, key, steps)
+
+
+def test_tune_sees_only_what_it_reads_and_the_sweep_gets_every_value_back():
+    """A trial's report reaches Tune as its decision keys plus one JSON string (Tune keeps statistics of
+    every numeric key of every trial for the whole sweep); the sweep unpacks the report as it was made,
+    and a flat report (a sweep an older version started) is read as it is."""
+    from pipelines.sweep.tune_config import RESULT_KEY, TUNE_KEYS, tune_report, tune_values
+
+    values = {
+        "objective": 0.25,
+        "step": 20.0,
+        "final": 1,
+        "trial_name": "trial_007",
+        "mlflow_run_id": "abc",
+        "forget.leak_rate": 0.0,
+        "retain.vqa_acc": 0.75,
+        "time/job_s": 1.5,
+        "model_dir": "/m",
+        "quality.informativeness": 0.5,
+    }
+    sent = tune_report(values)
+    numeric = {k for k, v in sent.items() if isinstance(v, int | float)}
+    assert numeric == {"objective", "step", "final"} and set(sent) == {*TUNE_KEYS, RESULT_KEY}
+    assert isinstance(sent[RESULT_KEY], str)
+    assert tune_values(sent) == values
+    # A multi-objective search reads its metrics from the report: they stay where it looks.
+    multi = tune_report(values, keep=("quality.informativeness", "forget.leak_rate"))
+    assert multi["quality.informativeness"] == 0.5 and multi["forget.leak_rate"] == 0.0
+    assert tune_values(multi) == values
+    flat = {"objective": 0.5, "step": 10.0, "forget.leak_rate": 0.25}
+    assert tune_values(flat) == flat

@@ -1,7 +1,8 @@
 """An interrupted sweep driver, resumed: `unlearn sweep` is SIGKILLed mid-sweep, `--resume` finishes it.
 
-Its own module, so its own local Ray: an ASHA-stopped trial elsewhere can leave a Train placement
-group reserved in a Ray without the dashboard (Ray Train's cleaner polls the State API it serves).
+On a fake autoscaling cluster (Ray's fake multi-node provider: a 0-CPU head, worker nodes added as
+real raylets on this machine), which this module's process joins too: the driver runs as the CLI
+against it, the resume runs here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,32 @@ from pipelines.sweep import run_sweep
 from tests.pipeline_fixtures import write_sweep_inputs
 from tests.test_sweep import SPACE
 from unlearn_core.config import RunConfig
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """This module's Ray: a fake autoscaling cluster of up to two 2-CPU nodes, joined by this process."""
+    import ray
+
+    from tests.ray_head import fake_cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with fake_cluster({"cpu_node": {"CPU": 2}}, max_workers=2, name="resume-test") as head:
+        # The cluster's own token, for this process and the CLI it starts (which inherits os.environ).
+        auth = {k: head.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+        saved = {k: os.environ.get(k) for k in auth}
+        os.environ.update(auth)
+        ray.init(address=head.gcs_address, log_to_driver=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

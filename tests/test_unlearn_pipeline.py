@@ -171,6 +171,10 @@ def test_teacher_cache_is_the_same_in_process_and_by_ray_data(inputs, tmp_path, 
     a, b = pq.read_table(here / "forget"), pq.read_table(by_ray / "forget")
     assert a.num_rows == _forget_prompts(inputs["shards"]) == 28
     assert a.equals(b)
+    # A cluster without a GPU: both ran on this machine's CPU, the actor holding no GPU.
+    for folder, where in ((here, "this process"), (by_ray, "CPU only")):
+        meta = json.loads((folder / "teacher.json").read_text())
+        assert where in meta["annotated_in"] and meta["devices"] == ["cpu (Ray GPU ids: -)"]
 
 
 @pytest.mark.slow
@@ -207,6 +211,7 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
     selected = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert stats["selected_fraction"]["vision"] == pytest.approx(selected)
     assert 0.0 < selected < 1.0 and stats["sparsity"]["vision"] == pytest.approx(1 - selected)
+    assert stats["device"] == "cpu" and stats["ray_gpu_ids"] == []  # no GPU in this cluster
     client = MlflowClient(uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("lvlm-unlearn").experiment_id], filter_string="tags.job = 'mask'"

@@ -135,7 +135,7 @@ def stream_dataset(
         key = (stream, tuple(sorted(weights.items())), views, tuple(_file_id(f) for f in files))
         if key in _READ:
             return _READ[key]
-        ds = ray.data.from_arrow(pa.concat_tables([keep(pq.read_table(f)) for f in files]))
+        ds = _from_arrow_here(pa.concat_tables([keep(pq.read_table(f)) for f in files]))
         in_actor = ray.get_runtime_context().get_actor_id() is not None  # dies with its Ray; a driver may not
         if in_actor:
             while len(_READ) >= READ_CACHE_STREAMS:
@@ -143,6 +143,25 @@ def stream_dataset(
             _READ[key] = ds
         return ds
     return ray.data.read_parquet(paths).map_batches(keep, batch_format="pyarrow")
+
+
+def _from_arrow_here(table: pa.Table) -> ray.data.Dataset:
+    """``ray.data.from_arrow(table)`` without the task it starts to read the block's metadata: that task
+    needs a free CPU outside the caller's placement group, and a sweep whose trials hold every CPU of a
+    fixed-size cluster would wait for it forever (each trial's first stream). The metadata is computed
+    here instead, through Ray Data's own (private) pieces; a Ray without them takes the public path."""
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators.from_operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data._internal.util import get_table_block_metadata_schema
+        from ray.data.dataset import MaterializedDataset
+    except ImportError:
+        return ray.data.from_arrow(table)
+    meta = [get_table_block_metadata_schema(table)]
+    context = ray.data.DataContext.get_current().copy()
+    stats = DatasetStats(metadata={"FromArrow": meta}, parent=None)
+    return MaterializedDataset(LogicalPlan(FromArrow([ray.put(table)], meta), context), context, stats)
 
 
 # Small streams an actor already read, by stream, task weights and files (path, size, mtime): the

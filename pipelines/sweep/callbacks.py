@@ -14,8 +14,8 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipelines.sweep.tune_config import OBJECTIVE
-from pipelines.tracking.live import MlflowReportCallback
+from pipelines.sweep.tune_config import OBJECTIVE, tune_report
+from pipelines.tracking.live import OUTAGE_WAIT_S, MlflowReportCallback
 from unlearn_core.config import ConfigError
 from unlearn_core.search_space import objective_value
 
@@ -24,9 +24,14 @@ class LiveCurves(MlflowReportCallback):
     """Train reports -> the child run: ``train/<key>`` for training, ``eval/<metric>`` for evaluations."""
 
     def __init__(
-        self, tracking_uri: str, run_id: str, objective: Any, logged_through: int | None = None
+        self,
+        tracking_uri: str,
+        run_id: str,
+        objective: Any,
+        logged_through: int | None = None,
+        background: bool = False,
     ) -> None:
-        super().__init__(tracking_uri, run_id, prefix="")
+        super().__init__(tracking_uri, run_id, prefix="", background=background, outage_wait_s=OUTAGE_WAIT_S)
         self.objective = objective
         self.logged_through = logged_through  # a resumed trial's run already has the steps up to here
 
@@ -52,9 +57,12 @@ class EvalToTune(UserCallback):
     the trial function's own thread, which reports to Tune directly (and stops there when ASHA says so).
     """
 
-    def __init__(self, objective: Any, extra: dict[str, Any], in_process: bool = False) -> None:
+    def __init__(
+        self, objective: Any, extra: dict[str, Any], in_process: bool = False, keep: tuple[str, ...] = ()
+    ) -> None:
         self.objective = objective
         self.extra = extra
+        self.keep = keep  # report keys Tune reads beside ``TUNE_KEYS`` (``tune_config.tune_report``)
         self._bridge = None if in_process else TuneReportCallback()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
@@ -63,7 +71,10 @@ class EvalToTune(UserCallback):
         obj = _objective_of(self.objective, m)
         if not evals or obj is None:
             return
-        payload = {**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra}
+        payload = tune_report(
+            {**evals, "step": m.get("step", 0.0), OBJECTIVE: obj, "final": 0, **self.extra},
+            keep=(*self.keep, *self.extra),
+        )
         if self._bridge is None:
             tune.report(payload)
         else:

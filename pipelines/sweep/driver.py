@@ -26,6 +26,7 @@ from ray import tune
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate_cached
+from pipelines.ray_env import autoscaler_max_resources
 from pipelines.sweep.champion import ChampionRule
 from pipelines.sweep.param_space import tune_param_space
 from pipelines.sweep.report import (
@@ -37,7 +38,6 @@ from pipelines.sweep.report import (
     write_report,
 )
 from pipelines.sweep.resources import (
-    autoscaler_max_resources,
     capacity_note,
     cluster_capacity,
     default_max_concurrent,
@@ -50,6 +50,7 @@ from pipelines.sweep.train_groups import GROUP_KEY, ReleaseEndedTrialGroups, rel
 from pipelines.sweep.trial import TrialContext, sweep_trial
 from pipelines.sweep.tune_config import Objectives, build_tune_config, check_options, load_sweep_space
 from pipelines.train import storage_dir, sweep_callbacks
+from pipelines.train.trainer import WorkerLoop
 from pipelines.train.unlearn import PreparedInputs, prepare_inputs
 from pipelines.workspace import Workspace
 from unlearn_core.config import ConfigError, RunConfig, resolve_launcher, with_overrides
@@ -122,11 +123,13 @@ def run_sweep(
     search: str | None = None,
     max_concurrent: int | None = None,
     workers_per_trial: int = 1,
+    max_failures: int = 0,
     resume_dir: str | Path | None = None,
     champion_rule: ChampionRule | None = None,
     if_exists: str = "error",
     log: Callable[..., None] = print,
     table: bool = True,
+    loop: WorkerLoop | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep.
 
@@ -136,6 +139,10 @@ def run_sweep(
     ``"error"`` (the CLI: the user chooses ``--resume``) or ``"resume"`` (``unlearn demo``).
     ``table=False`` leaves out the trials' metric table (the demo prints the champion in its own).
     ``search`` None: the space's own (``search:`` in its file), else random.
+    ``max_failures``: how often Tune starts a failed trial again (its actor died with its node, or it
+    raised; -1: always); the new attempt resumes from the trial's last checkpoint and reuses its MLflow
+    run. ``loop``: the trials' training-worker loop (default the project's; bench/sweep_scale.py passes
+    a stand-in that reports like it, to measure what the sweep costs around the training).
     """
     if if_exists not in ("error", "resume"):
         raise ConfigError(f"if_exists: expected 'error' or 'resume', got {if_exists!r}")
@@ -168,12 +175,13 @@ def run_sweep(
             max_concurrent=max_concurrent,
             workers_per_trial=workers_per_trial,
             rule=rule,
+            max_failures=max_failures,
         )
         sweep_dir = Path(storage_dir(cfg.workdir)) / state.sweep_name
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
             if if_exists == "resume":
                 log(f"[cached] sweep {sweep_dir.name} exists: resuming it (finished trials are kept)")
-                return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log)
+                return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log, loop=loop)
             raise ConfigError(
                 f"sweep {sweep_dir} exists (same space, config and options): "
                 f"continue it with --resume {sweep_dir}, or change the config"
@@ -205,10 +213,9 @@ def run_sweep(
             state.before_logged = True
             state.save(sweep_dir)
         grid = _fit(
-            space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log
+            space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log, loop
         )
-        trials = collect_trials(grid)
-        close_unfinished(client, trials)
+        trials = close_unfinished(client, collect_trials(grid, sweep_dir / "train"), exp_id, parent)
         pareto, artifacts = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
         champion = pick_champion(space, objectives, cfg, trials, before, rule, uri, parent, log)
     return SweepResult(
@@ -234,6 +241,7 @@ def _fit(
     exp_id: str,
     resuming: bool,
     log: Callable[..., None],
+    loop: WorkerLoop | None = None,
 ) -> Any:
     workers = state.workers_per_trial
     ctx = TrialContext(
@@ -245,6 +253,9 @@ def _fit(
         parent_run_id=state.parent_run_id or "",
         sweep_name=state.sweep_name,
         train_storage=str(sweep_dir / "train"),
+        loop=loop,
+        resuming=resuming,
+        tune_keys=objectives.metrics if objectives.multi else (),
     )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)
@@ -273,6 +284,8 @@ def _fit(
             f"{cfg.train.cpus_per_worker} CPU{' + 1 GPU' if cfg.train.use_gpu else ''}"
         )
         log(f"up to {concurrent} concurrent trial(s); each: {each}")
+        if note := tracking.concurrency_note(uri, concurrent):
+            log(note)
         tuner = tune.Tuner(
             trainable,
             param_space=tune_param_space(space, grid_as_choice=state.search == "optuna"),
@@ -289,7 +302,7 @@ def _fit(
             run_config=tune.RunConfig(
                 name=sweep_dir.name,
                 storage_path=str(sweep_dir.parent),
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=state.max_failures),
                 callbacks=[*sweep_callbacks(state.num_samples), ReleaseEndedTrialGroups()],
             ),
         )

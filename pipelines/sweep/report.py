@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.evaluate.plots import pareto_front, plot_forget_utility, write_results_table
 from pipelines.sweep.champion import ChampionRule, record_no_champion, register_champion, select_champion
-from pipelines.sweep.tune_config import OBJECTIVE, Objectives
+from pipelines.sweep.tune_config import OBJECTIVE, Objectives, tune_values
 from unlearn_core.config import RunConfig
 from unlearn_core.eval.report import format_table
 from unlearn_core.search_space import SearchSpace
@@ -60,12 +60,20 @@ class ChampionOutcome:
     rationale: str | None = None
 
 
-def collect_trials(grid: Any) -> dict[str, TrialOutcome]:
-    """ResultGrid -> trial name -> its outcome, sorted by name."""
+def collect_trials(grid: Any, train_storage: Path | None = None) -> dict[str, TrialOutcome]:
+    """ResultGrid -> trial name -> its outcome, sorted by name. A trial that failed before its first
+    report has its MLflow run's id only in its Train run folder (under ``train_storage``, where the
+    trial wrote it)."""
+    from pipelines.sweep.trial import RUN_MARKER
+
     out: dict[str, TrialOutcome] = {}
     for result in grid:
-        m = dict(result.metrics or {})
+        m = tune_values(result.metrics or {})
         name = m.get("trial_name") or Path(result.path).name
+        run_id = m.get("mlflow_run_id")
+        marker = train_storage / name / RUN_MARKER if train_storage is not None else None
+        if run_id is None and marker is not None and marker.is_file():
+            run_id = marker.read_text().strip()
         status = "failed" if result.error else "completed" if m.get("final") == 1 else "stopped"
         metrics = {
             k: float(v)
@@ -77,7 +85,7 @@ def collect_trials(grid: Any) -> dict[str, TrialOutcome]:
             metrics=metrics,
             params=dict(result.config or {}),
             model_dir=m.get("model_dir"),
-            run_id=m.get("mlflow_run_id"),
+            run_id=run_id,
             step=m.get("step"),
             timing={k: float(v) for k, v in m.items() if k.startswith("time/")},
             weights_sha256=m.get(tracking.SHA_TAG),
@@ -87,16 +95,46 @@ def collect_trials(grid: Any) -> dict[str, TrialOutcome]:
     return dict(sorted(out.items()))
 
 
-def close_unfinished(client: MlflowClient, trials: Mapping[str, TrialOutcome]) -> None:
-    """Final status of the runs of trials that did not complete: KILLED (stopped early) or FAILED."""
-    for t in trials.values():
-        if not t.run_id or t.status == "completed":
-            continue
-        if t.status == "stopped":
-            client.set_tag(t.run_id, "stopped_early", f"step {t.step}")
-        status = "KILLED" if t.status == "stopped" else "FAILED"
-        if client.get_run(t.run_id).info.status != status:
-            client.set_terminated(t.run_id, status)
+def close_unfinished(
+    client: MlflowClient, trials: Mapping[str, TrialOutcome], experiment_id: str, parent_run_id: str
+) -> dict[str, TrialOutcome]:
+    """Final status of the runs of trials that did not complete: KILLED (stopped early) or FAILED, with
+    the reason Tune gives in the ``error`` tag when the trial could not tag it (its process died). A
+    trial that failed before it could open its run gets one here, FAILED with that reason: every trial
+    has its child run. Returns the outcomes with those runs. A tracking server gets a few requests at
+    once (a large sweep has hundreds of runs to close); a SQLite store one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sweep_name = client.get_run(parent_run_id).info.run_name
+    todo = [(n, t) for n, t in trials.items() if t.status != "completed"]
+    with ThreadPoolExecutor(max_workers=8 if client.tracking_uri.startswith("http") else 1) as pool:
+        closed = dict(
+            pool.map(lambda item: _close(client, *item, experiment_id, parent_run_id, sweep_name), todo)
+        )
+    return {n: closed.get(n, t) for n, t in trials.items()}
+
+
+def _close(
+    client: MlflowClient, name: str, t: TrialOutcome, experiment_id: str, parent_run_id: str, sweep: str
+) -> tuple[str, TrialOutcome]:
+    if not t.run_id:
+        run_id = tracking.open_run(
+            client.tracking_uri,
+            experiment_id,
+            run_name=f"{sweep}-{name}",
+            tags={"mlflow.parentRunId": parent_run_id, "trial_name": name, "job": "sweep-trial"},
+            params=dict(t.params),
+        )
+        t = replace(t, run_id=run_id)
+    if t.status == "stopped":
+        tags = {"stopped_early": f"step {t.step}"}
+        tracking.log_metrics(client.tracking_uri, t.run_id, {}, tags=tags)
+        client.set_terminated(t.run_id, "KILLED")  # the same status again on a resumed sweep: harmless
+        return name, t
+    if t.error and tracking.ERROR_TAG not in client.get_run(t.run_id).data.tags:
+        client.set_tag(t.run_id, tracking.ERROR_TAG, t.error[:4000])
+    client.set_terminated(t.run_id, "FAILED")
+    return name, t
 
 
 def completed_metrics(trials: Mapping[str, TrialOutcome]) -> dict[str, dict[str, float]]:

@@ -100,18 +100,6 @@ def cluster_capacity(
     return out
 
 
-def autoscaler_max_resources() -> dict[str, float] | None:
-    """The autoscaler's maximum cluster resources, where Ray publishes them (autoscaler v2, e.g. KubeRay;
-    the v1 autoscaler of ``ray up`` does not): None when unknown."""
-    try:
-        from ray._private.state import state
-
-        found = state.get_max_resources_from_cluster_config()
-    except Exception:  # a private API: absent or changed in this Ray version
-        return None
-    return {k: float(v) for k, v in found.items()} if found else None
-
-
 def capacity_note(
     cfg: RunConfig,
     workers_per_trial: int,

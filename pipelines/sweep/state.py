@@ -45,6 +45,7 @@ class SweepState:
     search: str
     max_concurrent: int | None
     workers_per_trial: int
+    max_failures: int = 0  # Tune's retries of a failed trial: a policy, not part of the sweep's name
     tracking_uri: str | None = None
     parent_run_id: str | None = None
     before_logged: bool = False
@@ -61,6 +62,7 @@ class SweepState:
         max_concurrent: int | None,
         workers_per_trial: int,
         rule: ChampionRule,
+        max_failures: int = 0,
     ) -> SweepState:
         options = {
             "num_samples": num_samples,
@@ -74,6 +76,7 @@ class SweepState:
             space_path=str(Path(space_path).resolve()),
             cfg=cfg,
             champion_rule=rule,
+            max_failures=max_failures,
             **options,
         )
 
@@ -106,6 +109,7 @@ class SweepState:
             "search": self.search,
             "max_concurrent": self.max_concurrent,
             "workers_per_trial": self.workers_per_trial,
+            "max_failures": self.max_failures,
         }
 
 

@@ -46,16 +46,14 @@ def release_groups(group_ids: Iterable[str | None]) -> list[str]:
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    wanted = {g for g in group_ids if g}
-    if not wanted:
-        return []
-    table = ray.util.placement_group_table()
     removed = []
-    for group_id in sorted(wanted):
-        entry = table.get(group_id)
-        if entry is None or entry["state"] == "REMOVED":
+    for group_id in sorted({g for g in group_ids if g}):
+        # One group's entry, not the whole table: a sweep's table grows with its trials.
+        group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_id)))
+        entry = ray.util.placement_group_table(group)
+        if not entry or entry.get("state") in (None, "REMOVED"):
             continue
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+        remove_placement_group(group)
         removed.append(group_id)
     return removed
 

@@ -19,8 +19,9 @@ from pipelines.evaluate import evaluate
 from pipelines.phase_clock import PhaseClock, process_age_s
 from pipelines.sweep.callbacks import EvalToTune, LiveCurves
 from pipelines.sweep.train_groups import TrainGroupReporter
-from pipelines.sweep.tune_config import OBJECTIVE
+from pipelines.sweep.tune_config import OBJECTIVE, tune_report
 from pipelines.train.driver import run_training_job
+from pipelines.train.trainer import WorkerLoop
 from pipelines.train.unlearn import PreparedInputs, prepare_inputs, unlearn_job
 from pipelines.workspace import NotCached, Workspace
 from unlearn_core.config import RunConfig, mlflow_params, with_launcher_resolved, with_overrides
@@ -39,23 +40,39 @@ class TrialContext:
     parent_run_id: str
     sweep_name: str
     train_storage: str
+    loop: WorkerLoop | None = None  # the workers' loop; None: the project's (a bench passes a stand-in)
+    resuming: bool = False  # a resumed sweep: trials may have runs from before
+    tune_keys: tuple[
+        str, ...
+    ] = ()  # report keys Tune reads beside ``tune_config.TUNE_KEYS`` (several objectives)
 
 
-def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None]:
-    """The trial's MLflow run under the parent and the last step it has logged (None for a new run):
-    a resumed trial that starts again reuses its run and does not log a step twice."""
+RUN_MARKER = "mlflow_run_id"  # in the trial's Train run folder: its MLflow run, for a retry or resume
+
+
+def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None, dict[str, str]]:
+    """The trial's MLflow run under the parent, the last step it has logged (None for a new run) and
+    the params it holds: a trial that starts again (a retry, a resumed sweep) reuses its run and logs
+    no step twice. The run's id is kept in the trial's Train run folder (on the sweep's storage, where
+    its checkpoints are), so a new trial costs no search over the sweep's runs; a resumed sweep that
+    started before trials kept it finds the run by its tags."""
     client = MlflowClient(ctx.tracking_uri)
-    found = client.search_runs(
-        [ctx.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_name = '{name}'",
-    )
-    if found:
-        run = found[0]
-        client.update_run(run.info.run_id, status="RUNNING")
-        steps = [
-            int(m.step) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)
-        ]
-        return run.info.run_id, max(steps, default=None)
+    marker = Path(ctx.train_storage) / name / RUN_MARKER
+    run_id = marker.read_text().strip() if marker.is_file() else None
+    if run_id is None and ctx.resuming:
+        found = client.search_runs(
+            [ctx.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_name = '{name}'",
+        )
+        run_id = found[0].info.run_id if found else None
+    if run_id is not None:
+        run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        steps = [int(m.step) for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
+        return run_id, max(steps, default=None), dict(run.data.params)
+    # unset values (None) are logged once resolved (_log_resolved_params): MLflow params are
+    # write-once, and a trial's run would keep "None" where the trial uses a value
+    params = {k: v for k, v in mlflow_params(cfg).items() if v != "None"}
     run_id = tracking.open_run(
         ctx.tracking_uri,
         ctx.experiment_id,
@@ -67,16 +84,15 @@ def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int |
             "method": cfg.method.name,
             "sweep": ctx.sweep_name,
         },
-        # unset values (None) are logged once resolved (_log_resolved_params): MLflow params are
-        # write-once, and a trial's run would keep "None" where the trial uses a value
-        params={k: v for k, v in mlflow_params(cfg).items() if v != "None"},
+        params=params,
     )
-    return run_id, None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_id)
+    return run_id, None, params
 
 
-def _log_resolved_params(client: MlflowClient, run_id: str, cfg: RunConfig) -> None:
-    """The resolved params the trial's run does not have yet (MLflow params are write-once)."""
-    have = client.get_run(run_id).data.params
+def _log_resolved_params(client: MlflowClient, run_id: str, cfg: RunConfig, have: dict[str, str]) -> None:
+    """The resolved params the trial's run does not have yet (``have``; MLflow params are write-once)."""
     new = [mlflow.entities.Param(k, v) for k, v in mlflow_params(cfg).items() if k not in have]
     for i in range(0, len(new), 100):
         client.log_batch(run_id, params=new[i : i + 100])
@@ -115,7 +131,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = with_launcher_resolved(with_overrides(cfg, {"train.num_workers": ctx.workers_per_trial}))
     ws = Workspace(Path(cfg.workdir))
     with clock.phase("trial_run"):
-        run_id, logged_through = _child_run(ctx, name, cfg)
+        run_id, logged_through, params = _child_run(ctx, name, cfg)
     with tracking.run_status(ctx.tracking_uri, run_id, settle_failure=False, finish=False):
         with clock.phase("trial_inputs"):  # teacher cache, mask (cached or made)
             try:  # everything cached (the usual case after the first trials): no extra process
@@ -123,7 +139,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             except NotCached:
                 inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
         cfg = inputs.cfg  # every method param resolved (defaults, derived k, mask path)
-        _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg)
+        _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg, params)
         extra = {"trial_name": name, "mlflow_run_id": run_id}
         with clock.phase("trial_streams"):  # the training streams read
             job = unlearn_job(
@@ -134,7 +150,13 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 name=name,
                 storage_path=ctx.train_storage,
             )
-        to_tune = EvalToTune(ctx.space.objective, dict(extra), in_process=cfg.train.launcher == "in_process")
+        job.loop = ctx.loop
+        to_tune = EvalToTune(
+            ctx.space.objective,
+            dict(extra),
+            in_process=cfg.train.launcher == "in_process",
+            keep=ctx.tune_keys,
+        )
         job.callbacks.append(to_tune)
         if cfg.train.launcher == "ray_train":  # the Train worker group's placement group, to release
             job.callbacks.append(TrainGroupReporter(to_tune.extra))
@@ -143,11 +165,18 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking_uri=ctx.tracking_uri,
         run_id=run_id,
         settle_failure=False,
-        live=LiveCurves(ctx.tracking_uri, run_id, ctx.space.objective, logged_through),
+        new_run=logged_through is None and not ctx.resuming,
+        live=LiveCurves(
+            ctx.tracking_uri,
+            run_id,
+            ctx.space.objective,
+            logged_through,
+            background=cfg.train.launcher == "in_process",  # its reports come from the training loop
+        ),
         evaluator=lambda *a, **kw: _outside_trial_group(evaluate, *a, **kw),
         derived=lambda metrics: _objective_metrics(ctx.space, metrics),
     )
-    tune.report(
+    report = tune_report(
         {
             **out.metrics,
             "step": float(out.step),
@@ -159,8 +188,10 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             "time/trial_s": clock.elapsed(),  # + inputs, the child run, Tune's report
             "time/process_age_s": process_age,
             **extra,
-        }
+        },
+        keep=ctx.tune_keys,
     )
+    tune.report(report)
 
 
 def _objective_metrics(space: SearchSpace, metrics: Mapping[str, float]) -> dict[str, float]:

@@ -4,6 +4,8 @@ scheduler (ASHA), the search algorithm and the trial names. The space itself is
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,31 @@ from unlearn_core.eval.metrics import higher_is_better
 from unlearn_core.search_space import VALUE_KINDS, SearchSpace, parse_space
 
 OBJECTIVE = "objective"
+# Tune reads these of a trial's reports (ASHA, the search, the progress display, the sweep's bookkeeping)
+TUNE_KEYS = (OBJECTIVE, "step", "final", "trial_name", "mlflow_run_id")
+RESULT_KEY = "values_json"  # every other value of a report, as one JSON string (``tune_report``)
+
+
+def tune_report(values: Mapping[str, Any], keep: Iterable[str] = ()) -> dict[str, Any]:
+    """What a trial reports to Tune: ``TUNE_KEYS`` and ``keep`` (e.g. a multi-objective search's
+    metrics) as they are, everything else packed into one JSON string under ``RESULT_KEY``.
+
+    The Tune driver keeps running statistics of every numeric key of every trial for the whole sweep
+    (``metric_analysis``, the last 5 and 10 values of each) and writes them into every snapshot of its
+    state: with a trial's ~100 metrics that grew the driver by ~0.5 MB per trial (ray#64231), and made
+    each snapshot of a 1,000-trial sweep ~30 MB of JSON. One string costs neither."""
+    top = set(TUNE_KEYS) | set(keep)
+    packed = {k: v for k, v in values.items() if k not in top}
+    return {**{k: v for k, v in values.items() if k in top}, RESULT_KEY: json.dumps(packed, default=str)}
+
+
+def tune_values(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's report as the trial made it (``tune_report`` unpacked; a report that has no packed
+    values, from a sweep an older version started, as it is)."""
+    out = {k: v for k, v in result.items() if k != RESULT_KEY}
+    if isinstance(result.get(RESULT_KEY), str):
+        out.update(json.loads(result[RESULT_KEY]))
+    return out
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ _HOMES = {
     **dict.fromkeys(
         (
             "ERROR_TAG",
+            "SQLITE_MAX_WRITERS",
             "artifact_root",
+            "concurrency_note",
             "ensure_experiment",
             "log_metrics",
             "now_ms",
@@ -24,7 +26,7 @@ _HOMES = {
         ),
         "pipelines.tracking.experiments",
     ),  # fmt: skip
-    "MlflowReportCallback": "pipelines.tracking.live",
+    **dict.fromkeys(("MlflowReportCallback", "OUTAGE_WAIT_S"), "pipelines.tracking.live"),
     **dict.fromkeys(("SHA_TAG", "log_model", "pull", "set_alias"), "pipelines.tracking.models"),
     "weights_sha256": "unlearn_core.models.loading",
 }

@@ -22,9 +22,9 @@ from pipelines.evaluate import build_report, evaluate, evaluation_rows
 from pipelines.phase_clock import PhaseClock
 from pipelines.preflight import earlier_model
 from pipelines.shards import load_manifest, load_shard_rows
-from pipelines.train.trainer import WorkerSpec, export_final_model, final_outputs, fit
+from pipelines.train.trainer import WorkerLoop, WorkerSpec, export_final_model, final_outputs, fit
 from unlearn_core import outputs
-from unlearn_core.config import RunConfig
+from unlearn_core.config import RunConfig, resolve_launcher
 from unlearn_core.eval.protocols import resolve_protocol
 from unlearn_core.eval.runner import select_eval_rows
 
@@ -69,6 +69,7 @@ class TrainingJob:
     log_model: bool = False  # log the final model on the run as an ``mlflow.pyfunc`` model
     register_as: str | None = None  # ... and register it under this name
     callbacks: list[Any] = field(default_factory=list)  # extra Ray Train callbacks (a sweep's Tune bridge)
+    loop: WorkerLoop | None = None  # the workers' loop; None: the project's (``trainer.run_worker``)
 
     def worker_spec(
         self,
@@ -117,6 +118,7 @@ def run_training_job(
     evaluator: Evaluator = evaluate,
     derived: Callable[[dict[str, float]], dict[str, float]] | None = None,
     settle_failure: bool = True,
+    new_run: bool = False,
     log: Callable[..., None] = print,
 ) -> JobResult:
     """Fit, export, evaluate and log ``job`` on the MLflow run ``run_id``, which this function ends.
@@ -126,9 +128,16 @@ def run_training_job(
     (``WorkerSpec.final_eval_records``) and scored here; ``evaluator(model_dir, shards, max_per_group=...)``
     evaluates the exported model instead when the last checkpoint has no outputs (a run resumed from a
     checkpoint of an older version; a sweep trial runs it outside its placement group). ``settle_failure=False`` leaves a failed
-    run's final status to the caller (see ``tracking.run_status``).
+    run's final status to the caller (see ``tracking.run_status``). ``new_run``: the run was just opened
+    for this job, so nothing is checked for values logged before (a re-run trial's run is checked, so
+    that it logs no step twice).
     """
-    live = live or tracking.MlflowReportCallback(tracking_uri, run_id)
+    live = live or tracking.MlflowReportCallback(
+        tracking_uri,
+        run_id,
+        background=resolve_launcher(job.cfg.train) == "in_process",  # reports from the loop itself
+        outage_wait_s=tracking.OUTAGE_WAIT_S,
+    )
     clock = PhaseClock()
     with tracking.run_status(tracking_uri, run_id, settle_failure=settle_failure):
         # where the model goes, checked before training rather than after (unlearn_core.outputs)
@@ -145,6 +154,7 @@ def run_training_job(
                     name=job.name,
                     storage_path=job.storage_path,
                     callbacks=[live, *job.callbacks],
+                    loop=job.loop,
                 )
             finally:
                 live.flush()  # values the controller could not send (tracking server down) come back here
@@ -161,17 +171,16 @@ def run_training_job(
         step = job.cfg.train.steps
         client = MlflowClient(tracking_uri)
         with clock.phase("log"):
-            metrics = _log_outcome(tracking_uri, run_id, job, report, step, derived)
             sha = tracking.weights_sha256(model_dir)
-            client.set_tag(run_id, "model_dir", str(model_dir))
-            client.set_tag(run_id, tracking.SHA_TAG, sha)
+            tags = {"model_dir": str(model_dir), tracking.SHA_TAG: sha}
+            metrics = _log_outcome(tracking_uri, run_id, job, report, step, derived, tags, new_run)
             logged = (
                 tracking.log_model(run_id, model_dir, job.register_as, tracking_uri=tracking_uri)
                 if job.log_model
                 else {}
             )
         timing = phase_times(result.metrics or {}, clock.seconds)
-        if not _logged_at(client, run_id, "time/job_s", step):  # a re-run trial keeps its first times
+        if new_run or not _logged_at(client, run_id, "time/job_s", step):  # a re-run keeps its first times
             tracking.log_metrics(tracking_uri, run_id, timing, step=step)
     return JobResult(
         run_id=run_id,
@@ -194,17 +203,19 @@ def _log_outcome(
     report: dict[str, Any],
     step: int,
     derived: Callable[[dict[str, float]], dict[str, float]] | None,
+    tags: dict[str, str],
+    new_run: bool,
 ) -> dict[str, float]:
     """The final evaluation on the run: its JSON as an artifact, its metrics (plus ``derived``) at
-    ``step``; returns those metrics."""
+    ``step`` with ``tags`` in the same request; returns those metrics."""
     job.eval_path.parent.mkdir(parents=True, exist_ok=True)
     job.eval_path.write_text(json.dumps(report, indent=1))
     metrics = dict(report["metrics"])
     if derived is not None:
         metrics.update(derived(metrics))
     client = MlflowClient(tracking_uri)
-    if not _logged_at(client, run_id, next(iter(metrics), ""), step):  # a re-run trial logs no step twice
-        tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
+    first = new_run or not _logged_at(client, run_id, next(iter(metrics), ""), step)  # no step twice
+    tracking.log_metrics(tracking_uri, run_id, metrics if first else {}, step=step, tags=tags)
     client.log_artifact(run_id, str(job.eval_path))
     return metrics
 

@@ -46,7 +46,7 @@ def run_finetune(cfg: RunConfig, *, out_name: str = "vanilla", log=print, table:
         f"fine-tuning {job.init_model} on {TRAIN_SPLITS} for {cfg.train.steps} steps "
         f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}"
     )
-    out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
+    out = run_training_job(job, tracking_uri=uri, run_id=run_id, new_run=True, log=log)
     # The final evaluation is the vanilla's "before" evaluation of every run that starts from it.
     remember_evaluation(out.report, out.model_dir, shards, ws.results, cfg.train.eval_max_samples)
     if table:  # the demo shows one table of every model at the end instead

@@ -3,6 +3,10 @@
 The method's ``MaskSpec`` says which rows the forget and preserve Fisher run on (MMUnlearner's
 recipe: ``unlearn_core.methods.mmunlearner.preserve_rows``); this module only loads them, batches
 them and runs the computation on the model as the workers will train it (same LoRA init).
+
+The Fisher passes are a forward and backward per batch over the whole model: on a GPU when the
+process has one. The Ray task asks for a GPU when the run trains on GPUs or the cluster has one
+(a 7B model's passes on a CPU take hours).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import ray
+import torch
 
 from unlearn_core import outputs
 
@@ -67,7 +72,8 @@ def compute_mask(
         modules, gamma
     )
     model, processor = load_model_and_processor(model_dir, cfg.model)
-    model = trainable_model(model, cfg)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model = trainable_model(model, cfg).to(device)
     rows = _rows(Path(shards_dir))
     budget = batch_size * max_batches
     forget = _collated_batches(spec.forget_rows(rows, budget), processor, batch_size)
@@ -89,6 +95,8 @@ def compute_mask(
         "selected_fraction": mask.selected_fraction(),
         "sparsity": mask.sparsity(),
         "recipe": spec.recipe,
+        "device": str(device),
+        "ray_gpu_ids": [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else [],
         "rows": {
             "forget": sum(len(b["input_ids"]) for b in forget),
             **{f"preserve_{g}": sum(len(b["input_ids"]) for b in v) for g, v in preserve.items()},
@@ -105,9 +113,15 @@ def compute_mask(
     return stats
 
 
-def compute_mask_remote(*args: Any, num_cpus: float = 1, **kwargs: Any) -> dict[str, Any]:
-    """Run ``compute_mask`` as a Ray task (on a cluster it lands wherever resources are free)."""
-    task = ray.remote(num_cpus=num_cpus)(compute_mask)
+def compute_mask_remote(
+    *args: Any, num_cpus: float = 1, use_gpu: bool | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Run ``compute_mask`` as a Ray task (on a cluster it lands wherever resources are free), with one
+    GPU when ``use_gpu`` (None: when the cluster has or can add a GPU)."""
+    from pipelines.ray_env import cluster_has_gpu
+
+    gpus = 1 if (cluster_has_gpu() if use_gpu is None else use_gpu) else 0
+    task = ray.remote(num_cpus=num_cpus, num_gpus=gpus)(compute_mask)
     return ray.get(task.remote(*args, **kwargs))
 
 

@@ -6,6 +6,10 @@ answers greedily (o). We store the student view (plain question + o, ``guide_``)
 (instruction + question + o, ``teacher_``, for a live teacher) and the teacher's top-k log-probs
 over o's tokens. The result is a copy of the forget shards keyed by (model weights, forget shards,
 instruction, k, max_new_tokens): a sweep over the other PUBG weights reuses it.
+
+The teacher generates on a GPU when it has one: the Ray Data actors ask for one GPU each when the run
+trains on GPUs or the cluster has (or can add) a GPU, and a small forget set is only annotated in the
+calling process when that process has a GPU or no GPU is to be had.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,12 +44,17 @@ TEACHER_COLUMNS = [
 ]
 
 
+DEVICE_COLUMN = "_teacher_device"
+
+
 class _Teacher:
     def __init__(self, model_dir: str, instruction: str, k: int, max_new_tokens: int) -> None:
+        import torch
+
         from unlearn_core.models.loading import load_model_and_processor
 
         self.model, self.processor = load_model_and_processor(model_dir, ModelConfig(spec=model_dir))
-        self.model.eval()
+        self.model.to(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")).eval()
         self.instruction, self.k, self.max_new_tokens = instruction, k, max_new_tokens
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -89,7 +99,10 @@ class _Teacher:
         }
         for name, typ in TEACHER_COLUMNS:
             batch = batch.append_column(pa.field(name, typ), pa.array(extra[name], type=typ))
-        return batch
+        # Where it ran (read and dropped by ``build_teacher_cache``, recorded in teacher.json).
+        gpus = ",".join(str(g) for g in ray.get_gpu_ids()) if ray.is_initialized() else ""
+        device = f"{self.model.device} (Ray GPU ids: {gpus or '-'})"
+        return batch.append_column(DEVICE_COLUMN, pa.array([device] * len(rows), pa.string()))
 
 
 def mark_leaking(result: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -146,9 +159,11 @@ def build_teacher_cache(
     actors: int = 1,
     log=print,
     compute: bool = True,
+    use_gpu: bool = False,
 ) -> Path:
     """The forget-stream shards annotated with the teacher (built once per key); returns its folder.
-    ``compute=False``: raise ``NotCached`` instead of building a missing cache."""
+    ``compute=False``: raise ``NotCached`` instead of building a missing cache. ``use_gpu`` (the run
+    trains on GPUs) or a cluster with a GPU: the teacher generates on GPUs."""
     from pipelines.shards import load_manifest
     from pipelines.tracking import weights_sha256
 
@@ -172,7 +187,14 @@ def build_teacher_cache(
     table = table.filter(pa.array(mask))
     log(f"PUBG teacher: {table.num_rows} forget prompts, instruction={instruction!r}, top-k={k}")
     blocks, args = max(1, actors * 2), (str(model_dir), instruction, k, max_new_tokens)
-    if 0 < table.num_rows <= IN_PROCESS_MAX_ROWS:
+    import torch
+
+    from pipelines.ray_env import cluster_has_gpu
+
+    here_gpu = torch.cuda.is_available()
+    want_gpu = use_gpu or here_gpu or (ray.is_initialized() and cluster_has_gpu())
+    where = "this process" + (" (GPU)" if here_gpu else "")
+    if 0 < table.num_rows <= IN_PROCESS_MAX_ROWS and (here_gpu or not want_gpu):
         teacher = _Teacher(*args)
         result = pa.concat_tables(
             [
@@ -191,11 +213,15 @@ def build_teacher_cache(
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                 num_cpus=1,
+                num_gpus=1 if want_gpu else 0,
             )
         )
+        where = f"Ray Data actors ({actors} at most, {'1 GPU' if want_gpu else 'CPU only'} each)"
         result = pa.concat_tables(list(annotated.iter_batches(batch_size=None, batch_format="pyarrow")))
     if result.num_rows != table.num_rows:
         raise RuntimeError(f"teacher annotated {result.num_rows} of {table.num_rows} rows")
+    devices = sorted(set(result[DEVICE_COLUMN].to_pylist()))
+    result = result.drop_columns([DEVICE_COLUMN])
     result, leaking = mark_leaking(result)
     note = ""
     if leaking.num_rows:
@@ -203,25 +229,22 @@ def build_teacher_cache(
             " (the teacher did not follow the instruction there: kept for the ascent term, left out of the"
             " guidance term, listed in teacher.json)"
         )
-    log(f"PUBG teacher answers: {table.num_rows} rows, {leaking.num_rows} of them leak{note}")
+    log(f"PUBG teacher answers: {table.num_rows} rows in {where}, {leaking.num_rows} of them leak{note}")
     staging = outputs.new_stage(out)  # a new folder beside the cache entry, renamed into place
     try:
-        _write_cache(staging, out, result, leaking, key, instruction, k)
+        meta = {"key": key, "instruction": instruction, "k": k, "annotated_in": where, "devices": devices}
+        _write_cache(staging, out, result, leaking, meta)
     finally:
         outputs.discard(staging)
     return out
 
 
-def _write_cache(
-    staging: Path, out: Path, result: pa.Table, leaking: pa.Table, key: str, instruction: str, k: int
-) -> None:
+def _write_cache(staging: Path, out: Path, result: pa.Table, leaking: pa.Table, meta: dict[str, Any]) -> None:
     (staging / "forget").mkdir(parents=True)
     pq.write_table(result.sort_by("sample_id"), staging / "forget" / "part-00000.parquet", compression="zstd")
     examples = result.select(["sample_id", "question", "teacher_answer"]).slice(0, 5).to_pylist()
     meta = {
-        "key": key,
-        "instruction": instruction,
-        "k": k,
+        **meta,
         "rows": result.num_rows,
         "examples": examples,
         "guidance_skipped_leaking": leaking.select(["sample_id", "teacher_answer"]).to_pylist(),

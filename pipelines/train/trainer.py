@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -91,10 +92,16 @@ def worker_threads(torch_threads: int, cpus_per_worker: float) -> int:
     return torch_threads or max(1, int(cpus_per_worker))
 
 
-def train_worker(spec_dict: dict[str, Any]) -> None:
-    """``train_loop_per_worker`` of the TorchTrainer: :func:`run_worker` in a Ray Train worker."""
+# A training worker's loop: ``(WorkerSpec as a dict, session) -> None``. The project's is ``run_worker``;
+# bench/sweep_scale.py passes a stand-in that reports like it without a model (sweep overhead alone).
+WorkerLoop = Callable[[dict[str, Any], TrainSession], None]
+
+
+def train_worker(spec_dict: dict[str, Any], loop: WorkerLoop | None = None) -> None:
+    """``train_loop_per_worker`` of the TorchTrainer: ``loop`` (default :func:`run_worker`) in a Ray
+    Train worker."""
     _quiet_report_logs()
-    run_worker(spec_dict, RayTrainSession())
+    (loop or run_worker)(spec_dict, RayTrainSession())
 
 
 def run_worker(spec_dict: dict[str, Any], session: TrainSession) -> None:
@@ -262,9 +269,11 @@ def fit(
     name: str,
     storage_path: str,
     callbacks: list[Any] | None = None,
+    loop: WorkerLoop | None = None,
 ) -> ray.train.Result:
     """Build and fit the TorchTrainer, or run its one worker here when ``train.launcher`` resolves to
-    ``in_process`` (``resolve_launcher``); returns the Result (its checkpoint holds ``model/``)."""
+    ``in_process`` (``resolve_launcher``); returns the Result (its checkpoint holds ``model/``).
+    ``loop``: the workers' loop (default :func:`run_worker`)."""
     cfg = RunConfig.model_validate(spec.cfg)
     check_supported(cfg, spec.mode)
     t = cfg.train
@@ -285,7 +294,7 @@ def fit(
                 from pipelines.train.in_process import fit_in_process
 
                 return fit_in_process(
-                    run_worker,
+                    loop or run_worker,
                     spec.__dict__,
                     datasets,
                     name=name,
@@ -302,7 +311,7 @@ def fit(
                 callbacks=[progress, *(callbacks or [])],
             )
             trainer = TorchTrainer(
-                train_worker,
+                partial(train_worker, loop=loop) if loop is not None else train_worker,
                 train_loop_config=spec.__dict__,
                 scaling_config=scaling,
                 run_config=run_config,

@@ -71,17 +71,23 @@ def _mask_for(
     if not compute:
         raise NotCached(f"saliency mask {out}")
     # A job that trains in this process computes its mask here too: no task's new process and imports
-    # (~7 s here); the demo's mask has the same tensors both ways.
-    here = cfg.train.launcher == "in_process"
+    # (~7 s here); the demo's mask has the same tensors both ways. Not when a cluster GPU should do it.
+    from pipelines.ray_env import gpu_elsewhere
+
+    here = cfg.train.launcher == "in_process" and not gpu_elsewhere(cfg.train.use_gpu)
     log(
         f"computing the saliency mask (modules={spec.group}, gamma={spec.gamma}, rows: {spec.recipe}) "
         + ("in this process" if here else "as a Ray task")
     )
-    stats = (compute_mask if here else compute_mask_remote)(
-        cfg.model_dump(), str(model_dir), str(shards), str(out), modules=spec.group, gamma=spec.gamma
-    )
+    args = (cfg.model_dump(), str(model_dir), str(shards), str(out))
+    if here:  # the trial's actor: its GPU when it holds one
+        stats = compute_mask(*args, modules=spec.group, gamma=spec.gamma)
+    else:
+        gpu = True if cfg.train.use_gpu else None  # else: a GPU when the cluster has one
+        stats = compute_mask_remote(*args, modules=spec.group, gamma=spec.gamma, use_gpu=gpu)
     log(
-        f"mask selected fraction: {stats['selected_fraction']}; rows {stats['rows']}, entities {stats['entities']}"
+        f"mask selected fraction: {stats['selected_fraction']}; rows {stats['rows']}, entities "
+        f"{stats['entities']}; on {stats['device']}"
     )
     return str(out)
 
@@ -165,6 +171,7 @@ def prepare_inputs(
             k=teacher.k,
             log=log,
             compute=compute,
+            use_gpu=cfg.train.use_gpu,
         )
     _, left_out = forget_rows_left_out(method, shards, forget_dir, log)
     sizes = training_stream_sizes(shards)
@@ -273,7 +280,7 @@ def run_unlearn(
         )
         job.callbacks.extend(callbacks or [])
     log(f"unlearning with {cfg.method.name} for {cfg.train.steps} steps; MLflow run {run_id}")
-    out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
+    out = run_training_job(job, tracking_uri=uri, run_id=run_id, new_run=True, log=log)
     if table:  # the demo shows one table of every method at the end instead
         log(format_table({"before": before["metrics"], cfg.method.name: out.metrics}))
     return out

@@ -66,10 +66,13 @@ def init_engine(
     world_size: int,
     local_rank: int = 0,
     zero_overrides: dict[str, Any] | None = None,
+    optimizer_overrides: dict[str, Any] | None = None,
 ) -> DeepSpeedEngine:
     """Wrap ``model`` in a ZeRO engine over the already-initialised process group (AdamW over the
-    trainable parameters only). ``zero_overrides`` update the ``zero_optimization`` section. Call it
-    inside ``process_state_kept()`` where the process lives on after the engine."""
+    trainable parameters only). ``zero_overrides`` update the ``zero_optimization`` section,
+    ``optimizer_overrides`` the optimizer's params (``{"torch_adam": True}`` where DeepSpeed cannot
+    build its fused Adam: no CUDA compiler). Call it inside ``process_state_kept()`` where the process
+    lives on after the engine."""
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         raise RuntimeError("DeepSpeed needs an initialised torch process group (init_process_group) first")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -80,6 +83,7 @@ def init_engine(
 
     config = deepspeed_config(tc, world_size=world_size)
     config["zero_optimization"].update(zero_overrides or {})
+    config["optimizer"]["params"].update(optimizer_overrides or {})
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=params, config=config, dist_init_required=False
     )
