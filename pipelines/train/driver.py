@@ -19,6 +19,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
+from pipelines.provenance import write_provenance
 from pipelines.evaluate import build_report, evaluate, evaluation_rows
 from pipelines.shards import load_manifest, load_shard_rows
 from pipelines.train.trainer import TrainJob, export_final_model, final_outputs, fit
@@ -127,6 +128,13 @@ def run_training_job(
             live.flush()  # values the controller could not send (tracking server down) come back here
         fit_s = lap()
         model_dir = export_final_model(result, job.out_dir)
+        write_provenance(
+            model_dir,
+            shards_fingerprint=load_manifest(job.shards)["fingerprint"],
+            mode=job.mode,
+            init_model=job.init_model,
+            run_id=run_id,
+        )
         export_s = lap()
         generated = final_outputs(result)
         if generated is not None:
