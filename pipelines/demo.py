@@ -90,11 +90,14 @@ def run_demo(
     uri = tracking.resolve_tracking_uri(base.tracking, ws.root)
     log(f"done in {time.perf_counter() - t0:.0f} s")
     log(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
-    champion = (sweep_out.get("champion") or {}).get("registered_name")
+    champion = (sweep_out.get("champion") or {}).get("name")
     if champion:
         log(
             f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}"
         )
+        # The audit trains a reference without the forget rows (the fine-tune's 2000 steps again) and
+        # attacks both models: more than this demo's budget (docs/audit.md, bench/audit_cost.py).
+        log(f"audit it:   .venv/bin/unlearn audit --model models:/{champion}@champion --workdir {workdir}")
     return {"results": results, "sweep": sweep_out}
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
+from pipelines.defaults import default_config
 from pipelines.workspace import NotCached, Workspace, say_once
-from unlearn_core.config import RunConfig
+from unlearn_core.config import RunConfig, load_run_config
 
 # Train fields that change how a job runs, not the weights it trains (tests/test_cpu_launchers.py: the
 # launchers give the same weights), left out of the key.
@@ -20,6 +22,11 @@ NOT_IN_KEY = (
     "max_failures",
     "prefetch_batches",
 )
+
+
+def audit_config(workdir: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The recipe the reference is trained with: the vanilla fine-tune's (``finetune.yaml``)."""
+    return load_run_config(default_config("finetune"), {"workdir": str(workdir), **(overrides or {})})
 
 
 def reference_key(cfg: RunConfig, shards_fingerprint: str, exclude: str) -> str:

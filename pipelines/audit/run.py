@@ -15,18 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.audit.match import check_model_matches
-from pipelines.audit.record import finish_audit_run, open_audit_run
 from pipelines.audit.reference import ensure_reference
-from pipelines.defaults import default_config
 from pipelines.workspace import Workspace
-from unlearn_core.config import RunConfig, load_run_config
+from unlearn_core.config import RunConfig
 
 AUDIT_DIR = "audit"
-
-
-def audit_config(workdir: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The recipe the reference is trained with: the vanilla fine-tune's (``finetune.yaml``)."""
-    return load_run_config(default_config("finetune"), {"workdir": str(workdir), **(overrides or {})})
 
 
 def _side_key(reference_sha: str, fingerprint: str, settings: dict[str, Any]) -> str:
@@ -57,6 +50,7 @@ def run_audit(
     Returns the report (the checks, the verdict, ``metrics``: the flat figures) with the audit's
     MLflow run id (``track``) and the paths of its JSON and table."""
     from pipelines import tracking
+    from pipelines.audit.record import finish_audit_run, open_audit_run
     from unlearn_core import audit
 
     model_dir = Path(model_dir).resolve()

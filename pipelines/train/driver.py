@@ -19,8 +19,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
-from pipelines.provenance import write_provenance
 from pipelines.evaluate import build_report, evaluate, evaluation_rows
+from pipelines.provenance import write_provenance
 from pipelines.shards import load_manifest, load_shard_rows
 from pipelines.train.trainer import TrainJob, export_final_model, final_outputs, fit
 from unlearn_core.config import RunConfig

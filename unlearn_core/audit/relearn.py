@@ -41,6 +41,36 @@ def batch_order(rows: Sequence[Row], steps: int, batch_size: int, seed: int) -> 
     return out
 
 
+def fine_tune(
+    model: nn.Module,
+    processor: Any,
+    rows: Sequence[Row],
+    *,
+    steps: int,
+    lr: float = 5e-4,
+    batch_size: int = 8,
+    seed: int = 0,
+    after_step: Callable[[int], None] | None = None,
+) -> list[list[str]]:
+    """Train ``model`` in place on ``rows`` (answer-token NLL, AdamW without weight decay) for ``steps``
+    steps; ``after_step(step)`` after each. Returns the sample ids of every step's batch."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    trained: list[list[str]] = []
+    for step, batch_rows in enumerate(batch_order(rows, steps, batch_size, seed), start=1):
+        chunk = [{**r, "image": row_image(dict(r))} for r in batch_rows]
+        batch = to_model(collate(chunk, processor), model)
+        loss = answer_nll(model(**model_inputs(batch)).logits, batch["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        trained.append([str(r["sample_id"]) for r in batch_rows])
+        if after_step is not None:
+            after_step(step)
+            model.train()
+    return trained
+
+
 def relearn(
     model: nn.Module,
     processor: Any,
@@ -55,22 +85,22 @@ def relearn(
 ) -> tuple[dict[int, dict[str, Any]], list[list[str]]]:
     """Fine-tune a copy of ``model`` on ``rows`` up to the last checkpoint; ``measure`` the copy at every
     checkpoint (and at step 0 with ``measure_start``). Returns the figures by step and the sample ids of
-    every step's batch."""
-    steps = max(checkpoints)
+    every step's batch (``model`` itself is left as it was)."""
     student = copy.deepcopy(model)
-    student.train()
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     figures = {0: measure(student)} if measure_start else {}
-    trained: list[list[str]] = []
-    for step, batch_rows in enumerate(batch_order(rows, steps, batch_size, seed), start=1):
-        chunk = [{**r, "image": row_image(dict(r))} for r in batch_rows]
-        batch = to_model(collate(chunk, processor), student)
-        loss = answer_nll(student(**model_inputs(batch)).logits, batch["labels"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        trained.append([str(r["sample_id"]) for r in batch_rows])
+
+    def at(step: int) -> None:
         if step in checkpoints:
             figures[step] = measure(student)
-            student.train()
+
+    trained = fine_tune(
+        student,
+        processor,
+        rows,
+        steps=max(checkpoints),
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        after_step=at,
+    )
     return figures, trained
