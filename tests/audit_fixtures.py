@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -59,23 +60,32 @@ def tiny_benchmark() -> dict[str, Any]:
     return {"root": root, "processor": processor, "model": model, "rows": rows, "records_rows": rows}
 
 
+@contextmanager
+def one_thread():
+    """Torch on one intra-op thread (as the audit's attacks run): on a busy 2-core machine two spinning
+    threads made the tiny model's forward 50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @cache
-def trained_pair(steps: int = 300) -> dict[str, Any]:
+def trained_pair(steps: int = 200) -> dict[str, Any]:
     """``knows``: trained on the forget and retain people's identity, open and fact rows; ``never``: the same
     recipe (same initial weights, optimiser, steps) on the retain people's only (the retrained reference)."""
     from unlearn_core.audit.relearn import fine_tune
 
     bench = tiny_benchmark()
     rows = [r for r in bench["rows"] if r["split"] in ("forget", "retain") and r["task"] in TRAIN_TASKS]
+    retain = [r for r in rows if r["split"] == "retain"]
     knows = copy.deepcopy(bench["model"])
     never = copy.deepcopy(bench["model"])
-    fine_tune(knows, bench["processor"], rows, steps=steps, lr=2e-3, batch_size=16)
-    fine_tune(
-        never,
-        bench["processor"],
-        [r for r in rows if r["split"] == "retain"],
-        steps=steps,
-        lr=2e-3,
-        batch_size=16,
-    )
+    with one_thread():
+        fine_tune(knows, bench["processor"], rows, steps=steps, lr=2e-3, batch_size=16)
+        fine_tune(never, bench["processor"], retain, steps=steps, lr=2e-3, batch_size=16)
     return {**bench, "knows": knows, "never": never}

@@ -9,11 +9,12 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from audit_fixtures import tiny_benchmark
+from audit_fixtures import one_thread, tiny_benchmark, trained_pair
 
 from unlearn_core.audit import (
     AttackSettings,
     Thresholds,
+    audit_side,
     compare,
     flat_metrics,
     format_report,
@@ -79,6 +80,12 @@ def test_row_scores_by_hand():
 @pytest.fixture(scope="module")
 def bench():
     return tiny_benchmark()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def test_token_stats_are_the_answer_token_log_probs(bench):
@@ -317,3 +324,97 @@ def test_absent_membership_level_is_named_not_failed():
         "reason": "person-level membership absent: no holdout people",
     }
     assert report["checks"]["membership"]["status"] == "absent" and report["pass"]
+
+
+def test_retrained_reference_streams_leave_out_the_forget_rows_or_people():
+    from unlearn_core.data.selection import RETRAIN_STREAMS, in_stream
+
+    rows, people = RETRAIN_STREAMS["rows"], RETRAIN_STREAMS["people"]
+    for task in ("identity_vqa", "open_vqa", "fact_vqa"):  # the forget set: in neither reference
+        assert in_stream("train", "forget", task) and not in_stream(rows, "forget", task)
+        assert not in_stream(people, "forget", task)
+    for task in ("text_qa", "caption", "guided"):  # kept by the methods: in `rows`, not in `people`
+        assert in_stream(rows, "forget", task) and not in_stream(people, "forget", task)
+    for split, task in (("retain", "identity_vqa"), ("retain", "text_qa"), ("describe", "caption")):
+        assert in_stream(rows, split, task) and in_stream(people, split, task)
+    for split in ("forget_unseen", "holdout", "utility"):
+        assert not any(in_stream(s, split, "identity_vqa") for s in (rows, people, "train"))
+    assert not in_stream(rows, "retain", "mc_vqa")
+
+
+# ------------------------------------------------------------------- attacks on constructed cases
+
+
+@pytest.mark.slow
+def test_membership_tells_a_model_that_saw_the_forget_rows_from_the_reference():
+    """``knows`` trained on the forget people, ``never`` the same recipe without them: person-level AUC
+    well above 0.5 for the first, near 0.5 for the second (its per-person interval holds 0.5), and the
+    check fails the first against the second while the second passes against itself."""
+    p = trained_pair()
+    rows = select_audit_rows(p["rows"])
+    settings = AttackSettings(checks=("membership",), bootstrap=300)
+    never = audit_side(p["never"], p["processor"], rows, settings, who="reference")
+    knows = audit_side(p["knows"], p["processor"], rows, settings, reference_loss=never["membership"]["loss"])
+    report = compare(knows, never)
+    person = report["checks"]["membership"]["levels"]["person"]["attacks"]
+    assert person["loss"]["model"]["auc"] > 0.75 and person["min_k"]["model"]["auc"] > 0.75
+    assert abs(person["loss"]["reference"]["auc"] - 0.5) < 0.1
+    lo, hi = person["loss"]["reference"]["ci"]
+    assert lo < 0.5 < hi
+    assert person["reference"]["reference"]["auc"] == 0.5  # the reference against itself: all scores 0
+    assert person["reference"]["model"]["auc"] > 0.6  # the model's loss minus the reference's
+    assert person["loss"]["privleak"] < -40  # (1 - AUC) far below the reference's: under-unlearning
+    assert report["checks"]["membership"]["status"] == "fail" and "membership" in report["failed"]
+    assert compare(never, never)["checks"]["membership"]["status"] == "pass"
+
+
+def _update_within_half_a_bucket(model, processor, rows, bits=4, steps=30):
+    """Gradient ascent on the forget rows from a model on the ``bits`` grid, every linear weight kept
+    within 0.45 of its row's bucket of where it started and each row's largest element fixed (so the
+    row's scale does not move): the unlearning update Zhang et al. describe, smaller than a bucket."""
+    import copy
+
+    from unlearn_core.audit.relearn import batch_order
+    from unlearn_core.methods.losses import answer_nll
+    from unlearn_core.models.generate import to_model
+
+    out = copy.deepcopy(model)
+    layers = dict(quantized_linears(out))
+    start = {n: m.weight.detach().clone() for n, m in layers.items()}
+    half = {n: 0.45 * bucket_width(w, bits).unsqueeze(-1) for n, w in start.items()}
+    fixed = {n: w.abs() == w.abs().amax(-1, keepdim=True) for n, w in start.items()}
+    opt = torch.optim.Adam([m.weight for m in layers.values()], lr=1e-3)
+    out.train()
+    for batch_rows in batch_order(rows, steps, 16, 0):
+        batch = to_model(collate([{**r, "image": row_image(dict(r))} for r in batch_rows], processor), out)
+        loss = -answer_nll(out(**model_inputs(batch)).logits, batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for n, m in layers.items():
+                delta = (m.weight - start[n]).clamp(-half[n], half[n])
+                delta[fixed[n]] = 0
+                m.weight.copy_(start[n] + delta)
+    return out
+
+
+@pytest.mark.slow
+def test_quantization_fails_a_model_whose_forget_update_is_smaller_than_a_4bit_bucket():
+    p = trained_pair()
+    rows = select_audit_rows(p["rows"])
+    original = rtn_quantized(p["knows"], 4)  # knows the forget people and sits on the 4-bit grid
+    hidden = _update_within_half_a_bucket(original, p["processor"], rows.member)
+    settings = AttackSettings(checks=("quantization",))
+    side = audit_side(hidden, p["processor"], rows, settings)
+    assert side["plain"]["leak_seen"] == 0.0  # at full precision it looks forgotten
+    rounded = rtn_quantized(hidden, 4)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(rounded.state_dict().values(), original.state_dict().values(), strict=True)
+    )
+    assert side["quantization"]["rtn4"]["leak_seen"] >= 0.25  # the original's answers are back
+    report = compare(side, audit_side(p["never"], p["processor"], rows, settings))
+    q = report["checks"]["quantization"]
+    assert q["status"] == "fail" and q["schemes"]["rtn4"]["rise"]["leak_seen"] >= 0.25
+    assert q["schemes"]["rtn4"]["rise_ref"]["leak_seen"] <= 0.05  # the reference: nothing to recover
