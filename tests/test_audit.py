@@ -422,3 +422,29 @@ def test_quantization_fails_a_model_whose_forget_update_is_smaller_than_a_4bit_b
     q = report["checks"]["quantization"]
     assert q["status"] == "fail" and q["schemes"]["rtn4"]["rise"]["leak_seen"] >= 0.25
     assert q["schemes"]["rtn4"]["rise_ref"]["leak_seen"] <= 0.05  # the reference: nothing to recover
+
+
+def test_mllmu_bench_records_get_the_image_level_check_and_say_why_no_person_level(tmp_path):
+    """MLLMU-Bench has no holdout people: the person level is absent with the reason, the image level
+    compares the forget rows and the Test_Set (forget_unseen) rows of the tasks both sides have."""
+    import real_fixtures as rf
+
+    from unlearn_core.data.adapters import convert
+    from unlearn_core.data.records_io import read_records
+
+    rf.write_mllmu_bench(tmp_path / "src")
+    convert("mllmu-bench", tmp_path / "src", tmp_path / "records")
+    rows = [dict(r, image_u8=r["image"]) for r in read_records(tmp_path / "records").to_pylist()]
+    audit_rows = select_audit_rows(rows)
+    assert audit_rows.holdout == [] and audit_rows.member == []
+    assert any(
+        n.startswith("person-level membership absent: the records have no holdout people")
+        for n in audit_rows.notes
+    )
+    image_tasks = {r["task"] for r in audit_rows.member_image}
+    assert image_tasks and image_tasks == {r["task"] for r in audit_rows.unseen} <= {
+        "identity_vqa",
+        "open_vqa",
+        "fact_vqa",
+    }
+    assert {r["split"] for r in audit_rows.unseen} == {"forget_unseen"}
