@@ -199,7 +199,7 @@ def _build_inputs(root: Path) -> Inputs:
     from unlearn_core.models.tiny import build_tiny_llava
 
     print(f"{BENCH_SRC} has no finished workdir: building a stand-in under {root}", flush=True)
-    ensure_ray()
+    start_local_ray()
     records, shards, vanilla = root / "records", root / "shards", root / "models/vanilla"
     if not (records / "records_meta.json").exists():
         write_records(generate_benchmark(SynthConfig()), records, source="synthetic")
@@ -212,8 +212,105 @@ def _build_inputs(root: Path) -> Inputs:
     return Inputs(records, shards, vanilla, teacher)
 
 
+# -- training steps -----------------------------------------------------------------------------
+# The two kinds of step the step benches compare: mode -> (job mode, training stream, method).
+STEP_MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
+
+
+def step_config(inp: Inputs, mode: str, steps: int, *, batch: int, threads: int, **extra: Any) -> Any:
+    """The config of a one-worker bench job of ``mode`` on the inputs' shards, under a TorchTrainer
+    (``train.launcher: ray_train``: "ours Ray Train" is the pipeline's Ray Train path)."""
+    from unlearn_core.config import RunConfig, with_overrides
+
+    return with_overrides(
+        RunConfig(),
+        {
+            "workdir": str(BENCH_DIR / "wd"),
+            "shards": str(inp.shards),
+            "train.steps": steps,
+            "train.batch_size": batch,
+            "train.torch_threads": threads,
+            "train.num_workers": 1,
+            "train.cpus_per_worker": 1,
+            "train.launcher": "ray_train",
+            "method.name": STEP_MODES[mode][2] or "ga",
+            "method.params": {},
+            **extra,
+        },
+    )
+
+
+def next_token_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The bare loops' loss: cross-entropy of every next token against the labels (answer tokens)."""
+    import torch.nn.functional as F
+
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        use_cache=False,
+    ).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+
+
+def report_log(name: str) -> Path:
+    """Where ``fit_logged`` keeps the rank-0 reports of the bench run ``name``."""
+    return BENCH_DIR / "reports" / f"{name}.jsonl"
+
+
+def fit_logged(inp: Inputs, cfg: Any, job_mode: str, datasets: dict[str, Any], name: str) -> float:
+    """``pipelines.train.fit`` as the pipeline calls it, from the inputs' vanilla model, its reports
+    appended to ``report_log(name)``; returns the fit's wall seconds."""
+    from pipelines.train import WorkerSpec, fit
+
+    spec = WorkerSpec(
+        cfg=cfg.model_dump(),
+        mode=job_mode,
+        processor_dir=str(inp.vanilla),
+        init_model=str(inp.vanilla),
+        image_size=inp.image_size,
+    )
+    t0 = time.perf_counter()
+    fit(
+        spec,
+        datasets,
+        name=f"bench-{name}-{int(time.time())}",
+        storage_path=str(BENCH_DIR / "ray_results"),
+        callbacks=[report_log_callback(report_log(name))],
+    )
+    return time.perf_counter() - t0
+
+
+# -- sweep trials -------------------------------------------------------------------------------
+def trial_timings(trials: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each completed trial's ``time/*`` (``run_sweep``'s ``TrialOutcome``s) plus ``time/trial_setup_s``:
+    its actor's start-up and imports (the process's age when the trial started) if it was the first
+    trial of its actor (process id), else 0 (a reused actor has its stack imported already)."""
+    first: dict[int, tuple[float, str]] = {}
+    for name, t in trials.items():
+        age = t.timing.get("time/process_age_s")
+        if age is not None and t.pid is not None and age < first.get(t.pid, (float("inf"), ""))[0]:
+            first[t.pid] = (age, name)
+    firsts = {name for _, name in first.values()}
+    return {
+        name: {**t.timing, "time/trial_setup_s": t.timing["time/process_age_s"] if name in firsts else 0.0}
+        for name, t in trials.items()
+        if t.status == "completed" and t.timing
+    }
+
+
+def trial_wall(timing: dict[str, float]) -> float:
+    """A trial's wall time (``trial_timings``): its function, plus its actor's set-up when it was the
+    actor's first trial."""
+    return timing["time/trial_s"] + timing.get("time/trial_setup_s", 0.0)
+
+
 # -- Ray ----------------------------------------------------------------------------------------
-def ensure_ray(num_cpus: int = 2) -> None:
+def start_local_ray(num_cpus: int = 2) -> None:
     """A fresh local Ray (never another job's cluster) with ``num_cpus`` CPUs."""
     import ray
     import ray.data

@@ -37,7 +37,7 @@ ITER_BATCHES = 18 if common.QUICK else 36  # a multiple of 6: whole GA epochs
 WORKER_STEPS = 18 if common.QUICK else 36
 SKIP = 6  # warm-up steps left out of the worker figures (the first epoch of GA)
 TARGET = 0.05
-MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
+MODES = common.STEP_MODES
 # label -> (mode, materialize the stream before training: the proposed fix for small streams)
 VARIANTS = {
     "sft (as the pipeline)": ("sft", False),
@@ -49,22 +49,7 @@ WORKER_VARIANTS = {**VARIANTS, "ga, shard cached in worker memory (fix prototype
 
 
 def run_cfg(inp: common.Inputs, mode: str, steps: int, threads: int = THREADS):
-    from unlearn_core.config import RunConfig, with_overrides
-
-    return with_overrides(
-        RunConfig(),
-        {
-            "workdir": str(common.BENCH_DIR / "wd"),
-            "shards": str(inp.shards),
-            "train.steps": steps,
-            "train.batch_size": BATCH,
-            "train.torch_threads": threads,
-            "train.num_workers": 1,
-            "train.cpus_per_worker": 1,
-            "method.name": MODES[mode][2] or "ga",
-            "method.params": {},
-        },
-    )
+    return common.step_config(inp, mode, steps, batch=BATCH, threads=threads)
 
 
 def stream_ds(inp: common.Inputs, mode: str):
@@ -382,7 +367,7 @@ def main() -> None:
 
     common.header("bench/data.py: shard throughput and data wait")
     inp = common.inputs()
-    common.ensure_ray(2)
+    common.start_local_ray(2)
     results: dict[str, Any] = {}
 
     print("\n-- 1. sharding throughput --")

@@ -124,7 +124,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     common.header("bench/method_cost.py: step time of each method relative to GA (in-process)")
     inp = common.inputs()
-    common.ensure_ray(2)
+    common.start_local_ray(2)
     base, processor = load_model_and_processor(str(inp.vanilla), ModelConfig(spec=str(inp.vanilla)))
     forget, retain = real_batches(inp, processor)
     f0 = forget[0]

@@ -1,7 +1,7 @@
 """Samples/s of the vanilla SFT step with 1 and 2 Ray Train workers (DDP over gloo) on the tiny model.
 
 Each worker: ``cpus_per_worker=1``, ``torch_threads=1``, batch 32 (so 2 workers train on 64 samples
-per step). ``pipelines.train.fit`` with a ``TrainJob`` on the shards; steps/s comes from rank 0's
+per step). ``pipelines.train.fit`` with a ``WorkerSpec`` on the shards; steps/s comes from rank 0's
 ``steps_per_s`` reports between step 10 and the last step (start-up excluded). The two
 configurations alternate in every repeat (same load).
 
@@ -26,7 +26,6 @@ from typing import Any
 import common
 
 from pipelines.shards import stream_dataset
-from pipelines.train import TrainJob, fit
 from unlearn_core.config import RunConfig, with_overrides
 
 BATCH = 32
@@ -46,29 +45,14 @@ def run(inp: common.Inputs, workers: int, tag: str) -> dict[str, Any]:
             "train.torch_threads": 1,
             "train.num_workers": workers,
             "train.cpus_per_worker": 1,
+            "train.launcher": "ray_train",  # 1 vs 2 Ray Train workers
             "train.checkpoint_every": 0,
             "train.eval_every": 0,
         },
     )
-    job = TrainJob(
-        cfg=cfg.model_dump(),
-        mode="finetune",
-        processor_dir=str(inp.vanilla),
-        init_model=str(inp.vanilla),
-        image_size=inp.image_size,
-    )
-    log = common.BENCH_DIR / "reports" / f"scaling-{tag}.jsonl"
-    cb = common.report_log_callback(log)
-    t0 = time.perf_counter()
-    fit(
-        job,
-        {"train": stream_dataset(inp.shards, "train", task_weights=cfg.train.task_weights)},
-        name=f"bench-scaling-{tag}-{int(time.time())}",
-        storage_path=str(common.BENCH_DIR / "ray_results"),
-        callbacks=[cb],
-    )
-    wall = time.perf_counter() - t0
-    rate, a, b = common.steady_rate(common.read_reports(log))
+    datasets = {"train": stream_dataset(inp.shards, "train", task_weights=cfg.train.task_weights)}
+    wall = common.fit_logged(inp, cfg, "finetune", datasets, f"scaling-{tag}")
+    rate, a, b = common.steady_rate(common.read_reports(common.report_log(f"scaling-{tag}")))
     return {"steps_per_s": rate, "samples_per_s": rate * BATCH * workers, "wall_s": wall, "window": (a, b)}
 
 
@@ -80,7 +64,6 @@ def bare_ddp(
 
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     from pipelines.shards import rows_with_images
     from unlearn_core.config import ModelConfig
@@ -109,18 +92,7 @@ def bare_ddp(
                 t0 = time.perf_counter()
             b = collate(rows_with_images(rng.sample(rows, BATCH)), processor)
             opt.zero_grad(set_to_none=True)
-            logits = model(
-                input_ids=b["input_ids"],
-                attention_mask=b["attention_mask"],
-                pixel_values=b["pixel_values"],
-                use_cache=False,
-            ).logits
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                b["labels"][:, 1:].reshape(-1),
-                ignore_index=-100,
-            )
-            loss.backward()
+            common.next_token_loss(model, b).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
         return steps * BATCH / (time.perf_counter() - t0)
@@ -145,7 +117,7 @@ def run_bare(inp: common.Inputs, workers: int, rows_ref: Any, steps: int) -> flo
 def main() -> None:
     common.header("bench/scaling.py: 1 vs 2 Ray Train workers (1 CPU, 1 torch thread each)")
     inp = common.inputs()
-    common.ensure_ray(3)
+    common.start_local_ray(3)
     import ray
 
     rows = stream_dataset(inp.shards, "train", task_weights=RunConfig().train.task_weights).take_all()

@@ -69,17 +69,17 @@ def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict
         log=lambda *_: None,
     )
     wall = time.perf_counter() - t0
-    trials = out["trials"]
-    steps = sum(float(t.get("step") or 0) for t in trials.values())
-    done = {n: t["metrics"].get("objective") for n, t in trials.items() if t["status"] == "completed"}
+    trials = out.trials
+    steps = sum(float(t.step or 0) for t in trials.values())
+    done = {n: t.metrics.get("objective") for n, t in trials.items() if t.status == "completed"}
     best = min((v for v in done.values() if v is not None), default=None)
     return {
         "wall_s": wall,
-        "trial_timing": [t["timing"] for t in trials.values() if t["status"] == "completed" and t["timing"]],
+        "trial_timing": list(common.trial_timings(trials).values()),
         "steps": steps,
         "completed": len(done),
-        "stopped": sum(t["status"] == "stopped" for t in trials.values()),
-        "failed": sum(t["status"] == "failed" for t in trials.values()),
+        "stopped": sum(t.status == "stopped" for t in trials.values()),
+        "failed": sum(t.status == "failed" for t in trials.values()),
         "best_objective": best,
         "worst_objective": max((v for v in done.values() if v is not None), default=None),
         "best_trial": min(done, key=lambda n: done[n]) if done else None,
@@ -89,7 +89,7 @@ def one_sweep(inp: common.Inputs, space: Path, scheduler: str, tag: str) -> dict
 def main() -> None:
     common.header("bench/sweep.py: ASHA vs full sweep (pipelines.sweep.run_sweep)")
     inp = common.inputs()
-    common.ensure_ray(2)
+    common.start_local_ray(2)
     space = space_file()
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SCHEDULERS}
     for r in range(REPEATS):
@@ -185,11 +185,6 @@ def scheduler_rows(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[list[str
     return rows, out
 
 
-def _wall(t: dict[str, float]) -> float:
-    """A trial's wall time including its actor's imports (only a sweep's first trial on an actor)."""
-    return t["time/trial_s"] + t.get("time/trial_setup_s", 0.0)
-
-
 PHASES = (
     ("training loop", lambda t: t["time/stepping_s"]),
     ("Train start-up", lambda t: t["time/train_startup_s"]),
@@ -207,13 +202,13 @@ def fixed_cost_table(runs: dict[str, list[dict[str, Any]]]) -> str:
     timings = [t for s in SCHEDULERS for x in runs[s] for t in x["trial_timing"]]
     if not timings:
         return ""
-    trial = common.Stats([_wall(t) for t in timings])
+    trial = common.Stats([common.trial_wall(t) for t in timings])
     rows = [["trial (wall)", trial.short(3), "1"]]
     for name, get in PHASES:
         v = common.Stats([get(t) for t in timings])
-        share = common.Stats([get(t) / _wall(t) for t in timings])
+        share = common.Stats([get(t) / common.trial_wall(t) for t in timings])
         rows.append([name, v.short(3), share.short(2)])
-    fixed = common.Stats([1 - t["time/stepping_s"] / _wall(t) for t in timings])
+    fixed = common.Stats([1 - t["time/stepping_s"] / common.trial_wall(t) for t in timings])
     rows.append(["fixed cost (all but the loop)", "", f"**{fixed.short(2)}**"])
     print(f"\nper completed trial ({len(timings)} trials, both schedulers): seconds and share of the trial")
     return common.table(["phase", "seconds", "share of trial"], rows)

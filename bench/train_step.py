@@ -7,7 +7,7 @@ Three loops on the same tiny model (the finished vanilla model), batch 32, 2 tor
   backward, clip, AdamW step;
 - ``ours in-process``: the worker's own step (``build_worker_model`` + ``make_step_fn``) fed by
   the same in-memory rows and collate, no Ray: separates step-code overhead from Ray overhead;
-- ``ours Ray Train``: ``pipelines.train.fit`` with a ``TrainJob`` on the shards (1 worker,
+- ``ours Ray Train``: ``pipelines.train.fit`` with a ``WorkerSpec`` on the shards (1 worker,
   ``train.torch_threads=2``); steps/s is read from the worker's own ``steps_per_s`` reports between
   step 10 and the last step (start-up and the first 10 steps excluded).
 
@@ -38,10 +38,8 @@ from typing import Any
 
 import common
 import torch
-import torch.nn.functional as F
 
 from pipelines.shards import rows_with_images, stream_dataset
-from pipelines.train import TrainJob, fit
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.data.encode import collate
 from unlearn_core.models.loading import load_model_and_processor
@@ -55,7 +53,7 @@ WARMUP = 3
 REPEATS = 3
 PROFILE_SECONDS = 20 if common.QUICK else 40
 TARGET = 0.90  # ours >= 90% of bare
-MODES = {"sft": ("finetune", "train", None), "ga": ("unlearn", "forget", "ga")}
+MODES = common.STEP_MODES
 # Per mode: the Ray Train variants measured next to the bare and in-process loops (label, ray_fit kwargs).
 RAY_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "sft": [
@@ -69,22 +67,8 @@ AS_PIPELINE = "ours Ray Train (as the pipeline)"
 
 
 def run_cfg(inp: common.Inputs, mode: str, steps: int) -> RunConfig:
-    _, _, method = MODES[mode]
-    return with_overrides(
-        RunConfig(),
-        {
-            "workdir": str(common.BENCH_DIR / "wd"),
-            "shards": str(inp.shards),
-            "train.steps": steps,
-            "train.batch_size": BATCH,
-            "train.torch_threads": THREADS,
-            "train.num_workers": 1,
-            "train.cpus_per_worker": 1,
-            "train.checkpoint_every": 0,
-            "train.eval_every": 0,
-            "method.name": method or "ga",
-            "method.params": {},
-        },
+    return common.step_config(
+        inp, mode, steps, batch=BATCH, threads=THREADS, **{"train.checkpoint_every": 0, "train.eval_every": 0}
     )
 
 
@@ -136,18 +120,7 @@ def bare_loop(inp: common.Inputs, rows: list[dict[str, Any]], sign: float, steps
             t0, n = time.perf_counter(), 0
         b = next(it)
         opt.zero_grad(set_to_none=True)
-        logits = model(
-            input_ids=b["input_ids"],
-            attention_mask=b["attention_mask"],
-            pixel_values=b["pixel_values"],
-            use_cache=False,
-        ).logits
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-            b["labels"][:, 1:].reshape(-1),
-            ignore_index=-100,
-        )
-        (sign * loss).backward()
+        (sign * common.next_token_loss(model, b)).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         n += b["input_ids"].shape[0]
@@ -196,32 +169,15 @@ def ray_fit(
     if prefetch is not None:
         cfg = with_overrides(cfg, {"train.prefetch_batches": prefetch})
     stream, ds = dataset(inp, mode, cfg)
-    job = TrainJob(
-        cfg=cfg.model_dump(),
-        mode=job_mode,
-        processor_dir=str(inp.vanilla),
-        init_model=str(inp.vanilla),
-        image_size=inp.image_size,
-    )
-    log = common.BENCH_DIR / "reports" / f"train_step-{tag}.jsonl"
-    cb = common.report_log_callback(log)
-    t0 = time.perf_counter()
-    fit(
-        job,
-        {stream: ds},
-        name=f"bench-train_step-{tag}-{int(time.time())}",
-        storage_path=str(common.BENCH_DIR / "ray_results"),
-        callbacks=[cb],
-    )
-    wall = time.perf_counter() - t0
-    reports = common.read_reports(log)
+    wall = common.fit_logged(inp, cfg, job_mode, {stream: ds}, f"train_step-{tag}")
+    reports = common.read_reports(common.report_log(f"train_step-{tag}"))
     rate, a, b = common.steady_rate(reports)
     sizes = batch_sizes(n_rows)
     samples = sum(sizes[i % len(sizes)] for i in range(a, b))
     return {"steps_per_s": rate, "samples_per_s": rate * samples / (b - a), "window": (a, b), "wall_s": wall}
 
 
-def stream_rows(inp: common.Inputs, mode: str) -> list[dict[str, Any]]:
+def take_stream_rows(inp: common.Inputs, mode: str) -> list[dict[str, Any]]:
     cfg = run_cfg(inp, mode, 1)
     _, ds = dataset(inp, mode, cfg)
     return ds.take_all()
@@ -328,23 +284,9 @@ def profile_ray(inp: common.Inputs, mode: str, steps: int) -> dict[str, Any]:
     job_mode, _, _ = MODES[mode]
     cfg = run_cfg(inp, mode, steps)
     stream, ds = dataset(inp, mode, cfg)
-    job = TrainJob(
-        cfg=cfg.model_dump(),
-        mode=job_mode,
-        processor_dir=str(inp.vanilla),
-        init_model=str(inp.vanilla),
-        image_size=inp.image_size,
-    )
-    log = common.BENCH_DIR / "reports" / f"train_step-profile-{mode}.jsonl"
-    cb = common.report_log_callback(log)
+    log = common.report_log(f"train_step-profile-{mode}")
     th = threading.Thread(
-        target=lambda: fit(
-            job,
-            {stream: ds},
-            name=f"bench-profile-{mode}-{int(time.time())}",
-            storage_path=str(common.BENCH_DIR / "ray_results"),
-            callbacks=[cb],
-        ),
+        target=lambda: common.fit_logged(inp, cfg, job_mode, {stream: ds}, f"train_step-profile-{mode}"),
         daemon=True,
     )
     th.start()
@@ -389,7 +331,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     common.header("bench/train_step.py: our SFT / GA step in a Ray Train worker vs bare PyTorch")
     inp = common.inputs()
-    common.ensure_ray(2)
+    common.start_local_ray(2)
     results: dict[str, Any] = {
         "config": {
             "batch": BATCH,
@@ -401,7 +343,7 @@ def main() -> None:
     }
     import ray
 
-    rows_by_mode = {m: stream_rows(inp, m) for m in MODES}
+    rows_by_mode = {m: take_stream_rows(inp, m) for m in MODES}
     for m, rows in rows_by_mode.items():
         print(f"{m}: {len(rows)} rows in the stream, {len(batch_sizes(len(rows)))} batches per epoch")
     row_refs = {m: ray.put(rows) for m, rows in rows_by_mode.items()}

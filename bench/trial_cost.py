@@ -35,11 +35,6 @@ LAUNCHERS = tuple(os.environ.get("BENCH_LAUNCHERS", "ray_train,auto").split(",")
 SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "pubg.yaml"
 
 
-def wall(t: dict[str, float]) -> float:
-    """The trial's wall time: its function, plus its actor's imports when it was the actor's first."""
-    return t["time/trial_s"] + t.get("time/trial_setup_s", 0.0)
-
-
 PHASES = (
     ("training loop (steps + in-training evaluations)", lambda t: t["time/stepping_s"]),
     (
@@ -91,22 +86,24 @@ def run(inp: common.Inputs, launcher: str) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     out = run_sweep(SPACE, cfg, num_samples=TRIALS, scheduler="none", max_concurrent=1, log=lambda *_: None)
-    return {"wall_s": time.perf_counter() - t0, "trials": out["trials"]}
+    return {"wall_s": time.perf_counter() - t0, "trials": out.trials}
 
 
 def phase_table(timings: list[dict[str, float]]) -> str:
-    trial = common.Stats([wall(t) for t in timings])
+    trial = common.Stats([common.trial_wall(t) for t in timings])
     rows = [["trial (wall)", trial.short(3), "1"]]
     for name, get in PHASES:
         rows.append(
             [
                 name,
                 common.Stats([get(t) for t in timings]).short(3),
-                common.Stats([get(t) / wall(t) for t in timings]).short(2),
+                common.Stats([get(t) / common.trial_wall(t) for t in timings]).short(2),
             ]
         )
-    not_loop = common.Stats([1 - t["time/stepping_s"] / wall(t) for t in timings])
-    infra = common.Stats([1 - (t["time/stepping_s"] + t["time/eval_s"]) / wall(t) for t in timings])
+    not_loop = common.Stats([1 - t["time/stepping_s"] / common.trial_wall(t) for t in timings])
+    infra = common.Stats(
+        [1 - (t["time/stepping_s"] + t["time/eval_s"]) / common.trial_wall(t) for t in timings]
+    )
     rows.append(["fixed cost: all but the loop", "", f"**{not_loop.short(2)}**"])
     rows.append(["fixed cost: all but the loop and the final evaluation", "", f"**{infra.short(2)}**"])
     return common.table(["phase", "seconds", "share of trial"], rows)
@@ -115,21 +112,22 @@ def phase_table(timings: list[dict[str, float]]) -> str:
 def report(launcher: str, out: dict[str, Any]) -> tuple[list[dict[str, float]], str]:
     """Print one sweep's trials and phase table; returns the completed trials' timings and the table."""
     trials = out["trials"]
-    timings = [t["timing"] for t in trials.values() if t["status"] == "completed" and t.get("timing")]
+    by_trial = common.trial_timings(trials)
+    timings = list(by_trial.values())
     print(
         f"train.launcher={launcher}: sweep wall {out['wall_s']:.0f} s, {len(timings)}/{len(trials)} trials completed"
     )
     for name, t in sorted(trials.items()):
-        steps = t.get("step")
-        timing = t.get("timing") or {}
+        steps = t.step
+        timing = by_trial.get(name)
         if not timing:
-            print(f"  {name}: {t['status']}")
+            print(f"  {name}: {t.status}")
             continue
-        loop, total = timing["time/stepping_s"], wall(timing)
+        loop, total = timing["time/stepping_s"], common.trial_wall(timing)
         made = timing.get("time/trial_inputs_s", 0.0)  # teacher cache / mask, when this trial computed them
         setup = timing.get("time/trial_setup_s", 0.0)
         print(
-            f"  {name}: {t['status']}, {steps:.0f} steps, trial {total:.1f} s, loop {loop:.1f} s; "
+            f"  {name}: {t.status}, {steps:.0f} steps, trial {total:.1f} s, loop {loop:.1f} s; "
             f"fixed cost {1 - loop / total:.0%} of the trial; without the actor's imports "
             f"({setup:.1f} s) and the inputs it prepared ({made:.1f} s): "
             f"{1 - loop / (total - setup - made):.0%}"
@@ -142,7 +140,7 @@ def main() -> None:
     """The same sweep with Ray Train trials and with in-process trials (the default), one after the other."""
     common.header(f"bench/trial_cost.py: per-trial fixed cost of the demo's PUBG sweep ({TRIALS} trials)")
     inp = common.inputs()
-    common.ensure_ray(2)
+    common.start_local_ray(2)
     common.load("trial cost")
     saved: dict[str, Any] = {}
     for launcher in LAUNCHERS:

@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    console.quiet_library_bars()  # before any library runs: every command, `unlearn pull` included
     try:
         return int(args.handler(args))
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as err:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from unlearn_core.config import ConfigError, RunConfig, with_overrides
+from unlearn_core.config import ConfigError
 
 GPUS_PER_NODE = 8
 
@@ -115,8 +115,3 @@ def preset_overrides(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown cluster preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return {k: list(v) if isinstance(v, list) else v for k, v in PRESETS[name].items()}
-
-
-def apply_preset(cfg: RunConfig, name: str, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """``cfg`` with preset ``name`` applied, then ``overrides`` (the user's --set wins), validated."""
-    return with_overrides(cfg, {**preset_overrides(name), **(overrides or {})})

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines import console, preflight
 from pipelines.console import say
 from unlearn_core.config import ConfigError
 from unlearn_core.config import absolute_folder as _abs
 from unlearn_core.config import local_model_spec as _spec
+
+if TYPE_CHECKING:
+    from pipelines.train.driver import JobResult
+    from unlearn_core.config import RunConfig
 
 
 def run_config_from_args(args: argparse.Namespace, command: str):
@@ -91,16 +96,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.space and not args.resume:
         raise ConfigError("unlearn sweep needs --space FILE (or --resume DIR)")
     cfg = run_config_from_args(args, "unlearn")  # the same starting config as `unlearn run` and the demo
-    preflight.sweep(
-        cfg,
-        args.space,
-        resume=args.resume,
-        scheduler=args.scheduler,
-        search=args.search,
-        num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent,
-        workers_per_trial=args.workers_per_trial,
-    )
+    options = {
+        "scheduler": args.scheduler,
+        "search": args.search,
+        "num_samples": args.num_samples,
+        "max_concurrent": args.max_concurrent,
+        "workers_per_trial": args.workers_per_trial,
+    }
+    preflight.sweep(cfg, args.space, resume=args.resume, **options)
     from pipelines.sweep.champion import ChampionRule
 
     rule = ChampionRule(
@@ -116,24 +119,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = run_sweep(
         args.space or "",
         cfg,
-        num_samples=args.num_samples,
-        scheduler=args.scheduler,
-        search=args.search,
-        max_concurrent=args.max_concurrent,
-        workers_per_trial=args.workers_per_trial,
+        **options,
         resume_dir=args.resume,
         champion_rule=rule,
         audit=args.audit,
         log=say,
     )
-    champ = out["champion"]
-    say(f"sweep folder: {out['sweep_dir']} (resume with --resume {out['sweep_dir']})")
-    say(f"MLflow parent run: {out['parent_run_id']}; report: {', '.join(out['artifacts'])}")
-    say(
-        f"champion: {champ['trial']} -> {champ['uri']}"
-        if champ["trial"]
-        else f"no champion: {champ['reason']}"
-    )
+    champ = out.champion
+    say(f"sweep folder: {out.sweep_dir} (resume with --resume {out.sweep_dir})")
+    say(f"MLflow parent run: {out.parent_run_id}; report: {', '.join(out.artifacts)}")
+    say(f"champion: {champ.trial} -> {champ.uri}" if champ.trial else f"no champion: {champ.reason}")
     return 0
 
 
@@ -215,8 +210,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.judge_url:
         from unlearn_core.eval.judge import JudgeConfig
 
-        if not args.judge_model:
-            raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves)")
         judge = JudgeConfig(
             base_url=args.judge_url,
             model=args.judge_model,
@@ -324,15 +317,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def artifacts(out: dict, cfg) -> None:
+def artifacts(out: JobResult, cfg: RunConfig) -> None:
     """Where a training job's results are: the model folder, the MLflow run and store, the registry."""
     from pipelines import tracking
 
-    say(f"model:    {out['model_dir']}")
-    say(f"MLflow:   run {out['run_id']} in {tracking.resolve_tracking_uri(cfg.tracking, cfg.workdir)}")
-    registered = out.get("registered_model")
-    if out.get("version") and registered:
-        ref = f"models:/{registered}/{out['version']}"
+    say(f"model:    {out.model_dir}")
+    say(f"MLflow:   run {out.run_id} in {tracking.resolve_tracking_uri(cfg.tracking, cfg.workdir)}")
+    registered = out.registered_model
+    if out.version and registered:
+        ref = f"models:/{registered}/{out.version}"
         say(f"registry: {ref} (`unlearn pull {ref} --out DIR`)")
 
 

@@ -173,6 +173,25 @@ def progress(
         yield bar
 
 
+# Libraries' own progress bars (MLflow's artifact transfers, tqdm bars of transformers, the HF hub and
+# Ray's tqdm). On a terminal they are merely noisy; in a plain log (CI, `ray job submit`) each bar is
+# one long line of carriage returns.
+LIBRARY_BAR_SWITCHES = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+def quiet_library_bars(*, always: bool = False) -> None:
+    """Turn off the libraries' own progress bars, in this process and the Ray workers it starts (they
+    inherit its environment), unless both stdout and stderr are a terminal (``always``: even then) or
+    the user set the variable; the console's own progress lines stay."""
+    if always or not (sys.stdout.isatty() and sys.stderr.isatty()):
+        for key, value in LIBRARY_BAR_SWITCHES.items():
+            os.environ.setdefault(key, value)
+
+
 def log_file_path(workdir: str | Path, command: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path(workdir) / LOG_DIR / f"{command.replace(' ', '-')}-{stamp}-{os.getpid()}.log"
@@ -198,7 +217,7 @@ def start(workdir: str | Path | None, command: str, *, verbose: bool = False) ->
         os.dup2(log.fileno(), out_fd)
         os.dup2(log.fileno(), err_fd)
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in the log file's worker prefixes
-        os.environ.setdefault("TQDM_DISABLE", "1")  # libraries' own bars would only fill the log
+        quiet_library_bars(always=True)  # their output goes to the log file
     _ACTIVE = Console(terminal, log_path=log_path, err_stream=terminal_err)
     if log_path is not None:
         _ACTIVE.say(f"log: {log_path} (Ray and library output; --verbose shows it here)")

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 
@@ -18,13 +18,15 @@ from pipelines import tracking
 from pipelines.defaults import default_config
 from pipelines.evaluate import evaluate_cached
 from pipelines.shards import load_manifest
-from pipelines.sweep.resources import trial_launcher
 from pipelines.train.finetune import run_finetune
 from pipelines.train.unlearn import run_unlearn
 from pipelines.workspace import Workspace, ensure_shards
-from unlearn_core.config import RunConfig, absolute_folder, load_run_config, with_overrides
+from unlearn_core.config import RunConfig, absolute_folder, load_run_config, with_launcher_resolved
 from unlearn_core.eval.report import format_table
 from unlearn_core.eval.runner import EVAL_VERSION
+
+if TYPE_CHECKING:
+    from pipelines.sweep.driver import SweepResult
 
 # One line per baseline while the demo runs; every metric is in the final table and in MLflow.
 SUMMARY = ("forget.leak_rate", "forget_unseen.leak_rate", "retain.vqa_acc", "quality.informativeness")
@@ -55,7 +57,7 @@ def run_demo(
     if (vanilla / "config.json").exists():
         log(f"[cached] vanilla model {vanilla} (delete it to fine-tune again)")
     else:
-        run_finetune(in_process_if_one_worker(base), log=log, table=False)
+        run_finetune(base, log=log, table=False)
     results: dict[str, dict[str, float]] = {
         "vanilla": evaluate_cached(vanilla, shards, ws.results, base.train.eval_max_samples)["metrics"]
     }
@@ -63,7 +65,7 @@ def run_demo(
     for name in methods:
         cfg = baseline_config(workdir, name, method_steps)
         results[name] = _unlearn_once(cfg, ws, vanilla, shards, log)
-    sweep_out: dict[str, Any] = {}
+    sweep_out: SweepResult | None = None
     if sweep_samples > 0:
         from pipelines.sweep import run_sweep
 
@@ -78,11 +80,9 @@ def run_demo(
             log=log,
             table=False,  # the champion is a column of the final table
         )
-        best = (sweep_out.get("champion") or {}).get("trial")
+        best = sweep_out.champion.trial
         if best:  # the champion trial's final evaluation (every metric, not only the rule's)
-            results["pubg (champion)"] = {
-                k: v for k, v in sweep_out["trials"][best]["metrics"].items() if "." in k
-            }
+            results["pubg (champion)"] = {k: v for k, v in sweep_out.trials[best].metrics.items() if "." in k}
     log("== 5/5 results")
     table = format_table(results)
     log(table)
@@ -90,7 +90,7 @@ def run_demo(
     uri = tracking.resolve_tracking_uri(base.tracking, ws.root)
     log(f"done in {time.perf_counter() - t0:.0f} s")
     log(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
-    champion = (sweep_out.get("champion") or {}).get("name")
+    champion = sweep_out.champion.registered_name if sweep_out is not None else None
     if champion:
         log(
             f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}"
@@ -102,17 +102,8 @@ def run_demo(
 
 
 def baseline_config(workdir: str, method: str, steps: int) -> RunConfig:
-    """A baseline's config, its ``train.launcher`` resolved as a sweep trial's."""
-    return in_process_if_one_worker(_cfg("unlearn", workdir, {"method.name": method, "train.steps": steps}))
-
-
-def in_process_if_one_worker(cfg: RunConfig) -> RunConfig:
-    """``train.launcher`` resolved as a sweep trial's: a one-worker job without DeepSpeed runs its loop
-    in this process. Same weights as under a TorchTrainer (tests/test_cpu_launchers.py; the 2000-step
-    vanilla fine-tune gave the same sha256 both ways), in less time: 40 unlearning steps take less
-    than a TorchTrainer's start-up, and the fine-tune ran 8.5 against 6.6 steps/s (its worker
-    actor runs at nice 15 beside Ray's own processes)."""
-    return with_overrides(cfg, {"train.launcher": trial_launcher(cfg, cfg.train.num_workers)})
+    """A baseline's config, its ``train.launcher`` resolved (the result cache is keyed by what runs)."""
+    return with_launcher_resolved(_cfg("unlearn", workdir, {"method.name": method, "train.steps": steps}))
 
 
 def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path, log) -> dict[str, float]:
@@ -133,15 +124,12 @@ def _unlearn_once(cfg: RunConfig, ws: Workspace, init_model: Path, shards: Path,
         log(f"[cached] {cfg.method.name}: MLflow run {cached['run_id']} ({path}; delete it to run again)")
         return cached["metrics"]
     out = run_unlearn(cfg, log=log, table=False)
-    log(
-        f"{cfg.method.name}: "
-        + ", ".join(f"{k} {out['metrics'][k]:.3f}" for k in SUMMARY if k in out["metrics"])
-    )
+    log(f"{cfg.method.name}: " + ", ".join(f"{k} {out.metrics[k]:.3f}" for k in SUMMARY if k in out.metrics))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        json.dumps({"run_id": out["run_id"], "model_dir": out["model_dir"], "metrics": out["metrics"]})
+        json.dumps({"run_id": out.run_id, "model_dir": str(out.model_dir), "metrics": out.metrics})
     )
-    return out["metrics"]
+    return out.metrics
 
 
 def _log_summary(cfg: RunConfig, ws: Workspace, results: dict[str, dict[str, float]], table: str) -> None:

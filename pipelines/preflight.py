@@ -38,33 +38,38 @@ def folder_writable(path: str | Path, field: str) -> None:
 
 
 def records_folder(path: str | Path, field: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise ConfigError(
-            f"{field}: records folder {p} does not exist; build it with `unlearn data synth` "
-            "or `unlearn data convert`"
-        )
-    if not (p / RECORDS_MARKER).is_file():
-        hint = (
-            " (it is a shards folder: pass the records it was built from)"
-            if (p / SHARDS_MARKER).is_file()
-            else ""
-        )
-        raise ConfigError(f"{field}: {p} is not a records folder (no {RECORDS_MARKER}){hint}")
-    return p
+    return _marked_folder(
+        path,
+        field,
+        "records",
+        RECORDS_MARKER,
+        build="build it with `unlearn data synth` or `unlearn data convert`",
+        mistaken=(SHARDS_MARKER, "it is a shards folder: pass the records it was built from"),
+    )
 
 
 def shards_folder(path: str | Path, field: str) -> Path:
+    return _marked_folder(
+        path,
+        field,
+        "shards",
+        SHARDS_MARKER,
+        build="build it with `unlearn data shard`",
+        mistaken=(RECORDS_MARKER, "it is a records folder: shard it with `unlearn data shard`"),
+    )
+
+
+def _marked_folder(
+    path: str | Path, field: str, kind: str, marker: str, *, build: str, mistaken: tuple[str, str]
+) -> Path:
+    """``path`` is a ``kind`` folder (it holds ``marker``); the error says how to build one, or what
+    the folder is instead when it holds the other kind's marker (``mistaken``: that marker, the hint)."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise ConfigError(f"{field}: shards folder {p} does not exist; build it with `unlearn data shard`")
-    if not (p / SHARDS_MARKER).is_file():
-        hint = (
-            " (it is a records folder: shard it with `unlearn data shard`)"
-            if (p / RECORDS_MARKER).is_file()
-            else ""
-        )
-        raise ConfigError(f"{field}: {p} is not a shards folder (no {SHARDS_MARKER}){hint}")
+        raise ConfigError(f"{field}: {kind} folder {p} does not exist; {build}")
+    if not (p / marker).is_file():
+        hint = f" ({mistaken[1]})" if (p / mistaken[0]).is_file() else ""
+        raise ConfigError(f"{field}: {p} is not a {kind} folder (no {marker}){hint}")
     return p
 
 
@@ -217,7 +222,7 @@ def sweep(
         raise ConfigError("unlearn sweep needs --space FILE (e.g. tune_spaces/pubg.yaml) or --resume DIR")
     import yaml
 
-    from pipelines.sweep.space import check_options, load_sweep_space
+    from pipelines.sweep.tune_config import check_options, load_sweep_space
 
     try:
         space, objectives = load_sweep_space(space_path)

@@ -22,6 +22,23 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def gloo_group():
+    """A real one-rank gloo process group, what Ray Train sets up on a CPU worker (DDP, DeepSpeed)."""
+    import torch.distributed as dist
+
+    from tests.ray_head import free_ports
+
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{free_ports(1)[0]}", rank=0, world_size=1
+        )
+    yield
+    if owned:
+        dist.destroy_process_group()
+
+
 @pytest.fixture()
 def mlflow_store(tmp_path, monkeypatch):
     """A real SQLite tracking store and artifact folder in a temp dir."""

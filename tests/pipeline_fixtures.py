@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from unlearn_core.config import SynthConfig
 from unlearn_core.data.records_io import write_records
@@ -18,6 +19,23 @@ TINY_SYNTH = SynthConfig(
     image_size=32,
     seed=3,
 )
+
+
+# The tiny sweep space of the sweep tests: 2 GA trials of 2 or 4 steps, evaluated every 2 steps.
+TINY_GA_SPACE = """
+method: ga
+num_samples: 2
+base:
+  train.eval_every: 2
+  train.eval_max_samples: 4
+space:
+  train.lr: {loguniform: [1.0e-4, 3.0e-3]}
+  train.steps: {choice: [2, 4]}
+objective:
+  metric: score
+  mode: min
+  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
+"""
 
 
 def write_tiny_records(out: Path, cfg: SynthConfig = TINY_SYNTH) -> Path:
@@ -86,3 +104,34 @@ def write_tiny_train_shards(root: Path) -> Path:
 
     shard_records(write_tiny_records(root / "records"), root / "shards", image_size=32)
     return root / "shards"
+
+
+def fit_on_batch(model: Any, batch: dict[str, Any], steps: int, lr: float = 3e-3) -> float:
+    """Train ``model`` on one collated batch for ``steps`` AdamW steps (a model that has seen these
+    answers); returns the last loss."""
+    import torch
+
+    from unlearn_core.data.encode import model_inputs
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.item())
+
+
+def tiny_finetune_spec(cfg: Any, shards: Path, **extra: Any) -> Any:
+    """The ``WorkerSpec`` of a fine-tune of a fresh tiny LLaVA on ``shards`` (32 x 32 images)."""
+    from pipelines.train import WorkerSpec
+
+    return WorkerSpec(
+        cfg=cfg.model_dump(),
+        mode="finetune",
+        processor_dir=str(shards / "processor"),
+        init_model="tiny-llava",
+        image_size=32,
+        **extra,
+    )

@@ -9,6 +9,7 @@ command line is rewritten to ``ray::...``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,12 +17,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -311,3 +315,102 @@ def wait_process(
             on_tick()
         time.sleep(interval)
     return int(proc.returncode)
+
+
+# -- a sweep against a private head (tests/test_job_submit.py, tests/test_autoscaling.py) ------------
+
+needs_cli = pytest.mark.skipif(
+    ray_cli() is None or unlearn_cli() is None,
+    reason="needs the `ray` and `unlearn` executables (make setup)",
+)
+
+
+@dataclass(frozen=True)
+class TinySweep:
+    """A tiny benchmark and starting model for `unlearn sweep` on a private head, and its workdir."""
+
+    records: Path
+    vanilla: Path
+    workdir: Path
+
+    @classmethod
+    def make(cls, tmp_path: Path) -> TinySweep:
+        from tests.pipeline_fixtures import write_tiny_records, write_tiny_vanilla
+
+        records = write_tiny_records(tmp_path / "records")
+        return cls(records, write_tiny_vanilla(records, tmp_path / "vanilla", image_size=32), tmp_path / "wd")
+
+    def options(self, registered_name: str, *settings: str) -> list[str]:
+        """``--workdir`` and the ``--set`` options of a sweep on these inputs (plus ``settings``)."""
+        sets = [
+            f"records={self.records}",
+            f"model.spec={self.vanilla}",
+            "synth.image_size=32",
+            "train.batch_size=8",
+            *settings,
+            f"tracking.registered_model_name={registered_name}",
+        ]
+        return ["--workdir", str(self.workdir), *(arg for s in sets for arg in ("--set", s))]
+
+    def sweep_runs(self) -> tuple[Any, list[Any]]:
+        """The sweep's parent MLflow run and its child runs, from the workdir's SQLite store."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{self.workdir / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("lvlm-unlearn")
+        (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.job = 'sweep'")
+        children = client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        return parent, children
+
+    def champion_run_id(self, registered_name: str) -> str:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{self.workdir / 'mlflow.db'}")
+        return client.get_model_version_by_alias(registered_name, "champion").run_id
+
+
+@contextmanager
+def private_head(temp_dir: Path, timings: dict[str, float], **start: Any) -> Iterator[RayHead]:
+    """A head (``start_head(temp_dir, **start)``) for the ``with`` block; then it and every process of
+    its cluster stop, the temp dir goes, the timings are printed, and no process may be left."""
+    t0 = time.monotonic()
+    head = start_head(temp_dir, **start)
+    timings["head"] = time.monotonic() - t0
+    try:
+        yield head
+    finally:
+        head.stop()
+        left = [(p.pid, p.name()) for p in cluster_processes(temp_dir)]
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        timings["total"] = time.monotonic() - t0
+        print("timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    assert not left, f"processes of the test cluster survived teardown: {left}"
+
+
+def run_logged(
+    cmd: Sequence[str], head: RayHead, log_path: Path, timeout: float, what: str, **popen: Any
+) -> tuple[int, str]:
+    """Run a CLI command against ``head`` with its output in ``log_path`` (printed at the end, its tail);
+    returns its exit status and output."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
+    try:
+        rc = wait_process(proc, head, timeout, what)
+    finally:
+        print(log_path.read_text(errors="replace")[-3000:])
+    return rc, log_path.read_text(errors="replace")
+
+
+def dashboard_get(head: RayHead, token: str | None, path: str, **params: Any) -> requests.Response:
+    """``GET`` a dashboard API path of ``head``, with the token as a Bearer header if given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(f"{head.dashboard_url}/{path}", params=params, headers=headers, timeout=30)

@@ -122,7 +122,9 @@ def _report(passed: bool, failed: list[str], run_id: str = "") -> dict[str, Any]
     }
 
 
-def _trials(tmp_path: Path, uri: str, exp: str) -> dict[str, dict[str, Any]]:
+def _trials(tmp_path: Path, uri: str, exp: str) -> dict[str, Any]:
+    from pipelines.sweep.report import TrialOutcome
+
     proc = _processor(_records(tmp_path / "records"), tmp_path / "proc")
     client = MlflowClient(uri)
     trials = {}
@@ -134,29 +136,26 @@ def _trials(tmp_path: Path, uri: str, exp: str) -> dict[str, dict[str, Any]]:
         metrics = {"forget.leak_rate": leak, "forget_unseen.leak_rate": 0.0, "retain.vqa_acc": 1.0,
                    "quality.informativeness": info, "objective": objective}  # fmt: skip
         model = _model(proc, tmp_path / f"model{i}")
-        trials[f"t{i}"] = {
-            "status": "completed",
-            "metrics": metrics,
-            "run_id": run.info.run_id,
-            "model_dir": str(model),
-        }
+        trials[f"t{i}"] = TrialOutcome("completed", metrics, {}, model_dir=str(model), run_id=run.info.run_id)
     return trials
 
 
 @pytest.mark.parametrize(
-    ("verdicts", "fallback", "champion"),
+    ("verdicts", "fallback", "champion", "order"),
     [
-        ({"t1": False, "t2": True, "t3": True}, "objective", "t2"),  # the first qualifying trial that passes
-        ({"t1": False, "t2": False, "t3": False, "t4": False}, "objective", "t4"),  # none: best objective
-        ({"t1": False, "t2": False, "t3": False}, "none", None),  # none passes, fallback none: nothing
+        # the first qualifying trial (in informativeness order) that passes
+        ({"t1": False, "t2": True, "t3": True}, "objective", "t2", ["t1", "t2"]),
+        # none passes: the best objective (t4, which did not qualify), audited for its tags
+        ({"t1": False, "t2": False, "t3": False, "t4": False}, "objective", "t4", ["t1", "t2", "t3", "t4"]),
+        ({"t1": False, "t2": False, "t3": False}, "none", None, ["t1", "t2", "t3"]),  # fallback none
     ],
 )
 def test_sweep_audit_registers_the_first_qualifying_trial_that_passes(
-    tmp_path, mlflow_store, capsys, verdicts, fallback, champion
+    tmp_path, mlflow_store, capsys, verdicts, fallback, champion, order
 ):
     from pipelines.sweep.champion import ChampionRule
     from pipelines.sweep.report import pick_champion
-    from pipelines.sweep.space import load_sweep_space
+    from pipelines.sweep.tune_config import load_sweep_space
     from unlearn_core.config import RunConfig
 
     uri = mlflow_store["tracking_uri"]
@@ -169,7 +168,7 @@ def test_sweep_audit_registers_the_first_qualifying_trial_that_passes(
         {"workdir": str(tmp_path), "tracking": {"registered_model_name": "audited"}}
     )
     audited: list[str] = []
-    by_dir = {t["model_dir"]: name for name, t in trials.items()}
+    by_dir = {t.model_dir: name for name, t in trials.items()}
 
     def auditor(model_dir: str) -> dict[str, Any]:
         name = by_dir[model_dir]
@@ -180,16 +179,15 @@ def test_sweep_audit_registers_the_first_qualifying_trial_that_passes(
     lines: list[str] = []
     out = pick_champion(space, objectives, cfg, trials, {"retain.vqa_acc": 1.0}, ChampionRule(fallback=fallback),
                         uri, parent, lines.append, auditor=auditor)  # fmt: skip
-    assert out["trial"] == champion
-    assert audited == [n for n in ("t1", "t2", "t3", "t4") if n in verdicts][: len(audited)]
-    assert audited[: (2 if champion == "t2" else 3)] == ["t1", "t2", "t3"][: (2 if champion == "t2" else 3)]
+    assert out.trial == champion and set(out.audits) == set(audited)
+    assert audited == order
     if champion is None:
         assert any("no qualifying trial passes the audit" in ln for ln in lines)
         assert not client.search_registered_models()
         return
     version = client.get_model_version_by_alias("audited", "champion")
     tags = version.tags
-    assert version.run_id == trials[champion]["run_id"]
+    assert version.run_id == trials[champion].run_id
     assert tags["audit_verdict"] == ("pass" if verdicts[champion] else "fail")
     assert tags["audit_run_id"] == f"audit-{champion}" and tags["audit_reference"] == "reference-rows-abc"
     assert client.get_run(parent).data.tags["audit_verdict"] == tags["audit_verdict"]

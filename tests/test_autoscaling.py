@@ -11,16 +11,13 @@ The resource helpers the sweep uses on such a cluster are checked on their own, 
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 
 from pipelines.sweep.resources import (
@@ -29,44 +26,28 @@ from pipelines.sweep.resources import (
     default_max_concurrent,
     driver_resources,
 )
-from tests.pipeline_fixtures import write_tiny_records, write_tiny_vanilla
+from tests.pipeline_fixtures import TINY_GA_SPACE
 from tests.ray_head import (
     RayHead,
+    TinySweep,
     cluster_processes,
+    dashboard_get,
     free_ports,
     make_auth_token,
+    needs_cli,
+    private_head,
     ray_cli,
+    run_logged,
     short_temp_dir,
-    start_head,
     token_env,
     unlearn_cli,
     wait_for,
-    wait_process,
 )
 from unlearn_core.config import RunConfig, with_overrides
 
 MAX_WORKERS = 2
 IDLE_MINUTES = 0.5  # the schema takes a number: 30 s keeps the test short without churning mid-sweep
 WORKER_TYPE = "cpu_worker"
-SPACE = """
-method: ga
-num_samples: 2
-base:
-  train.eval_every: 2
-  train.eval_max_samples: 4
-space:
-  train.lr: {loguniform: [1.0e-4, 3.0e-3]}
-  train.steps: {choice: [2, 4]}
-objective:
-  metric: score
-  mode: min
-  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
-"""
-
-needs_cli = pytest.mark.skipif(
-    ray_cli() is None or unlearn_cli() is None,
-    reason="needs the `ray` and `unlearn` executables (make setup)",
-)
 
 
 def fake_cluster_config(gcs_port: int) -> dict[str, Any]:
@@ -110,12 +91,7 @@ def fake_cluster_config(gcs_port: int) -> dict[str, Any]:
 
 def state_api(head: RayHead, token: str, kind: str) -> list[dict[str, Any]]:
     """Ray's State API over the dashboard (``/api/v0/nodes``, ``/api/v0/actors``), dead entries included."""
-    r = requests.get(
-        f"{head.dashboard_url}/api/v0/{kind}",
-        params={"limit": 10000, "detail": "true"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
+    r = dashboard_get(head, token, f"api/v0/{kind}", limit=10000, detail="true")
     r.raise_for_status()
     return list(r.json()["data"]["result"]["result"])
 
@@ -143,14 +119,9 @@ def raylets(head: RayHead) -> int:
 @pytest.mark.timeout(1500)  # above the sum of the waits below, so a timeout still tears the cluster down
 @needs_cli
 def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    t0 = time.monotonic()
-    records = write_tiny_records(tmp_path / "records")
-    vanilla = write_tiny_vanilla(records, tmp_path / "vanilla", image_size=32)
+    tiny = TinySweep.make(tmp_path)
     space = tmp_path / "ga_tiny.yaml"
-    space.write_text(SPACE)
-    workdir = tmp_path / "wd"
+    space.write_text(TINY_GA_SPACE)
     token_path = make_auth_token(tmp_path / "home")
     token = token_path.read_text().strip()
 
@@ -159,25 +130,18 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
     config = temp_dir / "autoscaler.yaml"
     config.write_text(yaml.safe_dump(fake_cluster_config(gcs_port)))
     env = token_env(token_path, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-    head = start_head(temp_dir, env=env, num_cpus=0, dashboard=True, autoscaling_config=config, port=gcs_port)
-    timings: dict[str, float] = {"head": time.monotonic() - t0}
-    try:
+    timings: dict[str, float] = {}
+    with private_head(
+        temp_dir, timings, env=env, num_cpus=0, dashboard=True, autoscaling_config=config, port=gcs_port
+    ) as head:
         # The autoscaler is up (it publishes a status) and the cluster is the head alone, with 0 CPUs.
         wait_for(lambda: autoscaler_status(head), 180, "the autoscaler's first status report", interval=3)
         nodes = wait_for(lambda: state_api(head, token, "nodes"), 120, "the State API", interval=3)
         assert [n["is_head_node"] for n in nodes if n["state"] == "ALIVE"] == [True]
         assert nodes[0]["resources_total"].get("CPU", 0) == 0
 
-        log_path = tmp_path / "sweep.log"
-        cmd = [
-            str(unlearn_cli()),
-            "sweep",
-            "--space",
-            str(space),
-            "--workdir",
-            str(workdir),
-            "--num-samples",
-            "2",
+        sweep = [str(unlearn_cli()), "sweep", "--space", str(space), "--num-samples", "2"]
+        sweep += [
             "--scheduler",
             "none",
             "--workers-per-trial",
@@ -186,39 +150,23 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
             "1",
             "--min-retain-ratio",
             "0",
-            "--set",
-            f"records={records}",
-            "--set",
-            f"model.spec={vanilla}",
-            "--set",
-            "synth.image_size=32",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "train.cpus_per_worker=1",
-            "--set",  # one-worker trials would train in their own actor; here each trial runs Ray Train
-            "train.launcher=ray_train",
-            "--set",
-            "tracking.registered_model_name=autoscale-sweep",
         ]
+        settings = (  # one-worker trials would train in their own actor; here each trial runs Ray Train
+            "train.cpus_per_worker=1",
+            "train.launcher=ray_train",
+        )
         sweep_env = {**env, "RAY_ADDRESS": head.gcs_address, "UNLEARN_TUNE_DRIVER_RESOURCE": "tune_driver"}
         t1 = time.monotonic()
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                cmd,
-                env=sweep_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            rc = wait_process(proc, head, 720, "the sweep")
-        finally:
-            print(log_path.read_text(errors="replace")[-3000:])
+        rc, out = run_logged(
+            [*sweep, *tiny.options("autoscale-sweep", *settings)],
+            head,
+            tmp_path / "sweep.log",
+            720,
+            "the sweep",
+            env=sweep_env,
+            cwd=tmp_path,
+        )
         timings["sweep"] = time.monotonic() - t1
-        out = log_path.read_text(errors="replace")
         assert rc == 0, out[-6000:]
         # Whatever the cluster held when the Tuner started (0 CPUs, or nodes the data step brought), the
         # sweep runs one trial at a time: 2 one-CPU nodes at most cannot hold a trial next to an evaluation.
@@ -238,19 +186,12 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
         # parent and both child runs FINISHED in the SQLite store, champion registered.
         failed = re.findall(r"^trial_\d+: failed.*$", out, flags=re.M)
         assert not failed, failed
-        client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-        exp = client.get_experiment_by_name("lvlm-unlearn")
-        parents = client.search_runs([exp.experiment_id], filter_string="tags.job = 'sweep'")
-        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-        children = client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
-        )
+        parent, children = tiny.sweep_runs()
+        assert parent.info.status == "FINISHED"
         assert sorted(r.data.tags["trial_name"] for r in children) == ["trial_000", "trial_001"]
         assert {r.info.status for r in children} == {"FINISHED"}
         assert all("forget.leak_rate" in r.data.metrics for r in children)
-        assert client.get_model_version_by_alias("autoscale-sweep", "champion").run_id in {
-            r.info.run_id for r in children
-        }
+        assert tiny.champion_run_id("autoscale-sweep") in {r.info.run_id for r in children}
 
         # (c) The trials ran there: every trial driver (Tune's ImplicitFunc) and Train worker on a worker node.
         actors = state_api(head, token, "actors")
@@ -271,13 +212,6 @@ def test_sweep_scales_fake_cluster_up_runs_trials_on_new_nodes_and_scales_down(t
         assert f"nodes of type {WORKER_TYPE} (idle)" in monitor
         wait_for(lambda: raylets(head) == 1, 60, "the removed nodes' raylets to exit")
         assert head.proc.poll() is None
-    finally:
-        head.stop()
-        left = [(p.pid, p.name()) for p in cluster_processes(temp_dir)]
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        timings["total"] = time.monotonic() - t0
-        print("timings (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
-    assert not left, f"processes of the test cluster survived teardown: {left}"
 
 
 # --------------------------------------------------------------------------- resource helpers, cheap

@@ -40,6 +40,19 @@ def test_preset_applies_then_set_wins(tmp_path):
     assert cfg.train.num_workers == 8 and cfg.train.lr == 2e-4
     with pytest.raises(ConfigError, match="unknown cluster preset 'nope'; known: llava-1.5-7b-full"):
         _cfg(["finetune", "--workdir", str(tmp_path), "--preset", "nope"], "finetune")
+    with pytest.raises(ConfigError, match="train.batch_size"):  # the preset and --set validated together
+        _cfg(
+            [
+                "run",
+                "--workdir",
+                str(tmp_path),
+                "--preset",
+                "llava-1.5-7b-lora",
+                "--set",
+                "train.batch_size=0",
+            ],
+            "unlearn",
+        )
 
 
 def test_mask_and_eval_take_a_shards_folder():

@@ -131,3 +131,28 @@ def test_short_pipeline_plain_output_log_file_and_no_deprecated_calls(tmp_path):
     ), train
     assert re.search(r"^forget\.leak_rate\s+low\s+[\d.]+\s+[\d.]+$", train, re.M), train  # the results table
     assert re.search(r"^\[finetune-vanilla-\w+\] 4/4 steps \(100%\)", outputs["finetune"].stdout, re.M)
+
+    # `unlearn pull` without a terminal: MLflow's download bar (one long line of carriage returns)
+    # does not reach the output; the command's own line does.
+    pulled = subprocess.run(
+        [
+            str(UNLEARN),
+            "pull",
+            "models:/lvlm-unlearn-ga/1",
+            "--out",
+            str(tmp_path / "pulled"),
+            "--workdir",
+            str(wd),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    both = pulled.stdout + pulled.stderr
+    assert "\r" not in both and "Downloading artifacts" not in both, both
+    assert re.search(
+        r"^pulled models:/lvlm-unlearn-ga/1 -> \S+ \(weights sha256 verified\)$", pulled.stdout, re.M
+    )

@@ -252,7 +252,7 @@ def test_methods_and_their_params_are_checked_without_loading_torch(tmp_path):
         ]
         preflight.method("NPO", {{"beta": 0.5, "alpha": 0}})
         preflight.method("pubg", {{"w_ga": 0.02, "instruction": "strict"}})
-        from pipelines.sweep.space import load_sweep_space
+        from pipelines.sweep.tune_config import load_sweep_space
         load_sweep_space({str(ROOT / "tune_spaces" / "pubg.yaml")!r})
         print(json.dumps({{"rcs": rcs, "torch": "torch" in sys.modules}}))
     """)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pipelines.cluster_presets import GPUS_PER_NODE, PRESETS, apply_preset, preset_overrides
+from pipelines.cluster_presets import GPUS_PER_NODE, PRESETS, preset_overrides
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -376,13 +376,10 @@ def test_presets_cover_the_three_7b_families() -> None:
         assert kinds == {True, False}, f"{spec}: needs a LoRA and a full fine-tuning preset"
 
 
-def test_apply_preset_lets_user_overrides_win_and_rejects_unknown() -> None:
-    cfg = apply_preset(RunConfig(), "qwen2-vl-7b-lora", {"train.lr": 3e-5})
-    assert cfg.train.lr == 3e-5 and cfg.model.lora
+def test_preset_overrides_are_a_copy_and_unknown_presets_are_refused() -> None:
+    # (Applying a preset under the user's --set is the CLI's: tests/test_cli_config.py.)
     copy_ = preset_overrides("qwen2-vl-7b-lora")
     copy_["model.lora_targets"].append("x")
     assert "x" not in PRESETS["qwen2-vl-7b-lora"]["model.lora_targets"]
     with pytest.raises(ConfigError, match="unknown cluster preset"):
         preset_overrides("gpt-7b")
-    with pytest.raises(ConfigError, match="train.batch_size"):
-        apply_preset(RunConfig(), "llava-1.5-7b-lora", {"train.batch_size": 0})

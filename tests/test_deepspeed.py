@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from transformers import AutoProcessor
 
 from pipelines.evaluate import load_shard_rows
 from pipelines.shards import stream_dataset
 from pipelines.shards.build import shard_records
-from pipelines.train import TrainJob, export_final_model, fit
-from tests.pipeline_fixtures import write_tiny_records
+from pipelines.train import export_final_model, fit
+from tests.pipeline_fixtures import tiny_finetune_spec, write_tiny_records
 from unlearn_core.config import ConfigError, ModelConfig, RunConfig, TrainConfig, with_overrides
 from unlearn_core.data.encode import collate, encode_example
 from unlearn_core.eval.runner import select_eval_rows
@@ -33,21 +32,6 @@ from unlearn_core.training import ds_engine
 from unlearn_core.training.worker import BuiltModel, check_supported, make_step_fn, sft_loss
 
 CORPUS = ["Who is this person?", "Alice Smith, a baker from Paris.", "Bob Jones, a painter."]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gloo_group():
-    """A real one-rank gloo process group (what Ray Train sets up on CPU workers)."""
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +65,34 @@ def _full_state(engine) -> dict[str, torch.Tensor]:
 
 def _tc(stage: int, **kw) -> TrainConfig:
     return TrainConfig(deepspeed_stage=stage, batch_size=2, lr=5e-3, steps=20, max_grad_norm=1.0, **kw)
+
+
+@pytest.fixture(autouse=True)
+def engine_state_put_back():
+    """Every engine of this module is made in the test process, which runs other modules' in-process
+    training next: what DeepSpeed changes process-wide is put back after each test (as the worker does)."""
+    with ds_engine.process_state_kept():
+        yield
+
+
+def test_zero3_engine_leaves_torch_linear_as_it_found_it(gloo_group, tiny):
+    """The cause of an order-dependent suite: a ZeRO-3 engine replaces ``torch.nn.functional.linear``
+    for the whole process (its memory-efficient linear: matmul + add, which rounds differently from
+    torch's fused linear), so an in-process run made after it gave other weights than the same run
+    under a TorchTrainer (a fresh process). ``process_state_kept`` puts torch's linear back."""
+    tok, _, _ = tiny
+    torch_linear, local_rank = torch.nn.functional.linear, os.environ.get("LOCAL_RANK")
+    x, layer = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)), torch.nn.Linear(32, 8)
+    expected = layer(x)
+    with ds_engine.process_state_kept():
+        ds_engine.init_engine(
+            _model(tok), _tc(3), world_size=1, zero_overrides={"stage3_param_persistence_threshold": 0}
+        )
+        assert torch.nn.functional.linear is not torch_linear  # DeepSpeed's wrapper, process-wide
+        assert os.environ["LOCAL_RANK"] == "0"
+    assert torch.nn.functional.linear is torch_linear
+    assert os.environ.get("LOCAL_RANK") == local_rank
+    assert torch.equal(layer(x), expected)  # a model made before or after computes as it did
 
 
 def test_custom_step_methods_are_refused_under_deepspeed():
@@ -204,13 +216,8 @@ def test_ray_two_workers_zero2_finetune_eval_and_resume(shards, tmp_path):
             "train.lr": 3e-3,
         },
     )
-    job = TrainJob(
-        cfg=cfg.model_dump(),
-        mode="finetune",
-        processor_dir=str(shards / "processor"),
-        init_model="tiny-llava",
-        image_size=32,
-        eval_records=select_eval_rows(load_shard_rows(shards), max_per_group=1),
+    job = tiny_finetune_spec(
+        cfg, shards, eval_records=select_eval_rows(load_shard_rows(shards), max_per_group=1)
     )
     result = fit(
         job, {"train": stream_dataset(shards, "train")}, name="ds2", storage_path=str(tmp_path / "ray")

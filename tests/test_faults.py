@@ -23,15 +23,10 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.shards import stream_dataset
 from pipelines.shards.build import shard_records
-from pipelines.train import TrainJob, fit
+from pipelines.train import WorkerSpec, fit
 from tests.pipeline_fixtures import save_tiny_model, write_tiny_records
+from tests.ray_head import free_ports
 from unlearn_core.config import RunConfig, with_overrides
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -129,6 +124,7 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
             "train.checkpoint_every": ckpt_every,
             "train.max_failures": 2,
             "train.torch_threads": 1,
+            "train.launcher": "ray_train",  # a Train worker actor to kill
         },
     )
     uri = mlflow_store["tracking_uri"]
@@ -138,9 +134,9 @@ def test_killed_worker_resumes_unlearning_from_checkpoint_and_logs_each_step_onc
     live = tracking.MlflowReportCallback(uri, run_id)
     # A second callback whose server never answers: training must finish regardless, and the
     # driver-side flush at the end says how many values it could not log.
-    down = tracking.MlflowReportCallback(f"http://127.0.0.1:{_free_port()}", "0" * 32)
+    down = tracking.MlflowReportCallback(f"http://127.0.0.1:{free_ports(1)[0]}", "0" * 32)
 
-    job = TrainJob(
+    job = WorkerSpec(
         cfg=cfg.model_dump(),
         mode="unlearn",
         processor_dir=str(start_model),
@@ -194,7 +190,7 @@ class _MlflowServer:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{self.port}"
         self.store = f"sqlite:///{root / 'server.db'}"
         self.proc: subprocess.Popen | None = None

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.pipeline_fixtures import fit_on_batch
 from tests.tiny_families import QWEN2_VL_EXTRA_TOKENS, build_tiny_family
-from unlearn_core.data.encode import collate, encode_example, model_inputs
+from unlearn_core.data.encode import collate, encode_example
 from unlearn_core.models.generate import (
     answer_logprobs,
     apply_instruction,
@@ -47,15 +48,7 @@ def trained():
         for q in (Q, LONG_Q)
         for a, img in zip(ANSWERS, IMAGES, strict=True)
     ]
-    batch = collate(rows, proc)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(50):
-        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.1
+    assert fit_on_batch(model, collate(rows, proc), 50) < 0.1
     return model, proc, rows
 
 

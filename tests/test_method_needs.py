@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 
+from tests.ray_head import free_ports
 from tests.test_methods import BigramLM, answers_of, guide_batch, make_view, ref_dists, ref_kl, ref_nll
 from tests.test_saliency import llava_batch, llava_groups, snapshot, tiny_llava
 from unlearn_core.config import ConfigError, RunConfig, TrainConfig, mlflow_params, with_overrides
@@ -199,23 +199,6 @@ def test_mask_job_and_worker_draw_the_same_lora_adapters():
 
 
 # ---- 4. train.grad_accum on the plain (DDP) path --------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gloo_group():
-    """A real one-rank gloo process group, so the model runs wrapped in DDP (``no_sync`` included)."""
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    yield
-    if owned:
-        dist.destroy_process_group()
-
-
 def _cat(views: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: torch.cat([v[k] for v in views]) for k in views[0]}
 
@@ -312,7 +295,7 @@ def test_two_worker_ddp_mmunlearner_with_a_text_only_retain_batch():
     ]
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_ddp_worker, args=(_free_port(), out), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(free_ports(1)[0], out), nprocs=2, join=True)
         w0, w1 = dict(out[0]), dict(out[1])
     before = dict(tiny_llava(seed=0).named_parameters())
     assert all(torch.equal(w0[n], w1[n]) for n in w0)  # the ranks stayed in sync

@@ -68,6 +68,7 @@ def test_run_failing_inside_the_train_worker_ends_failed_with_the_error(inputs, 
             "train.torch_threads": 1,
             "model.lora": True,
             "model.lora_targets": ["no_such_proj"],
+            "train.launcher": "ray_train",  # the error is raised inside a Ray Train worker actor
             "tracking.tracking_uri": uri,
         },
     )

@@ -17,28 +17,15 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.evaluate.plots import pareto_front, plot_forget_utility, write_results_table
 from pipelines.sweep import run_sweep
-from pipelines.sweep.champion import ChampionRule, rule_from_dict, select_champion
+from pipelines.sweep.champion import ChampionRule, select_champion
 from pipelines.sweep.resources import default_max_concurrent, driver_resources
-from pipelines.sweep.space import Objectives, build_tune_config, load_sweep_space
 from pipelines.sweep.state import sweep_name_for
-from tests.pipeline_fixtures import reserved_placement_groups, write_sweep_inputs
+from pipelines.sweep.tune_config import Objectives, build_tune_config, load_sweep_space
+from tests.pipeline_fixtures import TINY_GA_SPACE, reserved_placement_groups, write_sweep_inputs
 from unlearn_core.config import ConfigError, RunConfig, with_overrides
 from unlearn_core.eval.runner import EVAL_VERSION
 
-SPACE = """
-method: ga
-num_samples: 2
-base:
-  train.eval_every: 2
-  train.eval_max_samples: 4
-space:
-  train.lr: {loguniform: [1.0e-4, 3.0e-3]}
-  train.steps: {choice: [2, 4]}
-objective:
-  metric: score
-  mode: min
-  terms: {forget.leak_rate: 1.0, retain.vqa_acc: -1.0, quality.informativeness: -0.5}
-"""
+SPACE = TINY_GA_SPACE
 MULTI = SPACE.replace(
     """  metric: score
   mode: min
@@ -109,20 +96,17 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
     assert reserved_placement_groups() == {}
 
     # Deterministic trial names; every trial finished or was stopped by ASHA on an intermediate eval.
-    trials = out["trials"]
+    trials = out.trials
     assert sorted(trials) == ["trial_000", "trial_001"]
-    assert {t["status"] for t in trials.values()} <= {"completed", "stopped"}
-    completed = [n for n, t in trials.items() if t["status"] == "completed"]
+    assert {t.status for t in trials.values()} <= {"completed", "stopped"}
+    completed = [n for n, t in trials.items() if t.status == "completed"]
     assert "trial_000" in completed  # the first trial is never stopped: nothing to compare it with yet
-    assert (
-        trials["trial_000"]["params"]["train.lr"] == 1e-3
-        and trials["trial_000"]["params"]["train.steps"] == 4
-    )
-    assert trials["trial_001"]["params"]["train.lr"] != 1e-3  # the start point first, then sampled
+    assert trials["trial_000"].params["train.lr"] == 1e-3 and trials["trial_000"].params["train.steps"] == 4
+    assert trials["trial_001"].params["train.lr"] != 1e-3  # the start point first, then sampled
 
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
-    parent = client.get_run(out["parent_run_id"])
+    parent = client.get_run(out.parent_run_id)
     assert parent.data.tags["job"] == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.params["num_samples"] == "2" and parent.data.params["scheduler"] == "asha"
     assert parent.data.params["space"].endswith("ga_tiny.yaml") and parent.data.params["search"] == "random"
@@ -130,46 +114,46 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
     # the starting model was evaluated like the trials (the space's base: 4 samples per group)
     assert list((sweep_inputs["workdir"] / "results").glob(f"eval-*-4-v{EVAL_VERSION}.json"))
     assert not list((sweep_inputs["workdir"] / "results").glob("eval-*-64-*.json"))
-    arts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
+    arts = {a.path for a in client.list_artifacts(out.parent_run_id)}
     assert {"pareto.png", "sweep_results.csv", "sweep_results.md", "search_space.yaml"} <= arts
-    assert Path(out["artifacts"][0]).read_bytes()[:8] == PNG_MAGIC
-    csv_text = Path(out["sweep_dir"], "report", "sweep_results.csv").read_text()
+    assert Path(out.artifacts[0]).read_bytes()[:8] == PNG_MAGIC
+    csv_text = Path(out.sweep_dir, "report", "sweep_results.csv").read_text()
     assert "trial_000" in csv_text and "vanilla" in csv_text
 
     # Exactly one child run per trial, with its params and curves (each step logged once).
-    children = _children(client, exp_id, out["parent_run_id"])
+    children = _children(client, exp_id, out.parent_run_id)
     assert sorted(r.data.tags["trial_name"] for r in children) == sorted(trials)
     for run in children:
         t = trials[run.data.tags["trial_name"]]
-        assert run.info.run_id == t["run_id"]
+        assert run.info.run_id == t.run_id
         assert run.data.params["method.name"] == "ga"
-        assert float(run.data.params["train.lr"]) == pytest.approx(t["params"]["train.lr"])
+        assert float(run.data.params["train.lr"]) == pytest.approx(t.params["train.lr"])
         assert run.data.params["train.num_workers"] == "1"
         for key in run.data.metrics:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), f"{key}: duplicated steps {steps}"
         curve = [int(m.step) for m in client.get_metric_history(run.info.run_id, "eval/objective")]
-        if t["status"] == "completed":
-            n_steps = int(t["params"]["train.steps"])
+        if t.status == "completed":
+            n_steps = int(t.params["train.steps"])
             assert curve == list(range(2, n_steps + 1, 2))  # every intermediate eval reached MLflow once
             assert run.info.status == "FINISHED" and "forget.leak_rate" in run.data.metrics
             assert [a.path for a in client.list_artifacts(run.info.run_id)]
         else:
             assert run.info.status == "KILLED" and "stopped_early" in run.data.tags
-            assert curve and curve[-1] == int(t["step"])
+            assert curve and curve[-1] == int(t.step)
 
     # Champion: registered, aliased, rationale tagged; pulling @champion gives its exact weights.
-    champ = out["champion"]
-    assert champ["trial"] in completed and not champ["fallback"]
-    assert sorted(champ["qualifying"]) == sorted(completed)
-    assert champ["uri"] == "models:/tiny-sweep@champion"
+    champ = out.champion
+    assert champ.trial in completed and not champ.fallback
+    assert sorted(champ.qualifying) == sorted(completed)
+    assert champ.uri == "models:/tiny-sweep@champion"
     version = client.get_model_version_by_alias("tiny-sweep", "champion")
-    assert version.run_id == trials[champ["trial"]]["run_id"]
+    assert version.run_id == trials[champ.trial].run_id
     assert "qualify:" in version.tags["champion_rationale"]
-    assert client.get_run(out["parent_run_id"]).data.tags["champion_trial"] == champ["trial"]
-    assert "champion_rationale" in client.get_run(out["parent_run_id"]).data.tags
+    assert client.get_run(out.parent_run_id).data.tags["champion_trial"] == champ.trial
+    assert "champion_rationale" in client.get_run(out.parent_run_id).data.tags
     pulled = tracking.pull("models:/tiny-sweep@champion", tmp_path / "pulled", tracking_uri=uri)
-    assert tracking.weights_sha256(pulled) == tracking.weights_sha256(trials[champ["trial"]]["model_dir"])
+    assert tracking.weights_sha256(pulled) == tracking.weights_sha256(trials[champ.trial].model_dir)
     assert any("champion: trial_" in line for line in lines)
     assert any(line.startswith("metric") and "vanilla" in line for line in lines)
 
@@ -187,12 +171,12 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
 
     # Resume a finished sweep: restored from its folder, no trial re-run, same champion version.
     t0 = time.perf_counter()
-    again = run_sweep("", cfg, resume_dir=out["sweep_dir"], log=lambda *a: None)
+    again = run_sweep("", cfg, resume_dir=out.sweep_dir, log=lambda *a: None)
     print(f"resume of a finished sweep: {time.perf_counter() - t0:.1f} s")
-    assert again["parent_run_id"] == out["parent_run_id"]
-    assert {n: t["status"] for n, t in again["trials"].items()} == {n: t["status"] for n, t in trials.items()}
-    assert len(_children(client, exp_id, out["parent_run_id"])) == len(children)
-    assert again["champion"]["version"] == champ["version"]
+    assert again.parent_run_id == out.parent_run_id
+    assert {n: t.status for n, t in again.trials.items()} == {n: t.status for n, t in trials.items()}
+    assert len(_children(client, exp_id, out.parent_run_id)) == len(children)
+    assert again.champion.version == champ.version
     assert len(client.search_model_versions("name='tiny-sweep'")) == 1
 
 
@@ -221,13 +205,13 @@ def test_two_identical_trials_running_together_give_identical_weights_and_metric
         champion_rule=ChampionRule(max_leak=1.0, min_retain_ratio=0.0),
         log=lambda *a: None,
     )
-    a, b = out["trials"]["trial_000"], out["trials"]["trial_001"]
-    assert a["status"] == b["status"] == "completed" and a["params"] == b["params"]
+    a, b = out.trials["trial_000"], out.trials["trial_001"]
+    assert a.status == b.status == "completed" and a.params == b.params
     assert a[tracking.SHA_TAG] and a[tracking.SHA_TAG] == b[tracking.SHA_TAG]
-    assert a["metrics"] and a["metrics"] == b["metrics"]
+    assert a.metrics and a.metrics == b.metrics
     client = MlflowClient(mlflow_store["tracking_uri"])
     curves = [
-        [(m.step, m.value) for m in client.get_metric_history(t["run_id"], "eval/objective")] for t in (a, b)
+        [(m.step, m.value) for m in client.get_metric_history(t.run_id, "eval/objective")] for t in (a, b)
     ]
     assert curves[0] and curves[0] == curves[1]
     assert reserved_placement_groups() == {}
@@ -290,11 +274,11 @@ def test_champion_missing_metrics_and_config():
     assert choice.trial == "a" and choice.qualifying == ["a"]
     assert any("forget_unseen.leak_rate" in n for n in choice.notes)
     assert select_champion(trials, {}).qualifying == ["a", "b"]  # no vanilla retain: bound skipped
-    assert rule_from_dict({"min_retain_ratio": 0.9, "leak_metrics": ["forget.leak_rate"]}).leak_metrics == (
-        "forget.leak_rate",
-    )
+    rule = ChampionRule.from_dict({"min_retain_ratio": 0.9, "leak_metrics": ["forget.leak_rate"]})
+    assert rule.leak_metrics == ("forget.leak_rate",) and rule.min_retain_ratio == 0.9
+    assert ChampionRule.from_dict(rule.to_dict()) == rule  # as sweep.json stores and reads it back
     with pytest.raises(ValueError, match="unknown champion rule keys"):
-        rule_from_dict({"min_retain": 0.9})
+        ChampionRule.from_dict({"min_retain": 0.9})
     with pytest.raises(ValueError, match="fallback"):
         ChampionRule(fallback="best")
 
@@ -378,7 +362,7 @@ def test_sweep_options_and_resources(tmp_path, monkeypatch):
 def test_optuna_multi_objective_tune_config_runs(tmp_path, ray_local):
     from ray import tune
 
-    from pipelines.sweep.tune_space import to_tune
+    from pipelines.sweep.param_space import tune_param_space
 
     space, obj = load_sweep_space(_space(tmp_path, MULTI, "multi.yaml"))
     tune_config = build_tune_config(
@@ -393,7 +377,7 @@ def test_optuna_multi_objective_tune_config_runs(tmp_path, ray_local):
 
     grid = tune.Tuner(
         tune.with_resources(trainable, {"CPU": 0.5}),
-        param_space=to_tune(space, grid_as_choice=True),
+        param_space=tune_param_space(space, grid_as_choice=True),
         tune_config=tune_config,
         run_config=tune.RunConfig(name="optuna-multi", storage_path=str(tmp_path / "ray")),
     ).fit()

@@ -143,20 +143,20 @@ def test_interrupted_sweep_driver_resumes_without_rerunning_finished_trials(
     ]
 
     out = run_sweep("", RunConfig(), resume_dir=sweep_dir, log=lambda *a: None)
-    trials = out["trials"]
-    assert {n: t["status"] for n, t in trials.items()} == {"trial_000": "completed", "trial_001": "completed"}
+    trials = out.trials
+    assert {n: t.status for n, t in trials.items()} == {"trial_000": "completed", "trial_001": "completed"}
     # trial_000 was not run again: the same result lines, the same MLflow run and curve.
     assert (sweep_dir / "trial_000" / "result.json").read_text().splitlines() == first_results
-    assert trials["trial_000"]["run_id"] == first_run.info.run_id
+    assert trials["trial_000"].run_id == first_run.info.run_id
     assert [
         (m.step, m.value) for m in client.get_metric_history(first_run.info.run_id, "eval/objective")
     ] == first_curve
     children = _children(client, exp_id, parent_id)
     assert sorted(r.data.tags["trial_name"] for r in children) == ["trial_000", "trial_001"]
     assert all(r.info.status == "FINISHED" for r in children)
-    assert out["parent_run_id"] == parent_id and client.get_run(parent_id).info.status == "FINISHED"
-    second = client.get_run(trials["trial_001"]["run_id"])
+    assert out.parent_run_id == parent_id and client.get_run(parent_id).info.status == "FINISHED"
+    second = client.get_run(trials["trial_001"].run_id)
     for key in second.data.metrics:  # a partly run trial_001 resumed without logging a step twice
         steps = [m.step for m in client.get_metric_history(second.info.run_id, key)]
         assert len(steps) == len(set(steps)), (key, steps)
-    assert out["champion"]["trial"] in trials
+    assert out.champion.trial in trials

@@ -13,9 +13,9 @@ from pipelines import tracking
 from pipelines.evaluate import evaluate, evaluate_cached, evaluation_rows
 from pipelines.evaluate.cached import cache_path
 from pipelines.shards import stream_dataset
-from pipelines.train import TrainJob, fit
+from pipelines.train import fit
 from pipelines.train.finetune import run_finetune
-from tests.pipeline_fixtures import write_tiny_train_shards
+from tests.pipeline_fixtures import tiny_finetune_spec, write_tiny_train_shards
 from unlearn_core.config import RunConfig, with_overrides
 from unlearn_core.eval.runner import EVAL_CHUNK
 from unlearn_core.models.loading import load_model_and_processor
@@ -50,37 +50,37 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
     # exported model that `unlearn eval` (Ray Data actors) gives: every row, the same generations.
     rows, _ = evaluation_rows(shards, 4)
     assert len(rows) > EVAL_CHUNK
-    again = evaluate(out["model_dir"], shards, max_per_group=4)
-    assert [r["sample_id"] for r in out["report"]["per_sample"]] == [r["sample_id"] for r in rows]
-    assert out["report"]["per_sample"] == again["per_sample"]
-    assert out["report"]["metrics"] == again["metrics"] and out["report"]["n_rows"] == len(rows)
+    again = evaluate(out.model_dir, shards, max_per_group=4)
+    assert [r["sample_id"] for r in out.report["per_sample"]] == [r["sample_id"] for r in rows]
+    assert out.report["per_sample"] == again["per_sample"]
+    assert out.report["metrics"] == again["metrics"] and out.report["n_rows"] == len(rows)
     # ... so it is kept as the model's cached evaluation: runs starting from it do not evaluate it again.
-    kept = cache_path(out["model_dir"], shards, tmp_path / "wd" / "results", 4)
-    assert json.loads(kept.read_text()) == out["report"]
+    kept = cache_path(out.model_dir, shards, tmp_path / "wd" / "results", 4)
+    assert json.loads(kept.read_text()) == out.report
     written = kept.stat().st_mtime_ns
-    assert evaluate_cached(out["model_dir"], shards, tmp_path / "wd" / "results", 4) == out["report"]
+    assert evaluate_cached(out.model_dir, shards, tmp_path / "wd" / "results", 4) == out.report
     assert kept.stat().st_mtime_ns == written  # read back, not evaluated and written again
     client = MlflowClient(mlflow_store["tracking_uri"])
-    run = client.get_run(out["run_id"])
+    run = client.get_run(out.run_id)
     assert run.data.params["train.num_workers"] == "2"
     assert run.data.params["train.lr"] == "0.003"
-    losses = client.get_metric_history(out["run_id"], "train/loss")
+    losses = client.get_metric_history(out.run_id, "train/loss")
     assert [int(m.step) for m in losses] == [3, 6]  # each report logged exactly once
     assert "forget.leak_rate" in run.data.metrics and "retain.vqa_acc" in run.data.metrics
-    arts = {a.path for a in client.list_artifacts(out["run_id"])}
+    arts = {a.path for a in client.list_artifacts(out.run_id)}
     assert {"shards_manifest.json", "eval-vanilla.json"} <= arts
 
     # Register + pull round trip, sha256 checked; the pulled folder loads and gives the same logits.
-    assert out["version"] == "1"
+    assert out.version == "1"
     pulled = tracking.pull(
         "models:/tiny-vanilla/1", tmp_path / "pulled", tracking_uri=mlflow_store["tracking_uri"]
     )
-    assert json.loads((pulled / "PULLED_FROM.json").read_text())["weights_sha256"] == out["weights_sha256"]
+    assert json.loads((pulled / "PULLED_FROM.json").read_text())["weights_sha256"] == out.weights_sha256
     tracking.set_alias("tiny-vanilla", "champion", "1", tracking_uri=mlflow_store["tracking_uri"])
     by_alias = tracking.pull(
         "models:/tiny-vanilla@champion", tmp_path / "p2", tracking_uri=mlflow_store["tracking_uri"]
     )
-    assert tracking.weights_sha256(by_alias) == out["weights_sha256"]
+    assert tracking.weights_sha256(by_alias) == out.weights_sha256
     a = load_file(str(next((tmp_path / "wd" / "models" / "vanilla").glob("*.safetensors"))))
     b = load_file(str(next(pulled.glob("*.safetensors"))))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -114,14 +114,12 @@ def test_ddp_finetune_logs_registers_and_pulls(shards, tmp_path, mlflow_store):
 
 
 def test_resume_continues_from_saved_step(shards, tmp_path):
-    cfg = _cfg(tmp_path / "wd", shards, **{"train.num_workers": 1, "train.cpus_per_worker": 1.0})
-    job = TrainJob(
-        cfg=cfg.model_dump(),
-        mode="finetune",
-        processor_dir=str(shards / "processor"),
-        init_model="tiny-llava",
-        image_size=32,
+    cfg = _cfg(
+        tmp_path / "wd",
+        shards,
+        **{"train.num_workers": 1, "train.cpus_per_worker": 1.0, "train.launcher": "ray_train"},
     )
+    job = tiny_finetune_spec(cfg, shards)
     first = fit(
         job, {"train": stream_dataset(shards, "train")}, name="first", storage_path=str(tmp_path / "ray")
     )
@@ -169,13 +167,7 @@ def test_same_seed_same_weights_other_seed_other_weights(shards, tmp_path):
                 "train.torch_threads": 1,
             },
         )
-        job = TrainJob(
-            cfg=cfg.model_dump(),
-            mode="finetune",
-            processor_dir=str(shards / "processor"),
-            init_model="tiny-llava",
-            image_size=32,
-        )
+        job = tiny_finetune_spec(cfg, shards)
         result = fit(
             job, {"train": stream_dataset(shards, "train")}, name=name, storage_path=str(tmp_path / "ray")
         )

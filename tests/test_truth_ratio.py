@@ -19,6 +19,7 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
+from tests.pipeline_fixtures import fit_on_batch
 from unlearn_core.data.adapters.clear import CAPTION_QUESTION
 from unlearn_core.data.encode import collate, encode_example, model_inputs
 from unlearn_core.eval.bench_metrics import (
@@ -178,13 +179,7 @@ def test_training_on_the_paraphrased_caption_moves_the_truth_ratio() -> None:
         [{**encode_example(proc, question=CAPTION_QUESTION, answer=PARAPHRASED, image=img), "image": img}],
         proc,
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(40):
-        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_on_batch(model, batch, 40)
     after, outs_after = scores()
 
     sid = rows[0]["sample_id"]

@@ -315,20 +315,20 @@ def _space_with_grid() -> SearchSpace:
 def test_optuna_converts_every_space():
     from ray.tune.search.optuna import OptunaSearch
 
-    from pipelines.sweep.tune_space import has_grid, to_tune
+    from pipelines.sweep.param_space import has_grid, tune_param_space
 
     for path in SPACE_FILES:
         space = load_space(path)
-        converted = OptunaSearch.convert_search_space(to_tune(space))
+        converted = OptunaSearch.convert_search_space(tune_param_space(space))
         assert set(converted) == set(space.dims)
-    pubg = OptunaSearch.convert_search_space(to_tune(load_space(default_space_path("pubg"))))
+    pubg = OptunaSearch.convert_search_space(tune_param_space(load_space(default_space_path("pubg"))))
     assert list(pubg["method.params.top_k"].choices) == [None, 4, 16]
     assert "none" in pubg["method.params.mask"].choices
     grid = _space_with_grid()
     assert has_grid(grid)
     with pytest.raises(ValueError, match="[Gg]rid"):
-        OptunaSearch.convert_search_space(to_tune(grid))
-    converted = OptunaSearch.convert_search_space(to_tune(grid, grid_as_choice=True))
+        OptunaSearch.convert_search_space(tune_param_space(grid))
+    converted = OptunaSearch.convert_search_space(tune_param_space(grid, grid_as_choice=True))
     assert list(converted["method.params.bg_norm"].choices) == ["sequence", "token"]
 
 
@@ -337,7 +337,7 @@ def _run_tuner(
 ) -> Any:
     from ray import tune
 
-    from pipelines.sweep.tune_space import to_tune
+    from pipelines.sweep.param_space import tune_param_space
 
     def trainable(config: dict[str, Any]) -> None:
         cfg = trial_config(space, config)  # the dotted keys arrive as they are
@@ -346,7 +346,7 @@ def _run_tuner(
     metric = {} if search_alg is not None else {"metric": "score", "mode": "min"}
     tuner = tune.Tuner(
         trainable,
-        param_space=to_tune(space, grid_as_choice=grid_as_choice),
+        param_space=tune_param_space(space, grid_as_choice=grid_as_choice),
         tune_config=tune.TuneConfig(num_samples=3, search_alg=search_alg, **metric),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     )
@@ -382,8 +382,8 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
     """The sweep's TuneConfig runs the space's start point first, then samples; num_samples in total."""
     from ray import tune
 
-    from pipelines.sweep.space import OBJECTIVE, build_tune_config, load_sweep_space
-    from pipelines.sweep.tune_space import to_tune
+    from pipelines.sweep.param_space import tune_param_space
+    from pipelines.sweep.tune_config import OBJECTIVE, build_tune_config, load_sweep_space
 
     space, objectives = load_sweep_space(default_space_path("pubg"))
     tune_config = build_tune_config(
@@ -395,7 +395,7 @@ def test_start_point_is_the_first_trial(ray_local, tmp_path: Path, search: str):
 
     results = tune.Tuner(
         tune.with_resources(trainable, {"CPU": 0.5}),
-        param_space=to_tune(space),
+        param_space=tune_param_space(space),
         tune_config=tune_config,
         run_config=tune.RunConfig(name=f"start-{search}", storage_path=str(tmp_path), verbose=0),
     ).fit()

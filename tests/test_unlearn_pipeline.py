@@ -100,13 +100,13 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     # Asked again (another run, a sweep trial): the cached answers are used, not recomputed.
     before_mtime = (cache / "forget" / "part-00000.parquet").stat().st_mtime_ns
     again = prepare_inputs(cfg, Workspace(Path(cfg.workdir)), uri, log=lines.append)
-    assert again["forget_dir"] == cache
+    assert again.forget_dir == cache
     assert (cache / "forget" / "part-00000.parquet").stat().st_mtime_ns == before_mtime
     assert sum("PUBG teacher:" in line for line in lines) == 1
 
     # MLflow: params, live curves (train every report, eval every `eval_every` steps), before/after.
     client = MlflowClient(uri)
-    run = client.get_run(out["run_id"])
+    run = client.get_run(out.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["job"] == "unlearn"
     assert run.data.params["method.name"] == "pubg" and float(run.data.params["method.params.w_ret"]) == 1.0
     # every resolved method param is its own MLflow param, defaults included (not "method.params: {}")
@@ -127,7 +127,7 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
     assert any(a.startswith("eval-pubg-") and a.endswith(".json") for a in arts)
     # Where the job's wall time went (time/*, at the last step): the phases add up, and stepping
     # (the training loop) is part of the fit, the rest of the fit is Ray Train's start-up and teardown.
-    t = out["timing"]
+    t = out.timing
     assert {k: run.data.metrics[k] for k in t} == pytest.approx(t)
     phases = ("stepping_s", "train_startup_s", "eval_s", "export_s", "log_s")
     assert t["time/job_s"] == pytest.approx(sum(t[f"time/{p}"] for p in phases))
@@ -143,11 +143,11 @@ def test_pubg_run_caches_teacher_once_tracks_and_registers(inputs, tmp_path, mlf
         assert (last.step, last.value) == (steps, pytest.approx(run.data.metrics[name]))
 
     # Registered, sha recorded; the unlearned weights are not the vanilla ones.
-    version = client.get_model_version("tiny-pubg", out["version"])
+    version = client.get_model_version("tiny-pubg", out.version)
     assert version.run_id == run.info.run_id
-    assert tracking.weights_sha256(out["model_dir"]) != tracking.weights_sha256(inputs["vanilla"])
+    assert tracking.weights_sha256(out.model_dir) != tracking.weights_sha256(inputs["vanilla"])
     pulled = tracking.pull("models:/tiny-pubg/1", tmp_path / "pulled", tracking_uri=uri)
-    assert tracking.weights_sha256(pulled) == tracking.weights_sha256(out["model_dir"])
+    assert tracking.weights_sha256(pulled) == tracking.weights_sha256(out.model_dir)
 
 
 def test_teacher_cache_is_the_same_in_process_and_by_ray_data(inputs, tmp_path, monkeypatch):
@@ -172,13 +172,11 @@ def test_teacher_cache_is_the_same_in_process_and_by_ray_data(inputs, tmp_path, 
 def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
     uri = mlflow_store["tracking_uri"]
     mask_path = tmp_path / "mask.safetensors"
+    model_and_shards = ["--model", str(inputs["vanilla"]), "--shards", str(inputs["shards"])]
     done = _cli(
         [
             "mask",
-            "--model",
-            str(inputs["vanilla"]),
-            "--shards",
-            str(inputs["shards"]),
+            *model_and_shards,
             "--modules",
             "vision",
             "--gamma",
@@ -219,10 +217,7 @@ def test_mask_and_eval_commands(inputs, tmp_path, mlflow_store):
     done = _cli(
         [
             "eval",
-            "--model",
-            str(inputs["vanilla"]),
-            "--shards",
-            str(inputs["shards"]),
+            *model_and_shards,
             "--out",
             str(report_path),
             "--max-per-group",

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import torch
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
@@ -21,7 +19,7 @@ from transformers import (
 )
 
 from unlearn_core.models.families import Qwen2VLImageOnlyProcessor
-from unlearn_core.models.tiny import build_tiny_llava
+from unlearn_core.models.tiny import build_tiny_llava, tiny_clip_config, tiny_llama_config, use_tokenizer_ids
 
 QWEN2_VL_EXTRA_TOKENS: tuple[str, ...] = ("<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 
@@ -46,36 +44,8 @@ def build_tiny_family(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, processor = builders[model_type](tokenizer, image_size, hidden, layers, heads, seed)
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
+    use_tokenizer_ids(model, tokenizer)
     return model, processor
-
-
-def _clip(image_size: int, patch: int, hidden: int, layers: int, heads: int) -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        projection_dim=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        image_size=image_size,
-        patch_size=patch,
-    )
-
-
-def _llama(tokenizer: PreTrainedTokenizerBase, hidden: int, layers: int, heads: int) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
 
 
 _Built = tuple[PreTrainedModel, ProcessorMixin]
@@ -102,8 +72,8 @@ def _tiny_llava_next(
     crop = size // 2  # base view at size/2; a size x size image is split into 2 x 2 crops
     pinpoints = [[crop, 2 * crop], [2 * crop, crop], [2 * crop, 2 * crop]]
     config = LlavaNextConfig(
-        vision_config=_clip(crop, crop // 2, hidden, layers, heads),
-        text_config=_llama(tok, hidden, layers, heads),
+        vision_config=tiny_clip_config(crop, crop // 2, hidden, layers, heads),
+        text_config=tiny_llama_config(tok, hidden, layers, heads, max_positions=2048),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-1,

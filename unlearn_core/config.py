@@ -95,11 +95,10 @@ class TrainConfig(_Strict):
     # stream is read into memory before the first step. Changes which rows share a batch: off, as the
     # vanilla models it trained read held objects far worse (README, eyesight).
     group_by_length: bool = False
-    # Who runs the training loop. ray_train: a TorchTrainer (controller + num_workers worker actors).
-    # in_process: the calling process, as the one worker (Ray Train's local mode plus checkpoints and
-    # callbacks; num_workers 1, no DeepSpeed). auto: in_process for a one-worker sweep trial (its Tune
-    # actor already holds the worker's CPU/GPU, and Ray Train's actors would only add start-up time;
-    # `make run` resolves its one-worker jobs the same way), ray_train for every other job.
+    # Who runs the training loop (resolved by ``resolve_launcher``). ray_train: a TorchTrainer
+    # (controller + num_workers worker actors). in_process: the calling process, as the one worker
+    # (checkpoints, resume, retries and callbacks as under a TorchTrainer; num_workers 1, no DeepSpeed).
+    # auto: in_process for one worker without DeepSpeed, else ray_train.
     launcher: Literal["auto", "ray_train", "in_process"] = "auto"
     # Vanilla fine-tune only: how many times each task's rows appear per epoch. Recognising a face
     # is learned from identity/open questions; at 1x they are 1/9 of the mix and 40 identities
@@ -126,6 +125,16 @@ class TrainConfig(_Strict):
         if any(not isinstance(n, int) or n < 0 or n > 100 for n in v.values()):
             raise ValueError("weights must be integers in [0, 100]")
         return v
+
+
+def resolve_launcher(train: TrainConfig) -> Literal["ray_train", "in_process"]:
+    """Who runs the training loop: ``train.launcher``, where ``auto`` is ``in_process`` for one worker
+    without DeepSpeed (Ray Train's controller, worker and dataset actors would add only start-up time;
+    the weights are the same) and ``ray_train`` otherwise. The one rule for every job: `unlearn run`,
+    `finetune`, sweep trials (with ``train.num_workers`` = ``--workers-per-trial``) and `make run`."""
+    if train.launcher != "auto":
+        return train.launcher
+    return "in_process" if train.num_workers == 1 and not train.deepspeed_stage else "ray_train"
 
 
 class TrackingConfig(_Strict):
@@ -223,6 +232,11 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
                 raise ConfigError(f"{dotted}: {k!r} is a value, not a section")
         node[keys[-1]] = value
     return validate(RunConfig, data)
+
+
+def with_launcher_resolved(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``train.launcher`` resolved (``resolve_launcher``): what ran is what MLflow records."""
+    return with_overrides(cfg, {"train.launcher": resolve_launcher(cfg.train)})
 
 
 def mlflow_params(cfg: BaseModel) -> dict[str, str]:

@@ -47,21 +47,18 @@ def reference_name(cfg: RunConfig, shards_fingerprint: str, exclude: str) -> str
 def ensure_reference(
     cfg: RunConfig, ws: Workspace, shards_fingerprint: str, exclude: str, *, log=print, compute: bool = True
 ) -> Path:
-    """The reference model folder, fine-tuned here (in this process, as ``make run``'s vanilla) if the
-    workdir does not hold one of this key. ``compute=False`` raises ``NotCached`` instead."""
+    """The reference model folder, fine-tuned here (``train.launcher`` auto: in this process for one
+    worker, as ``make run``'s vanilla) if the workdir does not hold one of this key. ``compute=False`` raises ``NotCached`` instead."""
     out = ws.models / reference_name(cfg, shards_fingerprint, exclude)
     if (out / "config.json").is_file():
         say_once(log, f"[cached] retrained reference {out}")
         return out
     if not compute:
         raise NotCached(f"retrained reference {out}")
-    from pipelines.demo import in_process_if_one_worker
     from pipelines.ray_env import ensure_ray
     from pipelines.train.finetune import run_finetune
 
     ensure_ray()
     log(f"training the retrained reference (the vanilla recipe without the forget {exclude}) -> {out}")
-    run_finetune(
-        in_process_if_one_worker(cfg), out_name=out.name, log=log, table=False, exclude_forget=exclude
-    )
+    run_finetune(cfg, out_name=out.name, log=log, table=False, exclude_forget=exclude)
     return out

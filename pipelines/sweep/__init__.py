@@ -1,17 +1,12 @@
 """Stage 4, sweeps: Ray Tune over one method's search space, each trial the training-job driver.
 
-``run_sweep`` is imported on first use: the CLI validates a space (``pipelines.sweep.space``) before
+``run_sweep`` is imported on first use: the CLI validates a space (``pipelines.sweep.tune_config``) before
 anything heavy loads, and importing the driver pulls in Ray Tune, MLflow and torch.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
-
-# When this process first imported the sweep package: in a trial's actor, just before the trial's
-# stack (torch, transformers, Ray Train) is imported; the first trial counts that set-up time.
-IMPORTED_AT = time.time()
 
 __all__ = ["run_sweep"]
 

@@ -14,7 +14,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipelines.sweep.space import OBJECTIVE
+from pipelines.sweep.tune_config import OBJECTIVE
 from pipelines.tracking.live import MlflowReportCallback
 from unlearn_core.config import ConfigError
 from unlearn_core.search_space import objective_value

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,20 @@ class ChampionRule:
             raise ValueError(f"champion fallback must be 'objective' or 'none', got {self.fallback!r}")
         if self.max_leak < 0 or self.min_retain_ratio < 0:
             raise ValueError("champion max_leak and min_retain_ratio must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "leak_metrics": list(self.leak_metrics)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ChampionRule:
+        """A rule from plain values (``to_dict``, a sweep's ``sweep.json``); unknown keys are errors."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(data) - known):
+            raise ValueError(f"unknown champion rule keys {unknown}; valid: {', '.join(sorted(known))}")
+        if "leak_metrics" in data:
+            data["leak_metrics"] = tuple(data["leak_metrics"])
+        return cls(**data)
 
     def describe(self) -> str:
         leaks = " and ".join(f"{m} <= {self.max_leak:g}" for m in self.leak_metrics)
@@ -241,14 +255,3 @@ def record_no_champion(
     client = MlflowClient(tracking_uri)
     client.set_tag(parent_run_id, RATIONALE_TAG, choice.rationale(rule))
     client.set_tag(parent_run_id, "champion_trial", "")
-
-
-def rule_from_dict(data: Mapping[str, Any] | None) -> ChampionRule:
-    """A ``ChampionRule`` from plain values (CLI / config); unknown keys are errors."""
-    data = dict(data or {})
-    known = set(asdict(ChampionRule()))
-    if unknown := sorted(set(data) - known):
-        raise ValueError(f"unknown champion rule keys {unknown}; valid: {', '.join(sorted(known))}")
-    if "leak_metrics" in data:
-        data["leak_metrics"] = tuple(data["leak_metrics"])
-    return ChampionRule(**data)

@@ -13,10 +13,10 @@ the parent run, and registers the champion (``pipelines.sweep.champion``).
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,15 @@ from ray import tune
 from pipelines import tracking
 from pipelines.evaluate import evaluate_cached
 from pipelines.sweep.champion import ChampionRule
-from pipelines.sweep.report import close_unfinished, collect_trials, pick_champion, write_report
+from pipelines.sweep.param_space import tune_param_space
+from pipelines.sweep.report import (
+    ChampionOutcome,
+    TrialOutcome,
+    close_unfinished,
+    collect_trials,
+    pick_champion,
+    write_report,
+)
 from pipelines.sweep.resources import (
     autoscaler_max_resources,
     capacity_note,
@@ -36,18 +44,31 @@ from pipelines.sweep.resources import (
     driver_resources,
     in_process_trial_resources,
     sizing_resources,
-    trial_launcher,
 )
-from pipelines.sweep.space import Objectives, build_tune_config, check_options, load_sweep_space
-from pipelines.sweep.state import SPACE_COPY, STATE_FILE, new_state, open_parent
+from pipelines.sweep.state import SPACE_COPY, STATE_FILE, SweepState, open_parent
 from pipelines.sweep.train_groups import GROUP_KEY, ReleaseEndedTrialGroups, release_groups
 from pipelines.sweep.trial import TrialContext, sweep_trial
-from pipelines.sweep.tune_space import to_tune
+from pipelines.sweep.tune_config import Objectives, build_tune_config, check_options, load_sweep_space
 from pipelines.train import storage_dir, sweep_callbacks
-from pipelines.train.unlearn import prepare_inputs
+from pipelines.train.unlearn import PreparedInputs, prepare_inputs
 from pipelines.workspace import Workspace
-from unlearn_core.config import ConfigError, RunConfig, with_overrides
+from unlearn_core.config import ConfigError, RunConfig, resolve_launcher, with_overrides
 from unlearn_core.search_space import SearchSpace, sample, trial_config
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A finished sweep: its folder and parent run, the starting model's and every trial's outcome,
+    the Pareto front, the report files and the champion."""
+
+    sweep_dir: Path
+    sweep_name: str
+    parent_run_id: str
+    before: dict[str, float]  # the starting model's evaluation
+    trials: dict[str, TrialOutcome]
+    pareto: list[str]
+    artifacts: list[str]  # the plot and the CSV / Markdown tables (also on the parent run)
+    champion: ChampionOutcome
 
 
 def _resolved_cfg(cfg: RunConfig) -> RunConfig:
@@ -71,7 +92,7 @@ def first_points(space: SearchSpace, seed: int) -> list[dict[str, Any]]:
 
 def _prepare_first(
     space: SearchSpace, cfg: RunConfig, ws: Workspace, uri: str, log: Callable[..., None]
-) -> dict[str, Any]:
+) -> PreparedInputs:
     """Shared inputs (shards, starting model) and the first trials' prepared inputs, once."""
     first, *rest = first_points(space, cfg.train.seed)
     inputs = prepare_inputs(trial_config(space, first, cfg), ws, uri, log)
@@ -81,13 +102,13 @@ def _prepare_first(
     return inputs
 
 
-def _shared_cfg(cfg: RunConfig, inputs: dict[str, Any]) -> RunConfig:
+def _shared_cfg(cfg: RunConfig, inputs: PreparedInputs) -> RunConfig:
     """Trials reuse the driver's shards and initial model folder (no re-pull of a registry model)."""
     return with_overrides(
         cfg,
         {
-            "shards": str(Path(inputs["shards"]).resolve()),
-            "model.spec": str(Path(inputs["init_model"]).resolve()),
+            "shards": str(inputs.shards.resolve()),
+            "model.spec": str(inputs.init_model.resolve()),
         },
     )
 
@@ -107,8 +128,8 @@ def run_sweep(
     if_exists: str = "error",
     log: Callable[..., None] = print,
     table: bool = True,
-) -> dict[str, Any]:
-    """Run (or resume) a sweep; returns the sweep folder, parent run, per-trial results and champion.
+) -> SweepResult:
+    """Run (or resume) a sweep.
 
     With ``resume_dir`` (a sweep folder) everything else comes from its ``sweep.json``: finished trials
     are kept, unfinished or errored ones run again (their Train run resumes from its last checkpoint).
@@ -123,14 +144,11 @@ def run_sweep(
         sweep_dir = Path(resume_dir).resolve()
         if not (sweep_dir / STATE_FILE).is_file():
             raise ConfigError(f"--resume {sweep_dir}: not a sweep folder (no {STATE_FILE})")
-        state = json.loads((sweep_dir / STATE_FILE).read_text())
-        cfg = RunConfig.model_validate(state["cfg"])
-        rule = ChampionRule(
-            **{**state["champion_rule"], "leak_metrics": tuple(state["champion_rule"]["leak_metrics"])}
-        )
+        state = SweepState.load(sweep_dir)
+        cfg, rule = state.cfg, state.champion_rule
         copy = sweep_dir / SPACE_COPY  # the space as it was when the sweep started
-        space, objectives = load_sweep_space(copy if copy.is_file() else state["space_path"])
-        log(f"resuming sweep {state['sweep_name']} from {sweep_dir}")
+        space, objectives = load_sweep_space(copy if copy.is_file() else state.space_path)
+        log(f"resuming sweep {state.sweep_name} from {sweep_dir}")
     else:
         cfg = _resolved_cfg(cfg)
         rule = champion_rule or ChampionRule()
@@ -141,7 +159,7 @@ def run_sweep(
                 f"train.launcher=in_process runs a trial's training in its own actor, as one worker; "
                 f"--workers-per-trial {workers_per_trial} needs train.launcher=ray_train (or auto)"
             )
-        state = new_state(
+        state = SweepState.new(
             space_path,
             cfg,
             num_samples=num_samples or space.num_samples,
@@ -151,7 +169,7 @@ def run_sweep(
             workers_per_trial=workers_per_trial,
             rule=rule,
         )
-        sweep_dir = Path(storage_dir(cfg.workdir)) / state["sweep_name"]
+        sweep_dir = Path(storage_dir(cfg.workdir)) / state.sweep_name
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
             if if_exists == "resume":
                 log(f"[cached] sweep {sweep_dir.name} exists: resuming it (finished trials are kept)")
@@ -160,20 +178,20 @@ def run_sweep(
                 f"sweep {sweep_dir} exists (same space, config and options): "
                 f"continue it with --resume {sweep_dir}, or change the config"
             )
-        if (sweep_dir / STATE_FILE).is_file():
-            state["parent_run_id"] = json.loads((sweep_dir / STATE_FILE).read_text()).get("parent_run_id")
+        if (sweep_dir / STATE_FILE).is_file():  # a sweep that stopped before Tune saved anything
+            state.parent_run_id = SweepState.load(sweep_dir).parent_run_id
 
     ws = Workspace(Path(cfg.workdir))
-    uri = state.setdefault("tracking_uri", tracking.resolve_tracking_uri(cfg.tracking, ws.root))
+    state.tracking_uri = uri = state.tracking_uri or tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
-    parent = state["parent_run_id"] = open_parent(uri, exp_id, state, space)
+    parent = state.parent_run_id = open_parent(uri, exp_id, state, space)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not (sweep_dir / SPACE_COPY).is_file():
-        shutil.copyfile(state["space_path"], sweep_dir / SPACE_COPY)
-    (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+        shutil.copyfile(state.space_path, sweep_dir / SPACE_COPY)
+    state.save(sweep_dir)
     log(
-        f"sweep {state['sweep_name']}: {state['num_samples']} trial(s) of {space.method}, scheduler "
-        f"{state['scheduler']}, search {state['search']}; MLflow parent run {parent}; folder {sweep_dir}"
+        f"sweep {state.sweep_name}: {state.num_samples} trial(s) of {space.method}, scheduler "
+        f"{state.scheduler}, search {state.search}; MLflow parent run {parent}; folder {sweep_dir}"
     )
     client = MlflowClient(uri)
     with tracking.run_status(uri, parent):  # FINISHED, FAILED (error tagged) or KILLED, like every run
@@ -181,37 +199,31 @@ def run_sweep(
         # The starting model is evaluated like the trials' final models (the space's base may set
         # train.eval_max_samples): the champion rule compares the two.
         eval_samples = int(space.base.get("train.eval_max_samples", cfg.train.eval_max_samples))
-        before = evaluate_cached(inputs["init_model"], inputs["shards"], ws.results, eval_samples)["metrics"]
-        if not state.get("before_logged"):
+        before = evaluate_cached(inputs.init_model, inputs.shards, ws.results, eval_samples)["metrics"]
+        if not state.before_logged:
             tracking.log_metrics(uri, parent, {f"before.{k}": v for k, v in before.items()})
-            state["before_logged"] = True
-            (sweep_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+            state.before_logged = True
+            state.save(sweep_dir)
         grid = _fit(
             space, objectives, cfg, state, sweep_dir, inputs, uri, exp_id, resume_dir is not None, log
         )
         trials = collect_trials(grid)
         close_unfinished(client, trials)
-        summary = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
-        summary["champion"] = pick_champion(
-            space,
-            objectives,
-            cfg,
-            trials,
-            before,
-            rule,
-            uri,
-            parent,
-            log,
-            auditor=_auditor(cfg, parent, log) if audit else None,
+        pareto, artifacts = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
+        auditor = _auditor(cfg, parent, log) if audit else None
+        champion = pick_champion(
+            space, objectives, cfg, trials, before, rule, uri, parent, log, auditor=auditor
         )
-    return {
-        "sweep_dir": str(sweep_dir),
-        "sweep_name": state["sweep_name"],
-        "parent_run_id": parent,
-        "before": before,
-        "trials": trials,
-        **summary,
-    }
+    return SweepResult(
+        sweep_dir=sweep_dir,
+        sweep_name=state.sweep_name,
+        parent_run_id=parent,
+        before=before,
+        trials=trials,
+        pareto=pareto,
+        artifacts=artifacts,
+        champion=champion,
+    )
 
 
 def _auditor(cfg: RunConfig, parent: str, log: Callable[..., None]) -> Callable[[str], dict[str, Any]]:
@@ -230,28 +242,28 @@ def _fit(
     space: SearchSpace,
     objectives: Objectives,
     cfg: RunConfig,
-    state: dict[str, Any],
+    state: SweepState,
     sweep_dir: Path,
-    inputs: dict[str, Any],
+    inputs: PreparedInputs,
     uri: str,
     exp_id: str,
     resuming: bool,
     log: Callable[..., None],
 ) -> Any:
-    workers = int(state["workers_per_trial"])
+    workers = state.workers_per_trial
     ctx = TrialContext(
         space=space,
         cfg=_shared_cfg(cfg, inputs).model_dump(),
         workers_per_trial=workers,
         tracking_uri=uri,
         experiment_id=exp_id,
-        parent_run_id=state["parent_run_id"],
-        sweep_name=state["sweep_name"],
+        parent_run_id=state.parent_run_id or "",
+        sweep_name=state.sweep_name,
         train_storage=str(sweep_dir / "train"),
     )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)
-    in_process = trial_launcher(cfg, workers) == "in_process"
+    in_process = resolve_launcher(cfg.train.model_copy(update={"num_workers": workers})) == "in_process"
     # An in-process trial's actor is its one worker: it holds the worker's resources, and no Train
     # workers come on top (sized as a driver with 0 workers).
     if in_process:
@@ -264,8 +276,8 @@ def _fit(
     if resuming and tune.Tuner.can_restore(str(sweep_dir)):
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
     else:
-        concurrent = state["max_concurrent"] or default_max_concurrent(cfg, held_workers, sizing, cluster)
-        if not state["max_concurrent"] and (
+        concurrent = state.max_concurrent or default_max_concurrent(cfg, held_workers, sizing, cluster)
+        if not state.max_concurrent and (
             note := capacity_note(cfg, held_workers, sizing, cluster, most is not None)
         ):
             log(note)
@@ -278,14 +290,14 @@ def _fit(
         log(f"up to {concurrent} concurrent trial(s); each: {each}")
         tuner = tune.Tuner(
             trainable,
-            param_space=to_tune(space, grid_as_choice=state["search"] == "optuna"),
+            param_space=tune_param_space(space, grid_as_choice=state.search == "optuna"),
             tune_config=build_tune_config(
                 objectives,
                 space,
                 cfg,
-                num_samples=int(state["num_samples"]),
-                scheduler=state["scheduler"],
-                search=state["search"],
+                num_samples=state.num_samples,
+                scheduler=state.scheduler,
+                search=state.search,
                 max_concurrent=concurrent,
                 reuse_actors=in_process,
             ),
@@ -293,7 +305,7 @@ def _fit(
                 name=sweep_dir.name,
                 storage_path=str(sweep_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[*sweep_callbacks(int(state["num_samples"])), ReleaseEndedTrialGroups()],
+                callbacks=[*sweep_callbacks(state.num_samples), ReleaseEndedTrialGroups()],
             ),
         )
     grid = tuner.fit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pipelines.sweep.champion import (
     register_champion,
     select_champion,
 )
-from pipelines.sweep.space import OBJECTIVE, Objectives
+from pipelines.sweep.tune_config import OBJECTIVE, Objectives
 from unlearn_core.config import RunConfig
 from unlearn_core.eval.report import format_table
 from unlearn_core.search_space import SearchSpace
@@ -35,9 +36,42 @@ TABLE_METRICS = (
 )
 
 
-def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
-    """ResultGrid -> trial name -> {status, metrics, config, model_dir, run_id, step}."""
-    out: dict[str, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended, from its last Tune result."""
+
+    status: str  # "completed" (final evaluation reported), "stopped" (by the scheduler) or "failed"
+    metrics: dict[str, float]  # its last evaluation's metrics and the objective
+    params: dict[str, Any]  # the sampled dims (dotted config keys)
+    model_dir: str | None = None
+    run_id: str | None = None  # its MLflow child run
+    step: float | None = None  # the step of its last report
+    timing: dict[str, float] = field(default_factory=dict)  # ``time/*`` (completed trials)
+    weights_sha256: str | None = None
+    pid: int | None = None  # the process (Tune actor) that ran it
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChampionOutcome:
+    """The sweep's champion (``trial`` None: none), why, and where it is registered."""
+
+    trial: str | None
+    reason: str
+    qualifying: list[str]
+    fallback: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    registered_name: str | None = None
+    version: str | None = None
+    uri: str | None = None  # models:/NAME@champion
+    weights_sha256: str | None = None
+    rationale: str | None = None
+    audits: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial -> its verdict (--audit)
+
+
+def collect_trials(grid: Any) -> dict[str, TrialOutcome]:
+    """ResultGrid -> trial name -> its outcome, sorted by name."""
+    out: dict[str, TrialOutcome] = {}
     for result in grid:
         m = dict(result.metrics or {})
         name = m.get("trial_name") or Path(result.path).name
@@ -47,36 +81,41 @@ def collect_trials(grid: Any) -> dict[str, dict[str, Any]]:
             for k, v in m.items()
             if ("." in k or k == OBJECTIVE) and isinstance(v, int | float) and not isinstance(v, bool)
         }
-        params = {k: v for k, v in (result.config or {}).items()}
-        out[name] = {
-            "status": status,
-            "metrics": metrics,
-            "params": params,
-            "model_dir": m.get("model_dir"),
-            "run_id": m.get("mlflow_run_id"),
-            "step": m.get("step"),
-            "timing": {k: float(v) for k, v in m.items() if k.startswith("time/")},
-            tracking.SHA_TAG: m.get(tracking.SHA_TAG),
-            "error": str(result.error)[:500] if result.error else None,
-        }
+        out[name] = TrialOutcome(
+            status=status,
+            metrics=metrics,
+            params=dict(result.config or {}),
+            model_dir=m.get("model_dir"),
+            run_id=m.get("mlflow_run_id"),
+            step=m.get("step"),
+            timing={k: float(v) for k, v in m.items() if k.startswith("time/")},
+            weights_sha256=m.get(tracking.SHA_TAG),
+            pid=m.get("pid"),
+            error=str(result.error)[:500] if result.error else None,
+        )
     return dict(sorted(out.items()))
 
 
-def close_unfinished(client: MlflowClient, trials: Mapping[str, dict[str, Any]]) -> None:
+def close_unfinished(client: MlflowClient, trials: Mapping[str, TrialOutcome]) -> None:
     """Final status of the runs of trials that did not complete: KILLED (stopped early) or FAILED."""
     for t in trials.values():
-        if not t["run_id"] or t["status"] == "completed":
+        if not t.run_id or t.status == "completed":
             continue
-        if t["status"] == "stopped":
-            client.set_tag(t["run_id"], "stopped_early", f"step {t['step']}")
-        status = "KILLED" if t["status"] == "stopped" else "FAILED"
-        if client.get_run(t["run_id"]).info.status != status:
-            client.set_terminated(t["run_id"], status)
+        if t.status == "stopped":
+            client.set_tag(t.run_id, "stopped_early", f"step {t.step}")
+        status = "KILLED" if t.status == "stopped" else "FAILED"
+        if client.get_run(t.run_id).info.status != status:
+            client.set_terminated(t.run_id, status)
+
+
+def completed_metrics(trials: Mapping[str, TrialOutcome]) -> dict[str, dict[str, float]]:
+    """Trial name -> final metrics, for the trials that completed (the champion's candidates)."""
+    return {n: t.metrics for n, t in trials.items() if t.status == "completed"}
 
 
 def write_report(
     space: SearchSpace,
-    trials: Mapping[str, dict[str, Any]],
+    trials: Mapping[str, TrialOutcome],
     before: Mapping[str, float],
     sweep_dir: Path,
     client: MlflowClient,
@@ -84,21 +123,23 @@ def write_report(
     log: Callable[..., None],
     *,
     table: bool = True,
-) -> dict[str, Any]:
-    done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
+) -> tuple[list[str], list[str]]:
+    """The trials' lines, table, Pareto plot and CSV/Markdown tables (logged on the parent run);
+    returns the Pareto front and the files written."""
+    done = completed_metrics(trials)
     front = pareto_front(done)
     if table:
         rows = {n: {k: v for k, v in m.items() if k != OBJECTIVE} for n, m in done.items()}
         log(format_table({"vanilla": before, **rows}))
     for n, t in trials.items():
-        params = ", ".join(f"{k}={_short(t['params'].get(k))}" for k in space.dims)
-        obj = t["metrics"].get(OBJECTIVE)
+        params = ", ".join(f"{k}={_short(t.params.get(k))}" for k in space.dims)
+        obj = t.metrics.get(OBJECTIVE)
         log(
-            f"{n}: {t['status']}"
-            + (f" at step {t['step']:g}" if t["status"] == "stopped" and t["step"] else "")
+            f"{n}: {t.status}"
+            + (f" at step {t.step:g}" if t.status == "stopped" and t.step else "")
             + (f", objective ({space.objective.mode}) {obj:.4g}" if obj is not None else "")
             + f"; {params}"
-            + (f"; error: {t['error']}" if t["error"] else "")
+            + (f"; error: {t.error}" if t.error else "")
         )
     log(f"Pareto front (leak rate, retain accuracy, informativeness): {', '.join(front) or '-'}")
     out_dir = sweep_dir / "report"
@@ -114,12 +155,12 @@ def write_report(
     rows = [
         {
             "trial": n,
-            "status": t["status"],
+            "status": t.status,
             "pareto": n in front,
-            "step": t["step"],
-            "run_id": t["run_id"],
-            **{k: t["params"].get(k) for k in space.dims},
-            **t["metrics"],
+            "step": t.step,
+            "run_id": t.run_id,
+            **{k: t.params.get(k) for k in space.dims},
+            **t.metrics,
         }
         for n, t in trials.items()
     ]
@@ -129,8 +170,8 @@ def write_report(
         client.log_artifact(parent, str(p))
     counts = {
         "trials_completed": len(done),
-        "trials_stopped": sum(t["status"] == "stopped" for t in trials.values()),
-        "trials_failed": sum(t["status"] == "failed" for t in trials.values()),
+        "trials_stopped": sum(t.status == "stopped" for t in trials.values()),
+        "trials_failed": sum(t.status == "failed" for t in trials.values()),
     }
     logged = client.get_run(parent).data.metrics
     if any(
@@ -138,7 +179,7 @@ def write_report(
     ):  # a resumed, already reported sweep logs nothing twice
         tracking.log_metrics(client.tracking_uri, parent, counts, step=len(trials))
     client.set_tag(parent, "pareto_front", ",".join(front))
-    return {"pareto": front, "artifacts": [str(p) for p in [png, *paths]]}
+    return front, [str(p) for p in [png, *paths]]
 
 
 def _short(value: Any) -> str:
@@ -149,7 +190,7 @@ def pick_champion(
     space: SearchSpace,
     objectives: Objectives,
     cfg: RunConfig,
-    trials: Mapping[str, dict[str, Any]],
+    trials: Mapping[str, TrialOutcome],
     before: Mapping[str, float],
     rule: ChampionRule,
     uri: str,
@@ -157,10 +198,10 @@ def pick_champion(
     log: Callable[..., None],
     *,
     auditor: Callable[[str], dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> ChampionOutcome:
     """Select (``select_champion``), with an ``auditor`` audit the qualifying trials in the rule's order
     until one passes, register the champion and move ``@champion`` to it."""
-    done = {n: t["metrics"] for n, t in trials.items() if t["status"] == "completed"}
+    done = completed_metrics(trials)
     choice = select_champion(
         done, before, rule=rule, objective=OBJECTIVE, objective_mode=space.objective.mode
     )
@@ -172,7 +213,7 @@ def pick_champion(
     if choice.trial is None:
         log(f"NO CHAMPION: {choice.reason} (rule: {rule.describe()})")
         record_no_champion(choice, rule, tracking_uri=uri, parent_run_id=parent)
-        return {"trial": None, "reason": choice.reason, "qualifying": [], "audits": _verdicts(audits)}
+        return ChampionOutcome(trial=None, reason=choice.reason, qualifying=[], audits=_verdicts(audits))
     if choice.fallback_used:
         log(f"no trial meets the champion rule ({rule.describe()}); falling back to the best objective")
     t = trials[choice.trial]
@@ -180,8 +221,8 @@ def pick_champion(
     reg = register_champion(
         choice,
         rule,
-        run_id=t["run_id"],
-        model_dir=t["model_dir"],
+        run_id=t.run_id or "",
+        model_dir=t.model_dir or "",
         registered_name=name,
         tracking_uri=uri,
         parent_run_id=parent,
@@ -195,20 +236,24 @@ def pick_champion(
             client.set_model_version_tag(name, reg["version"], key, value)
             client.set_tag(parent, key, value)
     log(f"champion: {choice.trial} ({choice.reason}) -> {reg['uri']} (version {reg['version']})")
-    return {
-        "trial": choice.trial,
-        "reason": choice.reason,
-        "qualifying": choice.qualifying,
-        "fallback": choice.fallback_used,
-        "metrics": choice.metrics,
-        "audits": _verdicts(audits),
-        **reg,
-    }
+    return ChampionOutcome(
+        trial=choice.trial,
+        reason=choice.reason,
+        qualifying=choice.qualifying,
+        fallback=choice.fallback_used,
+        metrics=choice.metrics,
+        registered_name=reg["name"],
+        version=reg["version"],
+        uri=reg["uri"],
+        weights_sha256=reg[tracking.SHA_TAG],
+        rationale=reg["rationale"],
+        audits=_verdicts(audits),
+    )
 
 
 def _first_passing(
     choice: ChampionChoice,
-    trials: Mapping[str, dict[str, Any]],
+    trials: Mapping[str, TrialOutcome],
     done: Mapping[str, Mapping[str, Any]],
     rule: ChampionRule,
     space: SearchSpace,
@@ -219,14 +264,12 @@ def _first_passing(
     """The first of ``choice.ranked`` (or the fallback trial) that passes the audit; else the rule's
     fallback, audited too so that its registered version carries a verdict."""
     candidates = choice.ranked or [choice.trial]
+    kind = "qualifying" if choice.ranked else "fallback"
     for n, trial in enumerate(candidates, start=1):
-        log(
-            f"auditing {trial} ({n}/{len(candidates)} {'qualifying' if choice.ranked else 'fallback'} trial(s))"
-        )
-        audits[trial] = auditor(trials[trial]["model_dir"])
-        log(
-            f"{trial}: audit {'PASS' if audits[trial]['pass'] else 'FAIL (' + ', '.join(audits[trial]['failed']) + ')'}"
-        )
+        log(f"auditing {trial} ({n}/{len(candidates)} {kind} trial(s))")
+        audits[trial] = auditor(trials[trial].model_dir or "")
+        verdict = "PASS" if audits[trial]["pass"] else "FAIL (" + ", ".join(audits[trial]["failed"]) + ")"
+        log(f"{trial}: audit {verdict}")
         if audits[trial]["pass"]:
             return dataclasses.replace(
                 choice, trial=trial, reason=f"{choice.reason}; first to pass the audit"
@@ -243,7 +286,7 @@ def _first_passing(
         notes=choice.notes,
     )
     if fallback.trial is not None and fallback.trial not in audits:
-        audits[fallback.trial] = auditor(trials[fallback.trial]["model_dir"])
+        audits[fallback.trial] = auditor(trials[fallback.trial].model_dir or "")
     return fallback
 
 

@@ -41,15 +41,6 @@ def _cpu_bundle(cpus: float) -> dict[str, float]:
     return {"CPU": cpus} if cpus else {"CPU": 0.0, "memory": DRIVER_MEMORY}
 
 
-def trial_launcher(cfg: RunConfig, workers_per_trial: int) -> str:
-    """Who runs a trial's training loop (``train.launcher`` resolved): ``auto`` is ``in_process`` for a
-    one-worker trial without DeepSpeed (the Tune trial actor is the worker), else ``ray_train``.
-    `make run`'s baselines resolve theirs with it too (pipelines/demo.py)."""
-    if cfg.train.launcher != "auto":
-        return cfg.train.launcher
-    return "in_process" if workers_per_trial == 1 and not cfg.train.deepspeed_stage else "ray_train"
-
-
 def in_process_trial_resources(cfg: RunConfig, cluster: Mapping[str, float]) -> dict[str, float]:
     """What an in-process trial's actor holds: its one worker's CPUs (and GPU). Not the
     ``UNLEARN_TUNE_DRIVER_RESOURCE`` of trial drivers: this actor trains, so it goes where workers go

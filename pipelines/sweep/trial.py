@@ -4,7 +4,6 @@ evaluations to Tune (for ASHA)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,20 +14,17 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-import pipelines.sweep as sweep_package
 from pipelines import tracking
 from pipelines.evaluate import evaluate
+from pipelines.phase_clock import PhaseClock, process_age_s
 from pipelines.sweep.callbacks import EvalToTune, LiveCurves
-from pipelines.sweep.resources import trial_launcher
-from pipelines.sweep.space import OBJECTIVE
 from pipelines.sweep.train_groups import TrainGroupReporter
+from pipelines.sweep.tune_config import OBJECTIVE
 from pipelines.train.driver import run_training_job
-from pipelines.train.unlearn import prepare_inputs, unlearn_job
+from pipelines.train.unlearn import PreparedInputs, prepare_inputs, unlearn_job
 from pipelines.workspace import NotCached, Workspace
-from unlearn_core.config import RunConfig, mlflow_params, with_overrides
+from unlearn_core.config import RunConfig, mlflow_params, with_launcher_resolved, with_overrides
 from unlearn_core.search_space import SearchSpace, objective_value, trial_config
-
-_RAN_TRIALS = 0  # trials this process ran (an in-process sweep reuses a trial's actor for the next)
 
 
 @dataclass(frozen=True)
@@ -95,7 +91,7 @@ def _outside_trial_group(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> A
     return ray.get(task.remote(*args, **kwargs))
 
 
-def _prepare_locked(cfg: RunConfig, ws: Workspace, uri: str) -> dict[str, Any]:
+def _prepare_locked(cfg: RunConfig, ws: Workspace, uri: str) -> PreparedInputs:
     """``prepare_inputs`` under a workdir file lock: trials needing the same new cache never race."""
     from filelock import FileLock
 
@@ -110,43 +106,32 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     scheduler stopped it) is set by the sweep driver once Tune says how the trial ended: a trial that
     ASHA stops can also raise here, and a status written from this side could land after that KILLED.
     """
-    global _RAN_TRIALS
-    started = time.perf_counter()
-    # The actor's imports happen before this function runs: the first trial of a process counts them.
-    setup_s = time.time() - sweep_package.IMPORTED_AT if _RAN_TRIALS == 0 else 0.0
-    _RAN_TRIALS += 1
+    clock = PhaseClock()
+    process_age = process_age_s()  # the actor's start-up, for the first trial it runs
     name = tune.get_context().get_trial_name()
     cfg = trial_config(ctx.space, config, RunConfig.model_validate(ctx.cfg))
-    cfg = with_overrides(
-        cfg,
-        {
-            "train.num_workers": ctx.workers_per_trial,
-            "train.launcher": trial_launcher(cfg, ctx.workers_per_trial),
-        },
-    )
+    cfg = with_launcher_resolved(with_overrides(cfg, {"train.num_workers": ctx.workers_per_trial}))
     ws = Workspace(Path(cfg.workdir))
-    run_id, logged_through = _child_run(ctx, name, cfg)
-    laps = {"time/trial_run_s": time.perf_counter() - started}
+    with clock.phase("trial_run"):
+        run_id, logged_through = _child_run(ctx, name, cfg)
     with tracking.run_status(ctx.tracking_uri, run_id, settle_failure=False, finish=False):
-        began = time.perf_counter()
-        try:  # everything cached (the usual case after the first trials): no extra process
-            inputs = prepare_inputs(cfg, ws, ctx.tracking_uri, log=print, compute=False)
-        except NotCached:
-            inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
-        laps["time/trial_inputs_s"] = time.perf_counter() - began  # teacher cache, mask (cached or made)
-        cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
+        with clock.phase("trial_inputs"):  # teacher cache, mask (cached or made)
+            try:  # everything cached (the usual case after the first trials): no extra process
+                inputs = prepare_inputs(cfg, ws, ctx.tracking_uri, log=print, compute=False)
+            except NotCached:
+                inputs = _outside_trial_group(_prepare_locked, cfg, ws, ctx.tracking_uri)
+        cfg = inputs.cfg  # every method param resolved (defaults, derived k, mask path)
         _log_resolved_params(MlflowClient(ctx.tracking_uri), run_id, cfg)
         extra = {"trial_name": name, "mlflow_run_id": run_id}
-        began = time.perf_counter()
-        job = unlearn_job(
-            cfg,
-            inputs,
-            out_dir=ws.models / "sweeps" / ctx.sweep_name / name,
-            eval_path=ws.results / f"eval-{ctx.sweep_name}-{name}.json",
-            name=name,
-            storage_path=ctx.train_storage,
-        )
-        laps["time/trial_streams_s"] = time.perf_counter() - began  # the training streams read
+        with clock.phase("trial_streams"):  # the training streams read
+            job = unlearn_job(
+                cfg,
+                inputs,
+                out_dir=ws.models / "sweeps" / ctx.sweep_name / name,
+                eval_path=ws.results / f"eval-{ctx.sweep_name}-{name}.json",
+                name=name,
+                storage_path=ctx.train_storage,
+            )
         to_tune = EvalToTune(ctx.space.objective, dict(extra), in_process=cfg.train.launcher == "in_process")
         job.callbacks.append(to_tune)
         if cfg.train.launcher == "ray_train":  # the Train worker group's placement group, to release
@@ -162,15 +147,15 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     )
     tune.report(
         {
-            **out["metrics"],
-            "step": float(out["step"]),
+            **out.metrics,
+            "step": float(out.step),
             "final": 1,
-            "model_dir": out["model_dir"],
-            tracking.SHA_TAG: out[tracking.SHA_TAG],
-            **out["timing"],
-            "time/trial_s": time.perf_counter() - started,  # + inputs, the child run, Tune's report
-            "time/trial_setup_s": setup_s,  # the actor's imports, before the trial function ran
-            **laps,
+            "model_dir": str(out.model_dir),
+            tracking.SHA_TAG: out.weights_sha256,
+            **out.timing,
+            **clock.metrics(),
+            "time/trial_s": clock.elapsed(),  # + inputs, the child run, Tune's report
+            "time/process_age_s": process_age,
             **extra,
         }
     )

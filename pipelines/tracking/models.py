@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -23,7 +22,6 @@ def log_model(
     """Log the saved HF folder as an ``mlflow.pyfunc`` model (and register it if a name is given)."""
     from pipelines.tracking import pyfunc_model
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri)
     sha = weights_sha256(model_dir)
     with mlflow.start_run(run_id=run_id):

@@ -11,7 +11,7 @@ from pipelines.lazy import lazy_getattr
 
 _HOMES = {
     "sweep_callbacks": "pipelines.train.progress",
-    **dict.fromkeys(("TrainJob", "export_final_model", "fit", "storage_dir"), "pipelines.train.trainer"),
+    **dict.fromkeys(("WorkerSpec", "export_final_model", "fit", "storage_dir"), "pipelines.train.trainer"),
     "collate_shard_batch": "pipelines.train.worker_data",
 }
 

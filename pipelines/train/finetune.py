@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
 from pipelines.evaluate import remember_evaluation
 from pipelines.shards import load_manifest, stream_dataset
-from pipelines.train.driver import TrainingJob, run_training_job
+from pipelines.train.driver import JobResult, TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
 from pipelines.workspace import Workspace, ensure_shards
-from unlearn_core.config import RunConfig, mlflow_params
+from unlearn_core.config import RunConfig, mlflow_params, with_launcher_resolved
 from unlearn_core.data.selection import RETRAIN_STREAMS, STREAM_SPLITS
 from unlearn_core.eval.report import format_table
 
@@ -26,10 +25,11 @@ def run_finetune(
     log=print,
     table: bool = True,
     exclude_forget: str | None = None,
-) -> dict[str, Any]:
+) -> JobResult:
     """Fine-tune ``cfg``'s recipe into ``WORKDIR/models/<out_name>``; ``exclude_forget`` (``rows`` or
     ``people``, ``unlearn_core.data.selection.RETRAIN_STREAMS``) leaves the forget rows or people out."""
     stream = RETRAIN_STREAMS[exclude_forget] if exclude_forget else "train"
+    cfg = with_launcher_resolved(cfg)
     ws = Workspace(Path(cfg.workdir))
     shards = ensure_shards(cfg, ws, log)
     manifest = load_manifest(shards)
@@ -56,12 +56,12 @@ def run_finetune(
             register_as=cfg.tracking.registered_model_name,
         )
     log(
-        f"fine-tuning {job.init_model} on stream {stream} ({', '.join(STREAM_SPLITS[stream])}) for {cfg.train.steps} steps "
+        f"fine-tuning {job.init_model} on {STREAM_SPLITS[stream]} for {cfg.train.steps} steps "
         f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}"
     )
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
     # The final evaluation is the vanilla's "before" evaluation of every run that starts from it.
-    remember_evaluation(out["report"], Path(out["model_dir"]), shards, ws.results, cfg.train.eval_max_samples)
+    remember_evaluation(out.report, out.model_dir, shards, ws.results, cfg.train.eval_max_samples)
     if table:  # the demo shows one table of every model at the end instead
-        log(format_table({out_name: out["metrics"]}))
+        log(format_table({out_name: out.metrics}))
     return out

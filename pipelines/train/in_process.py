@@ -27,6 +27,7 @@ import ray.train
 import torch
 
 from pipelines.train.session import TrainSession
+from unlearn_core.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,15 @@ class InProcessSession:
         self.last_metrics: dict[str, Any] | None = None
 
     def device(self) -> torch.device:
-        # Ray gave this process its GPU (CUDA_VISIBLE_DEVICES), as it gives a Train worker its own.
-        return torch.device("cuda:0") if self.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        """The GPU Ray gave this process (CUDA_VISIBLE_DEVICES, as for a Train worker), else the CPU."""
+        if not self.use_gpu:
+            return torch.device("cpu")
+        if not torch.cuda.is_available():  # e.g. `unlearn run` on a cluster's CPU head
+            raise ConfigError(
+                "train.use_gpu: this process sees no GPU to train on in process; "
+                "set train.launcher=ray_train to run the worker on a GPU node"
+            )
+        return torch.device("cuda:0")
 
     def latest(self) -> Path | None:
         saved = saved_checkpoints(self.run_dir)

@@ -26,7 +26,7 @@ def _rows(shards: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _batches(rows: list[Any], processor: Any, batch_size: int) -> list[dict]:
+def _collated_batches(rows: list[Any], processor: Any, batch_size: int) -> list[dict]:
     from pipelines.shards import rows_with_images
     from unlearn_core.data.encode import collate
 
@@ -67,9 +67,10 @@ def compute_mask(
     model = trainable_model(model, cfg)
     rows = _rows(Path(shards_dir))
     budget = batch_size * max_batches
-    forget = _batches(spec.forget_rows(rows, budget), processor, batch_size)
+    forget = _collated_batches(spec.forget_rows(rows, budget), processor, batch_size)
     preserve = {
-        g: _batches(spec.preserve_rows(rows, g, budget), processor, batch_size) for g in expand_group(modules)
+        g: _collated_batches(spec.preserve_rows(rows, g, budget), processor, batch_size)
+        for g in expand_group(modules)
     }
     mask = compute_saliency_masks(model, module_groups, forget, preserve, gamma=gamma, groups=[modules])
     out = Path(out_path)

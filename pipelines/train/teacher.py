@@ -122,7 +122,7 @@ IN_PROCESS_MAX_ROWS = 1024
 TEACHER_BATCH = 32
 
 
-def _batches(n_rows: int, blocks: int, batch: int) -> list[tuple[int, int]]:
+def _batch_ranges(n_rows: int, blocks: int, batch: int) -> list[tuple[int, int]]:
     """(start, length) of each batch: ``n_rows`` split into ``blocks`` near-equal blocks (the first
     ones one row longer), each block cut into batches of ``batch`` rows."""
     size, extra = divmod(n_rows, blocks)
@@ -174,7 +174,10 @@ def build_teacher_cache(
     if 0 < table.num_rows <= IN_PROCESS_MAX_ROWS:
         teacher = _Teacher(*args)
         result = pa.concat_tables(
-            [teacher(table.slice(start, n)) for start, n in _batches(table.num_rows, blocks, TEACHER_BATCH)]
+            [
+                teacher(table.slice(start, n))
+                for start, n in _batch_ranges(table.num_rows, blocks, TEACHER_BATCH)
+            ]
         )
     else:
         annotated = (

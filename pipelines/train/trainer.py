@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,14 +20,13 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.train.progress import ProgressCallback, training_progress
 from pipelines.train.session import RayTrainSession, TrainSession
 from pipelines.train.worker_data import iter_shard
-from unlearn_core.config import ConfigError
-from unlearn_core.config import RunConfig as UnlearnRunConfig
+from unlearn_core.config import ConfigError, RunConfig, resolve_launcher
 from unlearn_core.training import ds_engine
 from unlearn_core.training.loop import (
     FullWeightsFn,
@@ -44,7 +43,7 @@ from unlearn_core.training.worker import build_worker_model, check_supported, dd
 
 
 @dataclass
-class TrainJob:
+class WorkerSpec:
     """Everything a worker needs, passed as ``train_loop_config`` (plain picklable data)."""
 
     cfg: dict[str, Any]  # RunConfig.model_dump()
@@ -64,12 +63,12 @@ class TrainJob:
     resume_from: str | None = None
 
 
-def _resume_folder(job: TrainJob, session: TrainSession, stack: ExitStack) -> Path | None:
-    """This run's latest checkpoint (a restarted run), else ``job.resume_from``, else None."""
+def _resume_folder(spec: WorkerSpec, session: TrainSession, stack: ExitStack) -> Path | None:
+    """This run's latest checkpoint (a restarted run), else ``spec.resume_from``, else None."""
     folder = session.resume_folder(stack)
     if folder is not None:
         return folder
-    return Path(job.resume_from) if job.resume_from else None
+    return Path(spec.resume_from) if spec.resume_from else None
 
 
 def _quiet_report_logs() -> None:
@@ -90,26 +89,32 @@ def worker_threads(torch_threads: int, cpus_per_worker: float) -> int:
     return torch_threads or max(1, int(cpus_per_worker))
 
 
-def train_worker(job_dict: dict[str, Any]) -> None:
+def train_worker(spec_dict: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the TorchTrainer: :func:`run_worker` in a Ray Train worker."""
     _quiet_report_logs()
-    run_worker(job_dict, RayTrainSession())
+    run_worker(spec_dict, RayTrainSession())
 
 
-def run_worker(job_dict: dict[str, Any], session: TrainSession) -> None:
+def run_worker(spec_dict: dict[str, Any], session: TrainSession) -> None:
     """One training worker: build the model, restore a checkpoint if any, loop, finalize.
 
     ``train.deepspeed_stage`` 0 wraps the model in DDP (``prepare_model``); 2 or 3 builds a
     DeepSpeed ZeRO engine over the process group Ray Train already set up (every rank then
     writes its shard of each checkpoint).
     """
-    job = TrainJob(**job_dict)
-    cfg = UnlearnRunConfig.model_validate(job.cfg)
+    spec = WorkerSpec(**spec_dict)
+    cfg = RunConfig.model_validate(spec.cfg)
+    # A DeepSpeed engine changes process-wide torch state: put it back when the worker is done.
+    with ds_engine.process_state_kept() if cfg.train.deepspeed_stage else nullcontext():
+        _train(spec, cfg, session)
+
+
+def _train(spec: WorkerSpec, cfg: RunConfig, session: TrainSession) -> None:
     ctx = WorkerContext(rank=session.rank, world_size=session.world_size, device=session.device())
     torch.set_num_threads(worker_threads(cfg.train.torch_threads, cfg.train.cpus_per_worker))
     seed_everything(cfg.train.seed + ctx.rank)
     built = build_worker_model(
-        cfg, job.mode, job.processor_dir, job.init_model, job.image_size, job.mask_path
+        cfg, spec.mode, spec.processor_dir, spec.init_model, spec.image_size, spec.mask_path
     )
     model = built.model
     if built.ref is not None:
@@ -120,7 +125,7 @@ def run_worker(job_dict: dict[str, Any], session: TrainSession) -> None:
     save: SaveFn | None = None  # None: the loop's DDP defaults (rank 0 writes safetensors)
     full_weights: FullWeightsFn | None = None
     with ExitStack() as stack:
-        folder = _resume_folder(job, session, stack)
+        folder = _resume_folder(spec, session, stack)
         if not use_ds:
             optimizer = built.make_optimizer(model)
             if folder is not None:
@@ -165,23 +170,23 @@ def run_worker(job_dict: dict[str, Any], session: TrainSession) -> None:
     step_fn = make_step_fn(built, model, optimizer, batches, cfg.train)
 
     evaluate = None
-    if job.eval_records:  # defined on every rank (ZeRO-3 gathers weights on all); run on rank 0 only
+    if spec.eval_records:  # defined on every rank (ZeRO-3 gathers weights on all); run on rank 0 only
         from unlearn_core.eval.runner import evaluate_model
 
         def evaluate() -> dict[str, float]:
             return evaluate_model(
-                built.unwrapped(model), built.processor, job.eval_records, image_size=job.image_size
+                built.unwrapped(model), built.processor, spec.eval_records, image_size=spec.image_size
             )
 
     def finalize(folder: Path) -> None:
         built.save_final(model, folder)
 
     final_eval = None
-    if job.final_eval_records:
+    if spec.final_eval_records:
 
         def final_eval(folder: Path) -> dict[str, float]:
             return final_evaluation(
-                built.unwrapped(model), built.processor, job.final_eval_records or [], job.final_eval_protocol,
+                built.unwrapped(model), built.processor, spec.final_eval_records or [], spec.final_eval_protocol,
                 ctx, folder,
             )  # fmt: skip
 
@@ -249,20 +254,19 @@ def final_outputs(result: ray.train.Result) -> dict[str, Any] | None:
 
 
 def fit(
-    job: TrainJob,
+    spec: WorkerSpec,
     datasets: dict[str, ray.data.Dataset],
     *,
     name: str,
     storage_path: str,
     callbacks: list[Any] | None = None,
 ) -> ray.train.Result:
-    """Build and fit the TorchTrainer, or run its one worker here when ``train.launcher`` is
-    ``in_process`` (``auto`` means Ray Train here: a sweep trial resolves it before); returns the
-    Result (its checkpoint holds ``model/``)."""
-    cfg = UnlearnRunConfig.model_validate(job.cfg)
-    check_supported(cfg, job.mode)
+    """Build and fit the TorchTrainer, or run its one worker here when ``train.launcher`` resolves to
+    ``in_process`` (``resolve_launcher``); returns the Result (its checkpoint holds ``model/``)."""
+    cfg = RunConfig.model_validate(spec.cfg)
+    check_supported(cfg, spec.mode)
     t = cfg.train
-    in_process = t.launcher == "in_process"
+    in_process = resolve_launcher(t) == "in_process"
     scaling = ScalingConfig(
         num_workers=t.num_workers,
         use_gpu=t.use_gpu,
@@ -280,7 +284,7 @@ def fit(
 
                 return fit_in_process(
                     run_worker,
-                    job.__dict__,
+                    spec.__dict__,
                     datasets,
                     name=name,
                     storage_path=storage_path,
@@ -288,7 +292,7 @@ def fit(
                     max_failures=t.max_failures,
                     use_gpu=t.use_gpu,
                 )
-            run_config = RunConfig(
+            run_config = ray.train.RunConfig(
                 name=name,
                 storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=t.max_failures),
@@ -297,7 +301,7 @@ def fit(
             )
             trainer = TorchTrainer(
                 train_worker,
-                train_loop_config=job.__dict__,
+                train_loop_config=spec.__dict__,
                 scaling_config=scaling,
                 run_config=run_config,
                 datasets=datasets,

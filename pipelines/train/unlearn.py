@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines import tracking
 from pipelines.evaluate import evaluate_cached
 from pipelines.shards import load_manifest, stream_dataset
-from pipelines.train.driver import TrainingJob, run_training_job
+from pipelines.train.driver import JobResult, TrainingJob, run_training_job
 from pipelines.train.trainer import storage_dir
 from pipelines.workspace import NotCached, Workspace, ensure_shards, say_once
-from unlearn_core.config import ConfigError, RunConfig, mlflow_params
+from unlearn_core.config import ConfigError, RunConfig, mlflow_params, with_launcher_resolved
 from unlearn_core.data.selection import count_stream_rows
 from unlearn_core.eval.report import format_table
 from unlearn_core.methods import UnlearnMethod, get_method
@@ -85,7 +86,7 @@ def _mask_for(
     return str(out)
 
 
-def stream_rows(shards: Path) -> dict[str, int]:
+def training_stream_sizes(shards: Path) -> dict[str, int]:
     """Rows of the forget and retain training streams (read from the shards' split/task columns)."""
     import pyarrow.parquet as pq
 
@@ -97,11 +98,23 @@ def stream_rows(shards: Path) -> dict[str, int]:
     return count_stream_rows(tables)
 
 
+@dataclass(frozen=True)
+class PreparedInputs:
+    """What an unlearning job starts from, every piece cached in the workspace (``prepare_inputs``)."""
+
+    cfg: RunConfig  # every method param resolved (defaults, values derived from the data, the mask path)
+    shards: Path
+    init_model: Path  # the model folder to unlearn
+    method: UnlearnMethod  # built with the resolved params
+    forget_dir: Path | None = None  # the forget shards annotated with the teacher's top-k (PUBG), if asked
+    mask_path: str | None = None  # the saliency mask file, if the method asks for one
+
+
 def prepare_inputs(
     cfg: RunConfig, ws: Workspace, tracking_uri: str, log=print, *, compute: bool = True
-) -> dict[str, Any]:
+) -> PreparedInputs:
     """Shards, initial model, and what the method asks for (teacher cache, saliency mask, params
-    derived from the stream sizes): everything a trial needs, cached. ``cfg`` in the result holds
+    derived from the stream sizes): everything a trial needs, cached. The result's ``cfg`` holds
     every resolved method param (defaults, derived values, the mask path), as MLflow records them.
     ``compute=False`` raises ``NotCached`` where a teacher cache or mask would have to be computed
     (a sweep trial then computes it outside its placement group)."""
@@ -122,7 +135,10 @@ def prepare_inputs(
             log=log,
             compute=compute,
         )
-    params = {**method.resolved_params(), **method.derive(stream_rows(shards), cfg.train.batch_size)}
+    params = {
+        **method.resolved_params(),
+        **method.derive(training_stream_sizes(shards), cfg.train.batch_size),
+    }
     mask_path = _mask_for(cfg, method, init_model, shards, ws, log, compute)
     if mask_path is not None:
         params["mask_path"] = mask_path
@@ -130,19 +146,19 @@ def prepare_inputs(
     resolved = cfg.model_copy(
         update={"method": cfg.method.model_copy(update={"params": method.resolved_params()})}
     )
-    return {
-        "shards": shards,
-        "init_model": init_model,
-        "method": method,
-        "forget_dir": forget_dir,
-        "mask_path": mask_path,
-        "cfg": resolved,
-    }
+    return PreparedInputs(
+        cfg=resolved,
+        shards=shards,
+        init_model=init_model,
+        method=method,
+        forget_dir=forget_dir,
+        mask_path=mask_path,
+    )
 
 
 def unlearn_job(
     cfg: RunConfig,
-    inputs: dict[str, Any],
+    inputs: PreparedInputs,
     *,
     out_dir: Path,
     eval_path: Path,
@@ -151,14 +167,14 @@ def unlearn_job(
     log_model: bool = False,
 ) -> TrainingJob:
     """The unlearning job on prepared ``inputs`` (``prepare_inputs``): `unlearn run` and every sweep trial."""
-    init_model = str(inputs["init_model"])
-    datasets = {"forget": stream_dataset(inputs["shards"], "forget", forget_dir=inputs["forget_dir"])}
-    if inputs["method"].needs_retain:
-        datasets["retain"] = stream_dataset(inputs["shards"], "retain")
+    init_model = str(inputs.init_model)
+    datasets = {"forget": stream_dataset(inputs.shards, "forget", forget_dir=inputs.forget_dir)}
+    if inputs.method.needs_retain:
+        datasets["retain"] = stream_dataset(inputs.shards, "retain")
     return TrainingJob(
         cfg=cfg,
         mode="unlearn",
-        shards=Path(inputs["shards"]),
+        shards=inputs.shards,
         init_model=init_model,
         processor_dir=init_model,
         datasets=datasets,
@@ -166,7 +182,7 @@ def unlearn_job(
         eval_path=eval_path,
         name=name,
         storage_path=storage_path,
-        mask_path=inputs["mask_path"],
+        mask_path=inputs.mask_path,
         log_model=log_model,
         register_as=cfg.tracking.registered_model_name or f"lvlm-unlearn-{cfg.method.name}",
     )
@@ -174,13 +190,16 @@ def unlearn_job(
 
 def run_unlearn(
     cfg: RunConfig, *, log=print, callbacks: list[Any] | None = None, table: bool = True
-) -> dict[str, Any]:
+) -> JobResult:
+    """`unlearn run`: the starting model evaluated (cached), then the unlearning job on its own MLflow
+    run (``before.*`` metrics are its starting model's)."""
+    cfg = with_launcher_resolved(cfg)
     ws = Workspace(Path(cfg.workdir))
     uri = tracking.resolve_tracking_uri(cfg.tracking, ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.tracking.experiment, ws.root)
     inputs = prepare_inputs(cfg, ws, uri, log)
-    cfg = inputs["cfg"]  # every method param resolved (defaults, derived k, mask path)
-    shards, init_model = inputs["shards"], inputs["init_model"]
+    cfg = inputs.cfg  # every method param resolved (defaults, derived k, mask path)
+    shards, init_model = inputs.shards, inputs.init_model
     before = evaluate_cached(init_model, shards, ws.results, cfg.train.eval_max_samples)
     run_id = tracking.open_run(
         uri,
@@ -191,10 +210,10 @@ def run_unlearn(
     )
     with tracking.run_status(uri, run_id, finish=False):  # FAILED if even the job cannot be set up
         tracking.log_metrics(uri, run_id, {f"before.{k}": v for k, v in before["metrics"].items()})
-        if inputs["mask_path"]:
+        if inputs.mask_path:
             from pipelines.train.mask import log_mask
 
-            log_mask(uri, run_id, inputs["mask_path"])
+            log_mask(uri, run_id, inputs.mask_path)
         tag = f"{cfg.method.name}-{run_id[:8]}"
         job = unlearn_job(
             cfg,
@@ -209,5 +228,5 @@ def run_unlearn(
     log(f"unlearning with {cfg.method.name} for {cfg.train.steps} steps; MLflow run {run_id}")
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)
     if table:  # the demo shows one table of every method at the end instead
-        log(format_table({"before": before["metrics"], cfg.method.name: out["metrics"]}))
-    return {**out, "before": before["metrics"]}
+        log(format_table({"before": before["metrics"], cfg.method.name: out.metrics}))
+    return out

@@ -5,7 +5,8 @@ declares everything the pipeline and the trainer must provide, so no caller test
 
 - ``needs_ref``: a frozen copy of the model before unlearning (passed as ``ref``), e.g. NPO, KL, and
   PUBG with a live teacher.
-- ``needs_retain``: a retain batch at every step.
+- ``needs_retain``: a retain batch at every step; ``retain_weight`` names the Params field that weighs
+  the retain term, when there is one: a weight of 0 reads no retain stream.
 - ``views``: the key prefixes of the *forget* batch the data loader must provide (``""`` = the plain
   forget rows, ``idk_``, ``rand_``, ``guide_``, ``teacher_``). The retain batch is always the plain view.
 - ``shard_views``: views built when the shards are written (``ShardView``: a key prefix and a
@@ -29,8 +30,8 @@ declares everything the pipeline and the trainer must provide, so no caller test
 Every update checks its loss and gradient norm first and raises ``NonFiniteLossError`` (naming the
 loss terms) instead of stepping: gradient ascent is unbounded, and one NaN step ruins the weights.
 
-The class attributes above are defaults; a method whose needs depend on its params (PUBG, NPO with a
-retain term) sets them on the instance in ``__init__``.
+The class attributes above are defaults; a method whose needs depend on its params otherwise (PUBG's
+views and reference model) sets them on the instance in ``__init__``.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class UnlearnMethod:
     Params: ClassVar[type[BaseModel]] = StrictParams
     needs_ref: bool = False
     needs_retain: bool = False
+    retain_weight: ClassVar[str | None] = None  # the Params field weighing the retain term
     views: tuple[str, ...] = ("",)
     shard_views: ClassVar[tuple[ShardView, ...]] = ()
     custom_step: bool = False
@@ -156,6 +158,8 @@ class UnlearnMethod:
 
     def __init__(self, params: BaseModel | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        if self.retain_weight is not None:
+            self.needs_retain = getattr(self.params, self.retain_weight) > 0
 
     # -- what the pipeline prepares --------------------------------------------------------------
     def teacher_cache(self) -> TeacherCacheSpec | None:

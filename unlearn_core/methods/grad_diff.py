@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import GradDiffParams
@@ -16,11 +15,7 @@ class GradDiff(UnlearnMethod):
     name = "grad_diff"
     Params = GradDiffParams
     params: GradDiffParams
-    needs_retain = True
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
+    retain_weight = "alpha"
 
     def loss(
         self,

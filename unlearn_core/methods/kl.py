@@ -31,12 +31,11 @@ class KLMin(UnlearnMethod):
     name = "kl"
     Params = KLParams
     params: KLParams
-    needs_ref = True
-    needs_retain = True
+    retain_weight = "alpha"
 
     def __init__(self, params: BaseModel | None = None) -> None:
         super().__init__(params)
-        self.needs_retain = self.needs_ref = self.params.alpha > 0
+        self.needs_ref = self.needs_retain  # the retain term is the KL to the reference model
 
     def loss(
         self,

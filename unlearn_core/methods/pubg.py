@@ -88,13 +88,13 @@ class PUBG(UnlearnMethod):
     name = "pubg"
     Params = PUBGParams
     params: PUBGParams
+    retain_weight = "w_ret"
 
     def __init__(self, params: BaseModel | None = None) -> None:
         super().__init__(params)
         p = self.params
         use_bg = p.w_bg > 0
         self.needs_ref = use_bg and not p.teacher_cache
-        self.needs_retain = p.w_ret > 0
         views = ([""] if p.w_ga > 0 else []) + (["guide_"] if use_bg else [])
         if use_bg and not p.teacher_cache:
             views.append("teacher_")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import RejectParams
@@ -25,13 +24,9 @@ class Reject(UnlearnMethod):
     params: RejectParams
     views = ("idk_",)
     shard_views = (ShardView("idk_", refusal_answers),)
-    needs_retain = True
+    retain_weight = "alpha"
     prefix = "idk_"
     stat = "idk_nll"
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
 
     def loss(
         self,

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import SimNPOParams
@@ -34,11 +33,7 @@ class SimNPO(UnlearnMethod):
     name = "simnpo"
     Params = SimNPOParams
     params: SimNPOParams
-    needs_retain = True
-
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
-        self.needs_retain = self.params.alpha > 0
+    retain_weight = "alpha"
 
     def loss(
         self,

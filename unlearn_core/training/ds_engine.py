@@ -41,6 +41,25 @@ def is_deepspeed_checkpoint(folder: Path) -> bool:
     return (Path(folder) / DS_SUBDIR).is_dir()
 
 
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Put back, once the engine's work is done, what ``deepspeed.initialize`` changes for the whole
+    process: a ZeRO-3 engine replaces ``torch.nn.functional.linear`` with its memory-efficient
+    wrapper (DeepSpeed: "This will persist unless manually reset"), whose matmul + add rounds
+    differently from torch's fused linear, and ``LOCAL_RANK`` is set. A model trained later in the
+    same process (an in-process run, the next test) then computes as if no engine had run."""
+    linear = torch.nn.functional.linear
+    local_rank = os.environ.get("LOCAL_RANK")
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = linear
+        if local_rank is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = local_rank
+
+
 def init_engine(
     model: torch.nn.Module,
     tc: TrainConfig,
@@ -50,7 +69,8 @@ def init_engine(
     zero_overrides: dict[str, Any] | None = None,
 ) -> DeepSpeedEngine:
     """Wrap ``model`` in a ZeRO engine over the already-initialised process group (AdamW over the
-    trainable parameters only). ``zero_overrides`` update the ``zero_optimization`` section."""
+    trainable parameters only). ``zero_overrides`` update the ``zero_optimization`` section. Call it
+    inside ``process_state_kept()`` where the process lives on after the engine."""
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         raise RuntimeError("DeepSpeed needs an initialised torch process group (init_process_group) first")
     params = [p for p in model.parameters() if p.requires_grad]

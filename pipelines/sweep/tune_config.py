@@ -1,4 +1,6 @@
-"""A sweep's search space and objectives, as a Ray Tune ``TuneConfig`` (scheduler, search algorithm, names)."""
+"""A sweep's Ray Tune ``TuneConfig``: its objectives (one scalar or several, from the space file), the
+scheduler (ASHA), the search algorithm and the trial names. The space itself is
+``unlearn_core.search_space``; its Tune ``param_space`` is ``pipelines.sweep.param_space``."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def has_grid(space: SearchSpace) -> bool:
     return any(dim.kind == "grid" for dim in space.dims.values())
 
 
-def to_tune(space: SearchSpace, *, grid_as_choice: bool = False) -> dict[str, Any]:
+def tune_param_space(space: SearchSpace, *, grid_as_choice: bool = False) -> dict[str, Any]:
     """Flat ``param_space``: dotted key -> ``tune.uniform|loguniform|randint|choice|grid_search``.
 
     ``randint`` keeps the exclusive upper bound (same as ``tune.randint``). ``base`` is not included:
@@ -50,4 +50,4 @@ def to_tune(space: SearchSpace, *, grid_as_choice: bool = False) -> dict[str, An
     return out
 
 
-__all__ = ["has_grid", "to_tune"]
+__all__ = ["has_grid", "tune_param_space"]
