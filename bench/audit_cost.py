@@ -68,7 +68,7 @@ def main() -> None:
                       f"{sec.get(f'model.{check}', float('nan')):.1f}"]  # fmt: skip
         rows.append(cells)
     for name, label in (
-        ("reference_training_or_lookup", "reference training (cold) / lookup"),
+        ("reference_prepared", "reference trained and attacked (cold) / looked up (cached)"),
         ("wall", "total wall"),
     ):
         rows.append([label, *[f"{runs[r]['seconds'].get(name, float('nan')):.1f}" if r in runs else "-" for r in ("cold",)],

@@ -8,7 +8,7 @@ from pipelines.lazy import lazy_getattr
 _HOMES = {
     "check_model_matches": "pipelines.audit.match",
     **dict.fromkeys(("audit_config", "ensure_reference", "reference_name"), "pipelines.audit.reference"),
-    "run_audit": "pipelines.audit.run",
+    **dict.fromkeys(("PreparedReference", "prepare_reference", "run_audit"), "pipelines.audit.run"),
     **dict.fromkeys(("VERDICT_TAG", "AUDIT_TAGS"), "pipelines.audit.record"),
 }
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,25 @@ def run_audit(
     return report
 
 
-def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, settings: Any, thresholds: Any,
-           log: Callable[[str], None], table: bool) -> dict[str, Any]:  # fmt: skip
+@dataclass(frozen=True)
+class PreparedReference:
+    """The retrained reference and its side of the attacks, ready for any number of audited models
+    (a sweep trial can attack its model in memory with ``unlearn_core.audit.audit_side`` and
+    ``compare`` it with ``side``)."""
+
+    dir: Path
+    weights_sha256: str
+    side: dict[str, Any]
+    side_cache: Path
+    rows: Any  # unlearn_core.audit.AuditRows
+    shard_rows: list[dict[str, Any]]
+    fingerprint: str
+
+
+def prepare_reference(
+    cfg: RunConfig, ws: Workspace, exclude: str, settings: Any, log: Callable[[str], None] = print
+) -> PreparedReference:
+    """Train the reference when the workdir has none of this key, attack it when its side is not cached."""
     import torch
 
     from pipelines import tracking
@@ -89,30 +107,44 @@ def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, setting
     from unlearn_core.data.schema import SPLITS
     from unlearn_core.models.loading import load_model_and_processor
 
-    t0 = time.perf_counter()
     fingerprint = load_manifest(ws.shards)["fingerprint"]
     ref_dir = ensure_reference(cfg, ws, fingerprint, exclude, log=log)
     check_model_matches(ref_dir, ws.shards)
-    t_ref = time.perf_counter() - t0
     shard_rows = load_shard_rows(ws.shards, splits=SPLITS)
     rows = audit.select_audit_rows(shard_rows, seed=settings.seed)
     for note in rows.notes:
         log(f"note: {note}")
-    torch.manual_seed(settings.seed)
-    ref_sha, model_sha = tracking.weights_sha256(ref_dir), tracking.weights_sha256(model_dir)
+    ref_sha = tracking.weights_sha256(ref_dir)
     cache = ws.root / AUDIT_DIR / f"reference-side-{_side_key(ref_sha, fingerprint, settings.as_dict())}.json"
     if cache.is_file():
-        ref_side = json.loads(cache.read_text())
+        side = json.loads(cache.read_text())
         log(f"[cached] the reference's side of the attacks ({cache})")
     else:
         log(f"attacking the retrained reference {ref_dir.name} (once per reference, settings and data)")
+        torch.manual_seed(settings.seed)
         ref_model, ref_proc = load_model_and_processor(str(ref_dir), cfg.model)
-        ref_side = audit.audit_side(
+        side = audit.audit_side(
             ref_model, ref_proc, rows, settings, progress=audit.Progress(log), who="reference"
         )
-        del ref_model
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(ref_side))
+        cache.write_text(json.dumps(side))
+    return PreparedReference(ref_dir, ref_sha, side, cache, rows, shard_rows, fingerprint)
+
+
+def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, settings: Any, thresholds: Any,
+           log: Callable[[str], None], table: bool) -> dict[str, Any]:  # fmt: skip
+    import torch
+
+    from pipelines import tracking
+    from unlearn_core import audit
+    from unlearn_core.models.loading import load_model_and_processor
+
+    t0 = time.perf_counter()
+    ref = prepare_reference(cfg, ws, exclude, settings, log)
+    t_ref = time.perf_counter() - t0
+    rows, ref_side, ref_dir = ref.rows, ref.side, ref.dir
+    model_sha = tracking.weights_sha256(model_dir)
+    torch.manual_seed(settings.seed)
     log(f"attacking {model_dir}")
     model, proc = load_model_and_processor(str(model_dir), cfg.model)
     side = audit.audit_side(
@@ -120,22 +152,22 @@ def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, setting
         progress=audit.Progress(log),
     )  # fmt: skip
     report = audit.compare(side, ref_side, thresholds=thresholds, notes=rows.notes)
-    report["benchmark"] = benchmark_figures(model_dir, ref_dir, ws, shard_rows, log)
+    report["benchmark"] = benchmark_figures(model_dir, ref_dir, ws, ref.shard_rows, log)
     report["seconds"] = {
         **{f"model.{k}": v for k, v in side["seconds"].items()},
         **{f"reference.{k}": v for k, v in ref_side["seconds"].items()},
-        "reference_training_or_lookup": t_ref,
+        "reference_prepared": t_ref,
         "total": time.perf_counter() - t0,
     }
     report.update(
         model={"dir": str(model_dir), "weights_sha256": model_sha},
         reference={
             "dir": str(ref_dir),
-            "weights_sha256": ref_sha,
+            "weights_sha256": ref.weights_sha256,
             "excludes": exclude,
-            "side_cache": str(cache),
+            "side_cache": str(ref.side_cache),
         },
-        data={"shards": str(ws.shards), "fingerprint": fingerprint, "rows": rows.counts()},
+        data={"shards": str(ws.shards), "fingerprint": ref.fingerprint, "rows": rows.counts()},
     )
     report["metrics"] = {
         **audit.flat_metrics(report),
