@@ -52,12 +52,7 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str) -> Path:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> a loadable HF folder, sha256-checked."""
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    name, ref = _parse_models_uri(model_uri)
-    mv = (
-        client.get_model_version_by_alias(name, ref[1:])
-        if ref.startswith("@")
-        else client.get_model_version(name, ref)
-    )
+    name, mv = model_version(client, model_uri)
     expected = (mv.tags or {}).get(SHA_TAG)
     out = Path(out_dir)
     staging = out.parent / (out.name + ".download")
@@ -82,6 +77,14 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str) -> Path:
         json.dumps({"uri": model_uri, "name": name, "version": mv.version, SHA_TAG: got}, indent=2)
     )
     return out
+
+
+def model_version(client: MlflowClient, model_uri: str) -> tuple[str, Any]:
+    """The registered model's name and the version ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names."""
+    name, ref = _parse_models_uri(model_uri)
+    if ref.startswith("@"):
+        return name, client.get_model_version_by_alias(name, ref[1:])
+    return name, client.get_model_version(name, ref)
 
 
 def _hf_folder(local: Path, model_uri: str) -> Path:
@@ -111,13 +114,7 @@ def _parse_models_uri(uri: str) -> tuple[str, str]:
 
 def audit_verdict_line(model_uri: str, *, tracking_uri: str, workdir: str | Path = "workdir") -> str:
     """What the registered version's audit tags say (``unlearn audit`` / ``unlearn sweep --audit`` set them)."""
-    client = MlflowClient(tracking_uri)
-    name, ref = _parse_models_uri(model_uri)
-    mv = (
-        client.get_model_version_by_alias(name, ref[1:])
-        if ref.startswith("@")
-        else client.get_model_version(name, ref)
-    )
+    name, mv = model_version(MlflowClient(tracking_uri), model_uri)
     tags = mv.tags or {}
     verdict = tags.get("audit_verdict")
     if not verdict:
