@@ -45,10 +45,7 @@ def main() -> None:
     meta = common.header("unlearn audit: cost per check (cold: reference trained; cached)")
     import torch
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    from pipelines.ray_env import ensure_ray
-
-    ensure_ray(num_cpus=2)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))  # the reference's fine-tune sets its own
     src = Path(os.environ.get("BENCH_SRC", "workdir")).resolve()
     model = Path(os.environ["AUDIT_MODEL"]).resolve()
     runs: dict[str, dict[str, Any]] = {}
