@@ -267,8 +267,8 @@ def test_unlearn_audit_end_to_end_trains_and_caches_the_reference_and_links_the_
     assert "audit.membership.person.loss.auc" in audit_run.data.metrics
     assert "audit.quantization.rtn4.leak_seen.rise" in audit_run.data.metrics
     assert {a.path for a in client.list_artifacts(audit_run.info.run_id)} >= {
-        f"audit-audited_1-{trained.data.tags['weights_sha256'][:12]}.json",
-        f"audit-audited_1-{trained.data.tags['weights_sha256'][:12]}.md",
+        f"audit-audited_1-{trained.data.tags['weights_sha256'][:12]}-rows.json",
+        f"audit-audited_1-{trained.data.tags['weights_sha256'][:12]}-rows.md",
     }
     verdict = audit_run.data.tags["audit_verdict"]
     assert client.get_run(trained.info.run_id).data.tags["audit_verdict"] == verdict

@@ -173,7 +173,7 @@ def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, setting
         **audit.flat_metrics(report),
         **{f"audit.{k}": v for k, v in report["benchmark"].items() if v is not None},
     }
-    out = ws.root / AUDIT_DIR / f"audit-{model_dir.name}-{model_sha[:12]}"
+    out = ws.root / AUDIT_DIR / f"audit-{model_dir.name}-{model_sha[:12]}-{exclude}"
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, table_path = out.with_suffix(".json"), out.with_suffix(".md")
     text = audit.format_report(report)
