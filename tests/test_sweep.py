@@ -207,7 +207,7 @@ def test_two_identical_trials_running_together_give_identical_weights_and_metric
     )
     a, b = out.trials["trial_000"], out.trials["trial_001"]
     assert a.status == b.status == "completed" and a.params == b.params
-    assert a[tracking.SHA_TAG] and a[tracking.SHA_TAG] == b[tracking.SHA_TAG]
+    assert a.weights_sha256 and a.weights_sha256 == b.weights_sha256
     assert a.metrics and a.metrics == b.metrics
     client = MlflowClient(mlflow_store["tracking_uri"])
     curves = [
