@@ -126,6 +126,7 @@ def run_sweep(
     max_failures: int = 0,
     resume_dir: str | Path | None = None,
     champion_rule: ChampionRule | None = None,
+    audit: bool = False,
     if_exists: str = "error",
     log: Callable[..., None] = print,
     table: bool = True,
@@ -143,6 +144,7 @@ def run_sweep(
     raised; -1: always); the new attempt resumes from the trial's last checkpoint and reuses its MLflow
     run. ``loop``: the trials' training-worker loop (default the project's; bench/sweep_scale.py passes
     a stand-in that reports like it, to measure what the sweep costs around the training).
+    ``audit``: the champion is the first qualifying trial (in the rule's order) that passes ``unlearn audit``.
     """
     if if_exists not in ("error", "resume"):
         raise ConfigError(f"if_exists: expected 'error' or 'resume', got {if_exists!r}")
@@ -181,7 +183,9 @@ def run_sweep(
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
             if if_exists == "resume":
                 log(f"[cached] sweep {sweep_dir.name} exists: resuming it (finished trials are kept)")
-                return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log, loop=loop)
+                return run_sweep(
+                    space_path, cfg, resume_dir=sweep_dir, audit=audit, log=log, table=table, loop=loop
+                )
             raise ConfigError(
                 f"sweep {sweep_dir} exists (same space, config and options): "
                 f"continue it with --resume {sweep_dir}, or change the config"
@@ -217,7 +221,10 @@ def run_sweep(
         )
         trials = close_unfinished(client, collect_trials(grid, sweep_dir / "train"), exp_id, parent)
         pareto, artifacts = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
-        champion = pick_champion(space, objectives, cfg, trials, before, rule, uri, parent, log)
+        auditor = _auditor(cfg, parent, log) if audit else None
+        champion = pick_champion(
+            space, objectives, cfg, trials, before, rule, uri, parent, log, auditor=auditor
+        )
     return SweepResult(
         sweep_dir=sweep_dir,
         sweep_name=state.sweep_name,
@@ -228,6 +235,18 @@ def run_sweep(
         artifacts=artifacts,
         champion=champion,
     )
+
+
+def _auditor(cfg: RunConfig, parent: str, log: Callable[..., None]) -> Callable[[str], dict[str, Any]]:
+    """``unlearn audit`` of a trial's model against the workdir's retrained reference, as a child run."""
+    from pipelines.audit import audit_config, run_audit
+
+    ref_cfg = audit_config(cfg.workdir)
+
+    def audit_trial(model_dir: str) -> dict[str, Any]:
+        return run_audit(model_dir, ref_cfg, parent_run_id=parent, log=log, table=False)
+
+    return audit_trial
 
 
 def _fit(

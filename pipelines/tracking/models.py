@@ -58,8 +58,7 @@ def pull(model_uri: str, out_dir: str | Path, *, tracking_uri: str, force: bool 
     dest = check_folder(out_dir, "--out", force=force, recognise=earlier_pull)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    name, ref = _parse_models_uri(model_uri)
-    mv = _model_version(client, model_uri, name, ref, tracking_uri)
+    name, mv = model_version(client, model_uri, tracking_uri)
     expected = (mv.tags or {}).get(SHA_TAG)
     stage = new_stage(dest)
     try:
@@ -119,6 +118,15 @@ def _model_version(client: MlflowClient, model_uri: str, name: str, ref: str, tr
     ) from None
 
 
+def model_version(
+    client: MlflowClient, model_uri: str, tracking_uri: str = "the tracking store"
+) -> tuple[str, Any]:
+    """The registered model's name and the version ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
+    names; an unknown model, version or alias is a ``ConfigError`` naming what the registry holds."""
+    name, ref = _parse_models_uri(model_uri)
+    return name, _model_version(client, model_uri, name, ref, tracking_uri)
+
+
 def _hf_folder(local: Path, model_uri: str) -> Path:
     """The ``hf_model`` artifact of a downloaded pyfunc model, as recorded in its MLmodel file."""
     from unlearn_core.bounded import load_yaml
@@ -142,3 +150,21 @@ def _parse_models_uri(uri: str) -> tuple[str, str]:
         name, version = rest.rsplit("/", 1)
         return name, version
     raise ValueError(f"{uri!r}: name an alias (@champion) or a version (/3)")
+
+
+def audit_verdict_line(model_uri: str, *, tracking_uri: str, workdir: str | Path = "workdir") -> str:
+    """What the registered version's audit tags say (``unlearn audit`` / ``unlearn sweep --audit`` set them)."""
+    name, mv = model_version(MlflowClient(tracking_uri), model_uri, tracking_uri)
+    tags = mv.tags or {}
+    verdict = tags.get("audit_verdict")
+    if not verdict:
+        return (
+            f"audit:    none recorded for {name} version {mv.version} "
+            f"(`unlearn audit --model {model_uri} --workdir {workdir}` audits it)"
+        )
+    failed = tags.get("audit_failed_checks", "-")
+    return (
+        f"audit:    {verdict.upper()}"
+        + (f" (failed: {failed})" if verdict != "pass" else "")
+        + f" against {tags.get('audit_reference', '?')}; audit run {tags.get('audit_run_id', '?')}"
+    )

@@ -156,28 +156,48 @@ def duplicate_problems(rows: Sequence[Mapping[str, Any]], origins: Sequence[str]
 
 
 def overlap_problems(rows: Sequence[Mapping[str, Any]], origins: Sequence[str]) -> list[str]:
-    """Entities present on both the forget side and the retain side."""
+    """Entities present on both the forget side and the retain side, and holdout entities (never
+    trained on: membership inference's non-members) present in any other split."""
     seen: dict[str, dict[str, tuple[str, str]]] = {}
     for row, origin in zip(rows, origins, strict=True):
         split = row["split"]
-        side = "forget" if split in FORGET_SIDE else "retain" if split in RETAIN_SIDE else None
-        if side is not None:
-            seen.setdefault(str(row["entity_id"]), {}).setdefault(side, (split, origin))
-    both = sorted((entity, sides) for entity, sides in seen.items() if len(sides) == 2)
-    if not both:
-        return []
-    listed = [
-        f"{entity!r} in {sides['forget'][0]} ({sides['forget'][1]}) and in {sides['retain'][0]} ({sides['retain'][1]})"
-        for entity, sides in both[:_LIST_LIMIT]
-    ]
-    more = f" ... and {len(both) - _LIST_LIMIT} more" if len(both) > _LIST_LIMIT else ""
-    return [
-        f"{len(both)} entit{'y' if len(both) == 1 else 'ies'} on both the forget and the retain side: "
-        + "; ".join(listed)
-        + more
-        + ". This makes unlearning meaningless: the model would be asked to forget and to keep the same "
-        "person. Use matching forget/retain configs or fix the source splits."
-    ]
+        side = "forget" if split in FORGET_SIDE else "retain" if split in RETAIN_SIDE else split
+        seen.setdefault(str(row["entity_id"]), {}).setdefault(side, (split, origin))
+    both = sorted((e, sides) for e, sides in seen.items() if "forget" in sides and "retain" in sides)
+    mixed = sorted((e, sides) for e, sides in seen.items() if "holdout" in sides and len(sides) > 1)
+    problems = []
+    if both:
+        listed = _listed(
+            [
+                f"{e!r} in {s['forget'][0]} ({s['forget'][1]}) and in {s['retain'][0]} ({s['retain'][1]})"
+                for e, s in both
+            ]
+        )
+        problems.append(
+            f"{len(both)} entit{'y' if len(both) == 1 else 'ies'} on both the forget and the retain side: {listed}. "
+            "This makes unlearning meaningless: the model would be asked to forget and to keep the same "
+            "person. Use matching forget/retain configs or fix the source splits."
+        )
+    if mixed:
+        listed = _listed(
+            [
+                f"{e!r} in holdout ({s['holdout'][1]}) and in "
+                + ", ".join(
+                    f"{split} ({origin})" for side, (split, origin) in sorted(s.items()) if side != "holdout"
+                )
+                for e, s in mixed
+            ]
+        )
+        problems.append(
+            f"{len(mixed)} holdout entit{'y' if len(mixed) == 1 else 'ies'} also in another split: {listed}. "
+            "Holdout people must never be trained on (membership inference compares them with the forget people)."
+        )
+    return problems
+
+
+def _listed(items: Sequence[str]) -> str:
+    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return "; ".join(items[:_LIST_LIMIT]) + more
 
 
 # ------------------------------------------------------------------------------ records folder check
