@@ -22,32 +22,60 @@ class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class GAParams(StrictParams):
-    """Plain gradient ascent has no hyper-parameters (lr and steps belong to the trainer)."""
+class ForgetRobustness(StrictParams):
+    """Relearning-resistant forget updates (``unlearn_core/methods/robust.py``, docs/methods.md), for
+    every method whose loss is a forget term plus a retain term. All off by default; any of them on
+    makes the method take its own optimizer steps (DDP, no gradient accumulation, no DeepSpeed)."""
+
+    sam_rho: float = Field(0.0, ge=0, le=10, description="SAM radius on the forget term (0 = off)")
+    rs_sigma: float = Field(
+        0.0, ge=0, le=1, description="randomised smoothing: weight-noise std on the forget term (0 = off)"
+    )
+    rs_samples: int = Field(3, ge=1, le=16, description="randomised smoothing: noise draws per step")
+    tar_steps: int = Field(
+        0, ge=0, le=16, description="tamper resistance: simulated relearning steps per update (0 = off)"
+    )
+    tar_lr: float = Field(5e-4, gt=0, le=1.0, description="tamper resistance: the simulated attacker's lr")
+    tar_weight: float = Field(
+        1.0, ge=0, le=100, description="tamper resistance: weight of the forget term after the attack"
+    )
+
+    @model_validator(mode="after")
+    def _one_smoothing(self) -> ForgetRobustness:
+        if self.sam_rho > 0 and self.rs_sigma > 0:
+            raise ValueError(
+                f"sam_rho={self.sam_rho} and rs_sigma={self.rs_sigma}: SAM and randomised smoothing are "
+                "alternatives; set one of them to 0"
+            )
+        return self
 
 
-class GradDiffParams(StrictParams):
+class GAParams(ForgetRobustness):
+    """Plain gradient ascent: only the robustness options (lr and steps belong to the trainer)."""
+
+
+class GradDiffParams(ForgetRobustness):
     gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
 
 
-class KLParams(StrictParams):
+class KLParams(ForgetRobustness):
     gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain KL term")
 
 
-class NPOParams(StrictParams):
+class NPOParams(ForgetRobustness):
     beta: float = Field(0.1, gt=0, le=10, description="inverse temperature of the NPO loss")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure NPO)")
 
 
-class SimNPOParams(StrictParams):
+class SimNPOParams(ForgetRobustness):
     beta: float = Field(4.5, gt=0, le=100, description="inverse temperature of the SimNPO loss")
     delta: float = Field(0.0, ge=0, le=100, description="reward margin")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure SimNPO)")
 
 
-class RejectParams(StrictParams):
+class RejectParams(ForgetRobustness):
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
 
 
@@ -67,7 +95,7 @@ class MMUnlearnerParams(StrictParams):
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after the ascent step")
 
 
-class PUBGParams(StrictParams):
+class PUBGParams(ForgetRobustness):
     w_ga: float = Field(0.1, ge=0, le=10, description="weight of gradient ascent on the private answers")
     w_bg: float = Field(1.0, ge=0, le=100, description="weight of the behaviour-guidance KL")
     w_ret: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL (0: no retain stream)")
@@ -106,6 +134,13 @@ class PUBGParams(StrictParams):
         return self
 
 
+def field_names(params_cls: type[BaseModel]) -> list[str]:
+    """A method's fields, its own first and then the shared robustness options."""
+    shared = set(ForgetRobustness.model_fields) if issubclass(params_cls, ForgetRobustness) else set()
+    names = list(params_cls.model_fields)
+    return [n for n in names if n not in shared] + [n for n in names if n in shared]
+
+
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
@@ -134,7 +169,7 @@ def validate_params(method: str, params_cls: type[BaseModel], params: Mapping[st
             loc = ".".join(["method.params", *(str(x) for x in e["loc"])])
             msg = f"{loc}: {e['msg']}"
             if e["type"] == "extra_forbidden":
-                msg += f" (valid fields of {method!r}: {', '.join(params_cls.model_fields) or 'none'})"
+                msg += f" (valid fields of {method!r}: {', '.join(field_names(params_cls)) or 'none'})"
             elif rng := field_range(params_cls, fname):
                 msg += f" (valid: {rng})"
             msgs.append(msg)

@@ -48,7 +48,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -58,7 +57,6 @@ from unlearn_core.methods.base import (
     MaskSpec,
     TeacherCacheSpec,
     UnlearnMethod,
-    add_retain_nll,
     clip_and_step,
     ensure_finite,
     forward_logits,
@@ -90,8 +88,7 @@ class PUBG(UnlearnMethod):
     params: PUBGParams
     retain_weight = "w_ret"
 
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
+    def configure(self) -> None:
         p = self.params
         use_bg = p.w_bg > 0
         self.needs_ref = use_bg and not p.teacher_cache
@@ -120,7 +117,14 @@ class PUBG(UnlearnMethod):
         return None if self.params.mask == "none" else mmunlearner_mask_spec(self.params.mask, 1.0)
 
     def deepspeed_hint(self) -> str:
-        return " or method.params.mask=none" if self.custom_step else ""
+        if self.update is not None:
+            return " or method.params.mask=none" + (
+                " (and no robust forget update)" if self.robust_active else ""
+            )
+        return super().deepspeed_hint()
+
+    def own_step_reason(self) -> str:
+        return "saliency-masked updates" if self.update is not None else super().own_step_reason()
 
     # -- L_BG ----------------------------------------------------------------------------------
     def guidance_kl(self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None) -> Tensor:
@@ -189,16 +193,6 @@ class PUBG(UnlearnMethod):
             raise ValueError("pubg with w_ga = w_bg = 0 has no forget objective")
         return loss, stats
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        loss, stats = self.forget_loss(model, forget, ref)
-        return add_retain_nll(loss, model, retain, self.params.w_ret, stats), stats
-
     # -- masked variant: own optimizer steps ---------------------------------------------------
     def train_step(
         self,
@@ -216,11 +210,16 @@ class PUBG(UnlearnMethod):
                 model, optimizer, forget, retain, ref, step, max_grad_norm=max_grad_norm
             )
         zero_grad(model)
-        loss, stats = self.forget_loss(model, forget, ref)
-        stats["loss"] = float(loss.detach())
-        ensure_finite("forget loss", loss, stats)
-        stats["grad_norm"] = self.update.step(
-            model, loss, max_grad_norm=max_grad_norm, main_optimizer=optimizer
+        if self.robust_active:  # the robust forget gradient, then the masked step from it
+            loss_value, stats = self.robust_forget_backward(model, forget, ref, step)
+        else:
+            loss, stats = self.forget_loss(model, forget, ref)
+            ensure_finite("forget loss", loss, stats)
+            loss.backward()
+            loss_value = float(loss.detach())
+        stats["loss"] = loss_value
+        stats["grad_norm"] = self.update.step_from_grads(
+            model, max_grad_norm=max_grad_norm, main_optimizer=optimizer, loss=loss_value
         )
         if self.params.w_ret > 0:
             optimizer.zero_grad(set_to_none=True)

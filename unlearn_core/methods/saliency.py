@@ -469,9 +469,23 @@ class MaskedUpdate:
 
         Gradients are zeroed again afterwards so the trainer's next step starts clean.
         """
-        opt = self._bind(model, main_optimizer)
         ensure_finite("masked-step loss", loss, {})
         loss.backward()
+        return self.step_from_grads(
+            model, max_grad_norm=max_grad_norm, main_optimizer=main_optimizer, loss=float(loss.detach())
+        )
+
+    def step_from_grads(
+        self,
+        model: nn.Module,
+        *,
+        max_grad_norm: float,
+        main_optimizer: torch.optim.Optimizer | None = None,
+        loss: float = float("nan"),
+    ) -> float:
+        """The masked step from the gradients already in ``.grad`` (e.g. a robust forget gradient):
+        mask, clip, step, zero; returns the grad norm. ``loss`` only names the loss in an error."""
+        opt = self._bind(model, main_optimizer)
         masked = set(self._params)
         for name, p in unwrap_model(model).named_parameters():
             if name not in masked:
@@ -482,7 +496,7 @@ class MaskedUpdate:
         norm = torch.nn.utils.clip_grad_norm_(with_grad, max_grad_norm) if with_grad else torch.zeros(())
         if not torch.isfinite(norm):
             zero_grad(model)
-            ensure_finite("masked-step gradient norm", norm, {"loss": float(loss.detach())})
+            ensure_finite("masked-step gradient norm", norm, {"loss": loss})
         snapshot: dict[str, Tensor] = {}
         if self.restore:
             snapshot = {n: p.detach()[self._out[n]].clone() for n, p in self._params.items()}

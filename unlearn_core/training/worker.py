@@ -73,8 +73,8 @@ def trainable_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 
 
 def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
-    """Refuse what the worker cannot run: methods with their own optimizer steps (two separate,
-    saliency-masked updates) under DeepSpeed or with gradient accumulation."""
+    """Refuse what the worker cannot run: methods with their own optimizer steps (saliency-masked
+    updates, robust forget updates) under DeepSpeed or with gradient accumulation."""
     if mode == "finetune":
         return
     from unlearn_core.methods import get_method
@@ -85,14 +85,15 @@ def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
     stage, accum = cfg.train.deepspeed_stage, cfg.train.grad_accum
     if stage:
         raise ConfigError(
-            f"train.deepspeed_stage={stage}: method.name={method.name!r} does its own (saliency-masked) "
-            f"optimizer steps, which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP)"
+            f"train.deepspeed_stage={stage}: method.name={method.name!r} does its own optimizer steps "
+            f"({method.own_step_reason()}), which the DeepSpeed engine cannot run; use "
+            f"train.deepspeed_stage=0 (DDP)"
             f"{method.deepspeed_hint()}"
         )
     if accum > 1:
         raise ConfigError(
-            f"train.grad_accum={accum}: method.name={method.name!r} takes two separate (saliency-masked) "
-            "optimizer steps per training step and cannot accumulate gradients over micro-batches; use "
+            f"train.grad_accum={accum}: method.name={method.name!r} takes its own optimizer steps "
+            f"({method.own_step_reason()}) and cannot accumulate gradients over micro-batches; use "
             f"train.grad_accum=1 and a {accum}x larger train.batch_size{method.deepspeed_hint()}"
         )
 
