@@ -102,7 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune", help="fine-tune the vanilla model on the forget + retain splits (Ray Train)"
     )
     _add_run_options(p)
-    p.add_argument("--name", default="vanilla", help="model name under WORKDIR/models (default vanilla)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="model name under WORKDIR/models (default vanilla; with --exclude-forget the reference's keyed name)",
+    )
+    p.add_argument(
+        "--exclude-forget",
+        nargs="?",
+        const="rows",
+        choices=["rows", "people"],
+        default=None,
+        help="train the retrained reference: the same recipe without the forget rows (default: the rows "
+        "unlearning forgets) or without any row of the forget people; cached under "
+        "WORKDIR/models/reference-<rows|people>-<key> (`unlearn audit` uses it)",
+    )
     p.set_defaults(handler=commands.cmd_finetune)
 
     p = sub.add_parser("run", help="one unlearning job (Ray Train): eval before/after, MLflow, registry")
@@ -144,7 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--champion-fallback",
         choices=["objective", "none"],
         default="objective",
-        help="when no trial qualifies: best objective (default) or register nothing",
+        help="when no trial qualifies (or, with --audit, none passes the audit): best objective (default) "
+        "or register nothing",
+    )
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="audit the qualifying trials in the champion rule's order (`unlearn audit`) and register the "
+        "first that passes; the registered version carries the verdict as tags",
     )
     p.set_defaults(handler=commands.cmd_sweep)
 
@@ -237,6 +258,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="CLEAR: predictions (with truth-ratio losses) of the retain-only model, for forget quality",
     )
     p.set_defaults(handler=data_commands.cmd_score)
+
+    p = sub.add_parser(
+        "audit",
+        help="does a model really forget? membership inference, quantization, relearning and adversarial "
+        "probes against a reference retrained without the forget rows (docs/audit.md)",
+    )
+    p.add_argument(
+        "--model", required=True, help="model folder or models:/NAME@ALIAS (trained on WORKDIR's data)"
+    )
+    p.add_argument(
+        "--workdir", default="workdir", help="the workdir the model was trained in (default workdir)"
+    )
+    p.add_argument(
+        "--reference-excludes",
+        choices=["rows", "people"],
+        default="rows",
+        help="the reference leaves out the forget rows unlearning forgets (default) or every row of the "
+        "forget people; trained once with the vanilla recipe when the workdir has none",
+    )
+    p.add_argument(
+        "--checks",
+        default=None,
+        help="comma-separated subset of membership,quantization,relearn,benign,probes (default: all)",
+    )
+    p.add_argument(
+        "--skip-data-check",
+        action="store_true",
+        help="audit a model without provenance (exported elsewhere) against the workdir's data anyway",
+    )
+    p.add_argument("--no-track", action="store_true", help="write the report files only, no MLflow run")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a field of the reference's recipe (the vanilla fine-tune's config), e.g. train.seed=1",
+    )
+    p.set_defaults(handler=commands.cmd_audit)
 
     p = sub.add_parser(
         "pull", help="download a registered model (models:/NAME@ALIAS or /VERSION), sha256-checked"

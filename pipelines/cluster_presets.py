@@ -115,4 +115,3 @@ def preset_overrides(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown cluster preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return {k: list(v) if isinstance(v, list) else v for k, v in PRESETS[name].items()}
-

@@ -66,7 +66,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pipelines.train.finetune import run_finetune
 
     ensure_ray()
-    artifacts(run_finetune(cfg, out_name=args.name, log=say), cfg)
+    name = args.name or "vanilla"
+    if args.exclude_forget and not args.name:  # the keyed name `unlearn audit` looks for
+        from pipelines.audit import reference_name
+        from pipelines.shards import load_manifest
+        from pipelines.workspace import Workspace, ensure_shards
+
+        shards = ensure_shards(cfg, Workspace(Path(cfg.workdir)), say)
+        name = reference_name(cfg, load_manifest(shards)["fingerprint"], args.exclude_forget)
+    artifacts(run_finetune(cfg, out_name=name, log=say, exclude_forget=args.exclude_forget), cfg)
     return 0
 
 
@@ -101,12 +109,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rule = ChampionRule(
         max_leak=args.max_leak, min_retain_ratio=args.min_retain_ratio, fallback=args.champion_fallback
     )
+    if args.audit:
+        preflight.shards_folder(Path(cfg.workdir) / "shards", "--audit (the workdir's shards)")
     start(args, cfg.workdir, "sweep")
     from pipelines.ray_env import ensure_ray
     from pipelines.sweep import run_sweep
 
     ensure_ray()
-    out = run_sweep(args.space or "", cfg, **options, resume_dir=args.resume, champion_rule=rule, log=say)
+    out = run_sweep(
+        args.space or "",
+        cfg,
+        **options,
+        resume_dir=args.resume,
+        champion_rule=rule,
+        audit=args.audit,
+        log=say,
+    )
     champ = out.champion
     say(f"sweep folder: {out.sweep_dir} (resume with --resume {out.sweep_dir})")
     say(f"MLflow parent run: {out.parent_run_id}; report: {', '.join(out.artifacts)}")
@@ -246,6 +264,49 @@ def cmd_pull(args: argparse.Namespace) -> int:
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri), args.workdir)
     out = tracking.pull(args.uri, args.out, tracking_uri=uri)
     say(f"pulled {args.uri} -> {out} (weights sha256 verified)")
+    say(tracking.audit_verdict_line(args.uri, tracking_uri=uri, workdir=args.workdir))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from unlearn_core.audit.side import CHECKS
+
+    preflight.model_spec(args.model, "--model", allow_hub=False)
+    shards = preflight.shards_folder(Path(args.workdir) / "shards", "--workdir (its shards)")
+    checks = tuple(c.strip() for c in (args.checks or ",".join(CHECKS)).split(",") if c.strip())
+    if bad := [c for c in checks if c not in CHECKS]:
+        raise ConfigError(f"--checks: unknown check(s) {bad}; valid: {', '.join(CHECKS)}")
+    from pipelines.audit.match import check_model_matches
+    from pipelines.audit.reference import audit_config
+
+    cfg = audit_config(args.workdir, dict(_parse_set(x) for x in (args.set or [])))
+    model = args.model
+    if not model.startswith("models:/"):  # refused before any work; a registry model after its download
+        check_model_matches(model, shards, check_data=not args.skip_data_check)
+    start(args, args.workdir, "audit")
+    from pipelines import tracking
+    from pipelines.audit import run_audit
+    from unlearn_core.audit import AttackSettings
+
+    if model.startswith("models:/"):
+        uri = tracking.resolve_tracking_uri(cfg.tracking, args.workdir)
+        safe = model[len("models:/") :].replace("/", "_").replace("@", "_")
+        model = str(tracking.pull(model, Path(args.workdir) / "pulled" / safe, tracking_uri=uri))
+        say(f"pulled {args.model} -> {model}")
+        check_model_matches(model, shards, check_data=not args.skip_data_check)
+    report = run_audit(
+        model,
+        cfg,
+        exclude=args.reference_excludes,
+        settings=AttackSettings(checks=checks),
+        check_data=not args.skip_data_check,
+        track=not args.no_track,
+        log=say,
+    )
+    if report.get("run_id"):
+        say(
+            f"MLflow:   audit run {report['run_id']} in {tracking.resolve_tracking_uri(cfg.tracking, args.workdir)}"
+        )
     return 0
 
 

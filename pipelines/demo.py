@@ -95,6 +95,9 @@ def run_demo(
         log(
             f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}"
         )
+        # The audit trains a reference without the forget rows (the fine-tune's 2000 steps again) and
+        # attacks both models: more than this demo's budget (docs/audit.md, bench/audit_cost.py).
+        log(f"audit it:   .venv/bin/unlearn audit --model models:/{champion}@champion --workdir {workdir}")
     return {"results": results, "sweep": sweep_out}
 
 

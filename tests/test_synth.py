@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -14,7 +15,7 @@ from PIL import Image
 from unlearn_core.config import SynthConfig
 from unlearn_core.data.schema import SPLITS, TASKS, Record, rows_to_table
 from unlearn_core.data.synth import FACT_QUESTIONS, generate_benchmark, make_people
-from unlearn_core.data.synth.benchmark import attribute_phrase, caption
+from unlearn_core.data.synth.benchmark import attribute_phrase, caption, holdout_people
 from unlearn_core.data.synth.faces import BACKGROUND_RGB, HAIR_RGB, SHIRT_RGB, SKIN_RGB
 from unlearn_core.data.synth.people import make_names, make_signatures
 from unlearn_core.data.synth.vocab import (
@@ -42,6 +43,7 @@ EXPECTED_TASKS = {
     "retain_unseen": FULL_IMAGE_TASKS,
     "utility": {"caption", "guided"},
     "describe": {"caption", "guided"},
+    "holdout": FULL_IMAGE_TASKS | {"text_qa", "mc_text"},
 }
 
 
@@ -104,8 +106,11 @@ def test_split_sizes_and_disjoint_people(small: list[Record]):
     )
     assert len(by_split["describe"]) == 5  # anonymous faces, one image each, nobody else's
     assert not by_split["describe"] & (by_split["forget"] | by_split["retain"] | by_split["utility"])
+    assert len(by_split["holdout"]) == 2  # one per forget person, nobody else's
+    others = set().union(*(v for k, v in by_split.items() if k != "holdout"))
+    assert not by_split["holdout"] & others
     for (split, _), imgs in images.items():
-        expected = {"forget": 3, "retain": 3, "utility": 3, "describe": 1}.get(split, 2)
+        expected = {"forget": 3, "retain": 3, "utility": 3, "describe": 1, "holdout": 3}.get(split, 2)
         assert len(imgs) == expected
     ids = [r.sample_id for r in recs]
     assert len(ids) == len(set(ids))
@@ -132,11 +137,21 @@ def test_default_config_counts():
     assert counts["retain_unseen"] == 36 * 2 * per_image
     assert counts["utility"] == 8 * 6 * (1 + guided)
     assert counts["describe"] == 5760 * 2  # a caption + a guided answer each
+    assert counts["holdout"] == 4 * (6 * per_image + per_person_text)  # as many as forget people
+    # Every split but holdout is byte-identical to generator version 2 (before holdout people existed),
+    # so the default vanilla model's training data did not move: sha256 of those rows then.
+    digest = hashlib.sha256()
+    for row in (r.to_row() for r in recs if r.split != "holdout"):
+        for k in sorted(row):
+            v = row[k]
+            digest.update(k.encode())
+            digest.update(v if isinstance(v, bytes) else json.dumps(v).encode())
+    assert digest.hexdigest() == "40c4a636cf9f1041651471011ec4b131925e12ae7920e49d68faee9381f0ab98"
     fewer = generate_benchmark(SynthConfig(describe_images=7))
-    core = [r for r in recs if r.split != "describe"]
-    assert [r for r in fewer if r.split != "describe"] == core  # the other splits do not move
+    core = [r for r in recs if r.split not in ("describe", "holdout")]
+    assert [r for r in fewer if r.split not in ("describe", "holdout")] == core  # the others do not move
     assert sum(r.split == "describe" for r in fewer) == 7 * 2
-    assert generate_benchmark(SynthConfig(describe_images=0)) == core
+    assert [r for r in generate_benchmark(SynthConfig(describe_images=0)) if r.split != "holdout"] == core
 
 
 def test_answers_and_questions_follow_the_formats(small: list[Record]):
@@ -206,7 +221,8 @@ def test_caption_and_guided_reveal_nothing_private_but_every_attribute(small: li
 
 def test_identity_is_in_the_pixels_and_attributes_vary(small: list[Record]):
     cfg = SMALL
-    people = {p.entity_id: p for p in make_people(cfg.people + cfg.utility_people, cfg.seed)}
+    everyone = make_people(cfg.people + cfg.utility_people, cfg.seed)
+    people = {p.entity_id: p for p in [*everyone, *holdout_people(cfg, everyone)]}
     seen: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for r in small:
         if r.task != "caption":
@@ -268,3 +284,35 @@ def test_a_workspace_generates_its_benchmark_again_when_the_synth_config_changes
     ensure_records(more, ws, said.append)
     assert any("generating it again" in line for line in said)
     assert (first, read_meta(ws.records)["counts"]["splits"]["describe"]["total"]) == (2 * 5, 2 * 9)
+
+
+def test_holdout_people_recombine_the_forget_peoples_words(small: list[Record]):
+    """Holdout people are true non-members that differ from forget people only in who the words belong
+    to: the same name parts and fact values, shuffled, no forget person's full name, new faces; so the
+    tokenizer trained on every record knows every holdout word and has the same vocabulary without them."""
+    from unlearn_core.models.tokenizer import train_word_tokenizer
+
+    forget = {r.entity_id: r.private_facts for r in small if r.split == "forget"}
+    holdout = {r.entity_id: r.private_facts for r in small if r.split == "holdout"}
+    assert len(holdout) == len(forget) == 2
+    for key in FACT_KEYS:
+        assert sorted(f[key] for f in holdout.values()) == sorted(f[key] for f in forget.values())
+    first = sorted(f["name"].split()[0] for f in holdout.values())
+    last = sorted(f["name"].split()[-1] for f in holdout.values())
+    assert first == sorted(f["name"].split()[0] for f in forget.values())
+    assert last == sorted(f["name"].split()[-1] for f in forget.values())
+    assert not {f["name"] for f in holdout.values()} & {f["name"] for f in forget.values()}
+    face = {r.entity_id: r.image for r in small if r.split in ("forget", "holdout") and r.task == "caption"}
+    assert len(set(face.values())) == len(face)  # every image drawn anew
+
+    def texts(records: list[Record]) -> list[str]:
+        return [t for r in records for t in (r.question, r.answer, *(r.options or []))]
+
+    without = [r for r in small if r.split != "holdout"]
+    assert train_word_tokenizer(texts(small)).get_vocab() == train_word_tokenizer(texts(without)).get_vocab()
+
+
+def test_no_holdout_people_with_one_forget_person():
+    one = generate_benchmark(SMALL.model_copy(update={"forget_pct": 10, "describe_images": 0}))
+    assert sum(r.split == "forget" and r.task == "identity_vqa" for r in one) == 3  # one person
+    assert not [r for r in one if r.split == "holdout"]

@@ -114,6 +114,18 @@ def test_entity_on_both_sides_is_an_error_naming_it(forget: str, retain: str) ->
     assert "'person-1'" in message and "meaningless" in message and "a#0" in message and "b#0" in message
 
 
+@pytest.mark.parametrize("other", ["forget", "retain_unseen", "utility"])
+def test_holdout_person_in_another_split_is_an_error_naming_it(other: str) -> None:
+    rows = [("a#0", row(sample_id="1", split="holdout")), ("b#0", row(sample_id="2", split=other))]
+    with pytest.raises(RecordError) as err:
+        validate_rows(rows)
+    message = str(err.value)
+    assert "1 holdout entity" in message and "'person-1'" in message and f"{other} (b#0)" in message
+    assert (
+        len(validate_rows([rows[0], ("c#0", row(sample_id="3", entity_id="other", split=other))]).good) == 2
+    )
+
+
 def test_utility_people_may_repeat_forget_people() -> None:
     result = validate_rows([("a#0", row(sample_id="1")), ("b#0", row(sample_id="2", split="utility"))])
     assert len(result.good) == 2

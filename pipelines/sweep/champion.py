@@ -82,6 +82,7 @@ class ChampionChoice:
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ranked: list[str] = field(default_factory=list)  # the qualifying trials, best first (the rule's order)
 
     def rationale(self, rule: ChampionRule) -> str:
         """Compact JSON for tags: the rule, the qualifying trials, the choice and its metrics."""
@@ -161,10 +162,11 @@ def select_champion(
                 name,
             )
 
-        best = min(qualifying, key=rank)
+        ranked = sorted(qualifying, key=rank)
+        best = ranked[0]
         reason = f"highest {rule.rank_metric} among {len(qualifying)} qualifying trial(s)"
         return ChampionChoice(
-            best, qualifying, False, reason, _chosen_metrics(trials[best], rule, objective), notes
+            best, qualifying, False, reason, _chosen_metrics(trials[best], rule, objective), notes, ranked
         )
     if rule.fallback == "none" or not trials:
         reason = "no trial qualifies" + (": nothing registered" if trials else " (no finished trials)")
@@ -221,6 +223,30 @@ def register_champion(
         tracking.SHA_TAG: sha,
         "rationale": rationale,
     }
+
+
+def fallback_choice(
+    trials: Mapping[str, Mapping[str, Any]],
+    rule: ChampionRule,
+    *,
+    reason: str,
+    objective: str = "objective",
+    objective_mode: str = "min",
+    notes: list[str] | None = None,
+) -> ChampionChoice:
+    """``rule.fallback`` once the rule's candidates are used up: the best objective, or nothing."""
+    ranked = sorted(trials.items(), key=lambda it: (_objective_key(objective_mode)(it, objective), it[0]))
+    if rule.fallback == "none" or not ranked or _num(ranked[0][1], objective) is None:
+        return ChampionChoice(None, [], False, f"{reason}: nothing registered", {}, list(notes or []))
+    name, metrics = ranked[0]
+    return ChampionChoice(
+        name,
+        [],
+        True,
+        f"{reason}; fallback: best {objective} ({objective_mode})",
+        _chosen_metrics(metrics, rule, objective),
+        list(notes or []),
+    )
 
 
 def record_no_champion(

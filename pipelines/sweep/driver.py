@@ -124,6 +124,7 @@ def run_sweep(
     workers_per_trial: int = 1,
     resume_dir: str | Path | None = None,
     champion_rule: ChampionRule | None = None,
+    audit: bool = False,
     if_exists: str = "error",
     log: Callable[..., None] = print,
     table: bool = True,
@@ -135,6 +136,7 @@ def run_sweep(
     ``if_exists``: what to do when the same sweep (space, config, options) already has a folder:
     ``"error"`` (the CLI: the user chooses ``--resume``) or ``"resume"`` (``unlearn demo``).
     ``table=False`` leaves out the trials' metric table (the demo prints the champion in its own).
+    ``audit``: the champion is the first qualifying trial (in the rule's order) that passes ``unlearn audit``.
     """
     if if_exists not in ("error", "resume"):
         raise ConfigError(f"if_exists: expected 'error' or 'resume', got {if_exists!r}")
@@ -171,7 +173,7 @@ def run_sweep(
         if (sweep_dir / STATE_FILE).is_file() and tune.Tuner.can_restore(str(sweep_dir)):
             if if_exists == "resume":
                 log(f"[cached] sweep {sweep_dir.name} exists: resuming it (finished trials are kept)")
-                return run_sweep(space_path, cfg, resume_dir=sweep_dir, log=log)
+                return run_sweep(space_path, cfg, resume_dir=sweep_dir, audit=audit, log=log, table=table)
             raise ConfigError(
                 f"sweep {sweep_dir} exists (same space, config and options): "
                 f"continue it with --resume {sweep_dir}, or change the config"
@@ -208,7 +210,10 @@ def run_sweep(
         trials = collect_trials(grid)
         close_unfinished(client, trials)
         pareto, artifacts = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
-        champion = pick_champion(space, objectives, cfg, trials, before, rule, uri, parent, log)
+        champion = pick_champion(
+            space, objectives, cfg, trials, before, rule, uri, parent, log,
+            auditor=_auditor(cfg, parent, log) if audit else None,
+        )  # fmt: skip
     return SweepResult(
         sweep_dir=sweep_dir,
         sweep_name=state.sweep_name,
@@ -219,6 +224,18 @@ def run_sweep(
         artifacts=artifacts,
         champion=champion,
     )
+
+
+def _auditor(cfg: RunConfig, parent: str, log: Callable[..., None]) -> Callable[[str], dict[str, Any]]:
+    """``unlearn audit`` of a trial's model against the workdir's retrained reference, as a child run."""
+    from pipelines.audit import audit_config, run_audit
+
+    ref_cfg = audit_config(cfg.workdir)
+
+    def audit_trial(model_dir: str) -> dict[str, Any]:
+        return run_audit(model_dir, ref_cfg, parent_run_id=parent, log=log, table=False)
+
+    return audit_trial
 
 
 def _fit(

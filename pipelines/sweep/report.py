@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,14 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
 from pipelines.evaluate.plots import pareto_front, plot_forget_utility, write_results_table
-from pipelines.sweep.champion import ChampionRule, record_no_champion, register_champion, select_champion
+from pipelines.sweep.champion import (
+    ChampionChoice,
+    ChampionRule,
+    fallback_choice,
+    record_no_champion,
+    register_champion,
+    select_champion,
+)
 from pipelines.sweep.tune_config import OBJECTIVE, Objectives
 from unlearn_core.config import RunConfig
 from unlearn_core.eval.report import format_table
@@ -58,6 +66,7 @@ class ChampionOutcome:
     uri: str | None = None  # models:/NAME@champion
     weights_sha256: str | None = None
     rationale: str | None = None
+    audits: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial -> verdict (sweep --audit)
 
 
 def collect_trials(grid: Any) -> dict[str, TrialOutcome]:
@@ -187,17 +196,24 @@ def pick_champion(
     uri: str,
     parent: str,
     log: Callable[..., None],
+    *,
+    auditor: Callable[[str], dict[str, Any]] | None = None,
 ) -> ChampionOutcome:
+    """Select (``select_champion``), with an ``auditor`` audit the qualifying trials in the rule's order
+    until one passes, register the champion and move ``@champion`` to it."""
     done = completed_metrics(trials)
     choice = select_champion(
         done, before, rule=rule, objective=OBJECTIVE, objective_mode=space.objective.mode
     )
     for note in choice.notes:
         log(f"champion rule: {note}")
+    audits: dict[str, dict[str, Any]] = {}
+    if auditor is not None and choice.trial is not None:
+        choice = _first_passing(choice, trials, done, rule, space, auditor, audits, log)
     if choice.trial is None:
         log(f"NO CHAMPION: {choice.reason} (rule: {rule.describe()})")
         record_no_champion(choice, rule, tracking_uri=uri, parent_run_id=parent)
-        return ChampionOutcome(trial=None, reason=choice.reason, qualifying=[])
+        return ChampionOutcome(trial=None, reason=choice.reason, qualifying=[], audits=_verdicts(audits))
     if choice.fallback_used:
         log(f"no trial meets the champion rule ({rule.describe()}); falling back to the best objective")
     t = trials[choice.trial]
@@ -211,6 +227,14 @@ def pick_champion(
         tracking_uri=uri,
         parent_run_id=parent,
     )
+    if choice.trial in audits:
+        from pipelines.audit.record import verdict_tags
+
+        report = audits[choice.trial]
+        client = MlflowClient(uri)
+        for key, value in verdict_tags(report, report.get("run_id", "")).items():
+            client.set_model_version_tag(name, reg["version"], key, value)
+            client.set_tag(parent, key, value)
     log(f"champion: {choice.trial} ({choice.reason}) -> {reg['uri']} (version {reg['version']})")
     return ChampionOutcome(
         trial=choice.trial,
@@ -223,4 +247,52 @@ def pick_champion(
         uri=reg["uri"],
         weights_sha256=reg[tracking.SHA_TAG],
         rationale=reg["rationale"],
+        audits=_verdicts(audits),
     )
+
+
+def _first_passing(
+    choice: ChampionChoice,
+    trials: Mapping[str, TrialOutcome],
+    done: Mapping[str, Mapping[str, Any]],
+    rule: ChampionRule,
+    space: SearchSpace,
+    auditor: Callable[[str], dict[str, Any]],
+    audits: dict[str, dict[str, Any]],
+    log: Callable[..., None],
+) -> ChampionChoice:
+    """The first of ``choice.ranked`` (or the fallback trial) that passes the audit; else the rule's
+    fallback, audited too so that its registered version carries a verdict."""
+    candidates = choice.ranked or [choice.trial]
+    for n, trial in enumerate(candidates, start=1):
+        log(
+            f"auditing {trial} ({n}/{len(candidates)} {'qualifying' if choice.ranked else 'fallback'} trial(s))"
+        )
+        audits[trial] = auditor(trials[trial].model_dir or "")
+        log(
+            f"{trial}: audit {'PASS' if audits[trial]['pass'] else 'FAIL (' + ', '.join(audits[trial]['failed']) + ')'}"
+        )
+        if audits[trial]["pass"]:
+            return dataclasses.replace(
+                choice, trial=trial, reason=f"{choice.reason}; first to pass the audit"
+            )
+    if not choice.ranked:  # the fallback trial itself failed: it is registered, its verdict says so
+        return dataclasses.replace(choice, reason=f"{choice.reason}; it fails the audit")
+    log(f"no qualifying trial passes the audit ({len(candidates)} audited); the rule's fallback applies")
+    fallback = fallback_choice(
+        done,
+        rule,
+        reason=f"no qualifying trial passes the audit ({', '.join(candidates)})",
+        objective=OBJECTIVE,
+        objective_mode=space.objective.mode,
+        notes=choice.notes,
+    )
+    if fallback.trial is not None and fallback.trial not in audits:
+        audits[fallback.trial] = auditor(trials[fallback.trial].model_dir or "")
+    return fallback
+
+
+def _verdicts(audits: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        t: {"pass": r["pass"], "failed": r["failed"], "run_id": r.get("run_id")} for t, r in audits.items()
+    }

@@ -25,7 +25,9 @@ _HOMES = {
         "pipelines.tracking.experiments",
     ),  # fmt: skip
     "MlflowReportCallback": "pipelines.tracking.live",
-    **dict.fromkeys(("SHA_TAG", "log_model", "pull", "set_alias"), "pipelines.tracking.models"),
+    **dict.fromkeys(
+        ("SHA_TAG", "audit_verdict_line", "log_model", "pull", "set_alias"), "pipelines.tracking.models"
+    ),
     "weights_sha256": "unlearn_core.models.loading",
 }
 

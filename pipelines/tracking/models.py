@@ -107,3 +107,27 @@ def _parse_models_uri(uri: str) -> tuple[str, str]:
         name, version = rest.rsplit("/", 1)
         return name, version
     raise ValueError(f"{uri!r}: name an alias (@champion) or a version (/3)")
+
+
+def audit_verdict_line(model_uri: str, *, tracking_uri: str, workdir: str | Path = "workdir") -> str:
+    """What the registered version's audit tags say (``unlearn audit`` / ``unlearn sweep --audit`` set them)."""
+    client = MlflowClient(tracking_uri)
+    name, ref = _parse_models_uri(model_uri)
+    mv = (
+        client.get_model_version_by_alias(name, ref[1:])
+        if ref.startswith("@")
+        else client.get_model_version(name, ref)
+    )
+    tags = mv.tags or {}
+    verdict = tags.get("audit_verdict")
+    if not verdict:
+        return (
+            f"audit:    none recorded for {name} version {mv.version} "
+            f"(`unlearn audit --model {model_uri} --workdir {workdir}` audits it)"
+        )
+    failed = tags.get("audit_failed_checks", "-")
+    return (
+        f"audit:    {verdict.upper()}"
+        + (f" (failed: {failed})" if verdict != "pass" else "")
+        + f" against {tags.get('audit_reference', '?')}; audit run {tags.get('audit_run_id', '?')}"
+    )

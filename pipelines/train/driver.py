@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.evaluate import build_report, evaluate, evaluation_rows
 from pipelines.phase_clock import PhaseClock
+from pipelines.provenance import write_provenance
 from pipelines.shards import load_manifest, load_shard_rows
 from pipelines.train.trainer import WorkerSpec, export_final_model, final_outputs, fit
 from unlearn_core.config import RunConfig
@@ -141,6 +142,13 @@ def run_training_job(
                 live.flush()  # values the controller could not send (tracking server down) come back here
         with clock.phase("export"):
             model_dir = export_final_model(result, job.out_dir)
+            write_provenance(
+                model_dir,
+                shards_fingerprint=load_manifest(job.shards)["fingerprint"],
+                mode=job.mode,
+                init_model=job.init_model,
+                run_id=run_id,
+            )
         with clock.phase("eval"):
             generated = final_outputs(result)
             if generated is not None:

@@ -111,9 +111,13 @@ def _prompt_ids(processor: Any, question: str, image: np.ndarray | None) -> list
 
 
 def _processor_prompt_ids(processor: Any, question: str, image: np.ndarray | None) -> list[int]:
-    text = processor.apply_chat_template(
-        _messages(question, image is not None), add_generation_prompt=True, tokenize=False
-    )
+    return encode_messages(processor, _messages(question, image is not None), image)
+
+
+def encode_messages(processor: Any, messages: list[dict[str, Any]], image: np.ndarray | None) -> list[int]:
+    """Ids of a chat (``messages`` in the chat-template format, at most one ``{"type": "image"}`` item,
+    for ``image``) with the generation prompt added and the image tokens expanded: a multi-turn prompt."""
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     bos = tokenizer_of(processor).bos_token
     add_special = not (bos and text.startswith(bos))  # the template may already hold BOS
     kwargs: dict[str, Any] = {"text": [text], "add_special_tokens": add_special}

@@ -20,6 +20,7 @@ SPLITS: tuple[str, ...] = (
     "retain_unseen",  # held-out images of the retain people
     "utility",  # general captioning / VQA on people outside forget and retain
     "describe",  # training only: captions / guided answers of faces seen once (the vanilla model's eyesight)
+    "holdout",  # people no model trains on (membership inference's non-members; `unlearn audit` only)
 )
 
 TASKS: tuple[str, ...] = (

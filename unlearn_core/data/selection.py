@@ -6,6 +6,10 @@
   their image (identity, open description, facts);
 - unlearning, retain stream: the retain split plus what we keep of the forget people: their
   text-only QA (MMUnlearner: keep the LLM's knowledge), captions and guided answers.
+- retrained reference (`unlearn finetune --exclude-forget`): the vanilla fine-tune's rows without the
+  forget stream's (``retrain_rows``: what every unlearning method is asked to forget; the forget
+  people's text-only QA, captions and guided answers stay, as in the methods' retain stream) or
+  without any row of the forget people (``retrain_people``).
 Multiple-choice rows are evaluation-only (their answers duplicate the open tasks).
 """
 
@@ -22,24 +26,30 @@ FORGET_TRAIN_TASKS: tuple[str, ...] = ("identity_vqa", "open_vqa", "fact_vqa")
 FORGET_KEPT_TASKS: tuple[str, ...] = ("text_qa", "caption", "guided")
 
 
+# How `unlearn finetune --exclude-forget` names what it leaves out -> its training stream.
+RETRAIN_STREAMS: dict[str, str] = {"rows": "retrain_rows", "people": "retrain_people"}
 # The shard splits each stream reads (rows are then kept by ``in_stream``).
 STREAM_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("forget", "retain", "describe"),
+    "retrain_rows": ("forget", "retain", "describe"),
+    "retrain_people": ("retain", "describe"),
     "forget": ("forget", "retain"),
     "retain": ("forget", "retain"),
 }
 
 
 def in_stream(stream: str, split: str, task: str) -> bool:
-    if stream == "train":
-        return split in STREAM_SPLITS["train"] and task in TRAINABLE_TASKS
+    if stream in ("train", "retrain_people"):
+        return split in STREAM_SPLITS[stream] and task in TRAINABLE_TASKS
+    if stream == "retrain_rows":
+        return in_stream("train", split, task) and not in_stream("forget", split, task)
     if stream == "forget":
         return split == "forget" and task in FORGET_TRAIN_TASKS
     if stream == "retain":
         return (split == "retain" and task in TRAINABLE_TASKS) or (
             split == "forget" and task in FORGET_KEPT_TASKS
         )
-    raise ValueError(f"unknown stream {stream!r}; valid: train, forget, retain")
+    raise ValueError(f"unknown stream {stream!r}; valid: {', '.join(STREAM_SPLITS)}")
 
 
 def balanced_by_entity(rows: Sequence[Mapping[str, Any]], budget: int) -> list[Mapping[str, Any]]:

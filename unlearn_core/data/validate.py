@@ -153,28 +153,45 @@ def duplicate_problems(rows: Sequence[Mapping[str, Any]], origins: Sequence[str]
 
 
 def overlap_problems(rows: Sequence[Mapping[str, Any]], origins: Sequence[str]) -> list[str]:
-    """Entities present on both the forget side and the retain side."""
+    """Entities present on both the forget side and the retain side, and holdout entities (never
+    trained on: membership inference's non-members) present in any other split."""
     seen: dict[str, dict[str, tuple[str, str]]] = {}
     for row, origin in zip(rows, origins, strict=True):
         split = row["split"]
-        side = "forget" if split in FORGET_SIDE else "retain" if split in RETAIN_SIDE else None
-        if side is not None:
-            seen.setdefault(str(row["entity_id"]), {}).setdefault(side, (split, origin))
-    both = sorted((entity, sides) for entity, sides in seen.items() if len(sides) == 2)
-    if not both:
-        return []
-    listed = [
-        f"{entity!r} in {sides['forget'][0]} ({sides['forget'][1]}) and in {sides['retain'][0]} ({sides['retain'][1]})"
-        for entity, sides in both[:_LIST_LIMIT]
-    ]
-    more = f" ... and {len(both) - _LIST_LIMIT} more" if len(both) > _LIST_LIMIT else ""
-    return [
-        f"{len(both)} entit{'y' if len(both) == 1 else 'ies'} on both the forget and the retain side: "
-        + "; ".join(listed)
-        + more
-        + ". This makes unlearning meaningless: the model would be asked to forget and to keep the same "
-        "person. Use matching forget/retain configs or fix the source splits."
-    ]
+        side = "forget" if split in FORGET_SIDE else "retain" if split in RETAIN_SIDE else split
+        seen.setdefault(str(row["entity_id"]), {}).setdefault(side, (split, origin))
+    problems = []
+    both = sorted((e, sides) for e, sides in seen.items() if "forget" in sides and "retain" in sides)
+    if both:
+        listed = [
+            f"{entity!r} in {sides['forget'][0]} ({sides['forget'][1]}) and in {sides['retain'][0]} ({sides['retain'][1]})"
+            for entity, sides in both[:_LIST_LIMIT]
+        ]
+        more = f" ... and {len(both) - _LIST_LIMIT} more" if len(both) > _LIST_LIMIT else ""
+        problems.append(
+            f"{len(both)} entit{'y' if len(both) == 1 else 'ies'} on both the forget and the retain side: "
+            + "; ".join(listed)
+            + more
+            + ". This makes unlearning meaningless: the model would be asked to forget and to keep the same "
+            "person. Use matching forget/retain configs or fix the source splits."
+        )
+    mixed = sorted((e, sides) for e, sides in seen.items() if "holdout" in sides and len(sides) > 1)
+    if mixed:
+        listed = [
+            f"{entity!r} in holdout ({sides['holdout'][1]}) and in "
+            + ", ".join(
+                f"{split} ({origin})" for side, (split, origin) in sorted(sides.items()) if side != "holdout"
+            )
+            for entity, sides in mixed[:_LIST_LIMIT]
+        ]
+        more = f" ... and {len(mixed) - _LIST_LIMIT} more" if len(mixed) > _LIST_LIMIT else ""
+        problems.append(
+            f"{len(mixed)} holdout entit{'y' if len(mixed) == 1 else 'ies'} also in another split: "
+            + "; ".join(listed)
+            + more
+            + ". Holdout people must never be trained on (membership inference compares them with the forget people)."
+        )
+    return problems
 
 
 # ------------------------------------------------------------------------------ records folder check

@@ -52,7 +52,8 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _to(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def to_model(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The batch on the model's device, its floating tensors in the model's dtype."""
     device, dtype = _device(model), next(model.parameters()).dtype
     out = {}
     for k, v in batch.items():
@@ -88,17 +89,31 @@ def generate(
 
     Left-padded batches; only the new tokens are decoded, special tokens skipped.
     """
+    rows = []
+    for p in prompts:
+        image = to_image_array(p.get("image"), image_size)
+        q = apply_instruction(p["question"], instruction)
+        rows.append({**encode_prompt(processor, question=q, image=image), "image": image})
+    return generate_encoded(model, processor, rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def generate_encoded(
+    model: nn.Module,
+    processor: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy answers to already encoded prompts (``{"input_ids", "image": uint8 array | None}``: a
+    multi-turn chat, an answer prefix), in order; only the new tokens are decoded."""
     gen_cfg = _greedy_config(model, processor, max_new_tokens)
     tok = tokenizer_of(processor)
     answers: list[str] = []
     with eval_mode(model):
-        for start in range(0, len(prompts), batch_size):
-            rows = []
-            for p in prompts[start : start + batch_size]:
-                image = to_image_array(p.get("image"), image_size)
-                q = apply_instruction(p["question"], instruction)
-                rows.append({**encode_prompt(processor, question=q, image=image), "image": image})
-            inputs = _to(model_inputs(collate(rows, processor, padding_side="left")), model)
+        for start in range(0, len(rows), batch_size):
+            batch = list(rows[start : start + batch_size])
+            inputs = to_model(model_inputs(collate(batch, processor, padding_side="left")), model)
             out = model.generate(**inputs, generation_config=gen_cfg)
             new = out[:, inputs["input_ids"].shape[1] :]
             answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
@@ -107,7 +122,7 @@ def generate(
 
 def answer_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
     """[B] sum of log p(answer token) over the answer tokens (labels != -100); differentiable."""
-    batch = _to(batch, model)
+    batch = to_model(batch, model)
     logits = model(**model_inputs(batch, prefix)).logits[:, :-1].float()
     labels = batch[f"{prefix}labels"][:, 1:]
     nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
@@ -116,7 +131,7 @@ def answer_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], prefix: st
 
 def answer_token_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[B] summed negative log-likelihood of the answer tokens (labels != -100) and [B] their count."""
-    batch = _to(batch, model)
+    batch = to_model(batch, model)
     logits = model(**model_inputs(batch)).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
@@ -217,7 +232,9 @@ def teacher_topk(
     out: list[tuple[np.ndarray, np.ndarray]] = []
     with eval_mode(model):
         for start in range(0, len(rows), batch_size):
-            batch = _to(collate(list(rows[start : start + batch_size]), processor, prefixes=(prefix,)), model)
+            batch = to_model(
+                collate(list(rows[start : start + batch_size]), processor, prefixes=(prefix,)), model
+            )
             logits = model(**model_inputs(batch, prefix)).logits[:, :-1].float() / temperature
             answer_pos = batch[f"{prefix}labels"][:, 1:] != IGNORE_INDEX
             for i in range(logits.shape[0]):

@@ -9,15 +9,16 @@ import numpy as np
 from unlearn_core.config import SynthConfig
 from unlearn_core.data.schema import Record
 from unlearn_core.data.synth.faces import encode_png, render_face, sample_jitter
-from unlearn_core.data.synth.people import Person, Signature, make_people, rng_for
+from unlearn_core.data.synth.people import Person, Signature, make_people, make_signatures, rng_for
 from unlearn_core.data.synth.vocab import ABSENT, FACT_KEYS, FACT_VOCAB, IDENTITY_FEATURES, VISIBLE_ATTRIBUTES
 from unlearn_core.prompts import GUIDANCE_TEMPLATES, OPEN_QUESTIONS, guided_question
 
 SOURCE = "synthetic"
 # Bumped whenever the same SynthConfig would give other records (drawings, questions, answers): a
 # workspace's cached benchmark of another version is generated again.
-GENERATOR_VERSION = 2  # 2: thick gold round / black square glasses frames, teal cup, brown book
-STREAM_SPLIT, STREAM_ATTRS, STREAM_JITTER, STREAM_MC, STREAM_DESCRIBE = 10, 11, 12, 13, 14
+# 3: the holdout split (people no model trains on; every other split byte-identical to version 2)
+GENERATOR_VERSION = 3
+STREAM_SPLIT, STREAM_ATTRS, STREAM_JITTER, STREAM_MC, STREAM_DESCRIBE, STREAM_HOLDOUT = 10, 11, 12, 13, 14, 15
 
 # Questions about one fact with the image ("this person") and by name (text only).
 FACT_QUESTIONS: dict[str, str] = {
@@ -241,6 +242,38 @@ def forget_indices(cfg: SynthConfig) -> list[int]:
     return sorted(int(i) for i in rng_for(cfg.seed, STREAM_SPLIT).permutation(cfg.people)[:k])
 
 
+def holdout_people(cfg: SynthConfig, people: Sequence[Person]) -> list[Person]:
+    """People no model ever trains on (membership inference's true non-members), one per forget person.
+
+    Each is a recombination of the forget people's words: a first name of one forget person with the
+    last name of another (never a forget person's own full name) and each private fact taken from a
+    forget person, shuffled per fact. So holdout answers hold the same words as forget answers (the
+    word-level tokenizer, trained on every record, gets no new word: its vocabulary and every model
+    trained on the other splits stay as they were) and differ only in who they belong to. Faces are
+    new identity signatures, as far from everyone's as the feature grid allows. Empty with fewer
+    than 2 forget people (no recombination exists).
+    """
+    forget = [people[i] for i in forget_indices(cfg)]
+    n = len(forget)
+    if n < 2:
+        return []
+    total = len(people)
+    signatures = make_signatures(total + n, cfg.seed)[total:]  # the first ``total`` are everyone else's
+    width = max(3, len(str(total - 1)))
+    rng = rng_for(cfg.seed, STREAM_HOLDOUT)
+    first_from = rng.permutation(n)
+    shift = 1 + int(rng.integers(n - 1))  # last name of another forget person: never the same full name
+    fact_from = {key: rng.permutation(n) for key in FACT_KEYS}
+    out = []
+    for j in range(n):
+        first = forget[first_from[j]].name.split()[0]
+        last = forget[(first_from[j] + shift) % n].name.split()[-1]
+        facts = {key: forget[fact_from[key][j]].facts[key] for key in FACT_KEYS}
+        index = total + j
+        out.append(Person(index, f"p{index:0{width}d}", f"{first} {last}", facts, signatures[j]))
+    return out
+
+
 def generate_benchmark(cfg: SynthConfig) -> list[Record]:
     """All records of the benchmark, in a fixed order; byte-identical for the same ``cfg``."""
     people = make_people(cfg.people + cfg.utility_people, cfg.seed)
@@ -258,4 +291,9 @@ def generate_benchmark(cfg: SynthConfig) -> list[Record]:
         for idx, attrs in enumerate(sample_attributes(cfg.images_per_person, cfg.seed, person.index)):
             b.image_records(person, "utility", idx, attrs, full=False)
     describe_records(b, cfg)
+    # Last, from their own streams: the records above are the same with or without them.
+    for person in holdout_people(cfg, people):
+        for idx, attrs in enumerate(sample_attributes(cfg.images_per_person, cfg.seed, person.index)):
+            b.image_records(person, "holdout", idx, attrs, full=True)
+        b.text_records(person, "holdout")
     return b.records
