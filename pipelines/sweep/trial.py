@@ -39,6 +39,7 @@ class TrialContext:
     parent_run_id: str
     sweep_name: str
     train_storage: str
+    audit_probe: dict[str, Any] | None = None  # the in-training audit probe (pipelines.audit.probe)
 
 
 def _child_run(ctx: TrialContext, name: str, cfg: RunConfig) -> tuple[str, int | None]:
@@ -132,6 +133,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 name=name,
                 storage_path=ctx.train_storage,
             )
+        job.audit_probe = ctx.audit_probe
         to_tune = EvalToTune(ctx.space.objective, dict(extra), in_process=cfg.train.launcher == "in_process")
         job.callbacks.append(to_tune)
         if cfg.train.launcher == "ray_train":  # the Train worker group's placement group, to release
