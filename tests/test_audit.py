@@ -290,15 +290,19 @@ def test_reference_unlearned_range_is_where_its_curve_stays_within_the_threshold
 
 def test_membership_check_is_two_sided():
     def mia(forget_scores, other_scores):
-        n, m = len(forget_scores), len(other_scores)
         attacks = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference")
-        scores = {g: {a: v for a in attacks} for g, v in
-                  (("member", forget_scores), ("holdout", other_scores), ("unseen", other_scores))}  # fmt: skip
-        return {"scores": scores, "ids": {"member": ["m"] * n, "holdout": ["h"] * m, "unseen": ["u"] * m},
-                "people": {"member": [f"f{i % 2}" for i in range(n)], "holdout": [f"h{i % 2}" for i in range(m)],
-                           "unseen": [f"h{i % 2}" for i in range(m)]},
-                "images": {"member": [str(i) for i in range(n)], "holdout": [str(i) for i in range(m)],
-                           "unseen": [str(i) for i in range(m)]}}  # fmt: skip
+        sides = {
+            "member": forget_scores,
+            "member_image": forget_scores,
+            "holdout": other_scores,
+            "unseen": other_scores,
+        }
+        return {
+            "scores": {g: dict.fromkeys(attacks, v) for g, v in sides.items()},
+            "ids": {g: [g] * len(v) for g, v in sides.items()},
+            "people": {g: [f"{g}{i % 2}" for i in range(len(v))] for g, v in sides.items()},
+            "images": {g: [f"{g}{i}" for i in range(len(v))] for g, v in sides.items()},
+        }
 
     ref = {**_side(), "membership": mia([1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5, 4.5])}  # AUC 10/16
     below = {**_side(), "membership": mia([5.0, 6.0, 7.0, 8.0], [1.5, 2.5, 3.5, 4.5])}  # AUC 0
@@ -314,7 +318,7 @@ def test_membership_check_is_two_sided():
 def test_absent_membership_level_is_named_not_failed():
     ref = {**_side(), "membership": None}
     side = _side()
-    empty = {"scores": {"member": {}, "holdout": {}, "unseen": {}}, "ids": {"member": ["a"], "holdout": [], "unseen": []},
+    empty = {"scores": {}, "ids": {"member": ["a"], "member_image": ["a"], "holdout": [], "unseen": []},
              "people": {}, "images": {}}  # fmt: skip
     ref["membership"] = side["membership"] = empty
     report = compare(side, ref, notes=["person-level membership absent: no holdout people", "image-level x"])
@@ -418,3 +422,29 @@ def test_quantization_fails_a_model_whose_forget_update_is_smaller_than_a_4bit_b
     q = report["checks"]["quantization"]
     assert q["status"] == "fail" and q["schemes"]["rtn4"]["rise"]["leak_seen"] >= 0.25
     assert q["schemes"]["rtn4"]["rise_ref"]["leak_seen"] <= 0.05  # the reference: nothing to recover
+
+
+def test_mllmu_bench_records_get_the_image_level_check_and_say_why_no_person_level(tmp_path):
+    """MLLMU-Bench has no holdout people: the person level is absent with the reason, the image level
+    compares the forget rows and the Test_Set (forget_unseen) rows of the tasks both sides have."""
+    import real_fixtures as rf
+
+    from unlearn_core.data.adapters import convert
+    from unlearn_core.data.records_io import read_records
+
+    rf.write_mllmu_bench(tmp_path / "src")
+    convert("mllmu-bench", tmp_path / "src", tmp_path / "records")
+    rows = [dict(r, image_u8=r["image"]) for r in read_records(tmp_path / "records").to_pylist()]
+    audit_rows = select_audit_rows(rows)
+    assert audit_rows.holdout == [] and audit_rows.member == []
+    assert any(
+        n.startswith("person-level membership absent: the records have no holdout people")
+        for n in audit_rows.notes
+    )
+    image_tasks = {r["task"] for r in audit_rows.member_image}
+    assert image_tasks and image_tasks == {r["task"] for r in audit_rows.unseen} <= {
+        "identity_vqa",
+        "open_vqa",
+        "fact_vqa",
+    }
+    assert {r["split"] for r in audit_rows.unseen} == {"forget_unseen"}

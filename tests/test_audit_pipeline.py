@@ -4,6 +4,7 @@ and its links, the cached reference, the audited champion, and the verdict `unle
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -135,22 +136,22 @@ def _trials(tmp_path: Path, uri: str, exp: str) -> dict[str, Any]:
         metrics = {"forget.leak_rate": leak, "forget_unseen.leak_rate": 0.0, "retain.vqa_acc": 1.0,
                    "quality.informativeness": info, "objective": objective}  # fmt: skip
         model = _model(proc, tmp_path / f"model{i}")
-        trials[f"t{i}"] = TrialOutcome(
-            status="completed", metrics=metrics, params={}, run_id=run.info.run_id, model_dir=str(model)
-        )
+        trials[f"t{i}"] = TrialOutcome("completed", metrics, {}, model_dir=str(model), run_id=run.info.run_id)
     return trials
 
 
 @pytest.mark.parametrize(
-    ("verdicts", "fallback", "champion"),
+    ("verdicts", "fallback", "champion", "order"),
     [
-        ({"t1": False, "t2": True, "t3": True}, "objective", "t2"),  # the first qualifying trial that passes
-        ({"t1": False, "t2": False, "t3": False, "t4": False}, "objective", "t4"),  # none: best objective
-        ({"t1": False, "t2": False, "t3": False}, "none", None),  # none passes, fallback none: nothing
+        # the first qualifying trial (in informativeness order) that passes
+        ({"t1": False, "t2": True, "t3": True}, "objective", "t2", ["t1", "t2"]),
+        # none passes: the best objective (t4, which did not qualify), audited for its tags
+        ({"t1": False, "t2": False, "t3": False, "t4": False}, "objective", "t4", ["t1", "t2", "t3", "t4"]),
+        ({"t1": False, "t2": False, "t3": False}, "none", None, ["t1", "t2", "t3"]),  # fallback none
     ],
 )
 def test_sweep_audit_registers_the_first_qualifying_trial_that_passes(
-    tmp_path, mlflow_store, capsys, verdicts, fallback, champion
+    tmp_path, mlflow_store, capsys, verdicts, fallback, champion, order
 ):
     from pipelines.sweep.champion import ChampionRule
     from pipelines.sweep.report import pick_champion
@@ -178,9 +179,8 @@ def test_sweep_audit_registers_the_first_qualifying_trial_that_passes(
     lines: list[str] = []
     out = pick_champion(space, objectives, cfg, trials, {"retain.vqa_acc": 1.0}, ChampionRule(fallback=fallback),
                         uri, parent, lines.append, auditor=auditor)  # fmt: skip
-    assert out.trial == champion
-    assert audited == [n for n in ("t1", "t2", "t3", "t4") if n in verdicts][: len(audited)]
-    assert audited[: (2 if champion == "t2" else 3)] == ["t1", "t2", "t3"][: (2 if champion == "t2" else 3)]
+    assert out.trial == champion and set(out.audits) == set(audited)
+    assert audited == order
     if champion is None:
         assert any("no qualifying trial passes the audit" in ln for ln in lines)
         assert not client.search_registered_models()
@@ -212,3 +212,77 @@ def test_sweep_audit_registers_the_first_qualifying_trial_that_passes(
         else "audit:    FAIL (failed: relearn)"
     )
     assert expected in printed
+
+
+# --------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_unlearn_audit_end_to_end_trains_and_caches_the_reference_and_links_the_runs(tmp_path):
+    """`unlearn finetune` (the audited model, registered), `unlearn audit models:/...` (pulls it, trains the
+    reference without the forget rows, attacks both, logs the run), a second audit (reference and its
+    side cached) and `unlearn pull` printing the verdict, each as a user types it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.ray_head import short_temp_dir
+
+    wd = tmp_path / "wd"
+    _records(wd / "records")
+    small = ["--set", "synth.image_size=32", "--set", "train.batch_size=8", "--set", "train.eval_max_samples=4",
+             "--set", "train.warmup_steps=0", "--set", "train.steps=12"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{wd / 'mlflow.db'}"
+    env.setdefault("RAY_TMPDIR", str(short_temp_dir("au")))
+    unlearn = Path(sys.executable).parent / "unlearn"
+
+    def run(*argv: str) -> str:
+        out = subprocess.run([str(unlearn), *argv, "--workdir", str(wd)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=1500)  # fmt: skip
+        assert out.returncode == 0, f"{argv}: {out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    run("finetune", "--name", "m1", *small, "--set", "tracking.registered_model_name=audited")
+    checks = ["--checks", "membership,quantization"]
+    first = run("audit", "--model", "models:/audited/1", *checks, *small)
+    assert "training the retrained reference (the vanilla recipe without the forget rows)" in first
+    assert "attacking the retrained reference" in first
+    assert "MIA person loss AUC" in first and "MIA image loss AUC" in first and "rtn4: leak_seen" in first
+    assert re.search(r"^VERDICT: (PASS|FAIL \(.*\))$", first, re.M)
+    refs = list((wd / "models").glob("reference-rows-*"))
+    assert len(refs) == 1 and (refs[0] / "lvlm_unlearn.json").is_file()
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("lvlm-unlearn").experiment_id
+    audits = client.search_runs([exp], "tags.job = 'audit'")
+    finetunes = {
+        r.data.tags.get("exclude_forget"): r for r in client.search_runs([exp], "tags.job = 'finetune'")
+    }
+    assert len(audits) == 1 and set(finetunes) == {None, "rows"}  # the audited model's and the reference's
+    audit_run, trained = audits[0], finetunes[None]
+    assert audit_run.info.status == "FINISHED"
+    assert audit_run.data.tags["audited_run_id"] == trained.info.run_id
+    assert audit_run.data.tags["audit_verdict"] in ("pass", "fail")
+    assert "audit.membership.person.loss.auc" in audit_run.data.metrics
+    assert "audit.quantization.rtn4.leak_seen.rise" in audit_run.data.metrics
+    assert {a.path for a in client.list_artifacts(audit_run.info.run_id)} >= {
+        f"audit-audited_1-{trained.data.tags['weights_sha256'][:12]}.json",
+        f"audit-audited_1-{trained.data.tags['weights_sha256'][:12]}.md",
+    }
+    verdict = audit_run.data.tags["audit_verdict"]
+    assert client.get_run(trained.info.run_id).data.tags["audit_verdict"] == verdict
+    assert client.get_model_version("audited", "1").tags["audit_verdict"] == verdict
+    report = json.loads(next((wd / "audit").glob("audit-audited_1-*.json")).read_text())
+    assert report["run_id"] == audit_run.info.run_id and report["reference"]["excludes"] == "rows"
+    assert report["data"]["rows"]["holdout"] > 0 and report["pass"] == (verdict == "pass")
+
+    second = run("audit", "--model", str(wd / "models" / "m1"), *checks, *small)
+    assert (
+        "[cached] retrained reference" in second and "[cached] the reference's side of the attacks" in second
+    )
+    assert "training the retrained reference" not in second
+    assert len(list((wd / "models").glob("reference-rows-*"))) == 1
+
+    pulled = run("pull", "models:/audited/1", "--out", str(tmp_path / "pulled"))
+    assert f"audit:    {verdict.upper()}" in pulled and refs[0].name in pulled

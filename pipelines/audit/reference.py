@@ -47,8 +47,8 @@ def reference_name(cfg: RunConfig, shards_fingerprint: str, exclude: str) -> str
 def ensure_reference(
     cfg: RunConfig, ws: Workspace, shards_fingerprint: str, exclude: str, *, log=print, compute: bool = True
 ) -> Path:
-    """The reference model folder, fine-tuned here (in this process, as ``make run``'s vanilla) if the
-    workdir does not hold one of this key. ``compute=False`` raises ``NotCached`` instead."""
+    """The reference model folder, fine-tuned here (``train.launcher`` auto: in this process for one
+    worker, as ``make run``'s vanilla) if the workdir does not hold one of this key. ``compute=False`` raises ``NotCached`` instead."""
     out = ws.models / reference_name(cfg, shards_fingerprint, exclude)
     if (out / "config.json").is_file():
         say_once(log, f"[cached] retrained reference {out}")

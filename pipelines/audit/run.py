@@ -20,6 +20,7 @@ from pipelines.workspace import Workspace
 from unlearn_core.config import RunConfig
 
 AUDIT_DIR = "audit"
+CLEAR_ROWS = 300  # rows per (split, task) of CLEAR's forget quality: its config/mm/eval.yaml ds_size
 
 
 def _side_key(reference_sha: str, fingerprint: str, settings: dict[str, Any]) -> str:
@@ -93,7 +94,8 @@ def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, setting
     ref_dir = ensure_reference(cfg, ws, fingerprint, exclude, log=log)
     check_model_matches(ref_dir, ws.shards)
     t_ref = time.perf_counter() - t0
-    rows = audit.select_audit_rows(load_shard_rows(ws.shards, splits=SPLITS), seed=settings.seed)
+    shard_rows = load_shard_rows(ws.shards, splits=SPLITS)
+    rows = audit.select_audit_rows(shard_rows, seed=settings.seed)
     for note in rows.notes:
         log(f"note: {note}")
     torch.manual_seed(settings.seed)
@@ -118,6 +120,7 @@ def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, setting
         progress=audit.Progress(log),
     )  # fmt: skip
     report = audit.compare(side, ref_side, thresholds=thresholds, notes=rows.notes)
+    report["benchmark"] = benchmark_figures(model_dir, ref_dir, ws, shard_rows, log)
     report["seconds"] = {
         **{f"model.{k}": v for k, v in side["seconds"].items()},
         **{f"reference.{k}": v for k, v in ref_side["seconds"].items()},
@@ -134,7 +137,10 @@ def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, setting
         },
         data={"shards": str(ws.shards), "fingerprint": fingerprint, "rows": rows.counts()},
     )
-    report["metrics"] = audit.flat_metrics(report)
+    report["metrics"] = {
+        **audit.flat_metrics(report),
+        **{f"audit.{k}": v for k, v in report["benchmark"].items() if v is not None},
+    }
     out = ws.root / AUDIT_DIR / f"audit-{model_dir.name}-{model_sha[:12]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, table_path = out.with_suffix(".json"), out.with_suffix(".md")
@@ -146,3 +152,28 @@ def _audit(model_dir: Path, cfg: RunConfig, ws: Workspace, exclude: str, setting
         log(text)
     log(f"audit report: {json_path} ({time.perf_counter() - t0:.0f} s)")
     return report
+
+
+def benchmark_figures(
+    model_dir: Path,
+    ref_dir: Path,
+    ws: Workspace,
+    shard_rows: list[dict[str, Any]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The records' own reference-based metric: CLEAR's forget quality (the KS test of the forget truth
+    ratios against the retain-only model's) with the retrained reference as that model."""
+    from unlearn_core.eval.protocols import resolve_protocol
+
+    if resolve_protocol(shard_rows).name != "clear":
+        return {}
+    from pipelines.evaluate import evaluate, evaluate_cached
+    from pipelines.evaluate.cached import cache_path
+    from pipelines.ray_env import ensure_ray
+
+    ensure_ray()
+    log("CLEAR records: forget quality against the retrained reference (`unlearn eval --reference-report`)")
+    evaluate_cached(ref_dir, ws.shards, ws.results, CLEAR_ROWS)
+    reference_json = cache_path(ref_dir, ws.shards, ws.results, CLEAR_ROWS)
+    report = evaluate(model_dir, ws.shards, max_per_group=CLEAR_ROWS, reference_report=reference_json)
+    return {"clear.forget_quality": report["metrics"].get("clear.forget_quality")}

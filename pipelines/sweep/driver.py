@@ -210,10 +210,10 @@ def run_sweep(
         trials = collect_trials(grid)
         close_unfinished(client, trials)
         pareto, artifacts = write_report(space, trials, before, sweep_dir, client, parent, log, table=table)
+        auditor = _auditor(cfg, parent, log) if audit else None
         champion = pick_champion(
-            space, objectives, cfg, trials, before, rule, uri, parent, log,
-            auditor=_auditor(cfg, parent, log) if audit else None,
-        )  # fmt: skip
+            space, objectives, cfg, trials, before, rule, uri, parent, log, auditor=auditor
+        )
     return SweepResult(
         sweep_dir=sweep_dir,
         sweep_name=state.sweep_name,

@@ -66,7 +66,7 @@ class ChampionOutcome:
     uri: str | None = None  # models:/NAME@champion
     weights_sha256: str | None = None
     rationale: str | None = None
-    audits: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial -> verdict (sweep --audit)
+    audits: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial -> its verdict (--audit)
 
 
 def collect_trials(grid: Any) -> dict[str, TrialOutcome]:
@@ -264,14 +264,12 @@ def _first_passing(
     """The first of ``choice.ranked`` (or the fallback trial) that passes the audit; else the rule's
     fallback, audited too so that its registered version carries a verdict."""
     candidates = choice.ranked or [choice.trial]
+    kind = "qualifying" if choice.ranked else "fallback"
     for n, trial in enumerate(candidates, start=1):
-        log(
-            f"auditing {trial} ({n}/{len(candidates)} {'qualifying' if choice.ranked else 'fallback'} trial(s))"
-        )
+        log(f"auditing {trial} ({n}/{len(candidates)} {kind} trial(s))")
         audits[trial] = auditor(trials[trial].model_dir or "")
-        log(
-            f"{trial}: audit {'PASS' if audits[trial]['pass'] else 'FAIL (' + ', '.join(audits[trial]['failed']) + ')'}"
-        )
+        verdict = "PASS" if audits[trial]["pass"] else "FAIL (" + ", ".join(audits[trial]["failed"]) + ")"
+        log(f"{trial}: audit {verdict}")
         if audits[trial]["pass"]:
             return dataclasses.replace(
                 choice, trial=trial, reason=f"{choice.reason}; first to pass the audit"

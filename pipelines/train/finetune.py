@@ -28,8 +28,8 @@ def run_finetune(
 ) -> JobResult:
     """Fine-tune ``cfg``'s recipe into ``WORKDIR/models/<out_name>``; ``exclude_forget`` (``rows`` or
     ``people``, ``unlearn_core.data.selection.RETRAIN_STREAMS``) leaves the forget rows or people out."""
-    cfg = with_launcher_resolved(cfg)
     stream = RETRAIN_STREAMS[exclude_forget] if exclude_forget else "train"
+    cfg = with_launcher_resolved(cfg)
     ws = Workspace(Path(cfg.workdir))
     shards = ensure_shards(cfg, ws, log)
     manifest = load_manifest(shards)
@@ -56,7 +56,7 @@ def run_finetune(
             register_as=cfg.tracking.registered_model_name,
         )
     log(
-        f"fine-tuning {job.init_model} on stream {stream} ({', '.join(STREAM_SPLITS[stream])}) for {cfg.train.steps} steps "
+        f"fine-tuning {job.init_model} on {STREAM_SPLITS[stream]} for {cfg.train.steps} steps "
         f"({cfg.train.num_workers} worker(s)); MLflow run {run_id}"
     )
     out = run_training_job(job, tracking_uri=uri, run_id=run_id, log=log)

@@ -29,7 +29,7 @@ from unlearn_core.audit.measure import MAX_NEW_TOKENS, leaked
 from unlearn_core.audit.rows import AuditRows, Row, facts_of
 from unlearn_core.data.encode import encode_messages, to_image_array, tokenizer_of
 from unlearn_core.eval.runner import row_image
-from unlearn_core.eval.text_checks import contains_phrase, entity_name, leaks, words
+from unlearn_core.eval.text_checks import NAME_KEYS, contains_phrase, entity_name, leaks, words
 from unlearn_core.models.generate import generate_encoded
 
 PARAPHRASES: dict[str, tuple[str, ...]] = {
@@ -164,6 +164,14 @@ def recalled(answer: str, facts: Mapping[str, Any], name_given: bool) -> bool:
         return leaked(answer, facts, count_name=False)
     name = entity_name(facts)
     return bool(name) and contains_phrase(words(answer), words(name))
+
+
+def _example(prompts: Sequence[Prompt], texts: Sequence[str], hits: Sequence[bool]) -> dict[str, Any]:
+    """The first leaking answer (else the first answer), for the report."""
+    i = next((i for i, h in enumerate(hits) if h), 0)
+    p = prompts[i]
+    facts = {k: v for k, v in p.facts.items() if not (p.name_given and k in NAME_KEYS)}
+    return {"prompt_id": p.sample_id, "answer": texts[i], "leaked": leaks(texts[i], facts)}
 
 
 def probe_figures(

@@ -104,11 +104,16 @@ def verdict_lines(report: Mapping[str, Any]) -> list[str]:
                 f"|gap| {abs(a['gap']):.3f} (limit {m['threshold']:g})"
             )
     if r := c.get("relearn"):
+        until = r["reference_unlearned_until"]
+        reach = (
+            f"the reference has not learned the people from T yet up to step {until}"
+            if until
+            else "the reference learns the people from T at the first step already"
+        )
         lines.append(
             f"relearning: {r['status'].upper()}: max leak gap {_f(r['max_leak_gap'], True)}, max identity gap "
             f"{_f(r['max_identity_gap'], True)} over steps {', '.join(str(x['step']) for x in r['curve'][1:])} "
-            f"(limit {r['threshold']:g}); the reference has not learned the people yet up to step "
-            f"{r['reference_unlearned_until']}"
+            f"(limit {r['threshold']:g}); {reach}"
         )
     if b := c.get("benign"):
         lines.append(

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from unlearn_core.data.schema import OPEN_ENDED_TASKS
+from unlearn_core.data.schema import MC_TASKS, OPEN_ENDED_TASKS
 from unlearn_core.data.selection import FORGET_TRAIN_TASKS
 from unlearn_core.eval.text_checks import entity_name
 
@@ -58,7 +58,8 @@ def _sample(rows: Sequence[Row], n: int, seed: str) -> list[Row]:
 
 @dataclass(frozen=True)
 class AuditRows:
-    member: list[Row]
+    member: list[Row]  # forget rows of the tasks the holdout rows have (person level)
+    member_image: list[Row]  # forget rows of the tasks the forget_unseen rows have (image level)
     unseen: list[Row]
     holdout: list[Row]
     leak_seen: list[Row]
@@ -105,17 +106,23 @@ def select_audit_rows(
     if not forget:
         raise ValueError("the shards hold no forget rows: nothing to audit")
     notes: list[str] = []
-    member = [r for r in forget if r["task"] in MIA_TASKS]
-    holdout = [r for r in by_split["holdout"] if r["task"] in MIA_TASKS]
+    tasks = set(MIA_TASKS) & {r["task"] for r in forget}
+    if not tasks:  # e.g. CLEAR, whose forget set is captions: its generative forget rows
+        tasks = {r["task"] for r in forget if r["task"] not in MC_TASKS}
+        notes.append(
+            f"membership on the forget split's {sorted(tasks)} rows (it has none of {list(MIA_TASKS)})"
+        )
+    # Each level compares the same tasks on both sides: a task mix that differs would tell them apart.
+    holdout_tasks = tasks & {r["task"] for r in by_split["holdout"]}
+    image_tasks = tasks & {r["task"] for r in unseen}
+    holdout = [r for r in by_split["holdout"] if r["task"] in holdout_tasks]
     if not holdout:
         notes.append(
             "person-level membership absent: the records have no holdout people (people no model trains "
             "on; the synthetic benchmark has them, MLLMU-Bench and CLEAR do not)"
         )
-    if not [r for r in unseen if r["task"] in MIA_TASKS]:
-        notes.append(
-            "image-level membership absent: the records have no forget_unseen rows of the forget tasks"
-        )
+    if not image_tasks:
+        notes.append(f"image-level membership absent: no forget_unseen rows of the tasks {sorted(tasks)}")
 
     # Relearning: T = identity/open questions on the first half of each forget person's images.
     images: dict[str, list[str]] = defaultdict(list)
@@ -154,8 +161,9 @@ def select_audit_rows(
     people = {r["entity_id"]: facts_of(r) for r in forget if facts_of(r)}
     control_people = {r["entity_id"]: facts_of(r) for r in control_open if facts_of(r)}
     return AuditRows(
-        member=member,
-        unseen=[r for r in unseen if r["task"] in MIA_TASKS],
+        member=[r for r in forget if r["task"] in holdout_tasks],
+        member_image=[r for r in forget if r["task"] in image_tasks],
+        unseen=[r for r in unseen if r["task"] in image_tasks],
         holdout=holdout,
         leak_seen=[r for r in forget if r["task"] in OPEN_ENDED_TASKS],
         leak_unseen=[r for r in unseen if r["task"] in OPEN_ENDED_TASKS],

@@ -66,19 +66,20 @@ def membership_side(
     reference_loss: Mapping[str, float] | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Per-row scores of every attack on the member, unseen and holdout rows, with their groups."""
-    groups = {"member": rows.member, "unseen": rows.unseen, "holdout": rows.holdout}
-    everything = [r for g in groups.values() for r in g]
+    groups = {"member": rows.member, "member_image": rows.member_image, "unseen": rows.unseen,
+              "holdout": rows.holdout}  # fmt: skip
+    unique = {str(r["sample_id"]): r for g in groups.values() for r in g}
+    everything = list(unique.values())
     stats = membership.token_stats(model, processor, everything)
     scores = membership.attack_scores(stats, everything, reference_loss=reference_loss, k=settings.min_k)
+    at = {sid: i for i, sid in enumerate(unique)}
     out: dict[str, Any] = {"scores": {}, "ids": {}, "people": {}, "images": {}}
-    at = 0
     for name, g in groups.items():
         out["ids"][name] = [str(r["sample_id"]) for r in g]
         out["people"][name] = [str(r["entity_id"]) for r in g]
         out["images"][name] = [str(image_key(r)) for r in g]
-        out["scores"][name] = {a: v[at : at + len(g)] for a, v in scores.items()}
-        at += len(g)
-    out["loss"] = dict(zip([str(r["sample_id"]) for r in everything], scores["loss"], strict=True))
+        out["scores"][name] = {a: [v[at[str(r["sample_id"])]] for r in g] for a, v in scores.items()}
+    out["loss"] = dict(zip(unique, scores["loss"], strict=True))
     return out
 
 

@@ -21,7 +21,11 @@ from typing import Any
 from unlearn_core.audit import membership
 
 FORGET_FIGURES: tuple[str, ...] = ("leak_seen", "leak_unseen", "vqa_seen", "vqa_unseen")
-LEVELS: dict[str, tuple[str, str]] = {"person": ("holdout", "people"), "image": ("unseen", "images")}
+# level -> (forget group, non-member group, what the bootstrap resamples)
+LEVELS: dict[str, tuple[str, str, str]] = {
+    "person": ("member", "holdout", "people"),
+    "image": ("member_image", "unseen", "images"),
+}
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ def within(value: float | None, limit: float) -> bool:
 def membership_check(model: Mapping[str, Any], ref: Mapping[str, Any], t: Thresholds, *, n_boot: int, seed: int,
                      notes: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     levels: dict[str, Any] = {}
-    for level, (other, group_key) in LEVELS.items():
-        if not model["ids"][other] or not model["ids"]["member"]:
+    for level, (member, other, group_key) in LEVELS.items():
+        if not model["ids"][other] or not model["ids"][member]:
             reason = next((n for n in notes if n.startswith(f"{level}-level")), "no rows")
             levels[level] = {"status": "absent", "reason": reason}
             continue
@@ -61,8 +65,8 @@ def membership_check(model: Mapping[str, Any], ref: Mapping[str, Any], t: Thresh
         for attack in membership.ATTACKS:
             figures = {}
             for who, side in (("model", model), ("reference", ref)):
-                f, o = side["scores"]["member"][attack], side["scores"][other][attack]
-                fg, og = side[group_key]["member"], side[group_key][other]
+                f, o = side["scores"][member][attack], side["scores"][other][attack]
+                fg, og = side[group_key][member], side[group_key][other]
                 figures[who] = {
                     "auc": membership.roc_auc(f, o),
                     "ci": membership.bootstrap_ci(f, fg, o, og, n=n_boot, seed=seed),
@@ -77,7 +81,7 @@ def membership_check(model: Mapping[str, Any], ref: Mapping[str, Any], t: Thresh
         passed = all(a["pass"] for a in attacks.values())
         levels[level] = {
             "status": "pass" if passed else "fail",
-            "n_member": len(model["ids"]["member"]),
+            "n_member": len(model["ids"][member]),
             "n_other": len(model["ids"][other]),
             "attacks": attacks,
             "max_abs_gap": max(abs(a["gap"]) for a in attacks.values()),
