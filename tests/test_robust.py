@@ -178,6 +178,24 @@ def test_tamper_resistance_matches_the_hand_formula(forget, retain):
     assert stats["tar_attack_nll"] < nll_a0
 
 
+def test_benign_tamper_resistance_attacks_the_retain_batch(forget, retain):
+    """tar_attack=retain: K Adam steps on NLL_r (benign relearning), forget term on the whole forget batch."""
+    beta, k, lr_att = 0.3, 2, 0.05
+    model, ref = BigramLM(seed=0), BigramLM(seed=3)
+    theta, t_ref = model.table.detach().clone(), ref.table.detach()
+    attacked = hand_attack(theta, retain, k, lr_att)
+    tr = sum(hand_npo_grad(th, t_ref, forget, beta) for th in attacked) / k
+    expected = theta.double() - (hand_npo_grad(theta, t_ref, forget, beta) + tr)
+    method = get_method(
+        "npo", {"beta": beta, "alpha": 0.0, "tar_steps": k, "tar_lr": lr_att, "tar_attack": "retain"}
+    )
+    assert method.needs_retain  # alpha 0, but the simulated attack reads the retain batch
+    one_step(method, model, forget, retain, ref)
+    torch.testing.assert_close(model.table.detach().double(), expected, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="retain batch"):
+        one_step(method, BigramLM(seed=0), forget, None, ref)
+
+
 def test_split_rows_halves_every_per_row_tensor_or_refuses():
     batch = llava_batch(3, B=5)
     first, rest = split_rows(batch)

@@ -39,6 +39,10 @@ class ForgetRobustness(StrictParams):
     tar_weight: float = Field(
         1.0, ge=0, le=100, description="tamper resistance: weight of the forget term after the attack"
     )
+    tar_attack: Literal["forget", "retain"] = Field(
+        "forget",
+        description="tamper resistance: the attacker's rows (half the forget batch, or the retain batch)",
+    )
 
     @model_validator(mode="after")
     def _one_smoothing(self) -> ForgetRobustness:

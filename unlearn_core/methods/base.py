@@ -180,6 +180,8 @@ class UnlearnMethod:
             self.custom_step = True
             if self.robust.tar_steps > 0 and "" not in self.views:
                 self.views = ("", *self.views)
+            if self.robust.tar_steps > 0 and self.robust.tar_attack == "retain":
+                self.needs_retain = True  # the simulated benign relearning trains on it
 
     def configure(self) -> None:
         """Set the needs that depend on the params (views, reference model, own steps); default none."""
@@ -269,7 +271,12 @@ class UnlearnMethod:
         return nll(model, forget)
 
     def robust_forget_backward(
-        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None, step: int
+        self,
+        model: nn.Module,
+        forget: Mapping[str, Any],
+        ref: nn.Module | None,
+        step: int,
+        retain: Mapping[str, Any] | None = None,
     ) -> tuple[float, dict[str, float]]:
         """Put the robust forget gradient (``methods/robust.py``) into ``.grad``; returns the forget
         loss at the current weights and the stats."""
@@ -281,6 +288,7 @@ class UnlearnMethod:
             lambda batch: self.attack_loss(model, batch),
             forget,
             step,
+            retain,
         )
         set_grads(params, grads)
         return loss, stats
@@ -338,7 +346,7 @@ class UnlearnMethod:
             stats = self.backward(model, forget, retain, ref)
         else:
             zero_grad(model)
-            f_loss, stats = self.robust_forget_backward(model, forget, ref, step)
+            f_loss, stats = self.robust_forget_backward(model, forget, ref, step, retain)
             r_loss, r_stats = self.retain_loss(model, retain, ref)
             stats.update(r_stats)
             total = f_loss

@@ -211,7 +211,7 @@ class PUBG(UnlearnMethod):
             )
         zero_grad(model)
         if self.robust_active:  # the robust forget gradient, then the masked step from it
-            loss_value, stats = self.robust_forget_backward(model, forget, ref, step)
+            loss_value, stats = self.robust_forget_backward(model, forget, ref, step, retain)
         else:
             loss, stats = self.forget_loss(model, forget, ref)
             ensure_finite("forget loss", loss, stats)

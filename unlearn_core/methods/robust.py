@@ -22,7 +22,8 @@ gradient of ``L_f`` at weights ``x``, ``||.||`` the L2 norm over every trainable
   the tamper-resistance gradient is ``(tar_weight / K) * sum_k g_B(theta_k)``, the forget term on B
   after each attack step, applied to ``theta`` first-order (as TAR's implementation does: no
   gradient through the attack). It is added to the forget gradient. 2K forward-backward passes on
-  half batches.
+  half batches. ``tar_attack="retain"`` simulates benign relearning instead (Deeb & Roger; the audit's
+  benign check): the attacker trains on the retain batch and B is the whole forget batch.
 
 The weights are restored exactly after every perturbation or simulated attack (a copy, not
 ``theta + eps - eps``). SAM and randomised smoothing are alternatives (one at a time); either can be
@@ -44,7 +45,7 @@ ForgetClosure = Callable[[Mapping[str, Any]], tuple[Tensor, dict[str, float]]]
 AttackLoss = Callable[[Mapping[str, Any]], Tensor]
 Grads = list[Tensor | None]
 
-ROBUST_FIELDS = ("sam_rho", "rs_sigma", "rs_samples", "tar_steps", "tar_lr", "tar_weight")
+ROBUST_FIELDS = ("sam_rho", "rs_sigma", "rs_samples", "tar_steps", "tar_lr", "tar_weight", "tar_attack")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Robustness:
     tar_steps: int = 0
     tar_lr: float = 5e-4
     tar_weight: float = 1.0
+    tar_attack: str = "forget"  # the simulated attacker's rows: "forget" (half the forget batch) or "retain"
 
     @classmethod
     def of(cls, params: BaseModel) -> Robustness | None:
@@ -222,11 +224,13 @@ def tamper_grads(
     steps: int,
     lr: float,
     weight: float,
+    retain: Mapping[str, Any] | None = None,
 ) -> tuple[Grads, dict[str, float]]:
     """``(weight / K) * sum_k g_B(theta_k)`` after K simulated relearning steps on A (module docstring);
     the weights are restored afterwards. Without a row split (one row, or an unsplittable layout)
-    A = B = the whole batch, reported as ``tar_heldout`` = 0."""
-    halves = split_rows(batch)
+    A = B = the whole batch, reported as ``tar_heldout`` = 0. With ``retain`` (benign relearning) A is
+    the retain batch and B the whole forget batch."""
+    halves = split_rows(batch) if retain is None else (retain, batch)
     attack, held = halves if halves is not None else (batch, batch)
     snap = Snapshot(params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -264,9 +268,10 @@ def robust_forget_grads(
     attack_loss: AttackLoss,
     batch: Mapping[str, Any],
     step: int,
+    retain: Mapping[str, Any] | None = None,
 ) -> tuple[Grads, list[nn.Parameter], float, dict[str, float]]:
     """The forget gradient with every option of ``robust``: (grads per trainable parameter, those
-    parameters, the forget loss at theta, stats)."""
+    parameters, the forget loss at theta, stats). ``retain``: the retain batch (``tar_attack="retain"``)."""
     params = trainable(model)
     if robust.sam_rho > 0 and robust.rs_sigma > 0:
         raise ValueError("sam_rho and rs_sigma are alternatives: set one of them")
@@ -279,9 +284,12 @@ def robust_forget_grads(
     else:
         grads, loss, stats = plain_forget_grads(params, closure, batch)
     if robust.tar_steps > 0:
+        if robust.tar_attack == "retain" and retain is None:
+            raise ValueError("tar_attack='retain' simulates relearning on the retain batch, but got none")
         tar, tar_stats = tamper_grads(
             params, closure, attack_loss, batch,
             steps=robust.tar_steps, lr=robust.tar_lr, weight=robust.tar_weight,
+            retain=retain if robust.tar_attack == "retain" else None,
         )  # fmt: skip
         grads = add_grads(grads, tar)
         stats = {**stats, **tar_stats}
