@@ -366,3 +366,32 @@ def test_two_worker_ddp_with_sam_and_tamper_resistance_stays_in_sync():
     before = dict(tiny_llava(seed=0).named_parameters())
     assert all(torch.equal(w0[n], w1[n]) for n in w0)
     assert any(not torch.equal(w0[n], before[n]) for n in w0)
+
+
+# ---- PUBG with NPO's forget term --------------------------------------------------------------------
+def test_pubg_with_npo_forget_term_matches_the_hand_formula(forget, retain):
+    """L = w_ga * NPO_f + w_ret * NLL_r (w_bg 0 here), NPO_f written out from the per-row log-probs,
+    and its gradient from the closed-form bigram formula."""
+    w_ga, beta, w_ret = 0.7, 0.5, 0.3
+    model, ref = BigramLM(seed=0), BigramLM(seed=3)
+    method = get_method(
+        "pubg", {"w_ga": w_ga, "w_bg": 0.0, "w_ret": w_ret, "forget_term": "npo", "npo_beta": beta}
+    )
+    assert method.needs_ref and method.views == ("",)
+    assert not get_method("pubg", {"w_bg": 0.0}).needs_ref  # the plain ascent needs no reference
+    lp, lp_ref = hand_logp(model.table.detach(), forget), hand_logp(ref.table.detach(), forget)
+    npo = (
+        -(2 / beta)
+        * sum(math.log(1 / (1 + math.exp(beta * (a - b)))) for a, b in zip(lp, lp_ref, strict=True))
+        / len(lp)
+    )
+    nll_r = -sum(hand_logp(model.table.detach(), retain)) / sum(len(r) for r in pairs(retain))
+    loss, stats = method.loss(model, forget, retain, ref)
+    assert float(loss) == pytest.approx(w_ga * npo + w_ret * nll_r, rel=1e-5)
+    assert stats["npo"] == pytest.approx(npo, rel=1e-5)
+    theta = model.table.detach().clone()
+    expected = theta.double() - (
+        w_ga * hand_npo_grad(theta, ref.table.detach(), forget, beta) + w_ret * hand_nll_grad(theta, retain)
+    )
+    one_step(method, model, forget, retain, ref)
+    torch.testing.assert_close(model.table.detach().double(), expected, atol=2e-5, rtol=1e-5)

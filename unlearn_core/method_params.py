@@ -100,7 +100,13 @@ class MMUnlearnerParams(StrictParams):
 
 
 class PUBGParams(ForgetRobustness):
-    w_ga: float = Field(0.1, ge=0, le=10, description="weight of gradient ascent on the private answers")
+    w_ga: float = Field(0.1, ge=0, le=10, description="weight of the forget term on the private answers")
+    forget_term: Literal["ga", "npo"] = Field(
+        "ga", description="the forget term w_ga weighs: gradient ascent (-NLL_f) or NPO's loss (ours)"
+    )
+    npo_beta: float = Field(
+        0.1, gt=0, le=10, description="inverse temperature of NPO's term (forget_term=npo)"
+    )
     w_bg: float = Field(1.0, ge=0, le=100, description="weight of the behaviour-guidance KL")
     w_ret: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL (0: no retain stream)")
     temperature: float = Field(1.0, gt=0, le=10, description="teacher temperature")
