@@ -181,6 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         methods=methods or BASELINES,
         method_steps=args.method_steps,
         sweep_samples=args.sweep_samples,
+        audit=not args.no_audit,
         log=say,
     )
     return 0

@@ -156,3 +156,40 @@ def test_default_spaces_sample_the_robust_options():
         robust = {k for k in space.dims if k.split(".")[-1] in ("sam_rho", "rs_sigma", "tar_steps")}
         assert robust, f"tune_spaces/{name}.yaml samples no robustness option"
         assert any(0 in space.dims[k].args or 0.0 in space.dims[k].args for k in robust)  # off stays possible
+
+
+def test_the_demo_says_which_target_and_check_its_champion_misses_and_by_how_much(tmp_path):
+    from pipelines.demo import champion_verdict, missed_targets
+    from pipelines.sweep.driver import SweepResult
+    from pipelines.sweep.report import ChampionOutcome, TrialOutcome
+    from tests.test_audit import _side
+    from unlearn_core.audit import compare
+
+    vanilla = {"retain.vqa_acc": 1.0, "guided_forget.informativeness": 0.95}
+    good = {"forget.leak_rate": 0.0, "forget_unseen.leak_rate": 0.0, "retain.vqa_acc": 0.97,
+            "quality.informativeness": 0.9, "quality.hallucination": 0.08, "quality.refusal_rate": 0.0,
+            "quality.degeneracy_rate": 0.0}  # fmt: skip
+    assert missed_targets(good, vanilla) == []
+    bad = {**good, "quality.hallucination": 0.125, "quality.informativeness": 0.7}
+    assert missed_targets(bad, vanilla) == [
+        "quality.hallucination 0.125 > 0.1",
+        "quality.informativeness 0.700 < 0.76",
+    ]
+    report = compare(_side(relearn__figures__2__leak=0.31), _side())
+    path = tmp_path / "audit.json"
+    path.write_text(json.dumps(report))
+
+    def result(metrics, verdict):
+        champion = ChampionOutcome(trial="t1", reason="", qualifying=["t1"], audits={"t1": verdict})
+        trials = {"t1": TrialOutcome("completed", metrics, {})}
+        return SweepResult(tmp_path, "s", "p", {}, trials, [], [], champion)
+
+    lines = champion_verdict(result(bad, {"pass": False, "failed": ["relearn"], "json": str(path)}), vanilla)
+    assert "output targets MISSED: quality.hallucination 0.125 > 0.1" in lines[1]
+    assert any("relearning: FAIL: max leak gap +0.31" in ln for ln in lines)
+    assert lines[-1].startswith("champion t1 FAILS: output targets, relearn")
+    ok = compare(_side(), _side())
+    path.write_text(json.dumps(ok))
+    lines = champion_verdict(result(good, {"pass": True, "failed": [], "json": str(path)}), vanilla)
+    assert lines[1] == "output targets: all met"
+    assert lines[-1] == "champion t1 meets every output target and passes every audit check"

@@ -84,6 +84,19 @@ class ChampionRule:
             data["max_aftermath"] = tuple((str(m), float(v)) for m, v in dict(data["max_aftermath"]).items())
         return cls(**data)
 
+    def bounds(self, vanilla: Mapping[str, Any]) -> list[tuple[str, str, float, str]]:
+        """Every output target as (metric, "<=" or ">=", bound, where the bound comes from); a bound
+        relative to a vanilla figure the vanilla lacks is left out."""
+        out = [(m, "<=", self.max_leak, "max_leak") for m in self.leak_metrics]
+        out += [(m, "<=", cap, "max_aftermath") for m, cap in self.max_aftermath]
+        if (v := _num(vanilla, self.retain_metric)) is not None:
+            out.append((self.retain_metric, ">=", self.min_retain_ratio * v, f"vanilla {v:.4g}"))
+        if self.min_rank_ratio > 0 and (v := _num(vanilla, self.rank_reference)) is not None:
+            out.append(
+                (self.rank_metric, ">=", self.min_rank_ratio * v, f"vanilla {self.rank_reference} {v:.4g}")
+            )
+        return out
+
     def describe(self) -> str:
         leaks = " and ".join(f"{m} <= {self.max_leak:g}" for m in self.leak_metrics)
         after = "".join(f" and {m} <= {v:g}" for m, v in self.max_aftermath)
@@ -141,6 +154,20 @@ def _objective_key(mode: str):
     return key
 
 
+def misses(metrics: Mapping[str, Any], bounds: list[tuple[str, str, float, str]]) -> list[str]:
+    """The bounds ``metrics`` misses, each with its figure (a missing metric misses its bound)."""
+    out = []
+    for name, kind, bound, _ in bounds:
+        v = _num(metrics, name)
+        if v is None:
+            out.append(f"{name} missing")
+        elif kind == "<=" and v > bound + 1e-12:
+            out.append(f"{name} {v:.3f} > {bound:.4g}")
+        elif kind == ">=" and v < bound - 1e-12:
+            out.append(f"{name} {v:.3f} < {bound:.4g}")
+    return out
+
+
 def select_champion(
     trials: Mapping[str, Mapping[str, Any]],
     vanilla: Mapping[str, Any],
@@ -152,40 +179,17 @@ def select_champion(
     """Apply ``rule`` to finished trials (name -> final metrics) against the vanilla model's metrics."""
     rule = rule or ChampionRule()
     notes: list[str] = []
-    leaks = [m for m in rule.leak_metrics if any(_num(t, m) is not None for t in trials.values())]
-    notes += [f"{m}: reported by no trial, skipped" for m in rule.leak_metrics if m not in leaks]
-    vanilla_retain = _num(vanilla, rule.retain_metric)
-    bound = None if vanilla_retain is None else rule.min_retain_ratio * vanilla_retain
-    if bound is None:
-        notes.append(f"vanilla has no {rule.retain_metric}: retain bound skipped")
-    else:
-        notes.append(f"{rule.retain_metric} bound {bound:.4g} (vanilla {vanilla_retain:.4g})")
-
-    caps = [(m, cap) for m, cap in rule.max_aftermath if any(_num(t, m) is not None for t in trials.values())]
-    notes += [f"{m}: reported by no trial, skipped" for m, _ in rule.max_aftermath if m not in dict(caps)]
-    floor = None
-    if rule.min_rank_ratio > 0:
-        reference = _num(vanilla, rule.rank_reference)
-        if reference is None:
-            notes.append(f"vanilla has no {rule.rank_reference}: {rule.rank_metric} bound skipped")
-        else:
-            floor = rule.min_rank_ratio * reference
-            notes.append(
-                f"{rule.rank_metric} bound {floor:.4g} (vanilla {rule.rank_reference} {reference:.4g})"
-            )
+    bounds = rule.bounds(vanilla)
+    for name, low in ((rule.retain_metric, True), (rule.rank_metric, rule.min_rank_ratio > 0)):
+        if low and not any(b[0] == name for b in bounds):
+            ref = rule.retain_metric if name == rule.retain_metric else rule.rank_reference
+            notes.append(f"vanilla has no {ref}: {name} bound skipped")
+    reported = [b for b in bounds if any(_num(t, b[0]) is not None for t in trials.values())]
+    notes += [f"{b[0]}: reported by no trial, skipped" for b in bounds if b not in reported]
+    notes += [f"{name} bound {value:.4g} ({why})" for name, kind, value, why in reported if kind == ">="]
 
     def qualifies(m: Mapping[str, Any]) -> bool:
-        for name, cap in [*((n, rule.max_leak) for n in leaks), *caps]:
-            v = _num(m, name)
-            if v is None or v > cap + 1e-12:
-                return False
-        for name, low in ((rule.retain_metric, bound), (rule.rank_metric, floor)):
-            if low is None:
-                continue
-            v = _num(m, name)
-            if v is None or v < low - 1e-12:
-                return False
-        return True
+        return not misses(m, reported)
 
     qualifying = sorted(n for n, m in trials.items() if qualifies(m))
     by_objective = _objective_key(objective_mode)
