@@ -6,11 +6,12 @@ Run (in a worktree whose workdir has the vanilla model, after `make run`)::
     .venv/bin/python bench/robustness.py run --workdir workdir --configs pubg,pubg_sam --seeds 0,1
     .venv/bin/python bench/robustness.py table --workdir workdir [--out docs/robustness_pareto.png]
 
-``run`` starts every command as its own process under the machine's heavy-work lock
-(``flock /tmp/lvlm-heavy.lock``, one command at a time, so other work on a shared machine interleaves),
-and appends one record per (configuration, seed) to ``WORKDIR/robustness/runs.jsonl``: the two command
-lines, the run's MLflow id, its model folder, evaluation JSON and audit JSON. A (configuration, seed)
-already recorded with the same command is skipped. ``table`` prints the output-level targets and the
+``run`` runs each (configuration, seed) as its own process under the machine's heavy-work lock
+(``flock /tmp/lvlm-heavy.lock``: one configuration at a time, so other work on a shared machine
+interleaves between them): the ``unlearn run`` and the ``unlearn audit`` of its model, then one record
+appended to ``WORKDIR/robustness/runs.jsonl``: both command lines, the run's MLflow id, its model
+folder, evaluation JSON and audit JSON. A (configuration, seed) already recorded with the same
+overrides is skipped. ``table`` prints the output-level targets and the
 audit checks of every record, draws output quality against robustness (a Pareto plot) and logs both to
 MLflow as a run of its own (``tags.job = robustness``).
 """
@@ -46,6 +47,9 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "npo_sam": ("npo", {**NPO, "method.params.sam_rho": 0.05}),
     "npo_rs": ("npo", {**NPO, "method.params.rs_sigma": 0.01}),
     "npo_tar": ("npo", {**NPO, "method.params.tar_steps": 2}),
+    "pubg_npo": ("pubg", {**PUBG, "method.params.forget_term": "npo", "method.params.w_ga": 1.0}),
+    "pubg_tar_benign": ("pubg", {**PUBG, "method.params.tar_steps": 2, "method.params.tar_attack": "retain"}),
+    "npo_tar_benign": ("npo", {**NPO, "method.params.tar_steps": 2, "method.params.tar_attack": "retain"}),
 }
 # Targets of the project (the champion rule, pipelines/sweep/champion.py)
 TARGETS = (
@@ -69,13 +73,13 @@ def read_runs(workdir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def locked(cmd: list[str], log: Path) -> str:
-    """Run ``cmd`` under the heavy-work lock; its output goes to ``log`` and is returned."""
+def logged(cmd: list[str], log: Path) -> str:
+    """Run ``cmd``; its output goes to ``log`` and is returned."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"$ {shlex.join(cmd)}   (log {log})", flush=True)
     t0 = time.perf_counter()
     with log.open("w") as fh:
-        rc = subprocess.call(["flock", LOCK, *cmd], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
     text = log.read_text()
     if rc != 0:
         raise SystemExit(f"failed (exit {rc}) after {time.perf_counter() - t0:.0f} s: see {log}")
@@ -90,12 +94,12 @@ def run_one(workdir: Path, name: str, seed: int, extra: dict[str, Any]) -> dict[
     for k, v in overrides.items():
         run_cmd += ["--set", f"{k}={v}"]
     logs = workdir / "robustness" / "logs"
-    out = locked(run_cmd, logs / f"{name}-s{seed}-run.log")
+    out = logged(run_cmd, logs / f"{name}-s{seed}-run.log")
     run_id = re.findall(r"MLflow run ([0-9a-f]{32})", out)[-1]
     model_dir = workdir / "models" / f"{method}-{run_id[:8]}"
     eval_json = workdir / "results" / f"eval-{method}-{run_id[:8]}.json"
     audit_cmd = [UNLEARN, "audit", "--model", str(model_dir), "--workdir", str(workdir)]
-    out = locked(audit_cmd, logs / f"{name}-s{seed}-audit.log")
+    out = logged(audit_cmd, logs / f"{name}-s{seed}-audit.log")
     audit_json = re.findall(r"audit report: (\S+\.json)", out)[-1]
     return {
         "name": name,
@@ -114,21 +118,45 @@ def run_one(workdir: Path, name: str, seed: int, extra: dict[str, Any]) -> dict[
 def cmd_run(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir).resolve()
     extra = dict(s.split("=", 1) for s in args.set or [])
-    done = {(r["name"], r["seed"], json.dumps(r["overrides"], sort_keys=True)) for r in read_runs(workdir)}
     for name in args.configs.split(","):
         if name not in CONFIGS:
             raise SystemExit(f"--configs: unknown configuration {name!r}; known: {', '.join(CONFIGS)}")
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in args.configs.split(","):
+            done = {
+                (r["name"], r["seed"], json.dumps(r["overrides"], sort_keys=True)) for r in read_runs(workdir)
+            }
             _, sets = CONFIGS[name]
-            key = json.dumps({**sets, **extra, "train.seed": seed, "tracking.log_model": "false"}, sort_keys=True)
+            key = json.dumps(
+                {**sets, **extra, "train.seed": seed, "tracking.log_model": "false"}, sort_keys=True
+            )
             if (name, seed, key) in done:
                 print(f"[recorded] {name} seed {seed}")
                 continue
-            record = run_one(workdir, name, seed, extra)
-            runs_file(workdir).parent.mkdir(parents=True, exist_ok=True)
-            with runs_file(workdir).open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            one = [
+                sys.executable,
+                __file__,
+                "one",
+                "--workdir",
+                str(workdir),
+                "--config",
+                name,
+                "--seed",
+                str(seed),
+            ]
+            one += [a for kv in (args.set or []) for a in ("--set", kv)]
+            print(f"[queued on {LOCK}] {name} seed {seed}", flush=True)
+            if subprocess.call(["flock", LOCK, *one], cwd=REPO) != 0:
+                raise SystemExit(f"{name} seed {seed} failed")
+
+
+def cmd_one(args: argparse.Namespace) -> None:
+    """One (configuration, seed): its run and audit, the record appended (``run`` calls this under the lock)."""
+    workdir = Path(args.workdir).resolve()
+    record = run_one(workdir, args.config, args.seed, dict(s.split("=", 1) for s in args.set or []))
+    runs_file(workdir).parent.mkdir(parents=True, exist_ok=True)
+    with runs_file(workdir).open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -197,7 +225,9 @@ def cmd_table(args: argparse.Namespace) -> None:
                "all met" if all(targets.values()) else "missed: " + ", ".join(k for k, v in targets.items() if not v),
                *(_cell(fig[c]) for c in rob_cols), *status, "PASS" if audit["pass"] else "fail"]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
-        points.append((r["name"], r["seed"], m.get("quality.informativeness", 0.0), n_pass, all(targets.values())))
+        points.append(
+            (r["name"], r["seed"], m.get("quality.informativeness", 0.0), n_pass, all(targets.values()))
+        )
     text = "\n".join(lines)
     print(text)
     print(f"\nvanilla: retain.vqa_acc {vanilla['retain.vqa_acc']:.3f}, guided_forget.informativeness "
@@ -257,11 +287,16 @@ def main() -> None:
     run.add_argument("--configs", default=",".join(CONFIGS))
     run.add_argument("--seeds", default="0")
     run.add_argument("--set", action="append", help="an override added to every configuration")
+    one = sub.add_parser("one")
+    one.add_argument("--workdir", default="workdir")
+    one.add_argument("--config", required=True)
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--set", action="append")
     table = sub.add_parser("table")
     table.add_argument("--workdir", default="workdir")
     table.add_argument("--out", help="the Pareto plot's PNG (default WORKDIR/robustness/pareto.png)")
     args = parser.parse_args()
-    (cmd_run if args.command == "run" else cmd_table)(args)
+    {"run": cmd_run, "one": cmd_one, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":
