@@ -43,8 +43,9 @@ ALL_VIEWS = ("", "idk_", "rand_", "guide_", "teacher_")
 # (the ``reject`` method with its view switched to ``guide_`` and no retain term).
 GUIDE_NLL = "reference: NLL on the guide_ view (1 pass)"
 
-# (label, method, params, forward+backward passes per step, reference forwards per step)
-VARIANTS: list[tuple[str, str, dict[str, Any], int, int]] = [
+# (label, method, params, forward+backward passes per step, reference forwards per step), in passes of
+# one view of a full batch (tamper resistance's attack and held-out passes run on half batches)
+VARIANTS: list[tuple[str, str, dict[str, Any], float, float]] = [
     ("ga", "ga", {}, 1, 0),
     ("grad_diff", "grad_diff", {}, 2, 0),
     ("kl", "kl", {}, 2, 1),
@@ -65,7 +66,24 @@ VARIANTS: list[tuple[str, str, dict[str, Any], int, int]] = [
     ("wga", "wga", {}, 2, 0),
     ("satimp", "satimp", {}, 2, 0),
     ("ceu", "ceu", {}, 1, 0),
+    # relearning-resistant forget updates (unlearn_core/methods/robust.py); the forget term of npo is one
+    # pass (+ its reference forward), of default pubg two (plain and guide_ views)
+    ("npo + SAM", "npo", {"sam_rho": 0.05}, 3, 2),
+    ("npo + randomised smoothing (3 draws)", "npo", {"rs_sigma": 1e-3, "rs_samples": 3}, 4, 3),
+    ("npo + tamper resistance (K=2)", "npo", {"tar_steps": 2}, 4, 2),
+    ("npo + SAM + tamper resistance (K=2)", "npo", {"sam_rho": 0.05, "tar_steps": 2}, 5, 3),
+    ("pubg cached + SAM (w_ret=1)", "pubg", {"w_ret": 1.0, "sam_rho": 0.05}, 5, 0),
+    ("pubg cached + tamper resistance (K=2, w_ret=1)", "pubg", {"w_ret": 1.0, "tar_steps": 2}, 6, 0),
 ]
+# each robust variant against the same method without the option
+ROBUST_BASE = {
+    "npo + SAM": "npo",
+    "npo + randomised smoothing (3 draws)": "npo",
+    "npo + tamper resistance (K=2)": "npo",
+    "npo + SAM + tamper resistance (K=2)": "npo",
+    "pubg cached + SAM (w_ret=1)": "pubg cached, default (w_ret=1)",
+    "pubg cached + tamper resistance (K=2, w_ret=1)": "pubg cached, default (w_ret=1)",
+}
 
 
 def real_batches(inp: common.Inputs, processor: Any) -> tuple[list[dict], list[dict]]:
@@ -181,7 +199,14 @@ def main() -> None:
         if label.startswith("pubg cached"):
             verdict = "met" if ratio.median <= TARGET else "MISSED"
         rows.append(
-            [label, ms.short(), ratio.short(2), f"{passes} + {ref_fw} ref fwd", per_pass.short(2), verdict]
+            [
+                label,
+                ms.short(),
+                ratio.short(2),
+                f"{passes:g} + {ref_fw:g} ref fwd",
+                per_pass.short(2),
+                verdict,
+            ]
         )
         results[label] = {
             "ms_per_step": ms.as_dict(),
@@ -204,6 +229,13 @@ def main() -> None:
         f"guide_ view {tuple(f0['guide_input_ids'].shape)} vs GA's plain view {tuple(f0['input_ids'].shape)}"
     )
     results["kl_over_guide_nll"] = kl_cost.as_dict()
+    robust_rows = []
+    for label, base_label in ROBUST_BASE.items():
+        extra = common.Stats([a / b for a, b in zip(times[label], times[base_label], strict=True)])
+        robust_rows.append([label, base_label, extra.short(3)])
+        results[label]["ratio_to_plain"] = extra.as_dict()
+    print("\nrobust forget updates: step time over the same method without the option")
+    results["robust_table"] = common.table(["variant", "plain", "x plain"], robust_rows)
     print(common.load_summary())
     common.save("method_cost", results)
 

@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated baselines (default: all seven)")
     p.add_argument("--method-steps", type=int, default=40, help="unlearning steps per baseline (default 40)")
     p.add_argument("--sweep-samples", type=int, default=2, help="PUBG sweep trials (default 2; 0 = no sweep)")
+    p.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="skip auditing the sweep's qualifying trials against a reference retrained without the forget "
+        "rows (the first run trains that reference: the vanilla recipe again); print the audit command instead",
+    )
     p.set_defaults(handler=commands.cmd_demo)
 
     p = sub.add_parser(

@@ -87,25 +87,31 @@ def _parse_set(item: str) -> tuple[str, object]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.name):
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.name):
         raise ConfigError(f"--name: {args.name!r} must be a plain folder name (letters, digits, . _ -)")
     cfg = run_config_from_args(args, "finetune")
     preflight.run_config(cfg, "finetune")
-    model_dir = Path(cfg.workdir) / "models" / args.name  # replaced only if a training job wrote it
-    outputs.check_folder(model_dir, "--name", force=True, recognise=preflight.earlier_model)
+    keyed = args.exclude_forget and not args.name  # the reference's name comes from the shards (below)
+    name = args.name or "vanilla"
+    if not keyed:  # a model folder is replaced only if a training job wrote it
+        outputs.check_folder(
+            Path(cfg.workdir) / "models" / name, "--name", force=True, recognise=preflight.earlier_model
+        )
     start(args, cfg.workdir, "finetune")
     from pipelines.ray_env import ensure_ray
     from pipelines.train.finetune import run_finetune
 
     ensure_ray()
-    name = args.name or "vanilla"
-    if args.exclude_forget and not args.name:  # the keyed name `unlearn audit` looks for
+    if keyed:  # the keyed name `unlearn audit` looks for
         from pipelines.audit import reference_name
         from pipelines.shards import load_manifest
         from pipelines.workspace import Workspace, ensure_shards
 
         shards = ensure_shards(cfg, Workspace(Path(cfg.workdir)), say)
         name = reference_name(cfg, load_manifest(shards)["fingerprint"], args.exclude_forget)
+        outputs.check_folder(
+            Path(cfg.workdir) / "models" / name, "--name", force=True, recognise=preflight.earlier_model
+        )
     artifacts(run_finetune(cfg, out_name=name, log=say, exclude_forget=args.exclude_forget), cfg)
     return 0
 
@@ -218,6 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         methods=methods or BASELINES,
         method_steps=args.method_steps,
         sweep_samples=args.sweep_samples,
+        audit=not args.no_audit,
         log=say,
     )
     return 0

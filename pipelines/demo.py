@@ -1,7 +1,10 @@
 """`unlearn demo` (= `make run`): the whole pipeline on the embedded default, cached where it can be.
 
 synthetic benchmark -> shards -> vanilla fine-tune -> each baseline -> a small PUBG sweep (ASHA)
--> results table on the terminal, forget-vs-utility plot + champion in MLflow.
+-> results table on the terminal, forget-vs-utility plot + champion in MLflow -> with ``audit`` (the
+default), the sweep's qualifying trials audited against a reference retrained without the forget rows
+(``unlearn sweep --audit``: the champion is the first that passes) and the champion's verdict: every
+output target and audit check it fails, and by how much.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def run_demo(
     methods: tuple[str, ...] = BASELINES,
     method_steps: int = 40,
     sweep_samples: int = 2,
+    audit: bool = True,
     log=print,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -70,7 +74,7 @@ def run_demo(
     if sweep_samples > 0:
         from pipelines.sweep import run_sweep
 
-        log(f"== 4/5 PUBG sweep: {sweep_samples} trials, ASHA")
+        log(f"== 4/5 PUBG sweep: {sweep_samples} trials, ASHA" + (", audited" if audit else ""))
         cfg = _cfg("unlearn", workdir, {"method.name": "pubg"})
         sweep_out = run_sweep(
             DEMO_SWEEP_SPACE,
@@ -78,6 +82,7 @@ def run_demo(
             num_samples=sweep_samples,
             scheduler="asha",
             if_exists="resume",
+            audit=audit,
             log=log,
             table=False,  # the champion is a column of the final table
         )
@@ -96,10 +101,43 @@ def run_demo(
         log(
             f"champion:   .venv/bin/unlearn pull models:/{champion}@champion --out champion --workdir {workdir}"
         )
-        # The audit trains a reference without the forget rows (the fine-tune's 2000 steps again) and
-        # attacks both models: more than this demo's budget (docs/audit.md, bench/audit_cost.py).
-        log(f"audit it:   .venv/bin/unlearn audit --model models:/{champion}@champion --workdir {workdir}")
+        if sweep_out is not None and sweep_out.champion.trial in sweep_out.champion.audits:
+            for line in champion_verdict(sweep_out, results["vanilla"]):
+                log(line)
+        else:
+            log(
+                f"audit it:   .venv/bin/unlearn audit --model models:/{champion}@champion --workdir {workdir}"
+            )
     return {"results": results, "sweep": sweep_out}
+
+
+def champion_verdict(sweep_out: SweepResult, vanilla: dict[str, float]) -> list[str]:
+    """What the champion misses, plainly: each output target and each audit check it fails, by how much
+    (or that it passes them all)."""
+    from unlearn_core.audit import verdict_lines
+
+    champ = sweep_out.champion
+    metrics = sweep_out.trials[champ.trial].metrics if champ.trial else {}
+    missed = missed_targets(metrics, vanilla)
+    verdict = champ.audits[champ.trial]
+    report = json.loads(Path(verdict["json"]).read_text()) if verdict.get("json") else None
+    lines = ["== the champion's verdict (output targets; audit against the retrained reference)"]
+    lines.append("output targets: all met" if not missed else "output targets MISSED: " + "; ".join(missed))
+    if report is not None:
+        lines += [f"  {line}" for line in verdict_lines(report)]
+    if verdict["pass"] and not missed:
+        lines.append(f"champion {champ.trial} meets every output target and passes every audit check")
+    else:
+        failed = [*(["output targets"] if missed else []), *verdict["failed"]]
+        lines.append(f"champion {champ.trial} FAILS: {', '.join(failed)} (docs/robustness.md)")
+    return lines
+
+
+def missed_targets(metrics: dict[str, float], vanilla: dict[str, float]) -> list[str]:
+    """The project's output-level targets (the champion rule's) a model misses, each with its figure."""
+    from pipelines.sweep.champion import ChampionRule, misses
+
+    return misses(metrics, ChampionRule().bounds(vanilla))
 
 
 def baseline_config(workdir: str, method: str, steps: int) -> RunConfig:

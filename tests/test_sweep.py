@@ -77,7 +77,7 @@ def test_sweep_runs_trials_logs_children_registers_champion_and_resumes(sweep_in
         tmp_path, SPACE.replace("objective:", "start:\n  - {train.lr: 1.0e-3, train.steps: 4}\nobjective:")
     )
     # Lenient thresholds so the qualifying path (not the fallback) picks the champion of 4-step trials.
-    rule = ChampionRule(max_leak=1.0, min_retain_ratio=0.0)
+    rule = ChampionRule(max_leak=1.0, min_retain_ratio=0.0, max_aftermath=(), min_rank_ratio=0.0)
     lines: list[str] = []
     t0 = time.perf_counter()
     out = run_sweep(
@@ -246,6 +246,34 @@ def test_champion_rule_picks_most_informative_qualifying_trial():
     assert choice.metrics["quality.informativeness"] == 0.60
     rationale = choice.rationale(ChampionRule())
     assert '"chosen": "b"' in rationale and '"qualifying": ["a", "b"]' in rationale
+
+
+def test_champion_rule_holds_every_output_target():
+    """Aftermaths (hallucination <= 0.10, refusal <= 0.05, degeneracy <= 0.02) and informativeness >= 0.8 x
+    the vanilla's guided informativeness: a trial that misses any one of them does not qualify."""
+    vanilla = {"retain.vqa_acc": 0.8, "guided_forget.informativeness": 0.9}  # informativeness bound 0.72
+    ok = {**_m(0, 0, 0.8, 0.75, 0.5), "quality.hallucination": 0.10, "quality.refusal_rate": 0.05,
+          "quality.degeneracy_rate": 0.02}  # fmt: skip
+    trials = {
+        "ok": ok,
+        "hallucinates": {**ok, "quality.hallucination": 0.11, "quality.informativeness": 0.9},
+        "refuses": {**ok, "quality.refusal_rate": 0.06, "quality.informativeness": 0.9},
+        "degenerate": {**ok, "quality.degeneracy_rate": 0.03, "quality.informativeness": 0.9},
+        "uninformative": {**ok, "quality.informativeness": 0.71},
+        "no_aftermath_figures": {k: v for k, v in ok.items() if not k.startswith("quality.h")},
+    }
+    choice = select_champion(trials, vanilla)
+    assert choice.qualifying == ["ok"] and choice.trial == "ok"
+    assert any("quality.informativeness bound 0.72" in n for n in choice.notes)
+    assert choice.metrics["quality.hallucination"] == 0.10
+    # a vanilla without the guided figure skips that bound (said in the notes), and a rule may relax it
+    assert "uninformative" in select_champion(trials, {"retain.vqa_acc": 0.8}).qualifying
+    relaxed = ChampionRule(max_aftermath=(("quality.hallucination", 0.2),), min_rank_ratio=0.0)
+    assert {"hallucinates", "refuses", "degenerate", "uninformative"} <= set(
+        select_champion(trials, vanilla, rule=relaxed).qualifying
+    )
+    assert "quality.refusal_rate <= 0.05" in ChampionRule().describe()
+    assert ChampionRule.from_dict(relaxed.to_dict()) == relaxed
 
 
 def test_champion_tie_goes_to_better_objective():

@@ -28,36 +28,87 @@ class StrictParams(BaseModel):
     train_defaults: ClassVar[dict[str, Any]] = {}
 
     def own_optimizer_steps(self) -> bool:
-        """Whether the method, with these values, takes its own optimizer steps (two separate,
-        saliency-masked updates): then no gradient accumulation and no DeepSpeed engine
+        """Whether the method, with these values, takes its own optimizer steps (saliency-masked or
+        robust forget updates): then no gradient accumulation and no DeepSpeed engine
         (``method_registry.check_supported``; the method's ``custom_step`` says the same)."""
         return False
+
+    def own_steps_reason(self) -> str:
+        """Why the method takes its own optimizer steps (named in the refusals)."""
+        return "saliency-masked updates"
 
     def plain_steps_hint(self) -> str:
         """How to give the own steps up, appended to a refusal (empty: there is no way)."""
         return ""
 
 
-class GAParams(StrictParams):
-    """Plain gradient ascent has no hyper-parameters (lr and steps belong to the trainer)."""
+class ForgetRobustness(StrictParams):
+    """Relearning-resistant forget updates (``unlearn_core/methods/robust.py``, docs/methods.md), for
+    every method whose loss is a forget term plus a retain term. All off by default; any of them on
+    makes the method take its own optimizer steps (DDP, no gradient accumulation, no DeepSpeed)."""
+
+    sam_rho: float = Field(0.0, ge=0, le=10, description="SAM radius on the forget term (0 = off)")
+    rs_sigma: float = Field(
+        0.0, ge=0, le=1, description="randomised smoothing: weight-noise std on the forget term (0 = off)"
+    )
+    rs_samples: int = Field(3, ge=1, le=16, description="randomised smoothing: noise draws per step")
+    tar_steps: int = Field(
+        0, ge=0, le=16, description="tamper resistance: simulated relearning steps per update (0 = off)"
+    )
+    tar_lr: float = Field(5e-4, gt=0, le=1.0, description="tamper resistance: the simulated attacker's lr")
+    tar_weight: float = Field(
+        1.0, ge=0, le=100, description="tamper resistance: weight of the forget term after the attack"
+    )
+    tar_attack: Literal["forget", "retain"] = Field(
+        "forget",
+        description="tamper resistance: the attacker's rows (half the forget batch, or the retain batch)",
+    )
+
+    def robust_on(self) -> bool:
+        """Whether any robust forget update is on (``methods.robust.Robustness.active``)."""
+        return self.sam_rho > 0 or self.rs_sigma > 0 or self.tar_steps > 0
+
+    def own_optimizer_steps(self) -> bool:
+        return self.robust_on()
+
+    def own_steps_reason(self) -> str:
+        return "robust (SAM / smoothing / tamper-resistance) forget updates"
+
+    def plain_steps_hint(self) -> str:
+        if self.robust_on():
+            return " or method.params.sam_rho=0, rs_sigma=0 and tar_steps=0 (no robust forget update)"
+        return ""
+
+    @model_validator(mode="after")
+    def _one_smoothing(self) -> ForgetRobustness:
+        if self.sam_rho > 0 and self.rs_sigma > 0:
+            raise ValueError(
+                f"sam_rho={self.sam_rho} and rs_sigma={self.rs_sigma}: SAM and randomised smoothing are "
+                "alternatives; set one of them to 0"
+            )
+        return self
 
 
-class GradDiffParams(StrictParams):
+class GAParams(ForgetRobustness):
+    """Plain gradient ascent: only the robustness options (lr and steps belong to the trainer)."""
+
+
+class GradDiffParams(ForgetRobustness):
     gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
 
 
-class KLParams(StrictParams):
+class KLParams(ForgetRobustness):
     gamma: float = Field(1.0, ge=0, le=100, description="weight of the forget ascent term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain KL term")
 
 
-class NPOParams(StrictParams):
+class NPOParams(ForgetRobustness):
     beta: float = Field(0.1, gt=0, le=10, description="inverse temperature of the NPO loss")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure NPO)")
 
 
-class SimNPOParams(StrictParams):
+class SimNPOParams(ForgetRobustness):
     beta: float = Field(4.5, gt=0, le=100, description="inverse temperature of the SimNPO loss")
     delta: float = Field(0.0, ge=0, le=100, description="reward margin")
     # open-unlearning's configs/trainer/SimNPO.yaml: gamma 0.125 (the forget term is 8x lighter than
@@ -66,7 +117,7 @@ class SimNPOParams(StrictParams):
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term (0 = pure SimNPO)")
 
 
-class RejectParams(StrictParams):
+class RejectParams(ForgetRobustness):
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
 
 
@@ -94,8 +145,14 @@ class MMUnlearnerParams(StrictParams):
         return True
 
 
-class PUBGParams(StrictParams):
-    w_ga: float = Field(0.1, ge=0, le=10, description="weight of gradient ascent on the private answers")
+class PUBGParams(ForgetRobustness):
+    w_ga: float = Field(0.1, ge=0, le=10, description="weight of the forget term on the private answers")
+    forget_term: Literal["ga", "npo"] = Field(
+        "ga", description="the forget term w_ga weighs: gradient ascent (-NLL_f) or NPO's loss (ours)"
+    )
+    npo_beta: float = Field(
+        0.1, gt=0, le=10, description="inverse temperature of NPO's term (forget_term=npo)"
+    )
     w_bg: float = Field(1.0, ge=0, le=100, description="weight of the behaviour-guidance KL")
     w_ret: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL (0: no retain stream)")
     temperature: float = Field(1.0, gt=0, le=10, description="teacher temperature")
@@ -109,10 +166,17 @@ class PUBGParams(StrictParams):
     restore_masked_out: bool = Field(True, description="copy masked-out entries back after a masked step")
 
     def own_optimizer_steps(self) -> bool:
-        return self.mask != "none"
+        return self.mask != "none" or self.robust_on()
+
+    def own_steps_reason(self) -> str:
+        return "saliency-masked updates" if self.mask != "none" else super().own_steps_reason()
 
     def plain_steps_hint(self) -> str:
-        return " or method.params.mask=none" if self.own_optimizer_steps() else ""
+        if self.mask != "none":
+            return " or method.params.mask=none" + (
+                " (and no robust forget update)" if self.robust_on() else ""
+            )
+        return super().plain_steps_hint()
 
     @field_validator("instruction")
     @classmethod
@@ -195,6 +259,13 @@ class CEUParams(StrictParams):
     alpha: float = Field(0.0, ge=0, le=100, description="weight of the retain NLL term (0: the paper's)")
 
 
+def field_names(params_cls: type[BaseModel]) -> list[str]:
+    """A method's fields, its own first and then the shared robustness options."""
+    shared = set(ForgetRobustness.model_fields) if issubclass(params_cls, ForgetRobustness) else set()
+    names = list(params_cls.model_fields)
+    return [n for n in names if n not in shared] + [n for n in names if n in shared]
+
+
 _BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
@@ -223,7 +294,7 @@ def validate_params(method: str, params_cls: type[BaseModel], params: Mapping[st
             loc = ".".join(["method.params", *(str(x) for x in e["loc"])])
             msg = f"{loc}: {e['msg']}"
             if e["type"] == "extra_forbidden":
-                msg += f" (valid fields of {method!r}: {', '.join(params_cls.model_fields) or 'none'})"
+                msg += f" (valid fields of {method!r}: {', '.join(field_names(params_cls)) or 'none'})"
             elif rng := field_range(params_cls, fname):
                 msg += f" (valid: {rng})"
             msgs.append(msg)

@@ -62,7 +62,8 @@ def train_defaults(name: str) -> dict[str, Any]:
 
 def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
     """Refuse what the training worker cannot run, before any work (preflight, no torch): a method that
-    takes its own (saliency-masked) optimizer steps under DeepSpeed or with gradient accumulation."""
+    takes its own optimizer steps (saliency-masked or robust forget updates) under DeepSpeed or with
+    gradient accumulation."""
     if mode == "finetune":
         return
     name = method_key(cfg.method.name)
@@ -70,16 +71,16 @@ def check_supported(cfg: RunConfig, mode: str = "unlearn") -> None:
     if not params.own_optimizer_steps():  # type: ignore[attr-defined]
         return
     hint = params.plain_steps_hint()  # type: ignore[attr-defined]
+    reason = params.own_steps_reason()  # type: ignore[attr-defined]
     stage, accum = cfg.train.deepspeed_stage, cfg.train.grad_accum
     if stage:
         raise ConfigError(
-            f"train.deepspeed_stage={stage}: method.name={name!r} does its own (saliency-masked) "
-            f"optimizer steps, which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP)"
-            f"{hint}"
+            f"train.deepspeed_stage={stage}: method.name={name!r} does its own optimizer steps ({reason}), "
+            f"which the DeepSpeed engine cannot run; use train.deepspeed_stage=0 (DDP){hint}"
         )
     if accum > 1:
         raise ConfigError(
-            f"train.grad_accum={accum}: method.name={name!r} takes two separate (saliency-masked) "
-            "optimizer steps per training step and cannot accumulate gradients over micro-batches; use "
+            f"train.grad_accum={accum}: method.name={name!r} takes its own optimizer steps ({reason}) "
+            "and cannot accumulate gradients over micro-batches; use "
             f"train.grad_accum=1 and a {accum}x larger train.batch_size{hint}"
         )

@@ -9,6 +9,7 @@ _HOMES = {
     "check_model_matches": "pipelines.audit.match",
     **dict.fromkeys(("audit_config", "ensure_reference", "reference_name"), "pipelines.audit.reference"),
     **dict.fromkeys(("PreparedReference", "prepare_reference", "run_audit"), "pipelines.audit.run"),
+    **dict.fromkeys(("probe_payload", "wants_probe"), "pipelines.audit.probe"),
     **dict.fromkeys(("VERDICT_TAG", "AUDIT_TAGS"), "pipelines.audit.record"),
 }
 

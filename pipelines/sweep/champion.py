@@ -3,11 +3,16 @@
 Default rule (``ChampionRule()``), applied to the trials that finished (their exported model was
 evaluated; trials stopped early by ASHA or failed are never candidates):
 
-1. A trial qualifies if ``forget.leak_rate`` == 0 and ``forget_unseen.leak_rate`` == 0 (``<= max_leak``,
-   default 0) and ``retain.vqa_acc`` >= 0.95 x the vanilla (before-unlearning) model's
-   ``retain.vqa_acc`` (``min_retain_ratio``). A trial lacking one of these metrics does not qualify; a
-   leak metric that no trial reports (the benchmark has no such split) is skipped, and so is the
-   retain bound when the vanilla model has no ``retain.vqa_acc``. Both skips are named in the rationale.
+1. A trial qualifies if it meets every output-level target of the project: ``forget.leak_rate`` == 0
+   and ``forget_unseen.leak_rate`` == 0 (``<= max_leak``, default 0), ``retain.vqa_acc`` >= 0.95 x the
+   vanilla (before-unlearning) model's ``retain.vqa_acc`` (``min_retain_ratio``), no Unlearning
+   Aftermath (``max_aftermath``: ``quality.hallucination`` <= 0.10, ``quality.refusal_rate`` <= 0.05,
+   ``quality.degeneracy_rate`` <= 0.02) and ``quality.informativeness`` >= 0.8 x the vanilla's
+   informativeness under the privacy instruction, ``guided_forget.informativeness``
+   (``min_rank_ratio``: the answers stay nearly as informative as the guided teacher's). A trial lacking
+   one of these metrics does not qualify; a metric that no trial reports (the benchmark has no such
+   split or task) is skipped, and so is a bound whose vanilla figure is missing. Every skip is named in
+   the rationale.
 2. Among qualifying trials the highest ``quality.informativeness`` wins; ties go to the better sweep
    objective (lower for ``mode: min``), then to the trial name.
 3. If none qualifies, this is said clearly; ``fallback="objective"`` (default) then takes the trial
@@ -44,15 +49,27 @@ class ChampionRule:
     min_retain_ratio: float = 0.95
     rank_metric: str = "quality.informativeness"  # higher is better
     fallback: Literal["objective", "none"] = "objective"
+    # (metric, highest allowed value): the Unlearning Aftermaths
+    max_aftermath: tuple[tuple[str, float], ...] = (
+        ("quality.hallucination", 0.10),
+        ("quality.refusal_rate", 0.05),
+        ("quality.degeneracy_rate", 0.02),
+    )
+    min_rank_ratio: float = 0.8  # rank_metric >= this x the vanilla's rank_reference
+    rank_reference: str = "guided_forget.informativeness"
 
     def __post_init__(self) -> None:
         if self.fallback not in ("objective", "none"):
             raise ValueError(f"champion fallback must be 'objective' or 'none', got {self.fallback!r}")
-        if self.max_leak < 0 or self.min_retain_ratio < 0:
-            raise ValueError("champion max_leak and min_retain_ratio must be >= 0")
+        if self.max_leak < 0 or self.min_retain_ratio < 0 or self.min_rank_ratio < 0:
+            raise ValueError("champion max_leak, min_retain_ratio and min_rank_ratio must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "leak_metrics": list(self.leak_metrics)}
+        return {
+            **asdict(self),
+            "leak_metrics": list(self.leak_metrics),
+            "max_aftermath": {m: v for m, v in self.max_aftermath},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> ChampionRule:
@@ -63,12 +80,30 @@ class ChampionRule:
             raise ValueError(f"unknown champion rule keys {unknown}; valid: {', '.join(sorted(known))}")
         if "leak_metrics" in data:
             data["leak_metrics"] = tuple(data["leak_metrics"])
+        if "max_aftermath" in data:
+            data["max_aftermath"] = tuple((str(m), float(v)) for m, v in dict(data["max_aftermath"]).items())
         return cls(**data)
+
+    def bounds(self, vanilla: Mapping[str, Any]) -> list[tuple[str, str, float, str]]:
+        """Every output target as (metric, "<=" or ">=", bound, where the bound comes from); a bound
+        relative to a vanilla figure the vanilla lacks is left out."""
+        out = [(m, "<=", self.max_leak, "max_leak") for m in self.leak_metrics]
+        out += [(m, "<=", cap, "max_aftermath") for m, cap in self.max_aftermath]
+        if (v := _num(vanilla, self.retain_metric)) is not None:
+            out.append((self.retain_metric, ">=", self.min_retain_ratio * v, f"vanilla {v:.4g}"))
+        if self.min_rank_ratio > 0 and (v := _num(vanilla, self.rank_reference)) is not None:
+            out.append(
+                (self.rank_metric, ">=", self.min_rank_ratio * v, f"vanilla {self.rank_reference} {v:.4g}")
+            )
+        return out
 
     def describe(self) -> str:
         leaks = " and ".join(f"{m} <= {self.max_leak:g}" for m in self.leak_metrics)
+        after = "".join(f" and {m} <= {v:g}" for m, v in self.max_aftermath)
+        inform = f" and {self.rank_metric} >= {self.min_rank_ratio:g} x vanilla {self.rank_reference}"
         return (
-            f"qualify: {leaks} and {self.retain_metric} >= {self.min_retain_ratio:g} x vanilla; "
+            f"qualify: {leaks} and {self.retain_metric} >= {self.min_retain_ratio:g} x vanilla{after}"
+            f"{inform if self.min_rank_ratio > 0 else ''}; "
             f"pick: highest {self.rank_metric} (ties: better objective); "
             f"none qualifies: {'best objective' if self.fallback == 'objective' else 'register nothing'}"
         )
@@ -119,6 +154,20 @@ def _objective_key(mode: str):
     return key
 
 
+def misses(metrics: Mapping[str, Any], bounds: list[tuple[str, str, float, str]]) -> list[str]:
+    """The bounds ``metrics`` misses, each with its figure (a missing metric misses its bound)."""
+    out = []
+    for name, kind, bound, _ in bounds:
+        v = _num(metrics, name)
+        if v is None:
+            out.append(f"{name} missing")
+        elif kind == "<=" and v > bound + 1e-12:
+            out.append(f"{name} {v:.3f} > {bound:.4g}")
+        elif kind == ">=" and v < bound - 1e-12:
+            out.append(f"{name} {v:.3f} < {bound:.4g}")
+    return out
+
+
 def select_champion(
     trials: Mapping[str, Mapping[str, Any]],
     vanilla: Mapping[str, Any],
@@ -130,25 +179,17 @@ def select_champion(
     """Apply ``rule`` to finished trials (name -> final metrics) against the vanilla model's metrics."""
     rule = rule or ChampionRule()
     notes: list[str] = []
-    leaks = [m for m in rule.leak_metrics if any(_num(t, m) is not None for t in trials.values())]
-    notes += [f"{m}: reported by no trial, skipped" for m in rule.leak_metrics if m not in leaks]
-    vanilla_retain = _num(vanilla, rule.retain_metric)
-    bound = None if vanilla_retain is None else rule.min_retain_ratio * vanilla_retain
-    if bound is None:
-        notes.append(f"vanilla has no {rule.retain_metric}: retain bound skipped")
-    else:
-        notes.append(f"{rule.retain_metric} bound {bound:.4g} (vanilla {vanilla_retain:.4g})")
+    bounds = rule.bounds(vanilla)
+    for name, low in ((rule.retain_metric, True), (rule.rank_metric, rule.min_rank_ratio > 0)):
+        if low and not any(b[0] == name for b in bounds):
+            ref = rule.retain_metric if name == rule.retain_metric else rule.rank_reference
+            notes.append(f"vanilla has no {ref}: {name} bound skipped")
+    reported = [b for b in bounds if any(_num(t, b[0]) is not None for t in trials.values())]
+    notes += [f"{b[0]}: reported by no trial, skipped" for b in bounds if b not in reported]
+    notes += [f"{name} bound {value:.4g} ({why})" for name, kind, value, why in reported if kind == ">="]
 
     def qualifies(m: Mapping[str, Any]) -> bool:
-        for name in leaks:
-            v = _num(m, name)
-            if v is None or v > rule.max_leak + 1e-12:
-                return False
-        if bound is not None:
-            v = _num(m, rule.retain_metric)
-            if v is None or v < bound - 1e-12:
-                return False
-        return True
+        return not misses(m, reported)
 
     qualifying = sorted(n for n, m in trials.items() if qualifies(m))
     by_objective = _objective_key(objective_mode)
@@ -182,7 +223,13 @@ def select_champion(
 
 
 def _chosen_metrics(metrics: Mapping[str, Any], rule: ChampionRule, objective: str) -> dict[str, float]:
-    names = [*rule.leak_metrics, rule.retain_metric, rule.rank_metric, objective]
+    names = [
+        *rule.leak_metrics,
+        rule.retain_metric,
+        rule.rank_metric,
+        *(m for m, _ in rule.max_aftermath),
+        objective,
+    ]
     return {n: v for n in names if (v := _num(metrics, n)) is not None}
 
 

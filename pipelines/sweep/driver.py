@@ -237,6 +237,15 @@ def run_sweep(
     )
 
 
+def _probe_payload(space: SearchSpace, cfg: RunConfig, log: Callable[..., None]) -> dict[str, Any] | None:
+    """The in-training audit probe, when the objective reads one of its ``audit_probe.*`` figures."""
+    from pipelines.audit.probe import probe_payload, wants_probe
+
+    if not wants_probe(space.objective.terms, space.objective.metric):
+        return None
+    return probe_payload(cfg.workdir, log=log)
+
+
 def _auditor(cfg: RunConfig, parent: str, log: Callable[..., None]) -> Callable[[str], dict[str, Any]]:
     """``unlearn audit`` of a trial's model against the workdir's retrained reference, as a child run."""
     from pipelines.audit import audit_config, run_audit
@@ -275,6 +284,7 @@ def _fit(
         loop=loop,
         resuming=resuming,
         tune_keys=objectives.metrics if objectives.multi else (),
+        audit_probe=_probe_payload(space, cfg, log),
     )
     most = autoscaler_max_resources()
     cluster = cluster_capacity(ray.cluster_resources(), most)

@@ -330,5 +330,11 @@ def _first_passing(
 
 def _verdicts(audits: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
-        t: {"pass": r["pass"], "failed": r["failed"], "run_id": r.get("run_id")} for t, r in audits.items()
+        t: {
+            "pass": r["pass"],
+            "failed": r["failed"],
+            "run_id": r.get("run_id"),
+            "json": r.get("paths", {}).get("json"),
+        }
+        for t, r in audits.items()
     }

@@ -45,6 +45,7 @@ class TrialContext:
     tune_keys: tuple[
         str, ...
     ] = ()  # report keys Tune reads beside ``tune_config.TUNE_KEYS`` (several objectives)
+    audit_probe: dict[str, Any] | None = None  # the in-training audit probe (pipelines.audit.probe)
 
 
 RUN_MARKER = "mlflow_run_id"  # in the trial's Train run folder: its MLflow run, for a retry or resume
@@ -151,6 +152,7 @@ def sweep_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 storage_path=ctx.train_storage,
             )
         job.loop = ctx.loop
+        job.audit_probe = ctx.audit_probe
         to_tune = EvalToTune(
             ctx.space.objective,
             dict(extra),

@@ -64,6 +64,9 @@ class WorkerSpec:
     # A checkpoint folder to start from when the run itself has none (Train V2 deprecates the
     # trainer's resume_from_checkpoint; a run restarted under the same name resumes by itself).
     resume_from: str | None = None
+    # The in-training audit probe (``pipelines.audit.probe_payload``: rows, settings, the reference's
+    # figures): its ``audit_probe.*`` metrics join every evaluation, the final one included.
+    audit_probe: dict[str, Any] | None = None
 
 
 def _resume_folder(spec: WorkerSpec, session: TrainSession, stack: ExitStack) -> Path | None:
@@ -178,14 +181,22 @@ def _train(spec: WorkerSpec, cfg: RunConfig, session: TrainSession) -> None:
     batches = {name: (to_device(b, ctx.device) for b in it) for name, it in streams.items()}
     step_fn = make_step_fn(built, model, optimizer, batches, cfg.train)
 
+    def probe() -> dict[str, float]:
+        if not spec.audit_probe:
+            return {}
+        from unlearn_core.audit.probe import run_probe
+
+        return run_probe(built.unwrapped(model), built.processor, spec.audit_probe)
+
     evaluate = None
     if spec.eval_records:  # defined on every rank (ZeRO-3 gathers weights on all); run on rank 0 only
         from unlearn_core.eval.runner import evaluate_model
 
         def evaluate() -> dict[str, float]:
-            return evaluate_model(
+            metrics = evaluate_model(
                 built.unwrapped(model), built.processor, spec.eval_records, image_size=spec.image_size
             )
+            return {**metrics, **probe()}
 
     def finalize(folder: Path) -> None:
         built.save_final(model, folder)
@@ -196,7 +207,7 @@ def _train(spec: WorkerSpec, cfg: RunConfig, session: TrainSession) -> None:
         def final_eval(folder: Path) -> dict[str, float]:
             return final_evaluation(
                 built.unwrapped(model), built.processor, spec.final_eval_records or [], spec.final_eval_protocol,
-                ctx, folder,
+                ctx, folder, extra=probe,
             )  # fmt: skip
 
     run_loop(
@@ -226,9 +237,12 @@ def final_evaluation(
     protocol_name: str,
     ctx: WorkerContext,
     folder: Path,
+    extra: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Every rank generates its share of the final evaluation; rank 0 gathers the outputs, writes them
-    to ``folder`` (the last checkpoint) and returns their metrics (the other ranks return {})."""
+    to ``folder`` (the last checkpoint) and returns their metrics (the other ranks return {}).
+    ``extra()`` (rank 0): metrics that are not scored from the outputs (the audit probe), written
+    beside them as ``extra_metrics``."""
     import json
 
     import torch.distributed as dist
@@ -246,9 +260,12 @@ def final_evaluation(
     if not ctx.is_rank0:
         return {}
     outputs = {sid: out for share in shares for sid, out in (share or {}).items()}
+    more = extra() if extra is not None else {}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / FINAL_OUTPUTS).write_text(json.dumps({"protocol": protocol_name, "outputs": outputs}))
-    return score_outputs(rows, outputs, protocol)["metrics"]
+    (folder / FINAL_OUTPUTS).write_text(
+        json.dumps({"protocol": protocol_name, "outputs": outputs, "extra_metrics": more})
+    )
+    return {**score_outputs(rows, outputs, protocol)["metrics"], **more}
 
 
 def final_outputs(result: ray.train.Result) -> dict[str, Any] | None:

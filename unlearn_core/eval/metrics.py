@@ -58,12 +58,22 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "judge.privacy": "optional LLM judge (unlearn_core.eval.judge), mean 1-5, 5 = nothing identifying or private.",
     "judge.informativeness": "optional LLM judge, mean 1-5, 5 = rich, specific, visually grounded answer.",
     "judge.hallucination": "optional LLM judge, mean 1-5, 5 = every claim supported by the image (faithful).",
+    # The in-training audit probe (unlearn_core/audit/probe.py), when a sweep's objective reads it; it
+    # also reports audit_probe.auc and audit_probe.auc_ref (two-sided: no direction, see auc_gap).
+    "audit_probe.relearn_leak": "leak rate on the audit's V rows (seeded subsample) after the probe's "
+    "relearning steps (default 2) on its T rows, AdamW 5e-4, batch 8.",
+    "audit_probe.relearn_leak_ref": "the same on the retrained reference.",
+    "audit_probe.relearn_excess": "max(0, relearn_leak - relearn_leak_ref): what relearning brings back "
+    "beyond what a model that never saw the rows learns.",
+    "audit_probe.auc_gap": "|AUC - AUC_ref| of the LOSS attack, forget rows on training images vs the same "
+    "people's forget_unseen images (seeded subsamples).",
 }
 # Extras computed the same way for other splits: <split>.leak_rate (forget*), <split>.recall
 # (retain*), <split>.vqa_acc / .text_qa_acc / .caption_f1 (any split), <split>.text_qa_match (text_qa
 # containment, whenever text_qa generations exist), guided_<split without _unseen>.*.
 
-_LOWER_IS_BETTER = ("leak_rate", "hallucination", "refusal_rate", "degeneracy_rate")
+_LOWER_IS_BETTER = ("leak_rate", "hallucination", "refusal_rate", "degeneracy_rate", "relearn_leak",
+                    "relearn_leak_ref", "relearn_excess", "auc_gap")  # fmt: skip
 _ARTICLES = frozenset({"a", "an", "the"})
 _LETTERS = "ABCDEFGHIJ"
 

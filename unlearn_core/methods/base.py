@@ -36,8 +36,19 @@ declares everything the pipeline and the trainer must provide, so no caller test
 Every update checks its loss and gradient norm first and raises ``NonFiniteLossError`` (naming the
 loss terms) instead of stepping: gradient ascent is unbounded, and one NaN step ruins the weights.
 
+The loss split. A method whose loss is a forget term plus a retain term implements
+``forget_loss(model, forget, ref)`` (and ``retain_loss`` when its retain term is not
+``retain_weight * NLL_r``); ``loss`` is then their sum. Such a method's Params extend
+``method_params.ForgetRobustness``, and the relearning-resistant forget updates of
+``methods/robust.py`` (SAM, randomised smoothing, tamper resistance) apply to it without a line of
+its own: with any of them on, ``custom_step`` is True and ``train_step`` differentiates the forget
+term robustly and the retain term plainly, then steps once (or, for a masked method, hands the forget
+gradient to its masked update). Tamper resistance relearns on the true answers, so it adds the plain
+view ``""`` to ``views``.
+
 The class attributes above are defaults; a method whose needs depend on its params otherwise (PUBG's
-views and reference model) sets them on the instance in ``__init__``.
+views and reference model) sets them on the instance in ``configure()``, which ``__init__`` calls
+before it applies the robustness options.
 """
 
 from __future__ import annotations
@@ -53,8 +64,9 @@ from torch import Tensor, nn
 
 from unlearn_core.config import TrainConfig
 from unlearn_core.data.encode import model_inputs
-from unlearn_core.method_params import StrictParams
+from unlearn_core.method_params import StrictParams, field_names
 from unlearn_core.methods.losses import answer_nll
+from unlearn_core.methods.robust import Robustness, robust_forget_grads, set_grads
 from unlearn_core.tensors import move_batch, unwrap_model
 
 __all__ = ["move_batch", "model_inputs", "unwrap_model"]  # re-exported for the methods
@@ -190,6 +202,23 @@ class UnlearnMethod:
         self.params = params if params is not None else self.Params()
         if self.retain_weight is not None:
             self.needs_retain = getattr(self.params, self.retain_weight) > 0
+        self.configure()
+        self.robust = Robustness.of(self.params)
+        if self.robust is not None and self.robust.active:
+            if type(self).forget_loss is UnlearnMethod.forget_loss:
+                raise TypeError(f"{type(self).__name__} takes robustness options but has no forget_loss")
+            self.custom_step = True
+            if self.robust.tar_steps > 0 and "" not in self.views:
+                self.views = ("", *self.views)
+            if self.robust.tar_steps > 0 and self.robust.tar_attack == "retain":
+                self.needs_retain = True  # the simulated benign relearning trains on it
+
+    def configure(self) -> None:
+        """Set the needs that depend on the params (views, reference model, own steps); default none."""
+
+    @property
+    def robust_active(self) -> bool:
+        return self.robust is not None and self.robust.active
 
     # -- what the pipeline prepares --------------------------------------------------------------
     def teacher_cache(self) -> TeacherCacheSpec | None:
@@ -234,11 +263,31 @@ class UnlearnMethod:
         """How to make this config DeepSpeed-compatible (appended to the refusal), if there is a way."""
         return self.params.plain_steps_hint()  # type: ignore[attr-defined]
 
+    def own_step_reason(self) -> str:
+        """Why this method takes its own optimizer steps (for the refusals that name it)."""
+        return self.params.own_steps_reason()  # type: ignore[attr-defined]
+
     def uses_forget_batch(self, step: int) -> bool:
         """Whether ``train_step(step)`` reads a forget batch (the trainer draws one only then)."""
         return True
 
     # -- the objective -------------------------------------------------------------------------
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The forget term alone (methods whose loss splits; see the module docstring)."""
+        raise NotImplementedError(f"method {self.name!r} has no separate forget term")
+
+    def retain_loss(
+        self, model: nn.Module, retain: Mapping[str, Any] | None, ref: nn.Module | None
+    ) -> tuple[Tensor | None, dict[str, float]]:
+        """The retain term: ``weight * NLL_r`` with the ``retain_weight`` field (None when it is 0)."""
+        weight = getattr(self.params, self.retain_weight) if self.retain_weight is not None else 0.0
+        if weight == 0.0:
+            return None, {}
+        value = nll(model, self._require_retain(retain))
+        return weight * value, {"retain_nll": float(value.detach())}
+
     def loss(
         self,
         model: nn.Module,
@@ -246,8 +295,38 @@ class UnlearnMethod:
         retain: Mapping[str, Any] | None,
         ref: nn.Module | None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """Return ``(loss to minimise, float stats for logging)``."""
-        raise NotImplementedError
+        """Return ``(loss to minimise, float stats for logging)``: ``forget_loss + retain_loss``."""
+        loss, stats = self.forget_loss(model, forget, ref)
+        r_loss, r_stats = self.retain_loss(model, retain, ref)
+        stats.update(r_stats)
+        return (loss if r_loss is None else loss + r_loss), stats
+
+    def attack_loss(self, model: nn.Module, forget: Mapping[str, Any]) -> Tensor:
+        """What tamper resistance's simulated attacker minimises: the NLL of the true answers."""
+        return nll(model, forget)
+
+    def robust_forget_backward(
+        self,
+        model: nn.Module,
+        forget: Mapping[str, Any],
+        ref: nn.Module | None,
+        step: int,
+        retain: Mapping[str, Any] | None = None,
+    ) -> tuple[float, dict[str, float]]:
+        """Put the robust forget gradient (``methods/robust.py``) into ``.grad``; returns the forget
+        loss at the current weights and the stats."""
+        assert self.robust is not None
+        grads, params, loss, stats = robust_forget_grads(
+            model,
+            self.robust,
+            lambda batch: self.forget_loss(model, batch, ref),
+            lambda batch: self.attack_loss(model, batch),
+            forget,
+            step,
+            retain,
+        )
+        set_grads(params, grads)
+        return loss, stats
 
     def _require_retain(self, retain: Mapping[str, Any] | None) -> Mapping[str, Any]:
         if retain is None:
@@ -300,9 +379,23 @@ class UnlearnMethod:
         max_grad_norm: float,
     ) -> dict[str, float]:
         """One full update: zero_grad, backward, clip, optimizer.step(). ``step`` is the 0-based
-        global step (used by methods with a schedule, e.g. MMUnlearner's every-k-th forget step)."""
+        global step (used by methods with a schedule, e.g. MMUnlearner's every-k-th forget step, and
+        by randomised smoothing's noise). With robustness options: the robust forget gradient plus
+        the plain retain gradient, one step."""
         optimizer.zero_grad(set_to_none=True)
-        stats = self.backward(model, forget, retain, ref)
+        if not self.robust_active:
+            stats = self.backward(model, forget, retain, ref)
+        else:
+            zero_grad(model)
+            f_loss, stats = self.robust_forget_backward(model, forget, ref, step, retain)
+            r_loss, r_stats = self.retain_loss(model, retain, ref)
+            stats.update(r_stats)
+            total = f_loss
+            if r_loss is not None:
+                ensure_finite("retain loss", r_loss, stats)
+                r_loss.backward()
+                total += float(r_loss.detach())
+            stats["loss"] = total
         stats.update(self.optimizer_step(model, optimizer, max_grad_norm=max_grad_norm, stats=stats))
         return stats
 
@@ -319,7 +412,8 @@ class UnlearnMethod:
     def describe(cls) -> dict[str, Any]:
         """Params fields with defaults and constraints (for docs and summaries)."""
         fields = {}
-        for fname, info in cls.Params.model_fields.items():
+        for fname in field_names(cls.Params):
+            info = cls.Params.model_fields[fname]
             constraints = [str(m) for m in info.metadata]
             fields[fname] = {"default": info.default, "constraints": constraints}
         return {"name": cls.name, "params": fields}

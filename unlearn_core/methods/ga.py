@@ -16,12 +16,8 @@ class GradientAscent(UnlearnMethod):
     Params = GAParams
     params: GAParams
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         nll_f = nll(model, forget)
         return -nll_f, {"forget_nll": float(nll_f.detach())}

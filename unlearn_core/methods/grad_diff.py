@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from unlearn_core.method_params import GradDiffParams
-from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, nll
+from unlearn_core.methods.base import UnlearnMethod, nll
 
 
 class GradDiff(UnlearnMethod):
@@ -17,15 +17,8 @@ class GradDiff(UnlearnMethod):
     params: GradDiffParams
     retain_weight = "alpha"
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
-        p = self.params
         nll_f = nll(model, forget)
-        stats = {"forget_nll": float(nll_f.detach())}
-        loss = add_retain_nll(-p.gamma * nll_f, model, retain, p.alpha, stats)
-        return loss, stats
+        return -self.params.gamma * nll_f, {"forget_nll": float(nll_f.detach())}

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from unlearn_core.method_params import KLParams
@@ -33,23 +32,19 @@ class KLMin(UnlearnMethod):
     params: KLParams
     retain_weight = "alpha"
 
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
+    def configure(self) -> None:
         self.needs_ref = self.needs_retain  # the retain term is the KL to the reference model
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
-        p = self.params
         nll_f = nll(model, forget)
-        stats = {"forget_nll": float(nll_f.detach())}
-        loss = -p.gamma * nll_f
-        if p.alpha > 0:
-            kl = retain_kl(model, ref, self._require_retain(retain))
-            stats["retain_kl"] = float(kl.detach())
-            loss = loss + p.alpha * kl
-        return loss, stats
+        return -self.params.gamma * nll_f, {"forget_nll": float(nll_f.detach())}
+
+    def retain_loss(
+        self, model: nn.Module, retain: Mapping[str, Any] | None, ref: nn.Module | None
+    ) -> tuple[Tensor | None, dict[str, float]]:
+        if self.params.alpha == 0:
+            return None, {}
+        kl = retain_kl(model, ref, self._require_retain(retain))
+        return self.params.alpha * kl, {"retain_kl": float(kl.detach())}

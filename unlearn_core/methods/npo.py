@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from unlearn_core.method_params import NPOParams
-from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits, ref_logits
+from unlearn_core.methods.base import UnlearnMethod, forward_logits, ref_logits
 from unlearn_core.methods.losses import npo_loss, sequence_logprob
 
 
@@ -24,12 +24,8 @@ class NPO(UnlearnMethod):
     needs_ref = True
     retain_weight = "alpha"
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         p = self.params
         logits, labels = forward_logits(model, forget)
@@ -37,5 +33,4 @@ class NPO(UnlearnMethod):
         lp = sequence_logprob(logits, labels)
         lp_ref = sequence_logprob(r_logits, labels)
         loss = npo_loss(lp, lp_ref, p.beta)
-        stats = {"npo": float(loss.detach()), "forget_logratio": float((lp - lp_ref).mean().detach())}
-        return add_retain_nll(loss, model, retain, p.alpha, stats), stats
+        return loss, {"npo": float(loss.detach()), "forget_logratio": float((lp - lp_ref).mean().detach())}

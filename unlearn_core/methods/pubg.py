@@ -2,6 +2,12 @@
 
 L = w_ga * (-NLL_f on the plain forget view) + w_bg * L_BG  [+ w_ret * NLL_r]
 
+``forget_term="npo"`` (ours) puts NPO's forget term in place of the ascent:
+L = w_ga * NPO_f + w_bg * L_BG [+ w_ret * NLL_r], NPO_f = -(2/npo_beta) * mean_b log sigmoid(-npo_beta *
+(log p_theta(y_b|x_b) - log p_ref(y_b|x_b))) on the plain forget view, ``ref`` the frozen starting model
+(the method then needs it). NPO's term is bounded: its gradient fades once the private answers are
+well below the starting model's likelihood, where the plain ascent keeps pushing.
+
 L_BG = mean over sequences b of sum over the answer tokens t of the guidance answer o of
        KL( p_teacher(. | I, q_guide, o_<t) || p_student(. | I, q, o_<t) ).
 
@@ -48,7 +54,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -58,7 +63,6 @@ from unlearn_core.methods.base import (
     MaskSpec,
     TeacherCacheSpec,
     UnlearnMethod,
-    add_retain_nll,
     clip_and_step,
     ensure_finite,
     forward_logits,
@@ -66,7 +70,14 @@ from unlearn_core.methods.base import (
     ref_logits,
     zero_grad,
 )
-from unlearn_core.methods.losses import answer_mask, kl_full, kl_topk, per_sequence
+from unlearn_core.methods.losses import (
+    answer_mask,
+    kl_full,
+    kl_topk,
+    npo_loss,
+    per_sequence,
+    sequence_logprob,
+)
 from unlearn_core.methods.mmunlearner import mmunlearner_mask_spec
 from unlearn_core.methods.saliency import MaskedUpdate, SaliencyMask
 
@@ -90,11 +101,10 @@ class PUBG(UnlearnMethod):
     params: PUBGParams
     retain_weight = "w_ret"
 
-    def __init__(self, params: BaseModel | None = None) -> None:
-        super().__init__(params)
+    def configure(self) -> None:
         p = self.params
         use_bg = p.w_bg > 0
-        self.needs_ref = use_bg and not p.teacher_cache
+        self.needs_ref = (use_bg and not p.teacher_cache) or (p.w_ga > 0 and p.forget_term == "npo")
         views = ([""] if p.w_ga > 0 else []) + (["guide_"] if use_bg else [])
         if use_bg and not p.teacher_cache:
             views.append("teacher_")
@@ -178,14 +188,23 @@ class PUBG(UnlearnMethod):
     def forget_loss(
         self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
-        """w_ga * (-NLL_f) + w_bg * L_BG."""
+        """w_ga * (-NLL_f) (or w_ga * NPO_f) + w_bg * L_BG."""
         p = self.params
         stats: dict[str, float] = {}
         loss: Tensor | None = None
         if p.w_ga > 0:
-            nll_f = nll(model, forget)
-            stats["forget_nll"] = float(nll_f.detach())
-            loss = -p.w_ga * nll_f
+            if p.forget_term == "npo":
+                logits, labels = forward_logits(model, forget)
+                lp = sequence_logprob(logits, labels)
+                lp_ref = sequence_logprob(ref_logits(ref, forget)[0], labels)
+                npo = npo_loss(lp, lp_ref, p.npo_beta)
+                stats["npo"] = float(npo.detach())
+                stats["forget_logratio"] = float((lp - lp_ref).mean().detach())
+                loss = p.w_ga * npo
+            else:
+                nll_f = nll(model, forget)
+                stats["forget_nll"] = float(nll_f.detach())
+                loss = -p.w_ga * nll_f
         if p.w_bg > 0:
             bg = self.guidance_kl(model, forget, ref)
             stats["bg_kl"] = float(bg.detach())
@@ -193,16 +212,6 @@ class PUBG(UnlearnMethod):
         if loss is None:
             raise ValueError("pubg with w_ga = w_bg = 0 has no forget objective")
         return loss, stats
-
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        loss, stats = self.forget_loss(model, forget, ref)
-        return add_retain_nll(loss, model, retain, self.params.w_ret, stats), stats
 
     # -- masked variant: own optimizer steps ---------------------------------------------------
     def train_step(
@@ -221,11 +230,16 @@ class PUBG(UnlearnMethod):
                 model, optimizer, forget, retain, ref, step, max_grad_norm=max_grad_norm
             )
         zero_grad(model)
-        loss, stats = self.forget_loss(model, forget, ref)
-        stats["loss"] = float(loss.detach())
-        ensure_finite("forget loss", loss, stats)
-        stats["grad_norm"] = self.update.step(
-            model, loss, max_grad_norm=max_grad_norm, main_optimizer=optimizer, stats=stats
+        if self.robust_active:  # the robust forget gradient, then the masked step from it
+            loss_value, stats = self.robust_forget_backward(model, forget, ref, step, retain)
+        else:
+            loss, stats = self.forget_loss(model, forget, ref)
+            ensure_finite("forget loss", loss, stats)
+            loss.backward()
+            loss_value = float(loss.detach())
+        stats["loss"] = loss_value
+        stats["grad_norm"] = self.update.step_from_grads(
+            model, max_grad_norm=max_grad_norm, main_optimizer=optimizer, stats=stats
         )
         if self.params.w_ret > 0:
             optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from unlearn_core.method_params import RejectParams
-from unlearn_core.methods.base import ShardView, UnlearnMethod, add_retain_nll, nll
+from unlearn_core.methods.base import ShardView, UnlearnMethod, nll
 from unlearn_core.prompts import REFUSAL_ANSWERS
 
 
@@ -28,13 +28,8 @@ class Reject(UnlearnMethod):
     prefix = "idk_"
     stat = "idk_nll"
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         value = nll(model, forget, self.prefix)
-        stats = {self.stat: float(value.detach())}
-        return add_retain_nll(value, model, retain, self.params.alpha, stats), stats
+        return value, {self.stat: float(value.detach())}

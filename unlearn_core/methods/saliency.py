@@ -476,10 +476,26 @@ class MaskedUpdate:
 
         Gradients are zeroed again afterwards so the trainer's next step starts clean.
         """
-        opt = self._bind(model, main_optimizer)
         terms = {**(stats or {}), "loss": float(loss.detach())}
         ensure_finite("masked-step loss", loss, terms)
         loss.backward()
+        return self.step_from_grads(
+            model, max_grad_norm=max_grad_norm, main_optimizer=main_optimizer, stats=terms
+        )
+
+    def step_from_grads(
+        self,
+        model: nn.Module,
+        *,
+        max_grad_norm: float,
+        main_optimizer: torch.optim.Optimizer | None = None,
+        stats: Mapping[str, float] | None = None,
+    ) -> float:
+        """The masked step from the gradients already in ``.grad`` (e.g. a robust forget gradient):
+        mask, clip, step, zero; returns the grad norm. ``stats`` (the batch's loss terms) are named
+        if the norm is not finite."""
+        terms = dict(stats or {})
+        opt = self._bind(model, main_optimizer)
         masked = set(self._params)
         for name, p in unwrap_model(model).named_parameters():
             if name not in masked:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearn_core.method_params import SimNPOParams
-from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits
+from unlearn_core.methods.base import UnlearnMethod, forward_logits
 from unlearn_core.methods.losses import answer_mask, sequence_logprob
 
 
@@ -36,12 +36,8 @@ class SimNPO(UnlearnMethod):
     params: SimNPOParams
     retain_weight = "alpha"
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         p = self.params
         logits, labels = forward_logits(model, forget)
@@ -53,4 +49,4 @@ class SimNPO(UnlearnMethod):
                 "simnpo": float(forget_term),
                 "forget_nll_per_token": float((-lp / lengths.clamp_min(1)).mean()),
             }
-        return add_retain_nll(p.gamma * forget_term, model, retain, p.alpha, stats), stats
+        return p.gamma * forget_term, stats
