@@ -25,6 +25,13 @@ def checkout_state() -> tuple[list[str], list[tuple[str, int]]]:
     return top, tree
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``UNLEARN_TEST_ORDER=reverse`` runs the collected tests last to first: the suite must not depend
+    on its order (e.g. global state an in-process DeepSpeed engine leaves behind)."""
+    if os.environ.get("UNLEARN_TEST_ORDER") == "reverse":
+        items.reverse()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def checkout_untouched():
     """Fails the session when any test wrote into the checkout (e.g. a log under ./workdir/logs)."""
