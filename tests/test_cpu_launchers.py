@@ -184,6 +184,10 @@ def test_which_trials_run_in_process_and_what_they_hold(monkeypatch, tmp_path):
     small = in_process_trial_resources(cfg, {"CPU": 2.0})
     assert small["CPU"] == 0 and small["memory"] > 0
     assert default_max_concurrent(cfg, 0, sizing_resources(cfg, small), {"CPU": 2.0}) == 1
+    # An autoscaling cluster at its 0-CPU head, or one 2-CPU node up beside it: the trial asks for its
+    # CPU, so it trains on a worker node (a memory-only bundle would fit on the head and train there).
+    assert in_process_trial_resources(cfg, {"CPU": 0.0, "memory": 8e9}) == {"CPU": 1.0}
+    assert in_process_trial_resources(cfg, {"CPU": 2.0}, cpu_less_node=True) == {"CPU": 1.0}
     # Not a trial driver's slot: this actor trains, where workers go (cluster.yaml's GPU nodes have none).
     monkeypatch.setenv("UNLEARN_TUNE_DRIVER_RESOURCE", "tune_driver")
     assert in_process_trial_resources(gpu, big) == {"CPU": 1.0, "GPU": 1.0}

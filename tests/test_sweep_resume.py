@@ -29,6 +29,7 @@ from unlearn_core.config import RunConfig
 def ray_local():
     """This module's Ray: a fake autoscaling cluster of up to two 2-CPU nodes, joined by this process."""
     import ray
+    from ray._private.authentication_test_utils import reset_auth_token_state
 
     from tests.ray_head import fake_cluster
 
@@ -39,6 +40,7 @@ def ray_local():
         auth = {k: head.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
         saved = {k: os.environ.get(k) for k in auth}
         os.environ.update(auth)
+        reset_auth_token_state()  # Ray caches the auth mode and token per process (from earlier tests)
         ray.init(address=head.gcs_address, log_to_driver=False)
         try:
             yield ray
@@ -49,6 +51,7 @@ def ray_local():
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            reset_auth_token_state()  # a later local Ray of this process starts without the token
 
 
 @pytest.fixture(scope="module")

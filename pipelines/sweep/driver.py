@@ -42,6 +42,7 @@ from pipelines.sweep.resources import (
     cluster_capacity,
     default_max_concurrent,
     driver_resources,
+    has_cpu_less_node,
     in_process_trial_resources,
     sizing_resources,
 )
@@ -292,7 +293,7 @@ def _fit(
     # An in-process trial's actor is its one worker: it holds the worker's resources, and no Train
     # workers come on top (sized as a driver with 0 workers).
     if in_process:
-        driver = in_process_trial_resources(cfg, cluster)
+        driver = in_process_trial_resources(cfg, cluster, cpu_less_node=has_cpu_less_node())
         sizing, held_workers = sizing_resources(cfg, driver), 0
     else:
         driver = driver_resources(cfg, workers, cluster)

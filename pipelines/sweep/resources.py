@@ -41,19 +41,26 @@ def _cpu_bundle(cpus: float) -> dict[str, float]:
     return {"CPU": cpus} if cpus else {"CPU": 0.0, "memory": DRIVER_MEMORY}
 
 
-def in_process_trial_resources(cfg: RunConfig, cluster: Mapping[str, float]) -> dict[str, float]:
+def in_process_trial_resources(
+    cfg: RunConfig, cluster: Mapping[str, float], *, cpu_less_node: bool = False
+) -> dict[str, float]:
     """What an in-process trial's actor holds: its one worker's CPUs (and GPU). Not the
     ``UNLEARN_TUNE_DRIVER_RESOURCE`` of trial drivers: this actor trains, so it goes where workers go
     (``cluster.yaml``'s GPU nodes have no ``tune_driver``).
 
-    On a cluster too small to keep ``DATA_CPUS`` free next to the worker's CPUs it holds no CPU (a
-    token of memory instead): a trial that must first compute a teacher cache or saliency mask waits
-    for Ray Data tasks and actors, which would otherwise wait for the CPU the trial holds. The trial
-    trains only after they are done, so its core is never used twice; concurrency is still sized with
-    the worker's CPUs (``sizing_resources``).
+    On a machine too small to keep ``DATA_CPUS`` free next to the worker's CPUs (but big enough for
+    the worker) it holds no CPU (a token of memory instead): a trial that must first compute a teacher
+    cache or saliency mask waits for Ray Data tasks and actors, which would otherwise wait for the CPU
+    the trial holds. The trial trains only after they are done, so its core is never used twice;
+    concurrency is still sized with the worker's CPUs (``sizing_resources``). A cluster with a node
+    that has no CPU (``cpu_less_node``: an autoscaling cluster's 0-CPU head), or that cannot hold the
+    worker at all, gets the request for the CPUs (which brings a node): a token bundle would fit on
+    that head and train there.
     """
     cpus = float(cfg.train.cpus_per_worker)
-    res = _cpu_bundle(cpus if cluster.get("CPU", 0.0) - DATA_CPUS >= cpus else 0.0)
+    total = cluster.get("CPU", 0.0)
+    small_machine = cpus <= total < cpus + DATA_CPUS and not cpu_less_node
+    res = _cpu_bundle(0.0 if small_machine else cpus)
     if cfg.train.use_gpu:
         res["GPU"] = 1.0
     return res
@@ -123,3 +130,10 @@ def capacity_note(
         f"): running 1 trial at a time; an autoscaling cluster adds nodes while trials wait "
         "(pass --max-concurrent K to run more at once)"
     )
+
+
+def has_cpu_less_node() -> bool:
+    """Whether a live node of the connected Ray cluster has no CPU (a head kept free of work)."""
+    import ray
+
+    return any(n.get("Alive") and not n.get("Resources", {}).get("CPU") for n in ray.nodes())
