@@ -225,13 +225,13 @@ class RMUParams(StrictParams):
         return v
 
 
-class IdkDPOParams(StrictParams):
+class IdkDPOParams(ForgetRobustness):
     beta: float = Field(0.1, gt=0, le=10, description="inverse temperature of the DPO loss")
     gamma: float = Field(1.0, ge=0, le=100, description="weight of the preference (forget) term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
 
 
-class UNDIALParams(StrictParams):
+class UNDIALParams(ForgetRobustness):
     beta: float = Field(
         10.0, gt=0, le=1000, description="how far the target token's teacher logit is lowered"
     )
@@ -239,20 +239,20 @@ class UNDIALParams(StrictParams):
     alpha: float = Field(0.0, ge=0, le=100, description="weight of the retain NLL term (0: the paper's)")
 
 
-class WGAParams(StrictParams):
+class WGAParams(ForgetRobustness):
     beta: float = Field(1.0, ge=0, le=100, description="exponent of the token weight p^beta")
     gamma: float = Field(1.0, ge=0, le=100, description="weight of the weighted ascent (forget) term")
     alpha: float = Field(1.0, ge=0, le=100, description="weight of the retain NLL term")
 
 
-class SatImpParams(StrictParams):
+class SatImpParams(ForgetRobustness):
     beta1: float = Field(5.0, ge=0, le=100, description="saturation exponent: weight p^beta1")
     beta2: float = Field(1.0, ge=0, le=100, description="importance exponent: weight (1-p)^beta2")
     gamma: float = Field(1.0, ge=0, le=100, description="weight of the weighted ascent (forget) term")
     alpha: float = Field(0.1, ge=0, le=100, description="weight of the retain NLL term")
 
 
-class CEUParams(StrictParams):
+class CEUParams(ForgetRobustness):
     ignore_first_n_answer_tokens: int = Field(
         1, ge=0, le=1000, description="answer tokens at the start of each answer left out of the loss"
     )

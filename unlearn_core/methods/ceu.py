@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearn_core.method_params import CEUParams
-from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits
+from unlearn_core.methods.base import UnlearnMethod, forward_logits
 from unlearn_core.methods.losses import answer_mask, select_answer_positions, soft_target_ce
 
 
@@ -45,12 +45,8 @@ class CEU(UnlearnMethod):
     params: CEUParams
     retain_weight = "alpha"
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         logits, labels = forward_logits(model, forget)
         sel, targets, _ = select_answer_positions(logits, labels)
@@ -60,4 +56,4 @@ class CEU(UnlearnMethod):
         else:
             ce = soft_target_ce(sel[keep], without_true_token(sel[keep], targets[keep])).mean()
         stats = {"ceu": float(ce.detach())}
-        return add_retain_nll(ce, model, retain, self.params.alpha, stats), stats
+        return ce, stats

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unlearn_core.method_params import IdkDPOParams
-from unlearn_core.methods.base import ShardView, UnlearnMethod, add_retain_nll, forward_logits, ref_logits
+from unlearn_core.methods.base import ShardView, UnlearnMethod, forward_logits, ref_logits
 from unlearn_core.methods.losses import sequence_logprob
 from unlearn_core.methods.reject import refusal_answers
 
@@ -52,12 +52,8 @@ class IdkDPO(UnlearnMethod):
         r_logits, _ = ref_logits(ref, forget, prefix)
         return sequence_logprob(logits, labels) - sequence_logprob(r_logits, labels)
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         p = self.params
         chosen = self.log_ratio(model, ref, forget, PREFERRED)
@@ -68,4 +64,4 @@ class IdkDPO(UnlearnMethod):
             "idk_logratio": float(chosen.mean().detach()),
             "forget_logratio": float(rejected.mean().detach()),
         }
-        return add_retain_nll(p.gamma * pref, model, retain, p.alpha, stats), stats
+        return p.gamma * pref, stats

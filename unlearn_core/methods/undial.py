@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearn_core.method_params import UNDIALParams
-from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits, ref_logits
+from unlearn_core.methods.base import UnlearnMethod, forward_logits, ref_logits
 from unlearn_core.methods.losses import select_answer_positions, soft_target_ce
 
 
@@ -44,12 +44,8 @@ class UNDIAL(UnlearnMethod):
     needs_ref = True
     retain_weight = "alpha"
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         p = self.params
         logits, labels = forward_logits(model, forget)
@@ -61,4 +57,4 @@ class UNDIAL(UnlearnMethod):
             r_sel, _, _ = select_answer_positions(r_logits, labels)
             distill = soft_target_ce(sel, adjusted_targets(r_sel, targets, p.beta)).mean()
         stats = {"undial_ce": float(distill.detach())}
-        return add_retain_nll(p.gamma * distill, model, retain, p.alpha, stats), stats
+        return p.gamma * distill, stats

@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from unlearn_core.method_params import WGAParams
-from unlearn_core.methods.base import UnlearnMethod, add_retain_nll, forward_logits
+from unlearn_core.methods.base import UnlearnMethod, forward_logits
 from unlearn_core.methods.losses import weighted_answer_nll
 
 
@@ -34,14 +34,10 @@ class WGA(UnlearnMethod):
         """p^beta."""
         return prob.pow(self.params.beta)
 
-    def loss(
-        self,
-        model: nn.Module,
-        forget: Mapping[str, Any],
-        retain: Mapping[str, Any] | None,
-        ref: nn.Module | None,
+    def forget_loss(
+        self, model: nn.Module, forget: Mapping[str, Any], ref: nn.Module | None
     ) -> tuple[Tensor, dict[str, float]]:
         logits, labels = forward_logits(model, forget)
         weighted = weighted_answer_nll(logits, labels, self.weight)
         stats = {"weighted_forget_nll": float(weighted.detach())}
-        return add_retain_nll(-self.params.gamma * weighted, model, retain, self.params.alpha, stats), stats
+        return -self.params.gamma * weighted, stats
