@@ -288,7 +288,7 @@ def test_random_leaves_out_a_forget_row_no_one_else_answers(ray_local, tmp_path)
     said: list[str] = []
     prepared = prepare_inputs(cfg, Workspace(tmp_path / "wd"), "sqlite:///unused.db", log=said.append)
     total = _forget_prompts(shards)
-    assert prepared["forget_left_out"] == [victim["sample_id"]]
+    assert prepared.forget_left_out == (victim["sample_id"],)
     line = next(s for s in said if "left out of the forget stream" in s)
     assert f"1 of {total} forget rows" in line and victim["sample_id"] in line
     assert "no other person answers the same question" in line
