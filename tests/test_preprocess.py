@@ -36,6 +36,7 @@ def test_shards_counts_images_and_labels(ray_local, records, tmp_path):
         "retain_unseen",
         "utility",
         "describe",
+        "holdout",  # people no model trains on: the audit's non-members
     }
     forget = pq.read_table(tmp_path / "shards" / "forget").to_pylist()
     image_rows = [r for r in forget if r["image_u8"] is not None]
