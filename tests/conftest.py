@@ -71,6 +71,25 @@ def gloo_group():
         dist.destroy_process_group()
 
 
+@pytest.fixture(autouse=True)
+def tracking_uri_restored():
+    """Each test leaves MLflow's tracking URI as it found it: ``mlflow.set_tracking_uri`` (which the
+    pipeline calls) also writes ``$MLFLOW_TRACKING_URI``, so a test against a server it then stops
+    would send every later test's preflight to a dead server."""
+    import sys
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture()
 def mlflow_store(tmp_path, monkeypatch):
     """A real SQLite tracking store and artifact folder in a temp dir."""

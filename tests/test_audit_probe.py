@@ -153,11 +153,12 @@ def test_objective_weighs_probe_figures_and_checks_their_direction():
         )
 
 
-def test_default_spaces_sample_the_robust_options():
+def test_shipped_spaces_sample_the_robust_options():
+    """PUBG's robust search (pubg_robust.yaml; pubg.yaml stays the measured plain region) and NPO's."""
     from unlearn_core.search_space import load_space
 
     root = Path(__file__).resolve().parents[1] / "tune_spaces"
-    for name in ("pubg", "npo"):
+    for name in ("pubg_robust", "npo"):
         space = load_space(root / f"{name}.yaml")
         robust = {k for k in space.dims if k.split(".")[-1] in ("sam_rho", "rs_sigma", "tar_steps")}
         assert robust, f"tune_spaces/{name}.yaml samples no robustness option"
