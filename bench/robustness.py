@@ -1,5 +1,6 @@
-"""Which relearning-resistant option moves which audit check (docs/robustness.md): each configuration is
-an `unlearn run` followed by an `unlearn audit` of its model, every figure read back from their own JSON.
+"""Which relearning-resistant option moves which audit check (docs/audit.md: what the audit finds):
+each configuration is an `unlearn run` followed by an `unlearn audit` of its model, every figure read
+back from their own JSON.
 
 Run (in a worktree whose workdir has the vanilla model, after `make run`)::
 

@@ -129,7 +129,9 @@ def champion_verdict(sweep_out: SweepResult, vanilla: dict[str, float]) -> list[
         lines.append(f"champion {champ.trial} meets every output target and passes every audit check")
     else:
         failed = [*(["output targets"] if missed else []), *verdict["failed"]]
-        lines.append(f"champion {champ.trial} FAILS: {', '.join(failed)} (docs/robustness.md)")
+        lines.append(
+            f"champion {champ.trial} FAILS: {', '.join(failed)} (docs/audit.md: what the audit finds)"
+        )
     return lines
 
 
