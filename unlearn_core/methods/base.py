@@ -263,10 +263,6 @@ class UnlearnMethod:
         """How to make this config DeepSpeed-compatible (appended to the refusal), if there is a way."""
         return self.params.plain_steps_hint()  # type: ignore[attr-defined]
 
-    def own_step_reason(self) -> str:
-        """Why this method takes its own optimizer steps (for the refusals that name it)."""
-        return self.params.own_steps_reason()  # type: ignore[attr-defined]
-
     def uses_forget_batch(self, step: int) -> bool:
         """Whether ``train_step(step)`` reads a forget batch (the trainer draws one only then)."""
         return True
@@ -417,16 +413,3 @@ class UnlearnMethod:
             constraints = [str(m) for m in info.metadata]
             fields[fname] = {"default": info.default, "constraints": constraints}
         return {"name": cls.name, "params": fields}
-
-
-def add_retain_nll(
-    loss: Tensor, model: nn.Module, retain: Mapping[str, Any] | None, weight: float, stats: dict[str, float]
-) -> Tensor:
-    """``loss + weight * NLL_r`` (unchanged when the weight is 0); records ``retain_nll`` in stats."""
-    if weight == 0.0:
-        return loss
-    if retain is None:
-        raise ValueError("a retain weight > 0 needs a retain batch, got None")
-    value = nll(model, retain)
-    stats["retain_nll"] = float(value.detach())
-    return loss + weight * value
