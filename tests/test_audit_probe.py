@@ -38,6 +38,18 @@ def test_probe_metrics_are_the_gaps_to_the_reference():
     assert low["audit_probe.relearn_excess"] == 0.0 and low["audit_probe.auc_gap"] == pytest.approx(0.08)
     for name in ("audit_probe.relearn_excess", "audit_probe.auc_gap", "audit_probe.relearn_leak"):
         assert not higher_is_better(name)
+    # every attack and level: the worst gap decides, and each level reports its own worst
+    fig = {"relearn_leak": 0.0, "auc": 0.50, "auc_image_loss": 0.50, "auc_image_min_k_plus_plus": 0.40,
+           "auc_person_loss": 0.30, "auc_person_min_k_plus_plus": 0.05}  # fmt: skip
+    ref = {"relearn_leak": 0.0, "auc": 0.48, "auc_image_loss": 0.48, "auc_image_min_k_plus_plus": 0.49,
+           "auc_person_loss": 0.50, "auc_person_min_k_plus_plus": 0.55}  # fmt: skip
+    m = probe_metrics(fig, ref)
+    assert m["audit_probe.auc_gap"] == pytest.approx(0.50)  # person-level Min-K%++, 0.05 vs 0.55
+    assert m["audit_probe.auc_gap_person"] == pytest.approx(0.50)
+    assert m["audit_probe.auc_gap_image"] == pytest.approx(0.09)
+    assert not higher_is_better("audit_probe.auc_gap_person") and not higher_is_better(
+        "audit_probe.auc_gap_image"
+    )
 
 
 def test_probe_rows_keep_the_audits_split_and_are_seeded(bench):
@@ -47,6 +59,8 @@ def test_probe_rows_keep_the_audits_split_and_are_seeded(bench):
     assert not {image_key(r) for r in rows["train"]} & {image_key(r) for r in rows["leak"]}
     assert {r["split"] for r in rows["member"]} == {"forget"}
     assert {r["split"] for r in rows["unseen"]} == {"forget_unseen"}
+    assert len(rows["holdout"]) == 4 and {r["split"] for r in rows["holdout"]} == {"holdout"}
+    assert not probe_rows(bench["rows"], ProbeSettings(person_level=False))["holdout"]
     again = probe_rows(bench["rows"], s)
     assert [r["sample_id"] for r in again["leak"]] == [r["sample_id"] for r in rows["leak"]]
 
@@ -63,6 +77,20 @@ def test_probe_figures_by_hand_and_the_model_untouched(bench):
     loss = [-float(st.logp.mean()) for st in stats]
     pairs = [(u > f) + 0.5 * (u == f) for f in loss[:3] for u in loss[3:]]
     assert fig["auc"] == pytest.approx(sum(pairs) / len(pairs))
+
+    # person level, Min-K%++ by hand: per token z = (log p - mu) / sigma over the answer (EOS left out),
+    # the row's score minus the mean of its lowest 40%; AUC of forget rows vs holdout rows
+    def min_k_pp(st):
+        z = sorted(((st.logp - st.mu) / st.var**0.5)[:-1].tolist())
+        n = max(1, int(len(z) * 0.4))
+        return -sum(z[:n]) / n
+
+    holdout = membership.token_stats(model, processor, rows["holdout"])
+    member = [min_k_pp(st) for st in stats[:3]]
+    other = [min_k_pp(st) for st in holdout]
+    pairs = [(o > f) + 0.5 * (o == f) for f in member for o in other]
+    assert fig["auc_person_min_k_plus_plus"] == pytest.approx(sum(pairs) / len(pairs))
+    assert {f"auc_{lv}_{a}" for lv in ("image", "person") for a in ("loss", "zlib", "min_k")} <= set(fig)
     assert 0.0 <= fig["relearn_leak"] <= 1.0
     metrics = run_probe(model, processor, {"rows": rows, "settings": s.as_dict(), "reference": fig})
     assert (
@@ -84,7 +112,12 @@ def test_probe_tells_a_model_that_saw_the_forget_rows_from_one_that_did_not():
     # image-level membership (training vs unseen images of the same people) separates only weakly on
     # this tiny bench (0.66 vs 0.62): the one that saw the images ranks them higher, by a small gap
     assert knows["auc"] > never["auc"]
-    assert metrics["audit_probe.auc_gap"] == pytest.approx(abs(knows["auc"] - never["auc"]))
+    gaps = [abs(v - never[k]) for k, v in knows.items() if k.startswith("auc")]
+    # person level (forget vs holdout people) separates clearly: 0.81 vs 0.54 under LOSS when written
+    assert knows["auc_person_loss"] >= 0.7 and abs(never["auc_person_loss"] - 0.5) <= 0.1
+    assert metrics["audit_probe.auc_gap_person"] >= 0.2
+    assert metrics["audit_probe.auc_gap"] == pytest.approx(max(gaps))
+    assert max(gaps) >= abs(knows["auc"] - never["auc"])
 
 
 def test_final_evaluation_writes_and_returns_the_extra_metrics(bench, tmp_path):

@@ -7,13 +7,16 @@ in-training evaluation, so a sweep's objective can weigh them and ASHA can stop 
   subsample of V (their other images, ``forget_unseen`` included). The model is copied; it is not
   changed. The issue's measurements put the signal here: the retrained reference leaks 0.06 on V after
   2 steps, a PUBG champion that hides 0.31.
-- **Membership probe**: the LOSS attack's ROC AUC (``membership.roc_auc``) of the forget rows on
-  training images against the same people's ``forget_unseen`` images (the audit's image level), on
-  seeded subsamples.
+- **Membership probe**: the ROC AUC (``membership.roc_auc``) of the LOSS, ZLib, Min-K% and Min-K%++
+  attacks at both of the audit's levels, on seeded subsamples: the forget rows on training images
+  against the same people's ``forget_unseen`` images (image level) and against the holdout people's
+  rows (person level, where the records have holdout people). ``auc`` is the image-level LOSS AUC;
+  ``auc_<level>_<attack>`` each of the others.
 
 Both run on the reference too (once per sweep, ``pipelines``), and the metrics are the gaps:
-``audit_probe.relearn_excess`` = max(0, leak - leak_ref) and ``audit_probe.auc_gap`` =
-|AUC - AUC_ref| (two-sided, as the audit). They are a screen, not the audit: the full audit
+``audit_probe.relearn_excess`` = max(0, leak - leak_ref) and ``audit_probe.auc_gap`` = the largest
+|AUC - AUC_ref| over the attacks and levels (two-sided, as the audit; a PUBG champion that hides
+shows it most at person level under Min-K%++). They are a screen, not the audit: the full audit
 (``unlearn audit``, ``unlearn sweep --audit``) still decides, at every step count, level and attack.
 """
 
@@ -41,6 +44,7 @@ class ProbeSettings:
     seed: int = 0
     max_leak_rows: int = 48
     max_member_rows: int = 96
+    person_level: bool = True  # also forget vs holdout people, where the records have them
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +69,29 @@ def probe_rows(shard_rows: Sequence[Row], settings: ProbeSettings | None = None)
         "leak": _sample(rows.relearn_leak, s.max_leak_rows, f"{s.seed}/probe-leak"),
         "member": _sample(rows.member, s.max_member_rows, f"{s.seed}/probe-member"),
         "unseen": _sample(rows.unseen, s.max_member_rows, f"{s.seed}/probe-unseen"),
+        "holdout": _sample(rows.holdout, s.max_member_rows, f"{s.seed}/probe-holdout")
+        if s.person_level
+        else [],
     }
+
+
+ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
+
+
+def membership_aucs(model: nn.Module, processor: Any, rows: Mapping[str, Sequence[Row]]) -> dict[str, float]:
+    """``auc`` (image-level LOSS) and ``auc_<level>_<attack>`` for every attack and level the rows allow."""
+    member, unseen, holdout = rows["member"], rows["unseen"], rows.get("holdout", [])
+    every = [*member, *unseen, *holdout]
+    scores = membership.attack_scores(membership.token_stats(model, processor, every), every)
+    n, m = len(member), len(member) + len(unseen)
+    out: dict[str, float] = {}
+    for attack in ATTACKS:
+        s = scores[attack]
+        out[f"auc_image_{attack}"] = membership.roc_auc(s[:n], s[n:m])
+        if holdout:
+            out[f"auc_person_{attack}"] = membership.roc_auc(s[:n], s[m:])
+    out["auc"] = out["auc_image_loss"]
+    return out
 
 
 def probe_figures(
@@ -73,10 +99,7 @@ def probe_figures(
 ) -> dict[str, float]:
     """``relearn_leak`` and ``auc`` of ``model`` (left as it was)."""
     s = settings or ProbeSettings()
-    stats = membership.token_stats(model, processor, [*rows["member"], *rows["unseen"]])
-    losses = [-float(st.logp.mean()) for st in stats]
-    n = len(rows["member"])
-    auc = membership.roc_auc(losses[:n], losses[n:])
+    aucs = membership_aucs(model, processor, rows)
     figures, _ = relearn(
         model,
         processor,
@@ -90,18 +113,27 @@ def probe_figures(
         seed=s.seed,
         measure_start=False,
     )
-    return {"relearn_leak": float(figures[s.steps]["leak"]), "auc": auc}
+    return {"relearn_leak": float(figures[s.steps]["leak"]), **aucs}
 
 
 def probe_metrics(figures: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
-    """The ``audit_probe.*`` metrics of a model's figures against the reference's."""
+    """The ``audit_probe.*`` metrics of a model's figures against the reference's: ``auc_gap`` is the
+    largest |AUC - AUC_ref| over every attack and level both sides have (``auc_gap_image`` /
+    ``auc_gap_person`` per level)."""
+    gaps = {k: abs(v - reference[k]) for k, v in figures.items() if k.startswith("auc") and k in reference}
+    by_level = {
+        level: max(g for k, g in gaps.items() if k.startswith(f"auc_{level}_"))
+        for level in ("image", "person")
+        if any(k.startswith(f"auc_{level}_") for k in gaps)
+    }
     return {
         f"{PREFIX}relearn_leak": figures["relearn_leak"],
         f"{PREFIX}relearn_leak_ref": reference["relearn_leak"],
         f"{PREFIX}relearn_excess": max(0.0, figures["relearn_leak"] - reference["relearn_leak"]),
         f"{PREFIX}auc": figures["auc"],
         f"{PREFIX}auc_ref": reference["auc"],
-        f"{PREFIX}auc_gap": abs(figures["auc"] - reference["auc"]),
+        f"{PREFIX}auc_gap": max(gaps.values()),
+        **{f"{PREFIX}auc_gap_{level}": gap for level, gap in by_level.items()},
     }
 
 

@@ -65,15 +65,18 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "audit_probe.relearn_leak_ref": "the same on the retrained reference.",
     "audit_probe.relearn_excess": "max(0, relearn_leak - relearn_leak_ref): what relearning brings back "
     "beyond what a model that never saw the rows learns.",
-    "audit_probe.auc_gap": "|AUC - AUC_ref| of the LOSS attack, forget rows on training images vs the same "
-    "people's forget_unseen images (seeded subsamples).",
+    "audit_probe.auc_gap": "the largest |AUC - AUC_ref| over the LOSS, ZLib, Min-K% and Min-K%++ attacks at "
+    "both levels: forget rows on training images vs the same people's forget_unseen images (image) and vs "
+    "the holdout people's rows (person, where the records have them); seeded subsamples.",
+    "audit_probe.auc_gap_image": "the same, image level only.",
+    "audit_probe.auc_gap_person": "the same, person level only (absent without holdout people).",
 }
 # Extras computed the same way for other splits: <split>.leak_rate (forget*), <split>.recall
 # (retain*), <split>.vqa_acc / .text_qa_acc / .caption_f1 (any split), <split>.text_qa_match (text_qa
 # containment, whenever text_qa generations exist), guided_<split without _unseen>.*.
 
 _LOWER_IS_BETTER = ("leak_rate", "hallucination", "refusal_rate", "degeneracy_rate", "relearn_leak",
-                    "relearn_leak_ref", "relearn_excess", "auc_gap")  # fmt: skip
+                    "relearn_leak_ref", "relearn_excess", "auc_gap", "auc_gap_image", "auc_gap_person")  # fmt: skip
 _ARTICLES = frozenset({"a", "an", "the"})
 _LETTERS = "ABCDEFGHIJ"
 
