@@ -51,6 +51,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "pubg_npo": ("pubg", {**PUBG, "method.params.forget_term": "npo", "method.params.w_ga": 1.0}),
     "pubg_tar_benign": ("pubg", {**PUBG, "method.params.tar_steps": 2, "method.params.tar_attack": "retain"}),
     "npo_tar_benign": ("npo", {**NPO, "method.params.tar_steps": 2, "method.params.tar_attack": "retain"}),
+    # no ascent at all: the guidance KL and the retain NLL alone (does the forget term set the rows apart?)
+    "pubg_bg_only": ("pubg", {**PUBG, "method.params.w_ga": 0.0}),
+    # half the steps: the forget rows' likelihood falls through the reference's level on the way
+    "pubg_short": ("pubg", {**PUBG, "train.steps": 30}),
 }
 # Targets of the project (the champion rule, pipelines/sweep/champion.py)
 TARGETS = (
