@@ -67,10 +67,23 @@ def test_one_space_per_registered_method():
 
 
 def test_spaces_share_the_default_objective_unless_they_name_one():
-    """No space file copies the objective: every shipped one uses DEFAULT_OBJECTIVE; a file's own block wins."""
+    """No space file copies the objective: every shipped one uses DEFAULT_OBJECTIVE or extends it with
+    terms of its own (``extra_terms``); a file's own block wins."""
     for path in SPACE_FILES:
-        assert "objective" not in yaml.safe_load(path.read_text()), path.name
-        assert load_space(path).objective == DEFAULT_OBJECTIVE
+        raw = yaml.safe_load(path.read_text()).get("objective")
+        objective = load_space(path).objective
+        if raw is None:
+            assert objective == DEFAULT_OBJECTIVE, path.name
+            continue
+        assert set(raw) == {"extra_terms"}, f"{path.name}: copies the objective instead of extending it"
+        assert (objective.metric, objective.mode) == (DEFAULT_OBJECTIVE.metric, DEFAULT_OBJECTIVE.mode)
+        assert objective.terms == {**DEFAULT_OBJECTIVE.terms, **raw["extra_terms"]}, path.name
+    probe = parse_space({**_pubg(), "objective": {"extra_terms": {"audit_probe.auc_gap": 2.0}}}).objective
+    assert probe.terms["audit_probe.auc_gap"] == 2.0 and len(probe.terms) == len(DEFAULT_OBJECTIVE.terms) + 1
+    with pytest.raises(ConfigError, match="extra_terms extends the default score; drop \\['metric'\\]"):
+        parse_space({**_pubg(), "objective": {"metric": "x", "extra_terms": {"forget.leak_rate": 1.0}}})
+    with pytest.raises(ConfigError, match="lower is better for 'forget.leak_rate'"):
+        parse_space({**_pubg(), "objective": {"extra_terms": {"forget.leak_rate": -1.0}}})
     own = parse_space({**_pubg(), "objective": {"metric": "forget.leak_rate", "mode": "min"}}).objective
     assert own.metric == "forget.leak_rate" and not own.terms
     assert objective_value(DEFAULT_OBJECTIVE, {"forget.leak_rate": 0.5, "retain.vqa_acc": 0.75}) == 0.5 - 0.75

@@ -23,6 +23,8 @@ File format::
       terms:                     # optional: metric = sum(weight * evaluator metric); else
         forget.leak_rate: 1.0    #   ``metric`` itself is an evaluator metric name
         retain.vqa_acc: -1.0
+    # or, instead of metric/mode/terms, the default score plus terms of the space's own:
+    # objective: {extra_terms: {audit_probe.auc_gap: 1.0}}
 
 Keys are the dotted keys of ``flatten(RunConfig)`` (``train.lr``, ``model.lora_r``) or
 ``method.params.<field>`` for a field of the method's ``Params``. Every bound (uniform / loguniform:
@@ -370,21 +372,32 @@ def _parse_objective(raw: Any, where: str) -> Objective:
     if raw is None:
         return DEFAULT_OBJECTIVE
     data = _mapping(raw, where)
-    if unknown := sorted(set(data) - {"metric", "mode", "terms"}):
-        raise ConfigError(f"{where}: unknown keys {unknown}; valid: metric, mode, terms")
+    if unknown := sorted(set(data) - {"metric", "mode", "terms", "extra_terms"}):
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid: metric, mode, terms, extra_terms")
+    if "extra_terms" in data:  # the shared score plus a space's own terms, without copying it
+        if others := sorted(set(data) - {"extra_terms"}):
+            raise ConfigError(f"{where}: extra_terms extends the default score; drop {others}")
+        d = DEFAULT_OBJECTIVE
+        extra = _parse_terms(data["extra_terms"], d.mode, f"{where}.extra_terms")
+        return Objective(d.metric, d.mode, {**d.terms, **extra})
     metric, mode = data.get("metric"), data.get("mode", "min")
     if not isinstance(metric, str) or not metric:
         raise ConfigError(f"{where}.metric: required, the metric name the sweep optimises")
     if mode not in ("min", "max"):
         raise ConfigError(f"{where}.mode: must be min or max, got {mode!r}")
-    terms = {k: _number(w) for k, w in _mapping(data.get("terms"), f"{where}.terms").items()}
-    for name, weight in terms.items():
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight == 0:
-            raise ConfigError(f"{where}.terms.{name}: weight must be a non-zero number, got {weight!r}")
-        _check_direction(name, mode, float(weight), f"{where}.terms.{name}")
+    terms = _parse_terms(data.get("terms"), mode, f"{where}.terms")
     if not terms:
         _check_direction(metric, mode, 1.0, f"{where}.metric")
-    return Objective(metric, mode, {k: float(w) for k, w in terms.items()})
+    return Objective(metric, mode, terms)
+
+
+def _parse_terms(raw: Any, mode: str, where: str) -> dict[str, float]:
+    terms = {k: _number(w) for k, w in _mapping(raw, where).items()}
+    for name, weight in terms.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight == 0:
+            raise ConfigError(f"{where}.{name}: weight must be a non-zero number, got {weight!r}")
+        _check_direction(name, mode, float(weight), f"{where}.{name}")
+    return {k: float(w) for k, w in terms.items()}
 
 
 def _check_direction(name: str, mode: str, weight: float, where: str) -> None:
