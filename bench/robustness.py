@@ -5,7 +5,8 @@ back from their own JSON.
 Run (in a worktree whose workdir has the vanilla model, after `make run`)::
 
     .venv/bin/python bench/robustness.py run --workdir workdir --configs pubg,pubg_sam --seeds 0,1
-    .venv/bin/python bench/robustness.py table --workdir workdir [--out docs/robustness_pareto.png]
+    .venv/bin/python bench/robustness.py table --workdir workdir [--out docs/robustness_pareto.png] \
+        [--sweeps sweep-pubg_robust-XXXX,...]   # add the audited trials of `unlearn sweep --audit` runs
 
 ``run`` runs each (configuration, seed) as its own process under the machine's heavy-work lock
 (``flock /tmp/lvlm-heavy.lock``: one configuration at a time, so other work on a shared machine
@@ -166,9 +167,28 @@ def cmd_one(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- table
 def _load(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    metrics = json.loads(Path(record["eval_json"]).read_text())["metrics"]
+    metrics = record.get("metrics") or json.loads(Path(record["eval_json"]).read_text())["metrics"]
     audit = json.loads(Path(record["audit_json"]).read_text())
     return metrics, audit
+
+
+def sweep_records(workdir: Path, sweeps: list[str]) -> list[dict[str, Any]]:
+    """The audited trials of ``unlearn sweep --audit`` runs (folder names under WORKDIR/ray_results), as
+    records like ``run``'s: the audit JSON whose model is the trial's, the trial's final evaluation from
+    its last Tune result (``values_json``), the sweep's seed."""
+    out = []
+    for name in sweeps:
+        sweep_dir = workdir / "ray_results" / name
+        seed = json.loads((sweep_dir / "sweep.json").read_text())["cfg"]["train"]["seed"]
+        for path in sorted((workdir / "audit").glob("audit-*.json")):
+            model = Path(json.loads(path.read_text())["model"]["dir"])
+            if model.parent.name != name:
+                continue
+            last = (sweep_dir / model.name / "result.json").read_text().splitlines()[-1]
+            metrics = json.loads(json.loads(last)["values_json"])
+            out.append({"name": f"{name.removeprefix('sweep-').rsplit('-', 1)[0]} {model.name}", "seed": seed,
+                        "metrics": metrics, "audit_json": str(path)})  # fmt: skip
+    return out
 
 
 def vanilla_metrics(workdir: Path) -> dict[str, float]:
@@ -209,7 +229,7 @@ def _cell(x: Any) -> str:
 
 def cmd_table(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir).resolve()
-    records = read_runs(workdir)
+    records = read_runs(workdir) + sweep_records(workdir, [x for x in (args.sweeps or "").split(",") if x])
     if not records:
         raise SystemExit(f"no records in {runs_file(workdir)}: run `bench/robustness.py run` first")
     vanilla = vanilla_metrics(workdir)
@@ -231,8 +251,9 @@ def cmd_table(args: argparse.Namespace) -> None:
                *(_cell(fig[c]) for c in rob_cols), *status, "PASS" if audit["pass"] else "fail"]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
         points.append(
-            (r["name"], r["seed"], m.get("quality.informativeness", 0.0), n_pass, all(targets.values()))
-        )
+            (r["name"], r["seed"], m.get("quality.informativeness", 0.0), n_pass, all(targets.values()),
+             fig["membership_person_max_abs_gap"])
+        )  # fmt: skip
     text = "\n".join(lines)
     print(text)
     print(f"\nvanilla: retain.vqa_acc {vanilla['retain.vqa_acc']:.3f}, guided_forget.informativeness "
@@ -244,22 +265,39 @@ def cmd_table(args: argparse.Namespace) -> None:
     log_summary(workdir, [out_dir / "table.md", png, runs_file(workdir)])
 
 
-def pareto_plot(points: list[tuple[str, int, float, int, bool]], png: Path) -> Path:
-    """Output quality (informativeness) against robustness (audit checks passed), one point per run."""
+def pareto_plot(points: list[tuple[str, int, float, int, bool, float | None]], png: Path) -> Path:
+    """Output quality (informativeness) against robustness, one point per run: the audit checks passed
+    (left) and the person-level membership gap to the reference, the check every run here fails (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, seed, info, n_pass, met in points:
-        ax.scatter(n_pass, info, marker="o" if met else "x", s=60)
-        ax.annotate(f"{name} s{seed}", (n_pass, info), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(f"audit checks passed (of {len(CHECKS)})")
-    ax.set_ylabel("quality.informativeness")
-    ax.set_title("output quality vs robustness (o: every output target met, x: not)")
-    ax.set_xlim(-0.5, len(CHECKS) + 0.5)
-    ax.grid(alpha=0.3)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for name, seed, info, n_pass, met, gap in points:
+        marker = "o" if met else "x"
+        left.scatter(n_pass, info, marker=marker, s=50)
+        left.annotate(
+            f"{name} s{seed}", (n_pass, info), textcoords="offset points", xytext=(4, 3), fontsize=6
+        )
+        if gap is not None:
+            right.scatter(gap, info, marker=marker, s=50)
+            right.annotate(
+                f"{name} s{seed}", (gap, info), textcoords="offset points", xytext=(4, 3), fontsize=6
+            )
+    left.set_xlabel(f"audit checks passed (of {len(CHECKS)})")
+    left.set_xlim(-0.5, len(CHECKS) + 0.5)
+    left.set_ylabel("quality.informativeness")
+    right.set_xlim(left=0)
+    right.axvline(0.05, color="grey", linestyle="--", linewidth=1)
+    right.annotate("pass limit 0.05", (0.05, 0.02), xycoords=("data", "axes fraction"), fontsize=7, xytext=(3, 0),
+                   textcoords="offset points")  # fmt: skip
+    right.set_xlabel("membership, person level: max |AUC - AUC_reference| over the attacks")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        "output quality vs robustness against the retrained reference (o: every output target met, x: not)"
+    )
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -300,6 +338,9 @@ def main() -> None:
     table = sub.add_parser("table")
     table.add_argument("--workdir", default="workdir")
     table.add_argument("--out", help="the Pareto plot's PNG (default WORKDIR/robustness/pareto.png)")
+    table.add_argument(
+        "--sweeps", help="sweep folders (WORKDIR/ray_results/NAME, comma-separated) whose audited trials join"
+    )
     args = parser.parse_args()
     {"run": cmd_run, "one": cmd_one, "table": cmd_table}[args.command](args)
 
