@@ -30,6 +30,7 @@ from pipelines.train import collate_shard_batch
 from unlearn_core.config import ModelConfig
 from unlearn_core.methods import get_method
 from unlearn_core.models.loading import load_model_and_processor
+from unlearn_core.models.lora import apply_lora
 from unlearn_core.training.worker import apply_method_needs
 
 THREADS = 2
@@ -152,7 +153,11 @@ def main() -> None:
     common.header("bench/method_cost.py: step time of each method relative to GA (in-process)")
     inp = common.inputs()
     common.start_local_ray(2)
-    base, processor = load_model_and_processor(str(inp.vanilla), ModelConfig(spec=str(inp.vanilla)))
+    model_cfg = ModelConfig(spec=str(inp.vanilla))
+    base, processor = load_model_and_processor(str(inp.vanilla), model_cfg)
+    base = apply_lora(
+        base, model_cfg
+    )  # the worker's trainable set (dead vision weights frozen), as the mask's
     forget, retain = real_batches(inp, processor)
     f0 = forget[0]
     print(
