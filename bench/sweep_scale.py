@@ -142,7 +142,8 @@ def drive(args: argparse.Namespace) -> None:
     ends = {}
     for name in out.trials:
         result = sweep_dir / name / "result.json"
-        last = result.read_text().splitlines()[-1] if result.is_file() else ""
+        results = result.read_text().splitlines() if result.is_file() else []
+        last = results[-1] if results else ""  # a trial that failed before its first report has none
         ends[name] = json.loads(last).get("timestamp") if last.strip() else None
     fit_start = next((t for t, line in lines if "concurrent trial(s)" in line), t0)
     usage = resource.getrusage(resource.RUSAGE_SELF)
