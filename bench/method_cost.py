@@ -155,9 +155,8 @@ def main() -> None:
     common.start_local_ray(2)
     model_cfg = ModelConfig(spec=str(inp.vanilla))
     base, processor = load_model_and_processor(str(inp.vanilla), model_cfg)
-    base = apply_lora(
-        base, model_cfg
-    )  # the worker's trainable set (dead vision weights frozen), as the mask's
+    # the worker's trainable set (dead vision weights frozen), the one the mask was computed for
+    base = apply_lora(base, model_cfg)
     forget, retain = real_batches(inp, processor)
     f0 = forget[0]
     print(

@@ -176,12 +176,17 @@ def sweep_records(workdir: Path, sweeps: list[str]) -> list[dict[str, Any]]:
     """The audited trials of ``unlearn sweep --audit`` runs (folder names under WORKDIR/ray_results), as
     records like ``run``'s: the audit JSON whose model is the trial's, the trial's final evaluation from
     its last Tune result (``values_json``), the sweep's seed."""
+    if not sweeps:
+        return []
+    audited = [  # (audit JSON, audited model folder), each report read once
+        (path, Path(json.loads(path.read_text())["model"]["dir"]))
+        for path in sorted((workdir / "audit").glob("audit-*.json"))
+    ]
     out = []
     for name in sweeps:
         sweep_dir = workdir / "ray_results" / name
         seed = json.loads((sweep_dir / "sweep.json").read_text())["cfg"]["train"]["seed"]
-        for path in sorted((workdir / "audit").glob("audit-*.json")):
-            model = Path(json.loads(path.read_text())["model"]["dir"])
+        for path, model in audited:
             if model.parent.name != name:
                 continue
             last = (sweep_dir / model.name / "result.json").read_text().splitlines()[-1]

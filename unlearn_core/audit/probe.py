@@ -75,7 +75,8 @@ def probe_rows(shard_rows: Sequence[Row], settings: ProbeSettings | None = None)
     }
 
 
-ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
+# the audit's attacks that need no second model (its "reference" attack needs the reference's losses)
+ATTACKS = tuple(a for a in membership.ATTACKS if a != "reference")
 
 
 def membership_aucs(model: nn.Module, processor: Any, rows: Mapping[str, Sequence[Row]]) -> dict[str, float]:
