@@ -117,7 +117,6 @@ def test_probe_tells_a_model_that_saw_the_forget_rows_from_one_that_did_not():
     assert knows["auc_person_loss"] >= 0.7 and abs(never["auc_person_loss"] - 0.5) <= 0.1
     assert metrics["audit_probe.auc_gap_person"] >= 0.2
     assert metrics["audit_probe.auc_gap"] == pytest.approx(max(gaps))
-    assert max(gaps) >= abs(knows["auc"] - never["auc"])
 
 
 def test_final_evaluation_writes_and_returns_the_extra_metrics(bench, tmp_path):
